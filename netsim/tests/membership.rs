@@ -1,0 +1,334 @@
+//! Membership core under the virtual clock: join, failure, suspicion refuted, leave, restart,
+//! metadata convergence, quorum under a split, and replay from a seed.
+
+use membership::{Event, MemberState};
+use netsim::{Sim, SimConfig};
+use std::time::Duration;
+
+const S: Duration = Duration::from_secs(1);
+
+fn all(n: usize) -> Vec<usize> {
+    (0..n).collect()
+}
+
+fn seeds() -> impl Iterator<Item = u64> {
+    let base: u64 = std::env::var("NETSIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let count: u64 = std::env::var("NETSIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    base..base + count
+}
+
+fn failed_events(sim: &Sim, subject: usize) -> usize {
+    let id = sim.id_of(subject);
+    sim.log()
+        .iter()
+        .filter(|l| matches!(&l.event, Event::MemberFailed { member } if member.id == id))
+        .count()
+}
+
+#[test]
+fn five_nodes_join_by_beacons() {
+    for seed in seeds() {
+        let mut sim = Sim::new(SimConfig::lan(5, seed));
+        let t = sim.run_until_cond(5 * S, |s| s.all_see_alive(&all(5)));
+        assert!(t.is_some(), "seed {seed}: not everyone alive after 5 s");
+        let t = sim.run_until_cond(10 * S, |s| {
+            (0..5).all(|i| s.core(i).unwrap().known_metadata() == 5)
+        });
+        assert!(t.is_some(), "seed {seed}: metadata did not converge");
+        for i in 0..5 {
+            let q = sim.core(i).unwrap().quorum();
+            assert!(q.has_quorum, "seed {seed}: node {i} has no quorum: {q:?}");
+            assert_eq!(q.reachable_votes, 5);
+            let names: Vec<String> = sim
+                .core(i)
+                .unwrap()
+                .members()
+                .into_iter()
+                .map(|m| m.name)
+                .collect();
+            assert!(
+                names.iter().all(|n| n.starts_with("node")),
+                "seed {seed}: names {names:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn nodes_join_through_a_seed_without_beacons() {
+    for seed in seeds() {
+        let mut cfg = SimConfig::lan(5, seed);
+        cfg.beacons = false;
+        cfg.seed_node_zero = true;
+        let mut sim = Sim::new(cfg);
+        let t = sim.run_until_cond(10 * S, |s| s.all_see_alive(&all(5)));
+        assert!(
+            t.is_some(),
+            "seed {seed}: seeds alone did not join the cluster"
+        );
+    }
+}
+
+#[test]
+fn a_crashed_node_is_reported_failed_everywhere() {
+    for seed in seeds() {
+        let mut sim = Sim::new(SimConfig::lan(5, seed));
+        sim.run_until_cond(5 * S, |s| s.all_see_alive(&all(5)))
+            .expect("join");
+        sim.run_for(2 * S);
+        sim.crash(4);
+        let t = sim.run_until_cond(20 * S, |s| s.all_report(4, MemberState::Failed));
+        let t = t.unwrap_or_else(|| panic!("seed {seed}: crash not detected everywhere"));
+        assert!(t < 6 * S, "seed {seed}: detection took {t:?}");
+        assert_eq!(
+            failed_events(&sim, 4),
+            4,
+            "seed {seed}: one failed event per survivor"
+        );
+    }
+}
+
+#[test]
+fn a_suspicion_is_refuted_and_never_reported_failed() {
+    for seed in seeds() {
+        let mut sim = Sim::new(SimConfig::lan(5, seed));
+        sim.run_until_cond(5 * S, |s| s.all_see_alive(&all(5)))
+            .expect("join");
+        sim.run_for(2 * S);
+        // Node 3 hears nothing for a while: its probers time out and suspect it.
+        for j in 0..5 {
+            if j != 3 {
+                sim.cut_one_way(j, 3);
+            }
+        }
+        let suspected = sim.run_until_cond(3 * S, |s| {
+            (0..5).any(|v| s.state_seen(v, 3) == Some(MemberState::Suspect))
+        });
+        assert!(
+            suspected.is_some(),
+            "seed {seed}: node 3 was never suspected"
+        );
+        sim.heal();
+        sim.run_for(10 * S);
+        assert_eq!(
+            failed_events(&sim, 3),
+            0,
+            "seed {seed}: suspicion was not refuted"
+        );
+        assert!(
+            sim.all_see_alive(&all(5)),
+            "seed {seed}: not all alive after refutation"
+        );
+    }
+}
+
+#[test]
+fn a_leaving_node_is_reported_left_not_failed() {
+    for seed in seeds() {
+        let mut sim = Sim::new(SimConfig::lan(5, seed));
+        sim.run_until_cond(5 * S, |s| s.all_see_alive(&all(5)))
+            .expect("join");
+        sim.run_until_cond(10 * S, |s| {
+            (0..5).all(|i| s.core(i).unwrap().known_metadata() == 5)
+        })
+        .expect("meta");
+        sim.leave(2, S);
+        let t = sim.run_until_cond(10 * S, |s| s.all_report(2, MemberState::Left));
+        assert!(t.is_some(), "seed {seed}: leave not reported everywhere");
+        sim.run_for(10 * S);
+        assert!(
+            sim.all_report(2, MemberState::Left),
+            "seed {seed}: left became something else"
+        );
+        assert_eq!(
+            failed_events(&sim, 2),
+            0,
+            "seed {seed}: a left node was reported failed"
+        );
+        let id = sim.id_of(2);
+        let left = sim
+            .log()
+            .iter()
+            .filter(|l| matches!(&l.event, Event::MemberLeft { member } if member.id == id))
+            .count();
+        assert_eq!(left, 4, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_restarted_node_rejoins_with_a_higher_generation_and_no_duplicate() {
+    for seed in seeds() {
+        let mut sim = Sim::new(SimConfig::lan(5, seed));
+        sim.run_until_cond(5 * S, |s| s.all_see_alive(&all(5)))
+            .expect("join");
+        sim.crash(1);
+        sim.run_until_cond(20 * S, |s| s.all_report(1, MemberState::Failed))
+            .expect("failed");
+        let old_gen = sim
+            .core(0)
+            .unwrap()
+            .members()
+            .iter()
+            .find(|m| m.id == sim.id_of(1))
+            .unwrap()
+            .generation;
+        sim.restart(1);
+        let t = sim.run_until_cond(10 * S, |s| s.all_see_alive(&all(5)));
+        assert!(
+            t.is_some(),
+            "seed {seed}: restarted node not alive everywhere"
+        );
+        for v in [0, 2, 3, 4] {
+            let members = sim.core(v).unwrap().members();
+            assert_eq!(members.len(), 5, "seed {seed}: node {v} lists {members:?}");
+            let m = members.iter().find(|m| m.id == sim.id_of(1)).unwrap();
+            assert!(
+                m.generation > old_gen,
+                "seed {seed}: generation did not grow"
+            );
+        }
+        let id = sim.id_of(1);
+        let recovered = sim
+            .log()
+            .iter()
+            .filter(|l| matches!(&l.event, Event::MemberRecovered { member } if member.id == id))
+            .count();
+        assert_eq!(recovered, 4, "seed {seed}");
+    }
+}
+
+#[test]
+fn metadata_converges_under_loss_and_for_late_joiners() {
+    for seed in seeds() {
+        let mut cfg = SimConfig::lan(7, seed);
+        cfg.loss_ppm = 100_000; // 10 %
+        let mut sim = Sim::new(cfg);
+        sim.crash(6);
+        sim.run_for(30 * S);
+        sim.restart(6);
+        let t = sim.run_until_cond(30 * S, |s| {
+            (0..7).all(|i| s.core(i).unwrap().known_metadata() == 7)
+        });
+        assert!(
+            t.is_some(),
+            "seed {seed}: metadata not everywhere: {:?}",
+            (0..7)
+                .map(|i| sim.core(i).unwrap().known_metadata())
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn quorum_follows_a_split_and_its_heal() {
+    for seed in seeds() {
+        let mut sim = Sim::new(SimConfig::lan(5, seed));
+        sim.run_until_cond(5 * S, |s| s.all_see_alive(&all(5)))
+            .expect("join");
+        sim.partition(&[&[0, 1], &[2, 3, 4]]);
+        let t = sim.run_until_cond(20 * S, |s| {
+            !s.core(0).unwrap().quorum().has_quorum && !s.core(1).unwrap().quorum().has_quorum
+        });
+        assert!(t.is_some(), "seed {seed}: minority kept quorum");
+        sim.run_for(5 * S);
+        for i in 2..5 {
+            assert!(
+                sim.core(i).unwrap().quorum().has_quorum,
+                "seed {seed}: majority node {i} lost quorum"
+            );
+        }
+        for i in 0..2 {
+            let q = sim.core(i).unwrap().quorum();
+            assert_eq!(
+                (q.reachable_votes, q.required_votes, q.total_votes),
+                (2, 3, 5),
+                "seed {seed}"
+            );
+        }
+        sim.heal();
+        let t = sim.run_until_cond(10 * S, |s| {
+            s.all_see_alive(&all(5)) && (0..5).all(|i| s.core(i).unwrap().quorum().has_quorum)
+        });
+        assert!(t.is_some(), "seed {seed}: did not merge after heal");
+        let lost = sim
+            .log()
+            .iter()
+            .filter(|l| matches!(l.event, Event::QuorumLost { .. }) && l.node < 2)
+            .count();
+        assert!(
+            lost >= 2,
+            "seed {seed}: quorum loss not reported as an event"
+        );
+    }
+}
+
+#[test]
+fn a_healed_split_merges_through_seeds_alone() {
+    for seed in seeds() {
+        let mut cfg = SimConfig::lan(5, seed);
+        cfg.beacons = false;
+        cfg.seed_node_zero = true;
+        let mut sim = Sim::new(cfg);
+        sim.run_until_cond(10 * S, |s| s.all_see_alive(&all(5)))
+            .expect("join");
+        sim.partition(&[&[0, 1], &[2, 3, 4]]);
+        sim.run_until_cond(20 * S, |s| {
+            s.all_report(4, MemberState::Failed) || s.state_seen(0, 4) == Some(MemberState::Failed)
+        })
+        .expect("split seen");
+        sim.run_for(5 * S);
+        sim.heal();
+        let t = sim.run_until_cond(30 * S, |s| s.all_see_alive(&all(5)));
+        assert!(t.is_some(), "seed {seed}: no merge through seeds");
+    }
+}
+
+#[test]
+fn same_seed_same_trace_other_seed_other_trace() {
+    let run = |seed| {
+        let mut cfg = SimConfig::lan(7, seed);
+        cfg.loss_ppm = 50_000;
+        let mut sim = Sim::new(cfg);
+        sim.run_for(5 * S);
+        sim.partition(&[&[0, 1, 2], &[3, 4, 5, 6]]);
+        sim.run_for(10 * S);
+        sim.heal();
+        sim.crash(2);
+        sim.run_for(10 * S);
+        sim.restart(2);
+        sim.run_for(10 * S);
+        (sim.trace_hash(), sim.delivered(), sim.log().to_vec())
+    };
+    let a = run(42);
+    let b = run(42);
+    assert_eq!(a, b, "same seed gave different traces");
+    let c = run(43);
+    assert_ne!(a.0, c.0, "different seeds gave the same trace");
+}
+
+#[test]
+fn no_false_failure_on_a_lossy_idle_cluster() {
+    for seed in seeds() {
+        let mut cfg = SimConfig::lan(9, seed);
+        cfg.loss_ppm = 50_000; // 5 %
+        let mut sim = Sim::new(cfg);
+        sim.run_until_cond(10 * S, |s| s.all_see_alive(&all(9)))
+            .expect("join");
+        sim.run_for(120 * S);
+        let failures: Vec<_> = sim
+            .log()
+            .iter()
+            .filter(|l| matches!(l.event, Event::MemberFailed { .. }))
+            .collect();
+        assert!(
+            failures.is_empty(),
+            "seed {seed}: false failures {failures:?}"
+        );
+    }
+}
