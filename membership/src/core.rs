@@ -1054,7 +1054,9 @@ impl Membership {
                 warn!(identity = ?new, "declared down by the cluster: rejoined with a new generation");
             }
             OwnedNotification::Defunct => {
-                warn!("foca could not rejoin: identity defunct");
+                if !self.left_swim {
+                    warn!("foca could not rejoin: identity defunct");
+                }
             }
         }
     }

@@ -1,0 +1,218 @@
+//! The `chorus` command-line client: talks to the local agent's HTTP API and prints tables or JSON.
+
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// A client error, phrased for the person at the terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Nothing listens at the API address.
+    #[error(
+        "no chorus agent answers at {api}: {reason} (is the agent running? point --api or CHORUS_API at it)"
+    )]
+    NoAgent {
+        /// API address tried.
+        api: String,
+        /// What the connection attempt said.
+        reason: String,
+    },
+    /// The agent answered with an error.
+    #[error("{code}: {message}")]
+    Api {
+        /// Stable error code.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// The agent answered with something unexpected.
+    #[error("unexpected answer from the agent: {0}")]
+    Protocol(String),
+}
+
+/// A client for one agent.
+pub struct Client {
+    base: String,
+    api: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// A client for the agent at `api` (`host:port`).
+    pub fn new(api: &str) -> Self {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build();
+        Client {
+            base: format!("http://{api}"),
+            api: api.to_string(),
+            agent: config.into(),
+        }
+    }
+
+    /// GETs `path` and returns the JSON body, or the API's error.
+    pub fn get_json(&self, path: &str) -> Result<Value, CliError> {
+        let mut resp = self
+            .agent
+            .get(format!("{}{}", self.base, path))
+            .call()
+            .map_err(|e| CliError::NoAgent {
+                api: self.api.clone(),
+                reason: e.to_string(),
+            })?;
+        let status = resp.status();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| CliError::Protocol(e.to_string()))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| CliError::Protocol(format!("{e}: {text}")))?;
+        if !status.is_success() {
+            let code = v["error"]["code"].as_str().unwrap_or("error").to_string();
+            let message = v["error"]["message"].as_str().unwrap_or(&text).to_string();
+            return Err(CliError::Api { code, message });
+        }
+        Ok(v)
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Renders `/v1/members` as a table.
+pub fn members_table(v: &Value) -> String {
+    let mut rows = vec![vec![
+        "NAME".to_string(),
+        "ID".into(),
+        "STATE".into(),
+        "DC".into(),
+        "GOSSIP".into(),
+        "API".into(),
+        "GEN".into(),
+    ]];
+    for m in v["members"].as_array().into_iter().flatten() {
+        let mut name = s(&m["name"]);
+        if m["is_self"].as_bool() == Some(true) {
+            name.push_str(" *");
+        }
+        rows.push(vec![
+            name,
+            s(&m["id"]),
+            s(&m["state"]),
+            s(&m["datacenter"]),
+            s(&m["gossip_addr"]),
+            s(&m["api_addr"]),
+            s(&m["generation"]),
+        ]);
+    }
+    table(&rows)
+}
+
+/// Renders `/v1/status` for people.
+pub fn status_text(v: &Value) -> String {
+    let q = &v["quorum"];
+    let mut out = String::new();
+    let node = &v["node"];
+    let _ = writeln!(
+        out,
+        "node:        {} ({}) in {}",
+        s(&node["name"]),
+        s(&node["id"]),
+        s(&node["datacenter"])
+    );
+    let _ = writeln!(out, "cluster:     {}", s(&v["cluster"]));
+    let _ = writeln!(
+        out,
+        "gossip:      {} (generation {})",
+        s(&node["gossip_addr"]),
+        s(&node["generation"])
+    );
+    let has = q["has_quorum"].as_bool() == Some(true);
+    let _ = writeln!(
+        out,
+        "quorum:      {} ({} of {} votes reachable, {} required) since {}",
+        if has { "yes" } else { "NO" },
+        s(&q["reachable_votes"]),
+        s(&q["total_votes"]),
+        s(&q["required_votes"]),
+        s(&q["since"]),
+    );
+    let m = &v["members"];
+    let _ = writeln!(
+        out,
+        "members:     {} alive, {} suspect, {} failed, {} left",
+        s(&m["alive"]),
+        s(&m["suspect"]),
+        s(&m["failed"]),
+        s(&m["left"])
+    );
+    let list = |k: &str| {
+        let names: Vec<String> = v[k].as_array().into_iter().flatten().map(s).collect();
+        if names.is_empty() {
+            "-".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    let _ = writeln!(out, "reachable:   {}", list("reachable"));
+    let _ = writeln!(out, "unreachable: {}", list("unreachable"));
+    out
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |x| x.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, x)| format!("{x:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn members_table_aligns_and_marks_self() {
+        let v = json!({"members": [
+            {"name": "a", "id": "01", "state": "alive", "datacenter": "dc1", "gossip_addr": "10.0.0.1:7946",
+             "api_addr": null, "generation": 3, "is_self": true},
+            {"name": "bbbb", "id": "02", "state": "failed", "datacenter": "dc1", "gossip_addr": "10.0.0.2:7946",
+             "api_addr": "10.0.0.2:7947", "generation": 1, "is_self": false}
+        ]});
+        let t = members_table(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[1].starts_with("a *"));
+        assert!(lines[2].contains("failed"));
+        assert_eq!(lines[0].find("ID"), lines[1].find("01"));
+    }
+
+    #[test]
+    fn no_agent_message_names_the_address() {
+        let c = Client::new("127.0.0.1:1");
+        let e = c.get_json("/v1/status").unwrap_err().to_string();
+        assert!(e.contains("no chorus agent answers at 127.0.0.1:1"), "{e}");
+    }
+}

@@ -1,0 +1,410 @@
+//! The tokio driver: one task owns the membership core and feeds it sockets, time and commands.
+//!
+//! Everything the protocol decides happens in the core; this loop only moves bytes and time. One
+//! task and one timer (the core's earliest deadline) means timers fire in deadline order, which
+//! foca needs (spawning a task per timer reorders them under load, foca issue #26).
+
+use crate::node_file::NodeFile;
+use membership::{
+    Channel, Destination, DropReason, Event, MemberState, MemberView, Membership, Peer,
+    QuorumStatus, Stats,
+};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+/// The core's clock: Unix time, advanced by a monotonic clock so it never steps back.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+    unix_at_start: Duration,
+}
+
+impl Clock {
+    /// A clock anchored now.
+    pub fn new() -> Self {
+        Clock {
+            start: Instant::now(),
+            unix_at_start: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Core time: Unix time as a duration.
+    pub fn now(&self) -> Duration {
+        self.unix_at_start + self.start.elapsed()
+    }
+
+    /// The monotonic instant of a core time.
+    pub fn instant(&self, t: Duration) -> Instant {
+        self.start + t.saturating_sub(self.unix_at_start)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What `/v1/status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// This node.
+    pub node: MemberView,
+    /// Cluster name.
+    pub cluster: String,
+    /// Quorum view.
+    pub quorum: QuorumStatus,
+    /// Member counts by state (this node included).
+    pub members: BTreeMap<MemberState, usize>,
+    /// Names (or ids) of members this node can reach.
+    pub reachable: Vec<String>,
+    /// Names (or ids) of members it cannot (failed; left members are not listed).
+    pub unreachable: Vec<String>,
+    /// True once a graceful leave started.
+    pub leaving: bool,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct MetricsReport {
+    /// Packet counters.
+    pub stats: Stats,
+    /// Members by state.
+    pub members: BTreeMap<MemberState, usize>,
+    /// Quorum view.
+    pub quorum: QuorumStatus,
+    /// Send errors (the kernel refused a datagram).
+    pub send_errors: u64,
+}
+
+/// Requests to the driver task.
+#[derive(Debug)]
+pub enum Command {
+    /// Report status.
+    Status(oneshot::Sender<StatusReport>),
+    /// List members.
+    Members(oneshot::Sender<Vec<MemberView>>),
+    /// Report counters.
+    Metrics(oneshot::Sender<MetricsReport>),
+    /// Leave gracefully and stop.
+    Leave,
+    /// Replace the seed list (a reload).
+    SetSeeds(Vec<String>),
+}
+
+/// A cloneable handle to the driver task.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+}
+
+/// The driver stopped (it is shutting down or crashed).
+#[derive(Debug, thiserror::Error)]
+#[error("the agent's membership task is not running")]
+pub struct Gone;
+
+impl Handle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Gone> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| Gone)?;
+        rx.await.map_err(|_| Gone)
+    }
+
+    /// Current status.
+    pub async fn status(&self) -> Result<StatusReport, Gone> {
+        self.ask(Command::Status).await
+    }
+
+    /// Current member list.
+    pub async fn members(&self) -> Result<Vec<MemberView>, Gone> {
+        self.ask(Command::Members).await
+    }
+
+    /// Current counters.
+    pub async fn metrics(&self) -> Result<MetricsReport, Gone> {
+        self.ask(Command::Metrics).await
+    }
+
+    /// Starts a graceful leave; the driver stops once the leave has spread.
+    pub async fn leave(&self) -> Result<(), Gone> {
+        self.tx.send(Command::Leave).await.map_err(|_| Gone)
+    }
+
+    /// Replaces the seed list.
+    pub async fn set_seeds(&self, seeds: Vec<String>) -> Result<(), Gone> {
+        self.tx
+            .send(Command::SetSeeds(seeds))
+            .await
+            .map_err(|_| Gone)
+    }
+
+    /// Subscribes to membership and quorum events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+}
+
+/// Everything the driver task owns.
+pub struct Driver {
+    core: Membership,
+    clock: Clock,
+    gossip: UdpSocket,
+    beacon: Option<(UdpSocket, SocketAddrV4)>,
+    seeds: Vec<String>,
+    node_file: NodeFile,
+    cmds: mpsc::Receiver<Command>,
+    events: broadcast::Sender<Event>,
+    send_errors: u64,
+}
+
+/// How often seed names are resolved again.
+const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+
+impl Driver {
+    /// A driver and the handle to talk to it.
+    pub fn new(
+        core: Membership,
+        clock: Clock,
+        gossip: UdpSocket,
+        beacon: Option<(UdpSocket, SocketAddrV4)>,
+        seeds: Vec<String>,
+        node_file: NodeFile,
+    ) -> (Driver, Handle) {
+        let (tx, cmds) = mpsc::channel(256);
+        let (events, _) = broadcast::channel(1024);
+        let handle = Handle {
+            tx,
+            events: events.clone(),
+        };
+        (
+            Driver {
+                core,
+                clock,
+                gossip,
+                beacon,
+                seeds,
+                node_file,
+                cmds,
+                events,
+                send_errors: 0,
+            },
+            handle,
+        )
+    }
+
+    /// Runs until a graceful leave has completed (or every handle is dropped).
+    pub async fn run(mut self) {
+        let mut buf = vec![0u8; 65_536];
+        let mut bbuf = vec![0u8; 65_536];
+        let (resolved_tx, mut resolved_rx) = mpsc::channel::<Vec<SocketAddr>>(4);
+        let mut resolver = spawn_resolver(self.seeds.clone(), resolved_tx.clone());
+        let mut first_resolution = true;
+        let mut leave_deadline: Option<Instant> = None;
+        let mut stop_at: Option<Instant> = None;
+        self.flush().await;
+        loop {
+            if let Some(t) = stop_at
+                && Instant::now() >= t
+            {
+                info!("left the cluster; stopping");
+                break;
+            }
+            let next = self.core.poll_timeout().map(|t| self.clock.instant(t));
+            let wake = match (next, stop_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            tokio::select! {
+                biased;
+                cmd = self.cmds.recv() => match cmd {
+                    None => break,
+                    Some(Command::Leave) => {
+                        if !self.core.is_leaving() {
+                            info!("leaving the cluster");
+                            self.core.leave(self.clock.now());
+                            leave_deadline = Some(Instant::now() + Duration::from_secs(5));
+                        }
+                    }
+                    Some(Command::SetSeeds(seeds)) => {
+                        resolver.abort();
+                        self.seeds = seeds.clone();
+                        first_resolution = true;
+                        resolver = spawn_resolver(seeds, resolved_tx.clone());
+                    }
+                    Some(Command::Status(tx)) => { let _ = tx.send(self.status()); }
+                    Some(Command::Members(tx)) => { let _ = tx.send(self.core.members()); }
+                    Some(Command::Metrics(tx)) => {
+                        let _ = tx.send(MetricsReport {
+                            stats: self.core.stats().clone(),
+                            members: self.core.member_counts(),
+                            quorum: self.core.quorum(),
+                            send_errors: self.send_errors,
+                        });
+                    }
+                },
+                r = self.gossip.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => self.core.handle_datagram(self.clock.now(), from, &buf[..n]),
+                    Err(e) => debug!(error = %e, "gossip recv"),
+                },
+                r = recv_beacon(&self.beacon, &mut bbuf) => match r {
+                    Ok((n, from)) => self.core.handle_datagram(self.clock.now(), from, &bbuf[..n]),
+                    Err(e) => debug!(error = %e, "beacon recv"),
+                },
+                Some(addrs) = resolved_rx.recv() => {
+                    self.core.set_seeds(addrs.clone());
+                    if first_resolution {
+                        first_resolution = false;
+                        for a in addrs {
+                            self.core.announce_to(self.clock.now(), a);
+                        }
+                    }
+                }
+                _ = sleep_until(wake) => {
+                    self.core.handle_timeout(self.clock.now());
+                }
+            }
+            self.flush().await;
+            if stop_at.is_none()
+                && self.core.is_leaving()
+                && (self.core.has_left() || leave_deadline.is_some_and(|d| Instant::now() >= d))
+            {
+                // Keep gossiping a little so the leave reaches everyone, then stop.
+                stop_at = Some(Instant::now() + self.core.config().timings().probe_period * 2);
+            }
+        }
+        resolver.abort();
+    }
+
+    fn status(&self) -> StatusReport {
+        let members = self.core.members();
+        let label = |m: &MemberView| {
+            if m.name.is_empty() {
+                m.id.to_string()
+            } else {
+                m.name.clone()
+            }
+        };
+        let reachable = members
+            .iter()
+            .filter(|m| !m.is_self && matches!(m.state, MemberState::Alive | MemberState::Suspect))
+            .map(label)
+            .collect();
+        let unreachable = members
+            .iter()
+            .filter(|m| m.state == MemberState::Failed)
+            .map(label)
+            .collect();
+        let node = members
+            .iter()
+            .find(|m| m.is_self)
+            .cloned()
+            .expect("the core always lists itself");
+        StatusReport {
+            node,
+            cluster: self.core.config().cluster.clone(),
+            quorum: self.core.quorum(),
+            members: self.core.member_counts(),
+            reachable,
+            unreachable,
+            leaving: self.core.is_leaving(),
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(tx) = self.core.poll_transmit() {
+            let res = match tx.to {
+                Destination::Unicast(addr) => self.gossip.send_to(&tx.bytes, addr).await,
+                Destination::Beacon => match &self.beacon {
+                    Some((sock, group)) => sock.send_to(&tx.bytes, SocketAddr::V4(*group)).await,
+                    None => continue,
+                },
+            };
+            if let Err(e) = res {
+                self.send_errors += 1;
+                // Unreachable peers are normal during failures: keep this at debug, but say
+                // clearly when multicast itself cannot be sent.
+                if tx.channel == Channel::Beacon {
+                    warn!(error = %e, "cannot send a multicast beacon (is there a multicast route?); seeds still work");
+                } else {
+                    debug!(error = %e, to = ?tx.to, "send failed");
+                }
+            }
+        }
+        while let Some(ev) = self.core.poll_event() {
+            if let Event::GenerationChanged { generation } = ev
+                && let Err(e) = self.node_file.store(generation)
+            {
+                error!(error = %e, "cannot persist the new generation; a restart may collide with it");
+            }
+            let _ = self.events.send(ev);
+        }
+    }
+}
+
+async fn recv_beacon(
+    beacon: &Option<(UdpSocket, SocketAddrV4)>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match beacon {
+        Some((s, _)) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn spawn_resolver(
+    seeds: Vec<String>,
+    tx: mpsc::Sender<Vec<SocketAddr>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if seeds.is_empty() {
+            return;
+        }
+        loop {
+            let mut out = Vec::new();
+            for s in &seeds {
+                match tokio::net::lookup_host(s.as_str()).await {
+                    Ok(addrs) => out.extend(addrs),
+                    Err(e) => warn!(seed = %s, error = %e, "cannot resolve seed"),
+                }
+            }
+            out.sort();
+            out.dedup();
+            if tx.send(out).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(RESOLVE_EVERY).await;
+        }
+    })
+}
+
+/// The identity this run gossips as.
+pub fn identity(node_file: &NodeFile, advertise: SocketAddr) -> Peer {
+    Peer {
+        addr: advertise,
+        id: node_file.id(),
+        generation: node_file.generation(),
+    }
+}
+
+/// All drop reasons with their current counts, zeros included.
+pub fn drops_by_reason(stats: &Stats) -> Vec<(DropReason, u64)> {
+    DropReason::ALL
+        .iter()
+        .map(|r| (*r, stats.dropped.get(r).copied().unwrap_or(0)))
+        .collect()
+}

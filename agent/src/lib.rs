@@ -1,0 +1,167 @@
+//! The Chorus agent: configuration, the tokio driver of the membership core, the HTTP API, metrics
+//! and systemd integration. `run` is the whole daemon, top to bottom.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod driver;
+pub mod metrics;
+pub mod net;
+pub mod node_file;
+
+use crate::config::{Config, Overrides, ProcessEnv};
+use crate::driver::{Clock, Driver, Handle};
+use crate::node_file::NodeFile;
+use anyhow::Context;
+use membership::{Membership, MembershipConfig, SelfDescription};
+use rand::TryRng;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// How long a graceful leave may take before the agent exits anyway.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the agent until SIGTERM or SIGINT, then leaves the cluster gracefully.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+) -> anyhow::Result<()> {
+    if !config.key_configured {
+        warn!(
+            "no cluster.key configured: packets are sealed with a key derived from the cluster name, \
+             so anyone who knows the name can join; generate one with `chorus keygen`"
+        );
+    }
+    if config.quorum.allows_split_brain() {
+        warn!(
+            required = config.quorum.required(),
+            total = config.quorum.total(),
+            "cluster.quorum is not a majority: both sides of a split could hold it"
+        );
+    }
+
+    let node_file = NodeFile::open_and_advance(&config.data_dir)
+        .with_context(|| format!("opening node.data_dir {}", config.data_dir.display()))?;
+
+    let gossip = net::bind_gossip(config.gossip_bind)?;
+    let bound = gossip
+        .local_addr()
+        .context("reading the gossip socket address")?;
+    let advertise = net::advertise_addr(bound, config.gossip_advertise, config.multicast.as_ref())?;
+
+    let beacon = match &config.multicast {
+        None => None,
+        Some(m) => match net::open_beacon(m) {
+            Ok(sock) => {
+                info!(group = %m.group, "multicast discovery on");
+                Some((sock, m.group))
+            }
+            Err(e) => {
+                warn!(error = %e, "multicast discovery unavailable; seeds still work");
+                None
+            }
+        },
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.api_bind)
+        .await
+        .with_context(|| format!("binding api.bind {}", config.api_bind))?;
+    let api_local = listener.local_addr()?;
+    let api_advertised = if api_local.ip().is_unspecified() {
+        SocketAddr::new(advertise.ip(), api_local.port())
+    } else {
+        api_local
+    };
+
+    let me = driver::identity(&node_file, advertise);
+    let mcfg = MembershipConfig {
+        cluster: config.cluster.clone(),
+        key: config.key.clone(),
+        profile: config.profile,
+        expected_nodes: config.expected_nodes,
+        quorum: config.quorum,
+        me: SelfDescription {
+            name: config.name.clone(),
+            datacenter: config.datacenter.clone(),
+            api_addr: Some(api_advertised),
+            tags: config.tags.clone(),
+            votes: config.votes,
+        },
+        beacons: beacon.is_some(),
+        seeds: Vec::new(),
+    };
+    let mut seed_bytes = [0u8; 8];
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut seed_bytes)
+        .context("reading OS randomness")?;
+    let clock = Clock::new();
+    let core = Membership::new(mcfg, me, u64::from_le_bytes(seed_bytes), clock.now());
+    info!(
+        id = %me.id, generation = me.generation, gossip = %advertise, api = %api_local,
+        cluster = %config.cluster, profile = config.profile.name(), "chorus agent starting"
+    );
+
+    let (driver, handle) =
+        Driver::new(core, clock, gossip, beacon, config.seeds.clone(), node_file);
+    let driver_task = tokio::spawn(driver.run());
+
+    let (stop_api_tx, stop_api_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = api::router(handle.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_api_rx.await;
+            })
+            .await
+    });
+
+    // Ready: the API answers and the core runs.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    info!(api = %api_local, "ready");
+
+    wait_for_stop(&handle, config_path, overrides).await;
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = handle.leave().await;
+    match tokio::time::timeout(LEAVE_TIMEOUT, driver_task).await {
+        Ok(_) => info!("left the cluster"),
+        Err(_) => warn!("graceful leave did not finish in time; exiting anyway"),
+    }
+    let _ = stop_api_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads what can change at run time (the seeds).
+async fn wait_for_stop(handle: &Handle, config_path: Option<PathBuf>, overrides: Overrides) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        warn!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: leaving"); return; }
+            _ = int.recv() => { info!("SIGINT: leaving"); return; }
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                match Config::load(config_path.as_deref(), &ProcessEnv, &overrides) {
+                    Ok(c) => {
+                        info!(seeds = ?c.seeds, "SIGHUP: configuration reloaded (seeds applied; other changes need a restart)");
+                        let _ = handle.set_seeds(c.seeds).await;
+                    }
+                    Err(e) => warn!(error = %e, "SIGHUP: configuration not reloaded"),
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            }
+        }
+    }
+}

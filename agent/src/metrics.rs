@@ -1,0 +1,121 @@
+//! Prometheus exposition of the agent's counters.
+//!
+//! The core keeps plain counters; at each scrape they are copied into a fresh registry and encoded.
+//! A scrape is rare and small, so rebuilding beats keeping two sets of counters in step.
+
+use crate::driver::{MetricsReport, drops_by_reason};
+use membership::{Channel, MemberState};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabel {
+    channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+/// Renders `report` in the Prometheus text format.
+pub fn render(report: &MetricsReport) -> String {
+    let mut reg = Registry::with_prefix("chorus");
+
+    let members = Family::<StateLabel, Gauge>::default();
+    for s in MemberState::ALL {
+        let n = report.members.get(&s).copied().unwrap_or(0);
+        members
+            .get_or_create(&StateLabel {
+                state: s.name().into(),
+            })
+            .set(n as i64);
+    }
+    reg.register(
+        "members",
+        "Members this node knows, by state (itself included)",
+        members,
+    );
+
+    let counter_family = |map: &std::collections::BTreeMap<Channel, u64>| {
+        let f = Family::<ChannelLabel, Counter>::default();
+        for c in Channel::ALL {
+            let v = map.get(&c).copied().unwrap_or(0);
+            f.get_or_create(&ChannelLabel {
+                channel: c.name().into(),
+            })
+            .inc_by(v);
+        }
+        f
+    };
+    reg.register(
+        "packets_sent",
+        "Datagrams sent, by channel",
+        counter_family(&report.stats.sent_packets),
+    );
+    reg.register(
+        "bytes_sent",
+        "UDP payload bytes sent, by channel",
+        counter_family(&report.stats.sent_bytes),
+    );
+    reg.register(
+        "packets_received",
+        "Authenticated datagrams received, by channel",
+        counter_family(&report.stats.recv_packets),
+    );
+    reg.register(
+        "bytes_received",
+        "Authenticated UDP payload bytes received, by channel",
+        counter_family(&report.stats.recv_bytes),
+    );
+
+    let dropped = Family::<ReasonLabel, Counter>::default();
+    for (r, v) in drops_by_reason(&report.stats) {
+        dropped
+            .get_or_create(&ReasonLabel {
+                reason: r.name().into(),
+            })
+            .inc_by(v);
+    }
+    reg.register("packets_dropped", "Datagrams dropped, by reason", dropped);
+
+    let send_errors = Counter::<u64>::default();
+    send_errors.inc_by(report.send_errors);
+    reg.register(
+        "send_errors",
+        "Datagrams the kernel refused to send",
+        send_errors,
+    );
+
+    let q = &report.quorum;
+    let has = Gauge::<i64>::default();
+    has.set(i64::from(q.has_quorum));
+    reg.register(
+        "quorum",
+        "1 when this node reaches a quorum of votes, else 0",
+        has,
+    );
+    let reachable = Gauge::<i64>::default();
+    reachable.set(i64::from(q.reachable_votes));
+    reg.register(
+        "quorum_reachable_votes",
+        "Votes this node can reach (its own included)",
+        reachable,
+    );
+    let required = Gauge::<i64>::default();
+    required.set(i64::from(q.required_votes));
+    reg.register("quorum_required_votes", "Votes a quorum needs", required);
+
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg)
+        .expect("writing to a String cannot fail");
+    out
+}
