@@ -69,6 +69,9 @@ struct AgentArgs {
     /// Turn multicast discovery off.
     #[arg(long)]
     no_multicast: bool,
+    /// Validate the configuration and exit (0 when valid, 2 with the faulty key otherwise).
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Args)]
@@ -145,6 +148,17 @@ fn run_agent(a: AgentArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if a.check {
+        println!(
+            "configuration valid: node {} in cluster {} ({} expected nodes, quorum {} of {} votes)",
+            config.name,
+            config.cluster,
+            config.expected_nodes,
+            config.quorum.required(),
+            config.quorum.total()
+        );
+        return ExitCode::SUCCESS;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
         .with_writer(std::io::stderr)

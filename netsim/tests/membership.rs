@@ -19,7 +19,7 @@ fn seeds() -> impl Iterator<Item = u64> {
     let count: u64 = std::env::var("NETSIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(50);
     base..base + count
 }
 

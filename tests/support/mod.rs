@@ -1,0 +1,551 @@
+//! Test support for end-to-end tests: a lab of network namespaces on Linux bridges, and real
+//! `chorus agent` processes inside them.
+//!
+//! Each lab owns one "switch" namespace holding its bridges, and one namespace per host with a veth
+//! (`eth0`) into the switch. Nothing is added to the root namespace, and dropping the lab (also on a
+//! panic) kills every agent and deletes every namespace it made, which removes its veths and
+//! bridges with them. A partition moves host ports onto separate bridges; heal moves them back.
+//!
+//! Without root or `ip netns`, `Lab::new` returns a skip reason; a test prints it and returns,
+//! unless `CHORUS_E2E_REQUIRE=1` (set in CI), where a skip is a failure.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The agent binary under test.
+pub const CHORUS: &str = env!("CARGO_BIN_EXE_chorus");
+
+static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Runs a command, failing with its output when it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+fn ip(args: &[&str]) -> Output {
+    run(Command::new("ip").args(args))
+}
+
+/// Returns a lab, or skips the calling test with a clear message.
+#[macro_export]
+macro_rules! lab_or_skip {
+    ($hosts:expr) => {
+        match $crate::support::Lab::new($hosts) {
+            Ok(lab) => lab,
+            Err(reason) => {
+                if std::env::var("CHORUS_E2E_REQUIRE").as_deref() == Ok("1") {
+                    panic!("end-to-end test cannot run but CHORUS_E2E_REQUIRE=1: {reason}");
+                }
+                eprintln!("SKIPPED: {reason}");
+                return;
+            }
+        }
+    };
+}
+
+/// How an agent is configured.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// Node name.
+    pub name: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Cluster key (base64).
+    pub key: String,
+    /// Expected nodes.
+    pub expected_nodes: u32,
+    /// Seeds (`ip:port`).
+    pub seeds: Vec<String>,
+    /// Multicast discovery on.
+    pub multicast: bool,
+}
+
+/// The key the tests' main cluster uses.
+pub const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+/// A different key.
+pub const KEY_B: &str = "HxweHRwbGhkYFxYVFBMSERAPDg0MCwoJCAcGBQQDAgE=";
+
+impl AgentSpec {
+    /// A member of cluster "e2e" expecting `n` nodes, found by multicast.
+    pub fn new(name: &str, n: u32) -> Self {
+        AgentSpec {
+            name: name.into(),
+            cluster: "e2e".into(),
+            key: KEY_A.into(),
+            expected_nodes: n,
+            seeds: vec![],
+            multicast: true,
+        }
+    }
+}
+
+/// A running (or stopped) agent.
+pub struct Agent {
+    /// Host index it runs on.
+    pub host: usize,
+    /// Its spec.
+    pub spec: AgentSpec,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+/// A set of hosts in namespaces on bridges, and the agents on them.
+pub struct Lab {
+    prefix: String,
+    switch: String,
+    hosts: Vec<String>,
+    bridges: usize,
+    dir: tempfile::TempDir,
+    /// Agents started so far, by index.
+    pub agents: Vec<Agent>,
+    _guard: MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    /// Builds `n` hosts on one bridge, or says why it cannot.
+    pub fn new(n: usize) -> Result<Lab, String> {
+        if Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout != b"0\n")
+            .unwrap_or(true)
+        {
+            return Err("end-to-end tests need root to create network namespaces".into());
+        }
+        if Command::new("ip").arg("-V").output().is_err() {
+            return Err("the `ip` command (iproute2) is not installed".into());
+        }
+        let guard = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = LAB_SEQ.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("chr{}x{}", std::process::id(), seq);
+        let switch = format!("{prefix}sw");
+        let probe = Command::new("ip")
+            .args(["netns", "add", &switch])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !probe.status.success() {
+            return Err(format!(
+                "cannot create a network namespace: {}",
+                String::from_utf8_lossy(&probe.stderr)
+            ));
+        }
+        let mut lab = Lab {
+            prefix: prefix.clone(),
+            switch,
+            hosts: Vec::new(),
+            bridges: 0,
+            dir: tempfile::tempdir().map_err(|e| e.to_string())?,
+            agents: Vec::new(),
+            _guard: guard,
+        };
+        lab.add_bridge();
+        for i in 0..n {
+            lab.add_host(i);
+        }
+        Ok(lab)
+    }
+
+    fn add_bridge(&mut self) -> String {
+        let br = format!("br{}", self.bridges);
+        self.bridges += 1;
+        ip(&["-n", &self.switch, "link", "add", &br, "type", "bridge"]);
+        // Flood multicast: without an IGMP querier, snooping would drop beacons unpredictably.
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &br,
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        ip(&["-n", &self.switch, "link", "set", &br, "up"]);
+        br
+    }
+
+    fn add_host(&mut self, i: usize) {
+        let ns = format!("{}h{}", self.prefix, i);
+        ip(&["netns", "add", &ns]);
+        let port = format!("v{i}");
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns,
+        ]);
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &port,
+            "master",
+            "br0",
+            "up",
+        ]);
+        let addr = format!("{}/24", self.ip(i));
+        ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        // Multicast needs a route (or an explicit interface) in every namespace.
+        ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
+        self.hosts.push(ns);
+    }
+
+    /// Adds one more host on the main bridge; returns its index.
+    pub fn add_extra_host(&mut self) -> usize {
+        let i = self.hosts.len();
+        self.add_host(i);
+        i
+    }
+
+    /// The address of host `i`.
+    pub fn ip(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, (i / 200) as u8, (i % 200) as u8 + 1)
+    }
+
+    /// The namespace of host `i`.
+    pub fn ns(&self, i: usize) -> &str {
+        &self.hosts[i]
+    }
+
+    /// Runs a command inside host `i`'s namespace.
+    pub fn exec(&self, i: usize, args: &[&str]) -> Output {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.hosts[i]]).args(args);
+        c.output()
+            .unwrap_or_else(|e| panic!("cannot run {args:?} in {}: {e}", self.hosts[i]))
+    }
+
+    /// Splits the hosts into groups, each on its own bridge; hosts in no group stay on br0.
+    pub fn partition(&mut self, groups: &[&[usize]]) {
+        while self.bridges < groups.len() + 1 {
+            self.add_bridge();
+        }
+        for (g, hosts) in groups.iter().enumerate() {
+            for h in *hosts {
+                self.set_port(*h, Some(&format!("br{}", g + 1)));
+            }
+        }
+    }
+
+    /// Attaches host `i`'s switch port to bridge `br`, or to none.
+    fn set_port(&self, i: usize, br: Option<&str>) {
+        let port = format!("v{i}");
+        let mut args = vec!["-n", self.switch.as_str(), "link", "set", port.as_str()];
+        match br {
+            Some(b) => args.extend(["master", b]),
+            None => args.push("nomaster"),
+        }
+        ip(&args);
+    }
+
+    /// Cuts host `i` off from every other host.
+    pub fn isolate(&mut self, i: usize) {
+        self.set_port(i, None);
+    }
+
+    /// Puts every host back on the main bridge.
+    pub fn heal(&mut self) {
+        for i in 0..self.hosts.len() {
+            self.set_port(i, Some("br0"));
+        }
+    }
+
+    /// Starts an agent on host `host`; returns its index in `agents`.
+    pub fn start(&mut self, host: usize, spec: AgentSpec) -> usize {
+        let data_dir = self.dir.path().join(format!("data-{}", spec.name));
+        let config = self.dir.path().join(format!("{}.toml", spec.name));
+        let log = self.dir.path().join(format!("{}.log", spec.name));
+        let seeds: Vec<String> = spec.seeds.iter().map(|s| format!("{s:?}")).collect();
+        let text = format!(
+            "[node]\nname = {name:?}\ndata_dir = {dd:?}\n\
+             [gossip]\nbind = \"{ip}:7946\"\nprofile = \"lan\"\n\
+             [discovery]\nmulticast = {mc}\nmulticast_interface = \"eth0\"\nseeds = [{seeds}]\n\
+             [cluster]\nname = {cluster:?}\nkey = {key:?}\nexpected_nodes = {n}\n\
+             [api]\nbind = \"127.0.0.1:7947\"\n[log]\nlevel = \"info,membership=debug\"\n",
+            name = spec.name,
+            dd = data_dir.display().to_string(),
+            ip = self.ip(host),
+            mc = spec.multicast,
+            seeds = seeds.join(", "),
+            cluster = spec.cluster,
+            key = spec.key,
+            n = spec.expected_nodes,
+        );
+        std::fs::write(&config, text).expect("write agent config");
+        let mut agent = Agent {
+            host,
+            spec,
+            data_dir,
+            log,
+            config,
+            child: None,
+        };
+        self.spawn(&mut agent);
+        self.agents.push(agent);
+        self.agents.len() - 1
+    }
+
+    fn spawn(&self, agent: &mut Agent) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&agent.log)
+            .expect("open agent log");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.hosts[agent.host],
+                CHORUS,
+                "agent",
+                "--config",
+            ])
+            .arg(&agent.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn chorus agent");
+        agent.child = Some(child);
+    }
+
+    /// Kills agent `a` with SIGKILL.
+    pub fn kill9(&mut self, a: usize) {
+        if let Some(mut c) = self.agents[a].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM to agent `a` and waits (bounded) for it to exit; returns its exit status.
+    pub fn terminate(&mut self, a: usize) -> std::process::ExitStatus {
+        let mut c = self.agents[a].child.take().expect("agent is running");
+        // `ip netns exec` execs the agent, so the child's pid is the agent's.
+        run(Command::new("kill").args(["-TERM", &c.id().to_string()]));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = c.try_wait().expect("wait agent") {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!(
+                    "agent {} did not exit within 15 s of SIGTERM\n{}",
+                    self.agents[a].spec.name,
+                    self.log_of(a)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Restarts a stopped agent with its data directory.
+    pub fn restart(&mut self, a: usize) {
+        assert!(self.agents[a].child.is_none(), "agent {a} is running");
+        let mut agent = std::mem::replace(
+            &mut self.agents[a],
+            Agent {
+                host: 0,
+                spec: AgentSpec::new("x", 1),
+                data_dir: PathBuf::new(),
+                log: PathBuf::new(),
+                config: PathBuf::new(),
+                child: None,
+            },
+        );
+        self.spawn(&mut agent);
+        self.agents[a] = agent;
+    }
+
+    /// Asks agent `a` for `chorus <what> --json` through the CLI, inside its namespace.
+    pub fn query(&self, a: usize, what: &str) -> Option<Value> {
+        let out = self.exec(
+            self.agents[a].host,
+            &[CHORUS, what, "--json", "--api", "127.0.0.1:7947"],
+        );
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Agent `a`'s member list as (name, state, generation, id).
+    pub fn members(&self, a: usize) -> Option<Vec<(String, String, u64, String)>> {
+        let v = self.query(a, "members")?;
+        Some(
+            v["members"]
+                .as_array()?
+                .iter()
+                .map(|m| {
+                    (
+                        m["name"].as_str().unwrap_or("").to_string(),
+                        m["state"].as_str().unwrap_or("").to_string(),
+                        m["generation"].as_u64().unwrap_or(0),
+                        m["id"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// The state agent `viewer` reports for the member named `name`.
+    pub fn state_of(&self, viewer: usize, name: &str) -> Option<String> {
+        self.members(viewer)?
+            .into_iter()
+            .find(|m| m.0 == name)
+            .map(|m| m.1)
+    }
+
+    /// Agent `a`'s `/v1/status`.
+    pub fn status(&self, a: usize) -> Option<Value> {
+        self.query(a, "status")
+    }
+
+    /// Agent `a`'s `/metrics` text.
+    pub fn metrics(&self, a: usize) -> String {
+        let script = "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:7947/metrics', timeout=5).read().decode())";
+        let out = self.exec(self.agents[a].host, &["python3", "-c", script]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The value of a metric line `name{labels}` in agent `a`'s metrics (0 when absent).
+    pub fn metric(&self, a: usize, series: &str) -> u64 {
+        self.metrics(a)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse::<f64>().ok())
+            })
+            .map_or(0, |v| v as u64)
+    }
+
+    /// The last lines of agent `a`'s log.
+    pub fn log_of(&self, a: usize) -> String {
+        let text = std::fs::read_to_string(&self.agents[a].log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(40);
+        format!(
+            "--- log of {} ---\n{}",
+            self.agents[a].spec.name,
+            lines[start..].join("\n")
+        )
+    }
+
+    /// Every agent's log tail, for failure messages.
+    pub fn all_logs(&self) -> String {
+        (0..self.agents.len())
+            .map(|a| self.log_of(a))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Polls `cond` every 100 ms until it holds or `limit` passes; returns the time it took.
+    /// Panics with `what` and every agent's log on timeout.
+    pub fn wait_for(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut cond: impl FnMut(&Lab) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            if cond(self) {
+                return start.elapsed();
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "timed out after {limit:?} waiting for: {what}\n{}",
+                    self.all_logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// True when every listed running agent lists exactly the `names` as alive.
+    pub fn all_alive(&self, viewers: &[usize], names: &[&str]) -> bool {
+        viewers.iter().all(|v| {
+            self.members(*v).is_some_and(|ms| {
+                names
+                    .iter()
+                    .all(|n| ms.iter().any(|m| m.0 == *n && m.1 == "alive"))
+            })
+        })
+    }
+
+    /// Sends a datagram from host `from` to `to` (ip:port) with python, `count` times.
+    pub fn send_udp(&self, from: usize, to: &str, payload_py: &str, count: usize) {
+        let (host, port) = to.rsplit_once(':').expect("ip:port");
+        let script = format!(
+            "import socket,os\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)\n\
+             for i in range({count}):\n    s.sendto({payload_py}, ('{host}', {port}))\n"
+        );
+        let out = self.exec(from, &["python3", "-c", &script]);
+        assert!(
+            out.status.success(),
+            "python sender failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Path of the lab's scratch directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            if let Some(mut c) = a.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        for ns in self.hosts.iter().chain(std::iter::once(&self.switch)) {
+            // Anything still running in the namespace (a stray CLI) goes too.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
