@@ -59,19 +59,16 @@ pub struct Timings {
 impl Timings {
     /// The timings of `profile` for a cluster of about `cluster_size` nodes.
     pub fn for_profile(profile: Profile, cluster_size: u32) -> Self {
-        // foca's presets scale suspicion with log10(n); keep that shape with integer maths so the
-        // core has no float in its decisions.
-        let log_scale = match cluster_size {
-            0..=10 => 1,
-            11..=100 => 2,
-            101..=1000 => 3,
-            _ => 4,
-        };
+        // foca's presets scale suspicion with max(1, log10 n); approximate it in integer tenths
+        // (log10 n ≈ log2 n / 3.32) so the core has no float in its decisions:
+        // n ≤ 15 → 1.0, 100 → 1.8, 1,000 → 2.7, 10,000 → 3.9.
+        let log_tenths = (cluster_size.max(1).ilog2() * 1000 / 332).max(10);
+        let scale = |d: Duration| d * log_tenths / 10;
         match profile {
             Profile::Lan => Timings {
                 probe_period: Duration::from_millis(500),
                 probe_rtt: Duration::from_millis(200),
-                suspect_to_down: Duration::from_millis(1500) * log_scale,
+                suspect_to_down: scale(Duration::from_millis(1000)),
                 gossip_every: Duration::from_millis(100),
                 beacon_fast: Duration::from_millis(100),
                 beacon_every: Duration::from_secs(5),
@@ -84,7 +81,7 @@ impl Timings {
             Profile::Wan => Timings {
                 probe_period: Duration::from_secs(5),
                 probe_rtt: Duration::from_secs(3),
-                suspect_to_down: Duration::from_secs(30) * log_scale,
+                suspect_to_down: scale(Duration::from_secs(30)),
                 gossip_every: Duration::from_millis(500),
                 beacon_fast: Duration::from_millis(500),
                 beacon_every: Duration::from_secs(10),
@@ -97,7 +94,7 @@ impl Timings {
             Profile::Local => Timings {
                 probe_period: Duration::from_millis(300),
                 probe_rtt: Duration::from_millis(100),
-                suspect_to_down: Duration::from_millis(1000) * log_scale,
+                suspect_to_down: scale(Duration::from_millis(1000)),
                 gossip_every: Duration::from_millis(50),
                 beacon_fast: Duration::from_millis(50),
                 beacon_every: Duration::from_secs(2),

@@ -188,6 +188,7 @@ enum Due {
     Beacon,
     Seeds,
     MetaSync,
+    DownHints,
     LeaveSwim,
 }
 
@@ -241,6 +242,7 @@ pub struct Membership {
     beacon_backoff: Duration,
     seed_backoff: Duration,
     announced_at: BTreeMap<SocketAddr, Duration>,
+    hinted_at: BTreeMap<SocketAddr, Duration>,
     leaving: bool,
     left_swim: bool,
 }
@@ -310,6 +312,7 @@ impl Membership {
             stats: Stats::default(),
             quorum,
             announced_at: BTreeMap::new(),
+            hinted_at: BTreeMap::new(),
             leaving: false,
             left_swim: false,
             cfg,
@@ -321,6 +324,8 @@ impl Membership {
         core.schedule(Duration::ZERO, Due::Seeds);
         let sync = core.timings.meta_sync_every;
         core.schedule(sync, Due::MetaSync);
+        let hints = core.timings.announce_down_every;
+        core.schedule(hints, Due::DownHints);
         core.after_input();
         core
     }
@@ -433,6 +438,13 @@ impl Membership {
                 Due::Beacon => self.on_beacon_timer(),
                 Due::Seeds => self.on_seed_timer(),
                 Due::MetaSync => self.on_meta_sync_timer(),
+                Due::DownHints => {
+                    if !self.leaving {
+                        self.hint_down_members(3);
+                        let every = self.timings.announce_down_every;
+                        self.schedule(every, Due::DownHints);
+                    }
+                }
                 Due::LeaveSwim => {
                     self.left_swim = true;
                     if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
@@ -669,7 +681,11 @@ impl Membership {
             .map(|m| (*m.id(), m.incarnation()))
             .collect();
         for (peer, incarnation) in suspects {
-            let msg = MetaMsg::Suspected { peer, incarnation };
+            let msg = MetaMsg::Suspected {
+                peer,
+                incarnation,
+                by: self.identity,
+            };
             let payload = postcard::to_stdvec(&msg).expect("encode");
             self.push_transmit(Destination::Unicast(peer.addr), Channel::Meta, &payload);
         }
@@ -687,7 +703,11 @@ impl Membership {
                     self.send_digest(from, digest);
                 }
             }
-            MetaMsg::Suspected { peer, incarnation } => {
+            MetaMsg::Suspected {
+                peer,
+                incarnation,
+                by,
+            } => {
                 if peer == self.identity && !self.left_swim {
                     let update = foca::Member::new(peer, incarnation, foca::State::Suspect);
                     if let Err(e) =
@@ -696,6 +716,13 @@ impl Membership {
                     {
                         debug!(error = %e, "refuting suspicion");
                     }
+                    // Any SWIM message carries our new incarnation in its header: an announce to
+                    // the suspecter refutes there at once.
+                    if by.addr != self.identity.addr
+                        && let Err(e) = self.foca.announce(by, &mut self.rt)
+                    {
+                        debug!(error = %e, "answering a suspicion");
+                    }
                     // Spread the refutation now rather than at the next gossip tick.
                     if let Err(e) = self.foca.gossip(&mut self.rt) {
                         debug!(error = %e, "gossip refutation");
@@ -703,7 +730,7 @@ impl Membership {
                     self.drain_foca();
                 }
             }
-            MetaMsg::Down { peer } => {
+            MetaMsg::Down { peer, by } => {
                 if peer == self.identity && !self.left_swim {
                     info!("peers hold this node as down: rejoining with a new generation");
                     let update = foca::Member::new(peer, 0, foca::State::Down);
@@ -714,6 +741,13 @@ impl Membership {
                         debug!(error = %e, "rejoin after down hint");
                     }
                     self.drain_foca();
+                    // Introduce the new identity to the node that told us, which is across
+                    // whatever cut just healed; gossip carries it to the rest. If we hold that
+                    // node down too, tell it, so both sides renew within one round trip.
+                    if self.held_down(by) {
+                        self.send_down_hint(by);
+                    }
+                    self.announce(by.addr);
                 }
             }
             MetaMsg::Digest(theirs) => {
@@ -835,18 +869,22 @@ impl Membership {
     }
 
     fn send_down_hint(&mut self, peer: Peer) {
-        let last = self.announced_at.get(&peer.addr).copied();
+        let last = self.hinted_at.get(&peer.addr).copied();
         if last.is_some_and(|t| self.now < t + self.timings.probe_period) {
             return;
         }
-        self.announced_at.insert(peer.addr, self.now);
-        let payload = postcard::to_stdvec(&MetaMsg::Down { peer }).expect("encode");
+        self.hinted_at.insert(peer.addr, self.now);
+        let payload = postcard::to_stdvec(&MetaMsg::Down {
+            peer,
+            by: self.identity,
+        })
+        .expect("encode");
         self.push_transmit(Destination::Unicast(peer.addr), Channel::Meta, &payload);
     }
 
     /// A few members held down (not left) are told so, so that a healed partition merges even
     /// without multicast: the other side renews its identity and announces itself again.
-    fn hint_down_members(&mut self) {
+    fn hint_down_members(&mut self, max: usize) {
         let table = self.meta.lock().expect("meta lock poisoned");
         let mut down: Vec<Peer> = self
             .foca
@@ -860,7 +898,7 @@ impl Membership {
             })
             .collect();
         drop(table);
-        for _ in 0..2 {
+        for _ in 0..max {
             if down.is_empty() {
                 break;
             }
@@ -874,7 +912,6 @@ impl Membership {
         if self.leaving {
             return;
         }
-        self.hint_down_members();
         let seeds = self.cfg.seeds.clone();
         for seed in seeds {
             if seed == self.identity.addr {
@@ -977,9 +1014,15 @@ impl Membership {
                     }
                     Some(_) => None,
                 };
+                let back = matches!(event, Some(Event::MemberRecovered { .. }));
                 if let Some(ev) = event {
                     info!(event = ?ev, "membership");
                     self.events.push_back(ev);
+                }
+                if back {
+                    // A failed member is back: a partition probably healed. Tell every member we
+                    // hold down at once instead of waiting for the periodic hints.
+                    self.hint_down_members(usize::MAX);
                 }
                 // Pull its metadata (and give it ours) right away rather than at the next sync.
                 let digest = self.meta.lock().expect("meta lock poisoned").digest();

@@ -285,8 +285,9 @@ impl Sealer {
     }
 }
 
-/// FNV-1a over several byte slices; a stable, dependency-free hash for tags and digests.
-pub(crate) fn fnv1a64(parts: &[&[u8]]) -> u64 {
+/// FNV-1a over several byte slices: a stable, dependency-free hash for tags and digests (not a
+/// security primitive; the AEAD authenticates).
+pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for b in *part {

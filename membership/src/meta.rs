@@ -163,12 +163,17 @@ pub enum MetaMsg {
     Down {
         /// The identity held down.
         peer: crate::identity::Peer,
+        /// Who holds it down: the renewed node announces itself there at once.
+        by: crate::identity::Peer,
     },
     Suspected {
         /// The identity suspected.
         peer: crate::identity::Peer,
         /// The incarnation suspected.
         incarnation: u16,
+        /// Who holds the suspicion: the suspect answers it directly, so its refutation reaches
+        /// the suspecter in one round trip instead of by chance through gossip.
+        by: crate::identity::Peer,
     },
     /// "Here is what I hold": the receiver answers with newer records and asks for what it lacks.
     Digest(Vec<DigestEntry>),

@@ -316,7 +316,10 @@ fn same_seed_same_trace_other_seed_other_trace() {
 fn no_false_failure_on_a_lossy_idle_cluster() {
     for seed in seeds() {
         let mut cfg = SimConfig::lan(9, seed);
-        cfg.loss_ppm = 50_000; // 5 %
+        cfg.loss_ppm = std::env::var("NETSIM_LOSS_PPM")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(50_000);
         let mut sim = Sim::new(cfg);
         sim.run_until_cond(10 * S, |s| s.all_see_alive(&all(9)))
             .expect("join");

@@ -1,0 +1,961 @@
+//! The store state machine: one node's replica plus the quorum protocol it coordinates.
+//!
+//! Writes at `quorum` follow the ABD register protocol over the entry join. The coordinator first
+//! asks every reachable replica for the key's version and waits for a quorum of votes to answer;
+//! only then does it pick a version above all of them and send the entry to every reachable
+//! replica, acknowledging the client once a quorum of votes has stored it. A coordinator that cannot
+//! reach a quorum never gets past the first phase, so its write reaches no replica, even while the
+//! membership view still believes the partition is not there. Quorum reads gather a quorum, return
+//! the highest version and write it back to the replicas that answered with less, before replying.
+//!
+//! Like the membership core it is sans-IO: the driver passes time, peers and messages, and
+//! drains [`StoreCore::poll_send`] and [`StoreCore::poll_reply`].
+
+use crate::entry::{Entry, Version};
+use crate::hlc::Hlc;
+use crate::limits::{StoreError, check_key, check_store_name, check_value};
+use crate::replica::{BUCKETS, Replica};
+use membership::NodeId;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+/// How a request trades safety for latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Quorum rounds: linearizable per key inside the majority.
+    Quorum,
+    /// Local read or write, replicated in the background; writes still need the quorum view.
+    Local,
+}
+
+/// What a minority node does with reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinorityReads {
+    /// Refuse with `no_quorum`.
+    Refuse,
+    /// Serve the local replica, marked stale.
+    Stale,
+}
+
+/// Per-store settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Consistency when a request does not say.
+    pub default_consistency: Consistency,
+}
+
+/// Settings of the store core.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Votes a quorum needs (the membership rule).
+    pub required_votes: u32,
+    /// This node's votes.
+    pub my_votes: u32,
+    /// How long a quorum round may take before it answers `indeterminate`.
+    pub round_timeout: Duration,
+    /// Largest value.
+    pub max_value_bytes: usize,
+    /// How long tombstones and expired entries are kept before they are collected.
+    pub gc_grace: Duration,
+    /// Anti-entropy period.
+    pub anti_entropy_every: Duration,
+    /// Largest sum of value bytes in one anti-entropy message.
+    pub sync_chunk_bytes: usize,
+    /// Reads on a node without quorum.
+    pub minority_reads: MinorityReads,
+    /// The stores that exist, by name.
+    pub stores: BTreeMap<String, StoreSettings>,
+}
+
+impl StoreConfig {
+    /// A configuration with one store, `default`, at quorum consistency.
+    pub fn new(required_votes: u32) -> Self {
+        let mut stores = BTreeMap::new();
+        stores.insert(
+            "default".to_string(),
+            StoreSettings {
+                default_consistency: Consistency::Quorum,
+            },
+        );
+        StoreConfig {
+            required_votes,
+            my_votes: 1,
+            round_timeout: Duration::from_secs(2),
+            max_value_bytes: crate::limits::DEFAULT_MAX_VALUE_BYTES,
+            gc_grace: Duration::from_secs(24 * 3600),
+            anti_entropy_every: Duration::from_secs(5),
+            sync_chunk_bytes: 256 * 1024,
+            minority_reads: MinorityReads::Refuse,
+            stores,
+        }
+    }
+}
+
+/// A client request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Write a value.
+    Put {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// Value bytes.
+        value: Vec<u8>,
+        /// Time to live.
+        ttl: Option<Duration>,
+        /// Consistency; the store's default when `None`.
+        consistency: Option<Consistency>,
+    },
+    /// Delete a key (writes a tombstone).
+    Delete {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// Consistency; the store's default when `None`.
+        consistency: Option<Consistency>,
+    },
+    /// Read a key.
+    Get {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// Consistency; the store's default when `None`.
+        consistency: Option<Consistency>,
+    },
+    /// List keys by prefix (served from the local replica).
+    List {
+        /// Store name.
+        store: String,
+        /// Key prefix.
+        prefix: String,
+        /// Most keys to return.
+        limit: usize,
+    },
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The write (or delete) took effect with this version.
+    Written {
+        /// Version of the write.
+        version: Version,
+    },
+    /// The value read and its version.
+    Value {
+        /// Value bytes.
+        value: Vec<u8>,
+        /// Its version.
+        version: Version,
+        /// True when served by a node without quorum (`minority_reads = stale`).
+        stale: bool,
+    },
+    /// Keys, in order.
+    Keys {
+        /// The keys.
+        keys: Vec<String>,
+        /// True when served by a node without quorum.
+        stale: bool,
+    },
+}
+
+/// Identifies a request until its reply.
+pub type OpId = u64;
+
+/// Messages between store replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreMsg {
+    /// Phase one of a write, or a quorum read: "what do you hold for this key?"
+    ReadReq {
+        /// Coordinator's operation.
+        op: OpId,
+        /// Store.
+        store: String,
+        /// Key.
+        key: String,
+    },
+    /// The answer to [`StoreMsg::ReadReq`].
+    ReadResp {
+        /// Coordinator's operation.
+        op: OpId,
+        /// The entry held, if any.
+        entry: Option<Entry>,
+    },
+    /// Store this entry (phase two of a write, a write-back, or a background push).
+    WriteReq {
+        /// Coordinator's operation (0 for a push nobody waits on).
+        op: OpId,
+        /// Store.
+        store: String,
+        /// Key.
+        key: String,
+        /// The entry.
+        entry: Entry,
+    },
+    /// The entry is stored (durably, once the store has a log).
+    WriteAck {
+        /// Coordinator's operation.
+        op: OpId,
+    },
+    /// Anti-entropy: the sender's bucket digests of every store.
+    Digest {
+        /// `(store, digest per bucket)`.
+        stores: Vec<(String, Vec<u64>)>,
+    },
+    /// Anti-entropy: entries of differing buckets, and the buckets the sender wants back.
+    Entries {
+        /// Store.
+        store: String,
+        /// Entries.
+        entries: Vec<(String, Entry)>,
+        /// Buckets whose entries the sender wants.
+        want: Vec<u16>,
+    },
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Write, phase one: versions gathered so far.
+    Learn { answers: BTreeMap<NodeId, Version> },
+    /// Write, phase two: who stored it.
+    Store {
+        entry: Entry,
+        acks: BTreeSet<NodeId>,
+    },
+    /// Quorum read: entries gathered so far.
+    Gather {
+        answers: BTreeMap<NodeId, Option<Entry>>,
+    },
+    /// Quorum read, write-back: who holds the winner.
+    WriteBack {
+        entry: Entry,
+        holders: BTreeSet<NodeId>,
+    },
+}
+
+#[derive(Debug)]
+enum Intent {
+    Write {
+        value: Option<Vec<u8>>,
+        ttl: Option<Duration>,
+    },
+    Read,
+}
+
+#[derive(Debug)]
+struct Op {
+    store: String,
+    key: String,
+    intent: Intent,
+    phase: Phase,
+    deadline: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    Timeout(OpId),
+    AntiEntropy,
+    Collect,
+}
+
+/// The store core of one node.
+#[derive(Debug)]
+pub struct StoreCore {
+    me: NodeId,
+    cfg: StoreConfig,
+    hlc: Hlc,
+    replica: Replica,
+    rng: Xoshiro256PlusPlus,
+    now: Duration,
+    wall_ms: u64,
+    peers: BTreeMap<NodeId, u32>,
+    view_quorum: bool,
+    view_reachable: u32,
+    ops: BTreeMap<OpId, Op>,
+    next_op: OpId,
+    timers: BTreeMap<(Duration, u64), Due>,
+    seq: u64,
+    outbox: VecDeque<(NodeId, StoreMsg)>,
+    replies: VecDeque<(OpId, Result<Reply, StoreError>)>,
+    /// Test-only fault switch: coordinate writes without the first (learn) phase. Exists so that
+    /// tests can show the minority checker catches a broken protocol; never set in the agent.
+    pub fault_skip_learn_phase: bool,
+}
+
+impl StoreCore {
+    /// A store core for node `me`; random choices derive from `seed`; `now` is core time and
+    /// `wall_ms` the wall clock in Unix milliseconds (used for versions and TTLs).
+    pub fn new(me: NodeId, cfg: StoreConfig, seed: u64, now: Duration, wall_ms: u64) -> Self {
+        let mut core = StoreCore {
+            me,
+            hlc: Hlc::default(),
+            replica: Replica::default(),
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5707_e000_0000_0001),
+            now,
+            wall_ms,
+            peers: BTreeMap::new(),
+            view_quorum: cfg.my_votes >= cfg.required_votes,
+            view_reachable: cfg.my_votes,
+            ops: BTreeMap::new(),
+            next_op: 1,
+            timers: BTreeMap::new(),
+            seq: 0,
+            outbox: VecDeque::new(),
+            replies: VecDeque::new(),
+            fault_skip_learn_phase: false,
+            cfg,
+        };
+        let every = core.cfg.anti_entropy_every;
+        core.schedule(every, Due::AntiEntropy);
+        core.schedule(Duration::from_secs(60), Due::Collect);
+        core
+    }
+
+    /// The local replica.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// Mutable access to the local replica (recovery from disk; tests).
+    pub fn replica_mut(&mut self) -> &mut Replica {
+        &mut self.replica
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    /// Operations in flight.
+    pub fn in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The earliest time [`StoreCore::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.timers.keys().next().map(|(t, _)| *t)
+    }
+
+    /// The next message to send.
+    pub fn poll_send(&mut self) -> Option<(NodeId, StoreMsg)> {
+        self.outbox.pop_front()
+    }
+
+    /// The next client reply.
+    pub fn poll_reply(&mut self) -> Option<(OpId, Result<Reply, StoreError>)> {
+        self.replies.pop_front()
+    }
+
+    /// Updates what membership says: reachable peers with their votes, and the quorum view.
+    /// New peers get an anti-entropy round at once (a join, a restart or a heal).
+    pub fn set_view(
+        &mut self,
+        peers: BTreeMap<NodeId, u32>,
+        has_quorum: bool,
+        reachable_votes: u32,
+    ) {
+        let new: Vec<NodeId> = peers
+            .keys()
+            .filter(|p| !self.peers.contains_key(p))
+            .copied()
+            .collect();
+        self.peers = peers;
+        self.peers.remove(&self.me);
+        self.view_quorum = has_quorum;
+        self.view_reachable = reachable_votes;
+        for p in new {
+            self.send_digest(p);
+        }
+    }
+
+    fn advance(&mut self, now: Duration, wall_ms: u64) {
+        self.now = self.now.max(now);
+        self.wall_ms = self.wall_ms.max(wall_ms);
+    }
+
+    fn schedule(&mut self, after: Duration, due: Due) {
+        self.seq += 1;
+        self.timers.insert((self.now + after, self.seq), due);
+    }
+
+    fn votes_of(&self, n: NodeId) -> u32 {
+        if n == self.me {
+            self.cfg.my_votes
+        } else {
+            self.peers.get(&n).copied().unwrap_or(1)
+        }
+    }
+
+    fn votes<'a>(&self, nodes: impl Iterator<Item = &'a NodeId>) -> u32 {
+        nodes.map(|n| self.votes_of(*n)).sum()
+    }
+
+    fn no_quorum(&self) -> StoreError {
+        StoreError::NoQuorum {
+            reachable_votes: self.view_reachable,
+            required_votes: self.cfg.required_votes,
+        }
+    }
+
+    fn check_store(&self, store: &str) -> Result<&StoreSettings, StoreError> {
+        check_store_name(store)?;
+        self.cfg
+            .stores
+            .get(store)
+            .ok_or_else(|| StoreError::NotFound {
+                message: format!("no store named {store:?} is configured"),
+            })
+    }
+
+    /// Starts a client request; its answer comes out of [`StoreCore::poll_reply`] with the
+    /// returned id (at once for local operations and errors).
+    pub fn request(&mut self, now: Duration, wall_ms: u64, req: Request) -> OpId {
+        self.advance(now, wall_ms);
+        let op = self.next_op;
+        self.next_op += 1;
+        if let Err(e) = self.start(op, req) {
+            self.replies.push_back((op, Err(e)));
+        }
+        op
+    }
+
+    fn start(&mut self, op: OpId, req: Request) -> Result<(), StoreError> {
+        match req {
+            Request::Put {
+                store,
+                key,
+                value,
+                ttl,
+                consistency,
+            } => {
+                let c = consistency.unwrap_or(self.check_store(&store)?.default_consistency);
+                self.check_store(&store)?;
+                check_key(&key)?;
+                check_value(value.len(), self.cfg.max_value_bytes)?;
+                if ttl.is_some_and(|t| t.is_zero()) {
+                    return Err(StoreError::BadRequest {
+                        message: "ttl must be positive".into(),
+                    });
+                }
+                self.write(op, store, key, Some(value), ttl, c)
+            }
+            Request::Delete {
+                store,
+                key,
+                consistency,
+            } => {
+                let c = consistency.unwrap_or(self.check_store(&store)?.default_consistency);
+                check_key(&key)?;
+                self.write(op, store, key, None, None, c)
+            }
+            Request::Get {
+                store,
+                key,
+                consistency,
+            } => {
+                let c = consistency.unwrap_or(self.check_store(&store)?.default_consistency);
+                check_key(&key)?;
+                self.read(op, store, key, c)
+            }
+            Request::List {
+                store,
+                prefix,
+                limit,
+            } => {
+                self.check_store(&store)?;
+                let stale = !self.view_quorum;
+                if stale && self.cfg.minority_reads == MinorityReads::Refuse {
+                    return Err(self.no_quorum());
+                }
+                let keys = self
+                    .replica
+                    .store(&store)
+                    .map(|s| s.list(&prefix, limit, self.wall_ms))
+                    .unwrap_or_default();
+                self.replies
+                    .push_back((op, Ok(Reply::Keys { keys, stale })));
+                Ok(())
+            }
+        }
+    }
+
+    fn write(
+        &mut self,
+        op: OpId,
+        store: String,
+        key: String,
+        value: Option<Vec<u8>>,
+        ttl: Option<Duration>,
+        c: Consistency,
+    ) -> Result<(), StoreError> {
+        if !self.view_quorum {
+            return Err(self.no_quorum());
+        }
+        match c {
+            Consistency::Local => {
+                let held = self.replica.store_mut(&store).version(&key);
+                self.hlc.observe(held.ts);
+                let entry = self.new_entry(value, ttl);
+                let version = entry.version;
+                self.replica.apply(&store, &key, entry.clone());
+                self.push_to_peers(0, &store, &key, &entry);
+                self.replies.push_back((op, Ok(Reply::Written { version })));
+            }
+            Consistency::Quorum => {
+                let deadline = self.now + self.cfg.round_timeout;
+                let intent = Intent::Write { value, ttl };
+                let mut answers = BTreeMap::new();
+                answers.insert(self.me, self.replica.store_mut(&store).version(&key));
+                self.ops.insert(
+                    op,
+                    Op {
+                        store: store.clone(),
+                        key: key.clone(),
+                        intent,
+                        phase: Phase::Learn { answers },
+                        deadline,
+                    },
+                );
+                self.schedule(self.cfg.round_timeout, Due::Timeout(op));
+                if self.fault_skip_learn_phase {
+                    self.enter_store_phase(op);
+                } else {
+                    self.ask_peers(op, &store, &key);
+                    self.progress(op);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read(
+        &mut self,
+        op: OpId,
+        store: String,
+        key: String,
+        c: Consistency,
+    ) -> Result<(), StoreError> {
+        let stale = !self.view_quorum;
+        if c == Consistency::Local || stale {
+            if stale && self.cfg.minority_reads == MinorityReads::Refuse {
+                return Err(self.no_quorum());
+            }
+            let reply = match self.replica.store(&store).and_then(|s| s.get(&key)) {
+                Some(e) => match e.visible(self.wall_ms) {
+                    Some(v) => Ok(Reply::Value {
+                        value: v.to_vec(),
+                        version: e.version,
+                        stale,
+                    }),
+                    None => Err(not_found(&store, &key)),
+                },
+                None => Err(not_found(&store, &key)),
+            };
+            self.replies.push_back((op, reply));
+            return Ok(());
+        }
+        let deadline = self.now + self.cfg.round_timeout;
+        let mut answers = BTreeMap::new();
+        answers.insert(
+            self.me,
+            self.replica
+                .store(&store)
+                .and_then(|s| s.get(&key))
+                .cloned(),
+        );
+        self.ops.insert(
+            op,
+            Op {
+                store: store.clone(),
+                key: key.clone(),
+                intent: Intent::Read,
+                phase: Phase::Gather { answers },
+                deadline,
+            },
+        );
+        self.schedule(self.cfg.round_timeout, Due::Timeout(op));
+        self.ask_peers(op, &store, &key);
+        self.progress(op);
+        Ok(())
+    }
+
+    fn new_entry(&mut self, value: Option<Vec<u8>>, ttl: Option<Duration>) -> Entry {
+        let ts = self.hlc.tick(self.wall_ms);
+        let expires_at = ttl.map(|t| self.wall_ms.saturating_add(t.as_millis() as u64));
+        Entry {
+            version: Version { ts, node: self.me },
+            value,
+            expires_at,
+        }
+    }
+
+    fn ask_peers(&mut self, op: OpId, store: &str, key: &str) {
+        let peers: Vec<NodeId> = self.peers.keys().copied().collect();
+        for p in peers {
+            self.outbox.push_back((
+                p,
+                StoreMsg::ReadReq {
+                    op,
+                    store: store.into(),
+                    key: key.into(),
+                },
+            ));
+        }
+    }
+
+    fn push_to_peers(&mut self, op: OpId, store: &str, key: &str, entry: &Entry) {
+        let peers: Vec<NodeId> = self.peers.keys().copied().collect();
+        for p in peers {
+            let msg = StoreMsg::WriteReq {
+                op,
+                store: store.into(),
+                key: key.into(),
+                entry: entry.clone(),
+            };
+            self.outbox.push_back((p, msg));
+        }
+    }
+
+    /// Moves an operation forward after it learned something.
+    fn progress(&mut self, op: OpId) {
+        let Some(o) = self.ops.get(&op) else { return };
+        let required = self.cfg.required_votes;
+        match &o.phase {
+            Phase::Learn { answers } => {
+                if self.votes(answers.keys()) >= required {
+                    self.enter_store_phase(op);
+                }
+            }
+            Phase::Store { entry, acks } => {
+                if self.votes(acks.iter()) >= required {
+                    let version = entry.version;
+                    self.finish(op, Ok(Reply::Written { version }));
+                }
+            }
+            Phase::Gather { answers } => {
+                if self.votes(answers.keys()) < required {
+                    return;
+                }
+                let best = answers
+                    .values()
+                    .flatten()
+                    .max_by_key(|e| e.version)
+                    .cloned();
+                let Some(best) = best else {
+                    let err = not_found(&o.store, &o.key);
+                    self.finish(op, Err(err));
+                    return;
+                };
+                let holders: BTreeSet<NodeId> = answers
+                    .iter()
+                    .filter(|(_, e)| e.as_ref().is_some_and(|e| e.version == best.version))
+                    .map(|(n, _)| *n)
+                    .collect();
+                let behind: Vec<NodeId> = answers
+                    .keys()
+                    .filter(|n| !holders.contains(n))
+                    .copied()
+                    .collect();
+                let (store, key) = (o.store.clone(), o.key.clone());
+                if self.votes(holders.iter()) >= required {
+                    self.answer_read(op, &best);
+                    return;
+                }
+                // Not yet held by a quorum: write it back to those that answered with less.
+                let mut holders = holders;
+                for n in behind {
+                    if n == self.me {
+                        self.hlc.observe(best.version.ts);
+                        self.replica.apply(&store, &key, best.clone());
+                        holders.insert(n);
+                    } else {
+                        let msg = StoreMsg::WriteReq {
+                            op,
+                            store: store.clone(),
+                            key: key.clone(),
+                            entry: best.clone(),
+                        };
+                        self.outbox.push_back((n, msg));
+                    }
+                }
+                if let Some(o) = self.ops.get_mut(&op) {
+                    o.phase = Phase::WriteBack {
+                        entry: best,
+                        holders,
+                    };
+                }
+                self.progress(op);
+            }
+            Phase::WriteBack { entry, holders } => {
+                if self.votes(holders.iter()) >= required {
+                    let entry = entry.clone();
+                    self.answer_read(op, &entry);
+                }
+            }
+        }
+    }
+
+    fn answer_read(&mut self, op: OpId, e: &Entry) {
+        let Some(o) = self.ops.get(&op) else { return };
+        let reply = match e.visible(self.wall_ms) {
+            Some(v) => Ok(Reply::Value {
+                value: v.to_vec(),
+                version: e.version,
+                stale: false,
+            }),
+            None => Err(not_found(&o.store, &o.key)),
+        };
+        self.finish(op, reply);
+    }
+
+    fn enter_store_phase(&mut self, op: OpId) {
+        let Some(o) = self.ops.get(&op) else { return };
+        let highest = match &o.phase {
+            Phase::Learn { answers } => answers.values().max().copied().unwrap_or(Version::ZERO),
+            _ => return,
+        };
+        let (store, key) = (o.store.clone(), o.key.clone());
+        let (value, ttl) = match &o.intent {
+            Intent::Write { value, ttl } => (value.clone(), *ttl),
+            Intent::Read => return,
+        };
+        self.hlc.observe(highest.ts);
+        let entry = self.new_entry(value, ttl);
+        self.replica.apply(&store, &key, entry.clone());
+        self.push_to_peers(op, &store, &key, &entry);
+        let mut acks = BTreeSet::new();
+        acks.insert(self.me);
+        if let Some(o) = self.ops.get_mut(&op) {
+            o.phase = Phase::Store { entry, acks };
+        }
+        self.progress(op);
+    }
+
+    fn finish(&mut self, op: OpId, reply: Result<Reply, StoreError>) {
+        if self.ops.remove(&op).is_some() {
+            self.timers.retain(|_, d| *d != Due::Timeout(op));
+            self.replies.push_back((op, reply));
+        }
+    }
+
+    /// Feeds a message from peer `from`.
+    pub fn handle_message(&mut self, now: Duration, wall_ms: u64, from: NodeId, msg: StoreMsg) {
+        self.advance(now, wall_ms);
+        match msg {
+            StoreMsg::ReadReq { op, store, key } => {
+                let entry = self
+                    .replica
+                    .store(&store)
+                    .and_then(|s| s.get(&key))
+                    .cloned();
+                self.outbox
+                    .push_back((from, StoreMsg::ReadResp { op, entry }));
+            }
+            StoreMsg::WriteReq {
+                op,
+                store,
+                key,
+                entry,
+            } => {
+                if check_store_name(&store).is_err() || check_key(&key).is_err() {
+                    return;
+                }
+                self.hlc.observe(entry.version.ts);
+                self.replica.apply(&store, &key, entry);
+                if op != 0 {
+                    self.outbox.push_back((from, StoreMsg::WriteAck { op }));
+                }
+            }
+            StoreMsg::ReadResp { op, entry } => {
+                if let Some(o) = self.ops.get_mut(&op) {
+                    match &mut o.phase {
+                        Phase::Learn { answers } => {
+                            answers.insert(from, entry.map_or(Version::ZERO, |e| e.version));
+                        }
+                        Phase::Gather { answers } => {
+                            answers.insert(from, entry);
+                        }
+                        _ => {}
+                    }
+                    self.progress(op);
+                }
+            }
+            StoreMsg::WriteAck { op } => {
+                if let Some(o) = self.ops.get_mut(&op) {
+                    match &mut o.phase {
+                        Phase::Store { acks, .. } => {
+                            acks.insert(from);
+                        }
+                        Phase::WriteBack { holders, .. } => {
+                            holders.insert(from);
+                        }
+                        _ => {}
+                    }
+                    self.progress(op);
+                }
+            }
+            StoreMsg::Digest { stores } => self.on_digest(from, stores),
+            StoreMsg::Entries {
+                store,
+                entries,
+                want,
+            } => {
+                if check_store_name(&store).is_err() {
+                    return;
+                }
+                for (k, e) in entries {
+                    if check_key(&k).is_ok() {
+                        self.hlc.observe(e.version.ts);
+                        self.replica.apply(&store, &k, e);
+                    }
+                }
+                if !want.is_empty() {
+                    let buckets: Vec<usize> = want.iter().map(|b| *b as usize % BUCKETS).collect();
+                    self.send_buckets(from, &store, &buckets, Vec::new());
+                }
+            }
+        }
+    }
+
+    /// Fires due timers: round timeouts, anti-entropy, garbage collection.
+    pub fn handle_timeout(&mut self, now: Duration, wall_ms: u64) {
+        self.advance(now, wall_ms);
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            match entry.remove() {
+                Due::Timeout(op) => {
+                    if self.ops.get(&op).is_some_and(|o| o.deadline <= self.now) {
+                        self.finish(op, Err(StoreError::Indeterminate));
+                    }
+                }
+                Due::AntiEntropy => {
+                    if !self.peers.is_empty() {
+                        let peers: Vec<NodeId> = self.peers.keys().copied().collect();
+                        let p = peers[self.rng.random_range(0..peers.len())];
+                        self.send_digest(p);
+                    }
+                    let every = self.cfg.anti_entropy_every;
+                    self.schedule(every, Due::AntiEntropy);
+                }
+                Due::Collect => {
+                    let grace = self.cfg.gc_grace.as_millis() as u64;
+                    let names: Vec<String> = self.replica.store_names().cloned().collect();
+                    for n in names {
+                        self.replica.store_mut(&n).collect(self.wall_ms, grace);
+                    }
+                    self.schedule(Duration::from_secs(60), Due::Collect);
+                }
+            }
+        }
+    }
+
+    fn send_digest(&mut self, to: NodeId) {
+        let stores = self
+            .replica
+            .store_names()
+            .map(|n| {
+                (
+                    n.clone(),
+                    self.replica
+                        .store(n)
+                        .map(|s| s.digest().to_vec())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        self.outbox.push_back((to, StoreMsg::Digest { stores }));
+    }
+
+    fn on_digest(&mut self, from: NodeId, theirs: Vec<(String, Vec<u64>)>) {
+        let theirs: BTreeMap<String, Vec<u64>> = theirs.into_iter().collect();
+        let mut names: BTreeSet<String> = self.replica.store_names().cloned().collect();
+        names.extend(
+            theirs
+                .keys()
+                .filter(|n| check_store_name(n).is_ok())
+                .cloned(),
+        );
+        for name in names {
+            let mine = self
+                .replica
+                .store(&name)
+                .map(|s| s.digest().to_vec())
+                .unwrap_or_else(|| vec![0; BUCKETS]);
+            let other = theirs
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| vec![0; BUCKETS]);
+            let differ: Vec<usize> = (0..BUCKETS)
+                .filter(|b| mine.get(*b) != other.get(*b))
+                .collect();
+            if differ.is_empty() {
+                continue;
+            }
+            // Push ours for those buckets and ask for theirs: one round repairs both sides.
+            let want: Vec<u16> = differ.iter().map(|b| *b as u16).collect();
+            self.send_buckets(from, &name, &differ, want);
+        }
+    }
+
+    /// Sends the entries of `buckets` in chunks of bounded size; the first chunk carries `want`.
+    fn send_buckets(&mut self, to: NodeId, store: &str, buckets: &[usize], mut want: Vec<u16>) {
+        let Some(s) = self.replica.store(store) else {
+            if !want.is_empty() {
+                self.outbox.push_back((
+                    to,
+                    StoreMsg::Entries {
+                        store: store.into(),
+                        entries: vec![],
+                        want,
+                    },
+                ));
+            }
+            return;
+        };
+        let set: BTreeSet<usize> = buckets.iter().copied().collect();
+        let mut chunk: Vec<(String, Entry)> = Vec::new();
+        let mut bytes = 0usize;
+        let mut out = Vec::new();
+        for (k, e) in s
+            .iter()
+            .filter(|(k, _)| set.contains(&crate::replica::bucket_of(k)))
+        {
+            let size = k.len() + e.value.as_ref().map_or(0, |v| v.len()) + 64;
+            if !chunk.is_empty() && bytes + size > self.cfg.sync_chunk_bytes {
+                out.push(StoreMsg::Entries {
+                    store: store.into(),
+                    entries: std::mem::take(&mut chunk),
+                    want: std::mem::take(&mut want),
+                });
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push((k.clone(), e.clone()));
+        }
+        if !chunk.is_empty() || !want.is_empty() {
+            out.push(StoreMsg::Entries {
+                store: store.into(),
+                entries: chunk,
+                want,
+            });
+        }
+        for m in out {
+            self.outbox.push_back((to, m));
+        }
+    }
+}
+
+fn not_found(store: &str, key: &str) -> StoreError {
+    StoreError::NotFound {
+        message: format!("no key {key:?} in store {store:?}"),
+    }
+}

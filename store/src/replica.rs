@@ -1,0 +1,218 @@
+//! One node's replica of every store: entries by key, with bucketed digests for anti-entropy.
+//!
+//! Keys hash into [`BUCKETS`] buckets; a bucket's digest is the wrapping sum of a hash of each
+//! `(key, version, deleted)` it holds, so it updates in O(1) per write and does not depend on the
+//! order writes arrived in. Two replicas compare digests and exchange only differing buckets.
+
+use crate::entry::{Entry, Version};
+use membership::envelope::fnv1a64;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// Digest buckets per store.
+pub const BUCKETS: usize = 64;
+
+/// The bucket a key belongs to.
+pub fn bucket_of(key: &str) -> usize {
+    (fnv1a64(&[key.as_bytes()]) % BUCKETS as u64) as usize
+}
+
+fn entry_hash(key: &str, e: &Entry) -> u64 {
+    let deleted = [u8::from(e.value.is_none())];
+    fnv1a64(&[
+        key.as_bytes(),
+        &e.version.ts.to_be_bytes(),
+        &e.version.node.0.to_be_bytes(),
+        &deleted,
+    ])
+}
+
+/// One store's entries and digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreMap {
+    entries: BTreeMap<String, Entry>,
+    digest: Vec<u64>,
+}
+
+impl Default for StoreMap {
+    fn default() -> Self {
+        StoreMap {
+            entries: BTreeMap::new(),
+            digest: vec![0; BUCKETS],
+        }
+    }
+}
+
+impl StoreMap {
+    /// Merges `entry` into `key`; returns whether the replica changed.
+    pub fn apply(&mut self, key: &str, entry: Entry) -> bool {
+        let b = bucket_of(key);
+        match self.entries.get_mut(key) {
+            Some(old) if old.version >= entry.version => false,
+            Some(old) => {
+                self.digest[b] = self.digest[b]
+                    .wrapping_sub(entry_hash(key, old))
+                    .wrapping_add(entry_hash(key, &entry));
+                *old = entry;
+                true
+            }
+            None => {
+                self.digest[b] = self.digest[b].wrapping_add(entry_hash(key, &entry));
+                self.entries.insert(key.to_string(), entry);
+                true
+            }
+        }
+    }
+
+    /// The entry of `key`, deleted or expired ones included.
+    pub fn get(&self, key: &str) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    /// The version held for `key` ([`Version::ZERO`] if none).
+    pub fn version(&self, key: &str) -> Version {
+        self.entries.get(key).map_or(Version::ZERO, |e| e.version)
+    }
+
+    /// Keys with a visible value at `now_ms`, starting with `prefix`, in order, at most `limit`.
+    pub fn list(&self, prefix: &str, limit: usize, now_ms: u64) -> Vec<String> {
+        self.entries
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, e)| e.visible(now_ms).is_some())
+            .take(limit)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The per-bucket digest.
+    pub fn digest(&self) -> &[u64] {
+        &self.digest
+    }
+
+    /// Every entry of one bucket.
+    pub fn bucket(&self, b: usize) -> impl Iterator<Item = (&String, &Entry)> {
+        self.entries.iter().filter(move |(k, _)| bucket_of(k) == b)
+    }
+
+    /// All entries in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.entries.iter()
+    }
+
+    /// Number of entries (deleted and expired ones included).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when the store holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Drops tombstones and expired entries dead for longer than `grace_ms` at `now_ms`;
+    /// returns how many. Collecting sooner could let an older value come back from a replica that
+    /// has not seen the delete yet, hence the grace period (docs/guarantees.md).
+    pub fn collect(&mut self, now_ms: u64, grace_ms: u64) -> usize {
+        let dead: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.dead_since()
+                    .is_some_and(|d| now_ms >= d.saturating_add(grace_ms))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &dead {
+            if let Some(e) = self.entries.remove(k) {
+                let b = bucket_of(k);
+                self.digest[b] = self.digest[b].wrapping_sub(entry_hash(k, &e));
+            }
+        }
+        dead.len()
+    }
+}
+
+/// Every store of one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replica {
+    stores: BTreeMap<String, StoreMap>,
+}
+
+impl Replica {
+    /// The store named `name`, created empty if needed.
+    pub fn store_mut(&mut self, name: &str) -> &mut StoreMap {
+        self.stores.entry(name.to_string()).or_default()
+    }
+
+    /// The store named `name`, if it holds anything.
+    pub fn store(&self, name: &str) -> Option<&StoreMap> {
+        self.stores.get(name)
+    }
+
+    /// Merges an entry.
+    pub fn apply(&mut self, store: &str, key: &str, entry: Entry) -> bool {
+        self.store_mut(store).apply(key, entry)
+    }
+
+    /// Names of stores holding entries.
+    pub fn store_names(&self) -> impl Iterator<Item = &String> {
+        self.stores.keys()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::Hlc;
+    use membership::NodeId;
+
+    fn e(ts: u64, node: u64, v: Option<&str>) -> Entry {
+        Entry {
+            version: Version {
+                ts: Hlc::pack(ts, 0),
+                node: NodeId(node),
+            },
+            value: v.map(|s| s.as_bytes().to_vec()),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn newer_wins_and_digest_tracks_content_not_order() {
+        let mut a = StoreMap::default();
+        let mut b = StoreMap::default();
+        assert!(a.apply("k", e(1, 1, Some("x"))));
+        assert!(a.apply("k", e(2, 1, Some("y"))));
+        assert!(!a.apply("k", e(1, 9, Some("z"))));
+        assert!(b.apply("k", e(2, 1, Some("y"))));
+        assert!(!b.apply("k", e(1, 1, Some("x"))));
+        assert_eq!(a, b);
+        assert_eq!(a.get("k").unwrap().value.as_deref(), Some(&b"y"[..]));
+    }
+
+    #[test]
+    fn list_by_prefix_skips_deleted() {
+        let mut s = StoreMap::default();
+        s.apply("a/1", e(1, 1, Some("x")));
+        s.apply("a/2", e(1, 1, None));
+        s.apply("a/3", e(1, 1, Some("x")));
+        s.apply("b/1", e(1, 1, Some("x")));
+        assert_eq!(s.list("a/", 10, 0), vec!["a/1", "a/3"]);
+        assert_eq!(s.list("a/", 1, 0), vec!["a/1"]);
+        assert_eq!(s.list("", 10, 0).len(), 3);
+    }
+
+    #[test]
+    fn collection_waits_for_the_grace_period() {
+        let mut s = StoreMap::default();
+        s.apply("gone", e(1000, 1, None));
+        s.apply("live", e(1000, 1, Some("x")));
+        assert_eq!(s.collect(1500, 1000), 0);
+        assert_eq!(s.collect(2000, 1000), 1);
+        assert!(s.get("gone").is_none());
+        let mut fresh = StoreMap::default();
+        fresh.apply("live", e(1000, 1, Some("x")));
+        assert_eq!(s.digest(), fresh.digest());
+    }
+}

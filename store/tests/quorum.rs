@@ -1,0 +1,439 @@
+//! The store core under a small simulated network with a virtual clock: quorum writes and reads,
+//! partitions the membership view has not noticed, write-back, fail-fast, errors, anti-entropy.
+
+use membership::NodeId;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use store::{
+    Consistency, MinorityReads, OpId, Reply, Request, StoreConfig, StoreCore, StoreError, StoreMsg,
+};
+
+const MS: Duration = Duration::from_millis(1);
+const WALL0: u64 = 1_800_000_000_000;
+
+struct Net {
+    nodes: Vec<StoreCore>,
+    ids: Vec<NodeId>,
+    now: Duration,
+    queue: BTreeMap<(Duration, u64), (usize, usize, StoreMsg)>,
+    seq: u64,
+    cut: BTreeSet<(usize, usize)>,
+    replies: BTreeMap<(usize, OpId), Result<Reply, StoreError>>,
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        let ids: Vec<NodeId> = (0..n).map(|i| NodeId(100 + i as u64)).collect();
+        let required = n as u32 / 2 + 1;
+        let nodes = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let mut cfg = StoreConfig::new(required);
+                cfg.stores.insert(
+                    "fast".into(),
+                    store::StoreSettings {
+                        default_consistency: Consistency::Local,
+                    },
+                );
+                StoreCore::new(*id, cfg, i as u64, Duration::ZERO, WALL0)
+            })
+            .collect();
+        let mut net = Net {
+            nodes,
+            ids,
+            now: Duration::ZERO,
+            queue: BTreeMap::new(),
+            seq: 0,
+            cut: BTreeSet::new(),
+            replies: BTreeMap::new(),
+        };
+        net.set_views(|_, _| true, true);
+        net
+    }
+
+    /// Tells every node which peers its membership view holds reachable, and its quorum view.
+    fn set_views(&mut self, reachable: impl Fn(usize, usize) -> bool, has_quorum: bool) {
+        for i in 0..self.nodes.len() {
+            let peers: BTreeMap<NodeId, u32> = (0..self.nodes.len())
+                .filter(|j| *j != i && reachable(i, *j))
+                .map(|j| (self.ids[j], 1))
+                .collect();
+            let votes = peers.len() as u32 + 1;
+            self.nodes[i].set_view(peers, has_quorum, votes);
+        }
+        self.flush_all();
+    }
+
+    fn wall(&self) -> u64 {
+        WALL0 + self.now.as_millis() as u64
+    }
+
+    fn index(&self, id: NodeId) -> usize {
+        self.ids.iter().position(|x| *x == id).expect("known node")
+    }
+
+    fn flush(&mut self, i: usize) {
+        while let Some((to, msg)) = self.nodes[i].poll_send() {
+            let j = self.index(to);
+            if self.cut.contains(&(i, j)) {
+                continue;
+            }
+            self.seq += 1;
+            self.queue.insert((self.now + MS, self.seq), (i, j, msg));
+        }
+        while let Some((op, r)) = self.nodes[i].poll_reply() {
+            self.replies.insert((i, op), r);
+        }
+    }
+
+    fn flush_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.flush(i);
+        }
+    }
+
+    fn partition(&mut self, groups: &[&[usize]]) {
+        self.cut.clear();
+        for a in 0..self.nodes.len() {
+            for b in 0..self.nodes.len() {
+                let ga = groups.iter().position(|g| g.contains(&a));
+                let gb = groups.iter().position(|g| g.contains(&b));
+                if ga != gb {
+                    self.cut.insert((a, b));
+                }
+            }
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        loop {
+            let next_msg = self.queue.keys().next().copied();
+            let next_timer = (0..self.nodes.len())
+                .filter_map(|i| self.nodes[i].poll_timeout().map(|t| (t, i)))
+                .min();
+            let take_msg = match (next_msg, next_timer) {
+                (Some((m, _)), Some((t, _))) => m <= t,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if take_msg {
+                let key = next_msg.expect("checked");
+                if key.0 > until {
+                    break;
+                }
+                let (from, to, msg) = self.queue.remove(&key).expect("peeked");
+                self.now = self.now.max(key.0);
+                let (now, wall, id) = (self.now, self.wall(), self.ids[from]);
+                self.nodes[to].handle_message(now, wall, id, msg);
+                self.flush(to);
+            } else {
+                let (t, i) = next_timer.expect("checked");
+                if t > until {
+                    break;
+                }
+                self.now = self.now.max(t);
+                let (now, wall) = (self.now, self.wall());
+                self.nodes[i].handle_timeout(now, wall);
+                self.flush(i);
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    fn request(&mut self, i: usize, req: Request) -> OpId {
+        let (now, wall) = (self.now, self.wall());
+        let op = self.nodes[i].request(now, wall, req);
+        self.flush(i);
+        op
+    }
+
+    /// Runs a request to completion (bounded by the round timeout) and returns its reply.
+    fn call(&mut self, i: usize, req: Request) -> Result<Reply, StoreError> {
+        let op = self.request(i, req);
+        for _ in 0..3000 {
+            if let Some(r) = self.replies.remove(&(i, op)) {
+                return r;
+            }
+            self.run_for(MS);
+        }
+        panic!("no reply for op {op} at node {i}");
+    }
+
+    fn held(&self, i: usize, key: &str) -> Option<Vec<u8>> {
+        self.nodes[i]
+            .replica()
+            .store("default")
+            .and_then(|s| s.get(key))
+            .and_then(|e| e.value.clone())
+    }
+}
+
+fn put(key: &str, value: &str) -> Request {
+    Request::Put {
+        store: "default".into(),
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        ttl: None,
+        consistency: None,
+    }
+}
+
+fn get(key: &str) -> Request {
+    Request::Get {
+        store: "default".into(),
+        key: key.into(),
+        consistency: None,
+    }
+}
+
+fn value_of(r: Result<Reply, StoreError>) -> Vec<u8> {
+    match r {
+        Ok(Reply::Value { value, .. }) => value,
+        other => panic!("expected a value, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_quorum_write_is_readable_at_quorum_from_every_node() {
+    let mut net = Net::new(3);
+    assert!(matches!(
+        net.call(0, put("k", "v1")),
+        Ok(Reply::Written { .. })
+    ));
+    for i in 0..3 {
+        assert_eq!(value_of(net.call(i, get("k"))), b"v1");
+    }
+    assert!(matches!(
+        net.call(2, put("k", "v2")),
+        Ok(Reply::Written { .. })
+    ));
+    for i in 0..3 {
+        assert_eq!(value_of(net.call(i, get("k"))), b"v2");
+    }
+}
+
+#[test]
+fn a_minority_coordinator_behind_an_undetected_partition_writes_nowhere() {
+    let mut net = Net::new(5);
+    // The membership views still say everyone is reachable: the split is not detected yet.
+    net.partition(&[&[0, 1], &[2, 3, 4]]);
+    let r = net.call(0, put("k", "lost"));
+    assert_eq!(r, Err(StoreError::Indeterminate));
+    net.run_for(Duration::from_secs(10));
+    for i in 0..5 {
+        assert_eq!(
+            net.held(i, "k"),
+            None,
+            "node {i} holds a write no quorum ever saw"
+        );
+    }
+    // The majority side still writes.
+    assert!(matches!(
+        net.call(3, put("k", "ok")),
+        Ok(Reply::Written { .. })
+    ));
+    net.cut.clear();
+    net.run_for(Duration::from_secs(20));
+    for i in 0..5 {
+        assert_eq!(
+            net.held(i, "k").as_deref(),
+            Some(&b"ok"[..]),
+            "anti-entropy did not reach node {i}"
+        );
+    }
+}
+
+#[test]
+fn the_fault_switch_shows_the_minority_check_can_fail() {
+    let mut net = Net::new(5);
+    net.nodes[0].fault_skip_learn_phase = true;
+    net.partition(&[&[0, 1], &[2, 3, 4]]);
+    let _ = net.call(0, put("k", "lost"));
+    // Without the learn phase the minority write lands on node 1: exactly what the guarantee forbids.
+    assert_eq!(net.held(1, "k").as_deref(), Some(&b"lost"[..]));
+}
+
+#[test]
+fn a_quorum_read_writes_back_to_a_stale_replica() {
+    let mut net = Net::new(3);
+    net.partition(&[&[0, 1], &[2]]);
+    assert!(matches!(
+        net.call(0, put("k", "v")),
+        Ok(Reply::Written { .. })
+    ));
+    assert_eq!(net.held(2, "k"), None);
+    // Node 2 reads while node 1 is away: it hears only node 0, so it must write back to itself.
+    net.partition(&[&[0, 2], &[1]]);
+    assert_eq!(value_of(net.call(2, get("k"))), b"v");
+    assert_eq!(net.held(2, "k").as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn reads_after_an_acknowledged_write_never_go_back() {
+    // Linearizability smoke test: after a write is acknowledged, every quorum read from any node,
+    // through any majority, returns it or something newer.
+    let mut net = Net::new(5);
+    for round in 0..20u32 {
+        let writer = (round % 5) as usize;
+        let majority: Vec<usize> = (0..5).map(|k| (writer + k) % 5).take(3).collect();
+        let rest: Vec<usize> = (0..5).filter(|i| !majority.contains(i)).collect();
+        net.partition(&[&majority, &rest]);
+        let v = format!("v{round}");
+        assert!(matches!(
+            net.call(writer, put("k", &v)),
+            Ok(Reply::Written { .. })
+        ));
+        let reader_side: Vec<usize> = (0..5).map(|k| (writer + 2 + k) % 5).take(3).collect();
+        let others: Vec<usize> = (0..5).filter(|i| !reader_side.contains(i)).collect();
+        net.partition(&[&reader_side, &others]);
+        for r in &reader_side {
+            assert_eq!(
+                value_of(net.call(*r, get("k"))),
+                v.as_bytes(),
+                "round {round}, reader {r}"
+            );
+        }
+    }
+}
+
+#[test]
+fn without_quorum_writes_fail_fast_and_reads_follow_the_setting() {
+    let mut net = Net::new(3);
+    assert!(matches!(
+        net.call(0, put("k", "v")),
+        Ok(Reply::Written { .. })
+    ));
+    net.set_views(|_, _| false, false);
+    let op = net.request(1, put("k", "w"));
+    assert_eq!(
+        net.replies.remove(&(1, op)),
+        Some(Err(StoreError::NoQuorum {
+            reachable_votes: 1,
+            required_votes: 2
+        })),
+        "a write without quorum must fail at once"
+    );
+    let op = net.request(1, get("k"));
+    assert!(matches!(
+        net.replies.remove(&(1, op)),
+        Some(Err(StoreError::NoQuorum { .. }))
+    ));
+    let mut cfg = net.nodes[1].config().clone();
+    cfg.minority_reads = MinorityReads::Stale;
+    let mut stale = StoreCore::new(net.ids[1], cfg, 9, net.now, net.wall());
+    for (k, e) in net.nodes[1].replica().store("default").unwrap().iter() {
+        stale.replica_mut().apply("default", k, e.clone());
+    }
+    stale.set_view(BTreeMap::new(), false, 1);
+    let op = stale.request(net.now, net.wall(), get("k"));
+    let (got, r) = stale.poll_reply().unwrap();
+    assert_eq!(got, op);
+    assert!(matches!(r, Ok(Reply::Value { stale: true, .. })), "{r:?}");
+}
+
+#[test]
+fn bad_requests_get_their_errors_and_change_nothing() {
+    let mut net = Net::new(3);
+    let before: Vec<_> = net.nodes.iter().map(|n| n.replica().clone()).collect();
+    let big = Request::Put {
+        store: "default".into(),
+        key: "k".into(),
+        value: vec![0; (1 << 20) + 1],
+        ttl: None,
+        consistency: None,
+    };
+    assert_eq!(net.call(0, big).unwrap_err().code(), "too_large");
+    let bad_name = Request::Put {
+        store: "Bad Name".into(),
+        key: "k".into(),
+        value: vec![1],
+        ttl: None,
+        consistency: None,
+    };
+    assert_eq!(net.call(0, bad_name).unwrap_err().code(), "bad_request");
+    let unknown = Request::Put {
+        store: "nosuch".into(),
+        key: "k".into(),
+        value: vec![1],
+        ttl: None,
+        consistency: None,
+    };
+    assert_eq!(net.call(0, unknown).unwrap_err().code(), "not_found");
+    let empty_key = Request::Put {
+        store: "default".into(),
+        key: String::new(),
+        value: vec![1],
+        ttl: None,
+        consistency: None,
+    };
+    assert_eq!(net.call(0, empty_key).unwrap_err().code(), "bad_request");
+    let zero_ttl = Request::Put {
+        store: "default".into(),
+        key: "k".into(),
+        value: vec![1],
+        ttl: Some(Duration::ZERO),
+        consistency: None,
+    };
+    assert_eq!(net.call(0, zero_ttl).unwrap_err().code(), "bad_request");
+    assert_eq!(net.call(0, get("missing")).unwrap_err().code(), "not_found");
+    net.run_for(Duration::from_secs(10));
+    let after: Vec<_> = net.nodes.iter().map(|n| n.replica().clone()).collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn ttl_and_delete_hide_values_everywhere() {
+    let mut net = Net::new(3);
+    let ttl = Request::Put {
+        store: "default".into(),
+        key: "t".into(),
+        value: b"x".to_vec(),
+        ttl: Some(Duration::from_secs(5)),
+        consistency: None,
+    };
+    assert!(net.call(0, ttl).is_ok());
+    assert_eq!(value_of(net.call(1, get("t"))), b"x");
+    net.run_for(Duration::from_secs(6));
+    assert_eq!(net.call(2, get("t")).unwrap_err().code(), "not_found");
+    assert!(net.call(0, put("d", "x")).is_ok());
+    let del = Request::Delete {
+        store: "default".into(),
+        key: "d".into(),
+        consistency: None,
+    };
+    assert!(net.call(1, del).is_ok());
+    for i in 0..3 {
+        assert_eq!(net.call(i, get("d")).unwrap_err().code(), "not_found");
+    }
+}
+
+#[test]
+fn local_writes_on_both_sides_converge_after_heal() {
+    let mut net = Net::new(4);
+    net.partition(&[&[0, 1], &[2, 3]]);
+    for (i, node) in [0usize, 1, 2, 3].iter().enumerate() {
+        for k in 0..50 {
+            let req = Request::Put {
+                store: "fast".into(),
+                key: format!("key{}", k % 20),
+                value: format!("{i}-{k}").into_bytes(),
+                ttl: None,
+                consistency: None,
+            };
+            assert!(net.call(*node, req).is_ok());
+        }
+    }
+    net.cut.clear();
+    net.run_for(Duration::from_secs(30));
+    let first = net.nodes[0].replica().store("fast").unwrap().clone();
+    for i in 1..4 {
+        assert_eq!(
+            net.nodes[i].replica().store("fast").unwrap(),
+            &first,
+            "replica {i} differs after heal"
+        );
+    }
+}

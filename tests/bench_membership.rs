@@ -1,0 +1,371 @@
+//! Membership benchmark on real agents in network namespaces (not a test: it measures).
+//!
+//! `cargo bench -p chorus-agent --bench membership -- [--nodes N] [--runs R] [--idle-secs S] [--soak-secs S]`
+//!
+//! Each run starts N agents (LAN profile, multicast discovery only) and measures, from the agents'
+//! own event log timestamps (one clock: the same machine):
+//! - full join: from the first spawn until every agent has logged every other one joining;
+//! - kill -9 detection: until every survivor has logged the victim failed;
+//! - split detection: with the first 40 % of the hosts cut from the rest, until every node has
+//!   logged every node across the cut failed, and until the minority has logged quorum lost;
+//! - merge after heal: until every node has logged every node across the cut alive again.
+//!
+//! In the last run, right after the join, idle traffic (UDP payload bytes sent per node per second over `--idle-secs`), and
+//! with `--soak-secs`, the number of failures logged by an idle cluster over that time.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+use support::{AgentSpec, Lab};
+
+struct Args {
+    nodes: usize,
+    runs: usize,
+    idle_secs: u64,
+    soak_secs: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        nodes: 5,
+        runs: 5,
+        idle_secs: 30,
+        soak_secs: 0,
+    };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < v.len() {
+        let next = || {
+            v.get(i + 1)
+                .and_then(|s| s.parse::<u64>().ok())
+                .expect("flag needs a number")
+        };
+        match v[i].as_str() {
+            "--nodes" => a.nodes = next() as usize,
+            "--runs" => a.runs = next() as usize,
+            "--idle-secs" => a.idle_secs = next(),
+            "--soak-secs" => a.soak_secs = next(),
+            "--bench" => {
+                i += 1;
+                continue;
+            }
+            other => panic!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    a
+}
+
+/// One membership event from an agent's log.
+#[derive(Debug, Clone)]
+struct Ev {
+    at: SystemTime,
+    kind: String,
+    subject: String,
+}
+
+fn events(lab: &Lab, a: usize) -> Vec<Ev> {
+    let text = std::fs::read_to_string(&lab.agents[a].log).unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(ts) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Ok(at) = humantime::parse_rfc3339(ts) else {
+            continue;
+        };
+        if let Some(rest) = line.split("event=").nth(1) {
+            let kind = rest.split([' ', '{']).next().unwrap_or("").to_string();
+            // Events name the member by gossip address (its name may not be known yet at join).
+            let subject = rest
+                .split("addr: ")
+                .nth(1)
+                .and_then(|r| r.split([',', ' ']).next())
+                .unwrap_or("")
+                .to_string();
+            out.push(Ev { at, kind, subject });
+        } else if line.contains("quorum lost") {
+            out.push(Ev {
+                at,
+                kind: "QuorumLost".into(),
+                subject: String::new(),
+            });
+        } else if line.contains("quorum regained") {
+            out.push(Ev {
+                at,
+                kind: "QuorumRegained".into(),
+                subject: String::new(),
+            });
+        }
+    }
+    out
+}
+
+/// Time from `t0` until `viewer` has logged one of `kinds` about every name in `subjects` after t0.
+fn all_seen(
+    lab: &Lab,
+    viewer: usize,
+    t0: SystemTime,
+    kinds: &[&str],
+    subjects: &BTreeSet<String>,
+) -> Option<Duration> {
+    let mut last = BTreeMap::new();
+    for e in events(lab, viewer) {
+        if e.at >= t0 && kinds.contains(&e.kind.as_str()) && subjects.contains(&e.subject) {
+            last.entry(e.subject.clone()).or_insert(e.at);
+        }
+    }
+    if last.len() < subjects.len() {
+        return None;
+    }
+    Some(
+        last.values()
+            .max()
+            .map_or(Duration::ZERO, |t| t.duration_since(t0).unwrap_or_default()),
+    )
+}
+
+fn worst(
+    lab: &Lab,
+    viewers: &[usize],
+    t0: SystemTime,
+    kinds: &[&str],
+    subjects: &[String],
+    what: &str,
+) -> Duration {
+    let subjects: BTreeSet<String> = subjects.iter().cloned().collect();
+    let mut worst = Duration::ZERO;
+    lab.wait_for(Duration::from_secs(60), what, |l| {
+        let mut w = Duration::ZERO;
+        for v in viewers {
+            let others: BTreeSet<String> = subjects
+                .iter()
+                .filter(|s| **s != format!("{}:7946", l.ip(l.agents[*v].host)))
+                .cloned()
+                .collect();
+            match all_seen(l, *v, t0, kinds, &others) {
+                Some(d) => w = w.max(d),
+                None => return false,
+            }
+        }
+        worst = w;
+        true
+    });
+    worst
+}
+
+fn median(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
+    v.sort();
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn main() {
+    let a = args();
+    let n = a.nodes;
+    let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+    let addrs: Vec<String> = (0..n)
+        .map(|i| format!("10.77.{}.{}:7946", i / 200, i % 200 + 1))
+        .collect();
+    let minority = (n * 2).div_ceil(5); // 2 of 5, 6 of 15
+    let mut join = Vec::new();
+    let mut kill = Vec::new();
+    let mut split = Vec::new();
+    let mut minority_quorum = Vec::new();
+    let mut merge = Vec::new();
+    for run in 0..a.runs {
+        let mut lab = match Lab::new(n) {
+            Ok(l) => l,
+            Err(reason) => {
+                eprintln!("SKIPPED: {reason}");
+                return;
+            }
+        };
+        let t0 = SystemTime::now();
+        let agents: Vec<usize> = (0..n)
+            .map(|i| lab.start(i, AgentSpec::new(&names[i], n as u32)))
+            .collect();
+        join.push(worst(
+            &lab,
+            &agents,
+            t0,
+            &["MemberJoined"],
+            &addrs,
+            "full join",
+        ));
+        // Idle traffic and the soak are measured on the freshly joined cluster, before any fault.
+        if run + 1 == a.runs && (a.idle_secs > 0 || a.soak_secs > 0) {
+            let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+            lab.wait_for(Duration::from_secs(30), "all alive before idle", |l| {
+                l.all_alive(&agents, &refs)
+            });
+            std::thread::sleep(Duration::from_secs(5));
+            if a.idle_secs > 0 {
+                // One scrape per agent: (bytes, packets) sent on every channel, summed.
+                let totals = |lab: &Lab| -> (u64, u64) {
+                    let mut t = (0, 0);
+                    for x in &agents {
+                        for line in lab.metrics(*x).lines() {
+                            let v = line
+                                .rsplit(' ')
+                                .next()
+                                .and_then(|v| v.parse::<f64>().ok())
+                                .unwrap_or(0.0) as u64;
+                            if line.starts_with("chorus_bytes_sent_total{") {
+                                t.0 += v;
+                            } else if line.starts_with("chorus_packets_sent_total{") {
+                                t.1 += v;
+                            }
+                        }
+                    }
+                    t
+                };
+                let (b0, p0) = totals(&lab);
+                let start = std::time::Instant::now();
+                std::thread::sleep(Duration::from_secs(a.idle_secs));
+                let secs = start.elapsed().as_secs_f64();
+                let (b1, p1) = totals(&lab);
+                let bps = (b1 - b0) as f64 / secs / n as f64;
+                let pps = (p1 - p0) as f64 / secs / n as f64;
+                println!(
+                    "idle traffic, N={n}: {bps:.0} B/node/s UDP payload ({pps:.2} packets/node/s; {:.0} B/node/s with IPv4+UDP headers)",
+                    bps + pps * 28.0
+                );
+            }
+            if a.soak_secs > 0 {
+                let t = SystemTime::now();
+                std::thread::sleep(Duration::from_secs(a.soak_secs));
+                let failures: usize = agents
+                    .iter()
+                    .map(|x| {
+                        events(&lab, *x)
+                            .iter()
+                            .filter(|e| e.at >= t && e.kind == "MemberFailed")
+                            .count()
+                    })
+                    .sum();
+                println!(
+                    "soak, N={n}, {} s idle: {failures} failure events",
+                    a.soak_secs
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_secs(2)); // let the cluster settle before the next fault
+
+        let victim = n - 1;
+        let t = SystemTime::now();
+        lab.kill9(victim);
+        let survivors: Vec<usize> = (0..n - 1).collect();
+        kill.push(worst(
+            &lab,
+            &survivors,
+            t,
+            &["MemberFailed"],
+            &addrs[victim..],
+            "kill -9 seen",
+        ));
+        lab.restart(victim);
+        worst(
+            &lab,
+            &survivors,
+            t,
+            &["MemberRecovered", "MemberJoined", "MemberRestarted"],
+            &addrs[victim..victim + 1],
+            "restart seen",
+        );
+        std::thread::sleep(Duration::from_secs(2));
+
+        let left: Vec<usize> = (0..minority).collect();
+        let right: Vec<usize> = (minority..n).collect();
+        let t = SystemTime::now();
+        lab.partition(&[&left, &right]);
+        let a1 = worst(
+            &lab,
+            &left,
+            t,
+            &["MemberFailed"],
+            &addrs[minority..],
+            "minority sees majority failed",
+        );
+        let a2 = worst(
+            &lab,
+            &right,
+            t,
+            &["MemberFailed"],
+            &addrs[..minority],
+            "majority sees minority failed",
+        );
+        split.push(a1.max(a2));
+        let q = left
+            .iter()
+            .map(|v| {
+                lab.wait_for(Duration::from_secs(30), "minority quorum lost", |l| {
+                    events(l, *v)
+                        .iter()
+                        .any(|e| e.kind == "QuorumLost" && e.at >= t)
+                });
+                events(&lab, *v)
+                    .into_iter()
+                    .find(|e| e.kind == "QuorumLost" && e.at >= t)
+                    .unwrap()
+                    .at
+                    .duration_since(t)
+                    .unwrap()
+            })
+            .max()
+            .unwrap();
+        minority_quorum.push(q);
+        std::thread::sleep(Duration::from_secs(2));
+
+        let t = SystemTime::now();
+        lab.heal();
+        let alive = ["MemberRecovered", "MemberJoined", "MemberRestarted"];
+        let m1 = worst(
+            &lab,
+            &left,
+            t,
+            &alive,
+            &addrs[minority..],
+            "minority sees majority again",
+        );
+        let m2 = worst(
+            &lab,
+            &right,
+            t,
+            &alive,
+            &addrs[..minority],
+            "majority sees minority again",
+        );
+        merge.push(m1.max(m2));
+        eprintln!(
+            "run {run}: join {:?} kill {:?} split {:?} minority-no-quorum {:?} merge {:?}",
+            join[run], kill[run], split[run], minority_quorum[run], merge[run]
+        );
+    }
+    let show = |name: &str, v: &[Duration]| {
+        let (lo, med, hi) = median(v.to_vec());
+        println!(
+            "{name:<40} min {:>7.2} s   median {:>7.2} s   max {:>7.2} s",
+            lo.as_secs_f64(),
+            med.as_secs_f64(),
+            hi.as_secs_f64()
+        );
+    };
+    println!(
+        "N = {n}, {} runs, LAN profile, multicast discovery, one 2-core machine",
+        a.runs
+    );
+    show("full join", &join);
+    show("kill -9 seen failed everywhere", &kill);
+    show(
+        &format!(
+            "split {}|{}: both sides see the other failed",
+            minority,
+            n - minority
+        ),
+        &split,
+    );
+    show("split: minority reports no quorum", &minority_quorum);
+    show("merge after heal (everyone alive again)", &merge);
+}
