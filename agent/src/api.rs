@@ -2,8 +2,10 @@
 
 use crate::driver::{Gone, Handle, StatusReport};
 use crate::metrics;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -12,6 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
+use store::{Consistency, Reply, Request, StoreError};
 
 /// An API error: an HTTP status, a stable machine-readable code, and a message for people.
 #[derive(Debug)]
@@ -19,6 +22,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -28,7 +32,33 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            extra: serde_json::Map::new(),
         }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match e {
+            StoreError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
+            StoreError::NoQuorum { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Indeterminate => StatusCode::GATEWAY_TIMEOUT,
+        };
+        let mut err = ApiError::new(status, e.code(), e.to_string());
+        // Structured fields (reachable_votes, required_votes, size, max) next to the code.
+        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&e) {
+            err.extra = map
+                .into_iter()
+                .filter(|(k, _)| k != "code" && k != "message")
+                .collect();
+        }
+        err
     }
 }
 
@@ -44,14 +74,23 @@ impl From<Gone> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut obj = self.extra;
+        obj.insert("code".into(), json!(self.code));
+        obj.insert("message".into(), json!(self.message));
+        let body = json!({ "error": obj });
         (self.status, Json(body)).into_response()
     }
 }
 
-/// The API router over a driver handle.
-pub fn router(handle: Handle) -> Router {
+/// The API router over a driver handle; request bodies are capped just above `max_value_bytes`.
+pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
     Router::new()
+        .route("/v1/kv/{store}", get(kv_list))
+        .route(
+            "/v1/kv/{store}/{*key}",
+            get(kv_get).put(kv_put).delete(kv_delete),
+        )
+        .layer(DefaultBodyLimit::max(max_value_bytes + 1))
         .route("/v1/status", get(status))
         .route("/v1/members", get(members))
         .route("/v1/health", get(health))
@@ -180,4 +219,159 @@ async fn prometheus(State(h): State<Handle>) -> Result<Response, ApiError> {
         body,
     )
         .into_response())
+}
+
+type Params = Query<BTreeMap<String, String>>;
+
+fn consistency(q: &BTreeMap<String, String>) -> Result<Option<Consistency>, ApiError> {
+    match q.get("consistency").map(String::as_str) {
+        None => Ok(None),
+        Some("quorum") => Ok(Some(Consistency::Quorum)),
+        Some("local") => Ok(Some(Consistency::Local)),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "consistency={other:?}: use quorum or local"
+        ))),
+    }
+}
+
+async fn run_kv(h: &Handle, req: Request) -> Result<Reply, ApiError> {
+    Ok(h.kv(req).await??)
+}
+
+async fn kv_put(
+    State(h): State<Handle>,
+    Path((store, key)): Path<(String, String)>,
+    Query(q): Params,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the value is larger than store.max_value_bytes",
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {r}"))
+        }
+    })?;
+    let ttl = match q.get("ttl") {
+        None => None,
+        Some(t) => Some(humantime::parse_duration(t).map_err(|e| {
+            ApiError::bad_request(format!("ttl={t:?}: {e} (write e.g. 30s, 5m, 1h)"))
+        })?),
+    };
+    let req = Request::Put {
+        store,
+        key,
+        value: body.to_vec(),
+        ttl,
+        consistency: consistency(&q)?,
+    };
+    match run_kv(&h, req).await? {
+        Reply::Written { version } => Ok(Json(json!({ "version": version.to_string() }))),
+        other => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("unexpected reply {other:?}"),
+        )),
+    }
+}
+
+async fn kv_delete(
+    State(h): State<Handle>,
+    Path((store, key)): Path<(String, String)>,
+    Query(q): Params,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req = Request::Delete {
+        store,
+        key,
+        consistency: consistency(&q)?,
+    };
+    match run_kv(&h, req).await? {
+        Reply::Written { version } => Ok(Json(json!({ "version": version.to_string() }))),
+        other => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("unexpected reply {other:?}"),
+        )),
+    }
+}
+
+async fn kv_get(
+    State(h): State<Handle>,
+    Path((store, key)): Path<(String, String)>,
+    Query(q): Params,
+) -> Result<Response, ApiError> {
+    let req = Request::Get {
+        store,
+        key,
+        consistency: consistency(&q)?,
+    };
+    match run_kv(&h, req).await? {
+        Reply::Value {
+            value,
+            version,
+            stale,
+        } => {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&version.to_string()) {
+                headers.insert("chorus-version", v);
+            }
+            if stale {
+                headers.insert("chorus-stale", HeaderValue::from_static("true"));
+            }
+            Ok((headers, value).into_response())
+        }
+        other => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("unexpected reply {other:?}"),
+        )),
+    }
+}
+
+async fn kv_list(
+    State(h): State<Handle>,
+    Path(store): Path<String>,
+    Query(q): Params,
+) -> Result<Response, ApiError> {
+    let limit = match q.get("limit") {
+        None => 1000,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=100_000).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("limit={l:?}: use a number from 1 to 100000"))
+            })?,
+    };
+    let prefix = q.get("prefix").cloned().unwrap_or_default();
+    match run_kv(
+        &h,
+        Request::List {
+            store,
+            prefix,
+            limit,
+        },
+    )
+    .await?
+    {
+        Reply::Keys { keys, stale } => {
+            let mut headers = HeaderMap::new();
+            if stale {
+                headers.insert("chorus-stale", HeaderValue::from_static("true"));
+            }
+            Ok((headers, Json(json!({ "keys": keys }))).into_response())
+        }
+        other => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("unexpected reply {other:?}"),
+        )),
+    }
 }

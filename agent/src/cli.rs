@@ -28,6 +28,37 @@ pub enum CliError {
     /// The agent answered with something unexpected.
     #[error("unexpected answer from the agent: {0}")]
     Protocol(String),
+    /// Reading the value to store failed.
+    #[error("cannot read the value from standard input: {0}")]
+    Stdin(String),
+}
+
+impl CliError {
+    /// The process exit code a script can rely on (docs/http-api.md).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::NoAgent { .. } | CliError::Protocol(_) | CliError::Stdin(_) => 1,
+            CliError::Api { code, .. } => match code.as_str() {
+                "not_found" => 3,
+                "no_quorum" => 4,
+                "indeterminate" => 5,
+                "bad_request" | "too_large" => 6,
+                _ => 1,
+            },
+        }
+    }
+}
+
+/// The raw answer to a request: status, selected headers, body.
+pub struct Raw {
+    /// HTTP status.
+    pub status: u16,
+    /// `Chorus-Version`, if present.
+    pub version: Option<String>,
+    /// `Chorus-Stale: true` was present.
+    pub stale: bool,
+    /// Body bytes.
+    pub body: Vec<u8>,
 }
 
 /// A client for one agent.
@@ -49,6 +80,50 @@ impl Client {
             api: api.to_string(),
             agent: config.into(),
         }
+    }
+
+    /// Sends `method` to `path` with an optional body; returns the raw answer or the API's error.
+    pub fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Raw, CliError> {
+        let url = format!("{}{}", self.base, path);
+        let no_agent = |e: ureq::Error| CliError::NoAgent {
+            api: self.api.clone(),
+            reason: e.to_string(),
+        };
+        let mut resp = match (method, body) {
+            ("PUT", Some(b)) => self.agent.put(&url).send(&b[..]).map_err(no_agent)?,
+            ("DELETE", _) => self.agent.delete(&url).call().map_err(no_agent)?,
+            _ => self.agent.get(&url).call().map_err(no_agent)?,
+        };
+        let status = resp.status().as_u16();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let version = header("chorus-version");
+        let stale = header("chorus-stale").as_deref() == Some("true");
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .map_err(|e| CliError::Protocol(e.to_string()))?;
+        if !(200..300).contains(&status) {
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let code = v["error"]["code"].as_str().unwrap_or("error").to_string();
+            let message = v["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            return Err(CliError::Api { code, message });
+        }
+        Ok(Raw {
+            status,
+            version,
+            stale,
+            body,
+        })
     }
 
     /// GETs `path` and returns the JSON body, or the API's error.
@@ -188,6 +263,20 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Percent-encodes a path segment (keys may hold `/`, spaces, anything).
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +296,12 @@ mod tests {
         assert!(lines[1].starts_with("a *"));
         assert!(lines[2].contains("failed"));
         assert_eq!(lines[0].find("ID"), lines[1].find("01"));
+    }
+
+    #[test]
+    fn segments_are_percent_encoded() {
+        assert_eq!(encode_segment("a/b c?d"), "a/b%20c%3Fd");
+        assert_eq!(encode_segment("ü"), "%C3%BC");
     }
 
     #[test]

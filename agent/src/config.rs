@@ -73,6 +73,36 @@ pub struct FileConfig {
     /// `[log]`
     #[serde(default)]
     pub log: LogSection,
+    /// `[store]`
+    #[serde(default)]
+    pub store: StoreSection,
+    /// `[stores.NAME]`
+    #[serde(default)]
+    pub stores: BTreeMap<String, StoreDecl>,
+}
+
+/// `[store]` keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `store.max_value_bytes`
+    pub max_value_bytes: Option<usize>,
+    /// `store.minority_reads`
+    pub minority_reads: Option<String>,
+    /// `store.round_timeout` (e.g. "2s")
+    pub round_timeout: Option<String>,
+    /// `store.anti_entropy_interval` (e.g. "5s")
+    pub anti_entropy_interval: Option<String>,
+    /// `store.tombstone_grace` (e.g. "24h")
+    pub tombstone_grace: Option<String>,
+}
+
+/// `[stores.NAME]` keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreDecl {
+    /// `stores.NAME.consistency`: `quorum` or `local`.
+    pub consistency: Option<String>,
 }
 
 /// `[node]` keys.
@@ -225,6 +255,18 @@ pub struct Config {
     pub api_bind: SocketAddr,
     /// Log filter (tracing-subscriber syntax).
     pub log_level: String,
+    /// Largest value a store accepts.
+    pub max_value_bytes: usize,
+    /// Reads on a node without quorum.
+    pub minority_reads: store::MinorityReads,
+    /// How long a quorum round may take.
+    pub round_timeout: std::time::Duration,
+    /// Anti-entropy period.
+    pub anti_entropy_interval: std::time::Duration,
+    /// How long tombstones are kept.
+    pub tombstone_grace: std::time::Duration,
+    /// The stores, with their default consistency (`default` always exists).
+    pub stores: BTreeMap<String, store::Consistency>,
 }
 
 /// Where environment values come from; a trait so tests need not touch the process environment.
@@ -490,6 +532,64 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&log_level)
             .map_err(|e| invalid("log.level", format!("{log_level:?}: {e}")))?;
 
+        let duration = |key: &str,
+                        v: Option<String>,
+                        default: &str|
+         -> Result<std::time::Duration, ConfigError> {
+            let v = v.unwrap_or_else(|| default.to_string());
+            let d = humantime::parse_duration(&v).map_err(|e| {
+                invalid(key, format!("{v:?}: {e} (write e.g. \"2s\" or \"500ms\")"))
+            })?;
+            if d.is_zero() {
+                return Err(invalid(key, "must be positive"));
+            }
+            Ok(d)
+        };
+        let max_value_bytes = file
+            .store
+            .max_value_bytes
+            .unwrap_or(store::limits::DEFAULT_MAX_VALUE_BYTES);
+        if max_value_bytes == 0 || max_value_bytes > 4 << 20 {
+            return Err(invalid(
+                "store.max_value_bytes",
+                format!("{max_value_bytes} is not in 1..=4194304 (4 MiB)"),
+            ));
+        }
+        let minority_reads = match file.store.minority_reads.as_deref().unwrap_or("refuse") {
+            "refuse" => store::MinorityReads::Refuse,
+            "stale" => store::MinorityReads::Stale,
+            other => {
+                return Err(invalid(
+                    "store.minority_reads",
+                    format!("{other:?} is not one of refuse, stale"),
+                ));
+            }
+        };
+        let round_timeout = duration("store.round_timeout", file.store.round_timeout, "2s")?;
+        let anti_entropy_interval = duration(
+            "store.anti_entropy_interval",
+            file.store.anti_entropy_interval,
+            "5s",
+        )?;
+        let tombstone_grace = duration("store.tombstone_grace", file.store.tombstone_grace, "24h")?;
+        let mut stores = BTreeMap::new();
+        stores.insert("default".to_string(), store::Consistency::Quorum);
+        for (name, decl) in file.stores {
+            let key = format!("stores.{name}");
+            store::limits::check_store_name(&name).map_err(|e| invalid(&key, e.to_string()))?;
+            let c = match decl.consistency.as_deref().unwrap_or("quorum") {
+                "quorum" => store::Consistency::Quorum,
+                "local" => store::Consistency::Local,
+                other => {
+                    return Err(invalid(
+                        &format!("{key}.consistency"),
+                        format!("{other:?} is not one of quorum, local"),
+                    ));
+                }
+            };
+            stores.insert(name, c);
+        }
+
         Ok(Config {
             name,
             datacenter,
@@ -508,6 +608,12 @@ impl Config {
             quorum,
             api_bind,
             log_level,
+            max_value_bytes,
+            minority_reads,
+            round_timeout,
+            anti_entropy_interval,
+            tombstone_grace,
+            stores,
         })
     }
 }
@@ -695,6 +801,26 @@ mod tests {
         );
         assert_eq!(err_key(from_toml("[api]\nbind = \"x\"")), "api.bind");
         assert_eq!(err_key(from_toml("[log]\nlevel = \"[[[\"")), "log.level");
+        assert_eq!(
+            err_key(from_toml("[store]\nminority_reads = \"maybe\"")),
+            "store.minority_reads"
+        );
+        assert_eq!(
+            err_key(from_toml("[store]\nround_timeout = \"soon\"")),
+            "store.round_timeout"
+        );
+        assert_eq!(
+            err_key(from_toml("[store]\nmax_value_bytes = 0")),
+            "store.max_value_bytes"
+        );
+        assert_eq!(
+            err_key(from_toml("[stores.Bad]\nconsistency = \"quorum\"")),
+            "stores.Bad"
+        );
+        assert_eq!(
+            err_key(from_toml("[stores.fast]\nconsistency = \"eventual\"")),
+            "stores.fast.consistency"
+        );
     }
 
     #[test]

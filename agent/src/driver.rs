@@ -1,18 +1,22 @@
-//! The tokio driver: one task owns the membership core and feeds it sockets, time and commands.
+//! The tokio driver: one task owns the membership and store cores and feeds them sockets, time
+//! and commands.
 //!
 //! Everything the protocol decides happens in the core; this loop only moves bytes and time. One
 //! task and one timer (the core's earliest deadline) means timers fire in deadline order, which
 //! foca needs (spawning a task per timer reorders them under load, foca issue #26).
 
 use crate::node_file::NodeFile;
+use crate::transport::{Frame, Outbound, TransportStats};
 use membership::{
-    Channel, Destination, DropReason, Event, MemberState, MemberView, Membership, Peer,
+    Channel, Destination, DropReason, Event, MemberState, MemberView, Membership, NodeId, Peer,
     QuorumStatus, Stats,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use store::{OpId, Reply, Request, StoreCore, StoreError};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
@@ -97,6 +101,8 @@ pub enum Command {
     Leave,
     /// Replace the seed list (a reload).
     SetSeeds(Vec<String>),
+    /// A key/value request.
+    Kv(Request, oneshot::Sender<Result<Reply, StoreError>>),
 }
 
 /// A cloneable handle to the driver task.
@@ -138,6 +144,11 @@ impl Handle {
         self.tx.send(Command::Leave).await.map_err(|_| Gone)
     }
 
+    /// Runs a key/value request.
+    pub async fn kv(&self, req: Request) -> Result<Result<Reply, StoreError>, Gone> {
+        self.ask(|tx| Command::Kv(req, tx)).await
+    }
+
     /// Replaces the seed list.
     pub async fn set_seeds(&self, seeds: Vec<String>) -> Result<(), Gone> {
         self.tx
@@ -163,6 +174,25 @@ pub struct Driver {
     cmds: mpsc::Receiver<Command>,
     events: broadcast::Sender<Event>,
     send_errors: u64,
+    store: StoreCore,
+    outbound: Outbound,
+    frames: mpsc::Receiver<Frame>,
+    pending: BTreeMap<OpId, oneshot::Sender<Result<Reply, StoreError>>>,
+    addrs: BTreeMap<NodeId, SocketAddr>,
+    view_dirty: bool,
+    transport_stats: Arc<TransportStats>,
+}
+
+/// The store half of the driver: the core, the stream transport and its inbound frames.
+pub struct StorePart {
+    /// The store core.
+    pub core: StoreCore,
+    /// Outbound side of the transport.
+    pub outbound: Outbound,
+    /// Frames from the transport's readers.
+    pub frames: mpsc::Receiver<Frame>,
+    /// Transport counters.
+    pub stats: Arc<TransportStats>,
 }
 
 /// How often seed names are resolved again.
@@ -177,27 +207,37 @@ impl Driver {
         beacon: Option<(UdpSocket, SocketAddrV4)>,
         seeds: Vec<String>,
         node_file: NodeFile,
+        store: StorePart,
     ) -> (Driver, Handle) {
-        let (tx, cmds) = mpsc::channel(256);
+        let (tx, cmds) = mpsc::channel(1024);
         let (events, _) = broadcast::channel(1024);
         let handle = Handle {
             tx,
             events: events.clone(),
         };
-        (
-            Driver {
-                core,
-                clock,
-                gossip,
-                beacon,
-                seeds,
-                node_file,
-                cmds,
-                events,
-                send_errors: 0,
-            },
-            handle,
-        )
+        let driver = Driver {
+            core,
+            clock,
+            gossip,
+            beacon,
+            seeds,
+            node_file,
+            cmds,
+            events,
+            send_errors: 0,
+            store: store.core,
+            outbound: store.outbound,
+            frames: store.frames,
+            pending: BTreeMap::new(),
+            addrs: BTreeMap::new(),
+            view_dirty: true,
+            transport_stats: store.stats,
+        };
+        (driver, handle)
+    }
+
+    fn wall_ms(&self) -> u64 {
+        self.clock.now().as_millis() as u64
     }
 
     /// Runs until a graceful leave has completed (or every handle is dropped).
@@ -217,7 +257,11 @@ impl Driver {
                 info!("left the cluster; stopping");
                 break;
             }
-            let next = self.core.poll_timeout().map(|t| self.clock.instant(t));
+            let next = match (self.core.poll_timeout(), self.store.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(|t| self.clock.instant(t));
             let wake = match (next, stop_at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -241,6 +285,10 @@ impl Driver {
                     }
                     Some(Command::Status(tx)) => { let _ = tx.send(self.status()); }
                     Some(Command::Members(tx)) => { let _ = tx.send(self.core.members()); }
+                    Some(Command::Kv(req, tx)) => {
+                        let op = self.store.request(self.clock.now(), self.wall_ms(), req);
+                        self.pending.insert(op, tx);
+                    }
                     Some(Command::Metrics(tx)) => {
                         let _ = tx.send(MetricsReport {
                             stats: self.core.stats().clone(),
@@ -258,6 +306,10 @@ impl Driver {
                     Ok((n, from)) => self.core.handle_datagram(self.clock.now(), from, &bbuf[..n]),
                     Err(e) => debug!(error = %e, "beacon recv"),
                 },
+                Some(frame) = self.frames.recv() => {
+                    let (now, wall) = (self.clock.now(), self.wall_ms());
+                    self.store.handle_message(now, wall, frame.from, frame.msg);
+                }
                 Some(addrs) = resolved_rx.recv() => {
                     self.core.set_seeds(addrs.clone());
                     if first_resolution {
@@ -268,7 +320,9 @@ impl Driver {
                     }
                 }
                 _ = sleep_until(wake) => {
-                    self.core.handle_timeout(self.clock.now());
+                    let (now, wall) = (self.clock.now(), self.wall_ms());
+                    self.core.handle_timeout(now);
+                    self.store.handle_timeout(now, wall);
                 }
             }
             self.flush().await;
@@ -339,6 +393,7 @@ impl Driver {
             }
         }
         while let Some(ev) = self.core.poll_event() {
+            self.view_dirty = true;
             if let Event::GenerationChanged { generation } = ev
                 && let Err(e) = self.node_file.store(generation)
             {
@@ -346,6 +401,44 @@ impl Driver {
             }
             let _ = self.events.send(ev);
         }
+        if self.view_dirty {
+            self.view_dirty = false;
+            self.sync_store_view();
+        }
+        while let Some((to, msg)) = self.store.poll_send() {
+            match self.addrs.get(&to) {
+                Some(addr) => self.outbound.send(*addr, msg),
+                None => debug!(peer = %to, "store message for a node with no known address"),
+            }
+        }
+        while let Some((op, reply)) = self.store.poll_reply() {
+            if let Some(tx) = self.pending.remove(&op) {
+                let _ = tx.send(reply);
+            }
+        }
+    }
+
+    /// Tells the store which peers membership holds reachable (alive or suspect) and where they
+    /// are, and the quorum view; called whenever membership reported a change.
+    fn sync_store_view(&mut self) {
+        let members = self.core.members();
+        let mut peers = BTreeMap::new();
+        self.addrs.clear();
+        for m in members.iter().filter(|m| !m.is_self) {
+            if matches!(m.state, MemberState::Alive | MemberState::Suspect) {
+                peers.insert(m.id, m.votes);
+                self.addrs.insert(m.id, m.gossip_addr);
+            }
+        }
+        let live: std::collections::BTreeSet<SocketAddr> = self.addrs.values().copied().collect();
+        self.outbound.retain(|a| live.contains(a));
+        let q = self.core.quorum();
+        self.store.set_view(peers, q.has_quorum, q.reachable_votes);
+    }
+
+    /// Transport counters, for metrics.
+    pub fn transport_stats(&self) -> Arc<TransportStats> {
+        self.transport_stats.clone()
     }
 }
 

@@ -8,16 +8,20 @@ pub mod driver;
 pub mod metrics;
 pub mod net;
 pub mod node_file;
+pub mod transport;
 
 use crate::config::{Config, Overrides, ProcessEnv};
-use crate::driver::{Clock, Driver, Handle};
+use crate::driver::{Clock, Driver, Handle, StorePart};
 use crate::node_file::NodeFile;
+use crate::transport::{Outbound, TransportStats};
 use anyhow::Context;
 use membership::{Membership, MembershipConfig, SelfDescription};
 use rand::TryRng;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+use store::{StoreConfig, StoreCore, StoreSettings};
 use tracing::{info, warn};
 
 /// How long a graceful leave may take before the agent exits anyway.
@@ -104,12 +108,60 @@ pub async fn run(
         cluster = %config.cluster, profile = config.profile.name(), "chorus agent starting"
     );
 
-    let (driver, handle) =
-        Driver::new(core, clock, gossip, beacon, config.seeds.clone(), node_file);
+    // Store traffic: TCP on the gossip port (a separate port space from UDP).
+    let store_listener = tokio::net::TcpListener::bind(bound)
+        .await
+        .with_context(|| format!("binding the store transport on TCP {bound}"))?;
+    let sealer = Arc::new(membership::Sealer::new(&config.cluster, &config.key));
+    let tstats = Arc::new(TransportStats::default());
+    let (frames_tx, frames_rx) = tokio::sync::mpsc::channel(4096);
+    tokio::spawn(transport::serve(
+        store_listener,
+        sealer.clone(),
+        frames_tx,
+        tstats.clone(),
+    ));
+    let mut scfg = StoreConfig::new(config.quorum.required());
+    scfg.my_votes = config.votes;
+    scfg.round_timeout = config.round_timeout;
+    scfg.max_value_bytes = config.max_value_bytes;
+    scfg.gc_grace = config.tombstone_grace;
+    scfg.anti_entropy_every = config.anti_entropy_interval;
+    scfg.minority_reads = config.minority_reads;
+    scfg.stores = config
+        .stores
+        .iter()
+        .map(|(n, c)| {
+            (
+                n.clone(),
+                StoreSettings {
+                    default_consistency: *c,
+                },
+            )
+        })
+        .collect();
+    let wall_ms = clock.now().as_millis() as u64;
+    let store_seed = u64::from_le_bytes(seed_bytes).rotate_left(17);
+    let store_part = StorePart {
+        core: StoreCore::new(me.id, scfg, store_seed, clock.now(), wall_ms),
+        outbound: Outbound::new(me.id, sealer, tstats.clone()),
+        frames: frames_rx,
+        stats: tstats,
+    };
+
+    let (driver, handle) = Driver::new(
+        core,
+        clock,
+        gossip,
+        beacon,
+        config.seeds.clone(),
+        node_file,
+        store_part,
+    );
     let driver_task = tokio::spawn(driver.run());
 
     let (stop_api_tx, stop_api_rx) = tokio::sync::oneshot::channel::<()>();
-    let app = api::router(handle.clone());
+    let app = api::router(handle.clone(), config.max_value_bytes);
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {

@@ -29,6 +29,71 @@ enum Cmd {
     Status(ClientArgs),
     /// Print a new random cluster key (base64) for `cluster.key`.
     Keygen,
+    /// Read and write the replicated key/value store.
+    #[command(subcommand)]
+    Kv(KvCmd),
+}
+
+#[derive(Subcommand)]
+enum KvCmd {
+    /// Write VALUE (or standard input when VALUE is `-` or absent) under KEY.
+    Put {
+        #[command(flatten)]
+        c: KvArgs,
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// Value; `-` or nothing reads standard input.
+        value: Option<String>,
+        /// Time to live, e.g. 30s, 10m.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Print the value of KEY (raw bytes on standard output).
+    Get {
+        #[command(flatten)]
+        c: KvArgs,
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+    },
+    /// Delete KEY.
+    Del {
+        #[command(flatten)]
+        c: KvArgs,
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+    },
+    /// List keys, one per line.
+    Ls {
+        #[command(flatten)]
+        c: KvArgs,
+        /// Store name.
+        store: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many keys.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+#[derive(Args)]
+struct KvArgs {
+    /// The agent's API address.
+    #[arg(long, env = "CHORUS_API", default_value = "127.0.0.1:7947")]
+    api: String,
+    /// quorum (default for most stores) or local.
+    #[arg(long)]
+    consistency: Option<String>,
+    /// Print the API's JSON answer (with the version) instead of plain output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -90,6 +155,7 @@ fn main() -> ExitCode {
         Cmd::Agent(a) => run_agent(a),
         Cmd::Members(c) => client(&c, "/v1/members", cli::members_table),
         Cmd::Status(c) => client(&c, "/v1/status", cli::status_text),
+        Cmd::Kv(k) => kv(k),
         Cmd::Keygen => {
             let mut k = [0u8; 32];
             if let Err(e) = rand::rngs::SysRng.try_fill_bytes(&mut k) {
@@ -181,6 +247,92 @@ fn run_agent(a: AgentArgs) -> ExitCode {
             tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn kv(cmd: KvCmd) -> ExitCode {
+    use std::io::{Read, Write};
+    let query = |c: &KvArgs, extra: Vec<(String, String)>| {
+        let mut q: Vec<String> = extra
+            .into_iter()
+            .map(|(k, v)| format!("{k}={}", cli::encode_segment(&v)))
+            .collect();
+        if let Some(cons) = &c.consistency {
+            q.push(format!("consistency={}", cli::encode_segment(cons)));
+        }
+        if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        }
+    };
+    let path = |store: &str, key: &str| {
+        format!(
+            "/v1/kv/{}/{}",
+            cli::encode_segment(store),
+            cli::encode_segment(key)
+        )
+    };
+    let result = match &cmd {
+        KvCmd::Put { c, store, key, value, ttl } => {
+            let body = match value.as_deref() {
+                Some(v) if v != "-" => Ok(v.as_bytes().to_vec()),
+                _ => {
+                    let mut b = Vec::new();
+                    std::io::stdin().read_to_end(&mut b).map(|_| b).map_err(|e| cli::CliError::Stdin(e.to_string()))
+                }
+            };
+            let extra = ttl.iter().map(|t| ("ttl".to_string(), t.clone())).collect();
+            body.and_then(|b| Client::new(&c.api).call("PUT", &format!("{}{}", path(store, key), query(c, extra)), Some(b)))
+                .map(|r| {
+                    if c.json {
+                        println!("{}", String::from_utf8_lossy(&r.body));
+                    }
+                })
+        }
+        KvCmd::Del { c, store, key } => Client::new(&c.api)
+            .call("DELETE", &format!("{}{}", path(store, key), query(c, vec![])), None)
+            .map(|r| {
+                if c.json {
+                    println!("{}", String::from_utf8_lossy(&r.body));
+                }
+            }),
+        KvCmd::Get { c, store, key } => Client::new(&c.api)
+            .call("GET", &format!("{}{}", path(store, key), query(c, vec![])), None)
+            .map(|r| {
+                if r.stale {
+                    eprintln!("warning: stale read (this node has no quorum)");
+                }
+                if c.json {
+                    let v = serde_json::json!({
+                        "value": String::from_utf8_lossy(&r.body), "version": r.version, "stale": r.stale
+                    });
+                    println!("{v}");
+                } else {
+                    let _ = std::io::stdout().write_all(&r.body);
+                }
+            }),
+        KvCmd::Ls { c, store, prefix, limit } => {
+            let extra = vec![("prefix".to_string(), prefix.clone()), ("limit".to_string(), limit.to_string())];
+            Client::new(&c.api)
+                .call("GET", &format!("/v1/kv/{}{}", cli::encode_segment(store), query(c, extra)), None)
+                .map(|r| {
+                    if c.json {
+                        println!("{}", String::from_utf8_lossy(&r.body));
+                    } else if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r.body) {
+                        for k in v["keys"].as_array().into_iter().flatten() {
+                            println!("{}", k.as_str().unwrap_or_default());
+                        }
+                    }
+                })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

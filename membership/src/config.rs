@@ -44,6 +44,9 @@ pub struct Timings {
     pub beacon_fast: Duration,
     /// Beacon interval once connected.
     pub beacon_every: Duration,
+    /// Beacon interval for a while after a member failed: a failure may be a partition, and
+    /// frequent beacons let the halves find each other soon after it heals.
+    pub beacon_after_failure: Duration,
     /// How often a random member is asked to compare metadata.
     pub meta_sync_every: Duration,
     /// How often seeds that are not members are re-announced to once connected.
@@ -72,6 +75,7 @@ impl Timings {
                 gossip_every: Duration::from_millis(100),
                 beacon_fast: Duration::from_millis(100),
                 beacon_every: Duration::from_secs(5),
+                beacon_after_failure: Duration::from_millis(750),
                 meta_sync_every: Duration::from_secs(5),
                 seed_every: Duration::from_secs(10),
                 seed_retry: Duration::from_millis(250),
@@ -85,6 +89,7 @@ impl Timings {
                 gossip_every: Duration::from_millis(500),
                 beacon_fast: Duration::from_millis(500),
                 beacon_every: Duration::from_secs(10),
+                beacon_after_failure: Duration::from_secs(3),
                 meta_sync_every: Duration::from_secs(15),
                 seed_every: Duration::from_secs(30),
                 seed_retry: Duration::from_secs(1),
@@ -98,6 +103,7 @@ impl Timings {
                 gossip_every: Duration::from_millis(50),
                 beacon_fast: Duration::from_millis(50),
                 beacon_every: Duration::from_secs(2),
+                beacon_after_failure: Duration::from_millis(500),
                 meta_sync_every: Duration::from_secs(2),
                 seed_every: Duration::from_secs(2),
                 seed_retry: Duration::from_millis(100),

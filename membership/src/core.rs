@@ -22,6 +22,9 @@ use tracing::{debug, info, warn};
 
 type SwimCore = Foca<Peer, PostcardCodec, Xoshiro256PlusPlus, MetaBroadcasts>;
 
+/// How long after a member failed beacons stay frequent (a partition may heal in that time).
+const HEAL_WATCH: Duration = Duration::from_secs(300);
+
 /// Where a datagram goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {
@@ -245,6 +248,7 @@ pub struct Membership {
     hinted_at: BTreeMap<SocketAddr, Duration>,
     leaving: bool,
     left_swim: bool,
+    last_failure: Option<Duration>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -315,6 +319,7 @@ impl Membership {
             hinted_at: BTreeMap::new(),
             leaving: false,
             left_swim: false,
+            last_failure: None,
             cfg,
         };
         core.publish_own_meta();
@@ -441,7 +446,7 @@ impl Membership {
                 Due::DownHints => {
                     if !self.leaving {
                         self.hint_down_members(3);
-                        let every = self.timings.announce_down_every;
+                        let every = self.jitter(self.timings.announce_down_every);
                         self.schedule(every, Due::DownHints);
                     }
                 }
@@ -579,6 +584,12 @@ impl Membership {
         if now > self.now {
             self.now = now;
         }
+    }
+
+    /// `d` scaled by a random factor in [0.75, 1.25): nodes started together would otherwise keep
+    /// their periodic timers in phase, and a heal would wait for the next common tick.
+    fn jitter(&mut self, d: Duration) -> Duration {
+        d * self.rng.random_range(750u32..1250) / 1000
     }
 
     fn schedule(&mut self, after: Duration, due: Due) {
@@ -851,12 +862,14 @@ impl Membership {
         })
         .expect("encode");
         self.push_transmit(Destination::Beacon, Channel::Beacon, &payload);
-        let next = if self.foca.num_members() > 0 {
-            self.timings.beacon_every
-        } else {
+        let next = if self.foca.num_members() == 0 {
             let b = self.beacon_backoff;
             self.beacon_backoff = (b * 2).min(self.timings.beacon_every);
             b
+        } else if self.last_failure.is_some_and(|t| self.now < t + HEAL_WATCH) {
+            self.jitter(self.timings.beacon_after_failure)
+        } else {
+            self.jitter(self.timings.beacon_every)
         };
         self.schedule(next, Due::Beacon);
     }
@@ -942,7 +955,7 @@ impl Membership {
             let payload = postcard::to_stdvec(&MetaMsg::Summary(self.meta_hash())).expect("encode");
             self.push_transmit(Destination::Unicast(target), Channel::Meta, &payload);
         }
-        let every = self.timings.meta_sync_every;
+        let every = self.jitter(self.timings.meta_sync_every);
         self.schedule(every, Due::MetaSync);
     }
 
@@ -1060,6 +1073,9 @@ impl Membership {
                 } else {
                     Event::MemberFailed { member }
                 };
+                if !left {
+                    self.last_failure = Some(self.now);
+                }
                 info!(event = ?ev, "membership");
                 self.events.push_back(ev);
             }

@@ -87,8 +87,8 @@ pub enum DropReason {
     /// Shorter than the envelope header plus tag.
     #[error("truncated: shorter than the envelope")]
     Truncated,
-    /// Longer than [`MAX_DATAGRAM`].
-    #[error("oversize: longer than {MAX_DATAGRAM} bytes")]
+    /// Longer than [`MAX_DATAGRAM`] (or the frame limit of a stream).
+    #[error("oversize: longer than allowed")]
     Oversize,
     /// Does not start with the Chorus magic bytes.
     #[error("not a chorus packet (bad magic)")]
@@ -244,7 +244,13 @@ impl Sealer {
 
     /// Checks and decrypts a datagram, saying why when it must be dropped.
     pub fn open(&self, datagram: &[u8]) -> Result<Opened, DropReason> {
-        if datagram.len() > MAX_DATAGRAM {
+        self.open_frame(datagram, MAX_DATAGRAM)
+    }
+
+    /// Checks and decrypts a sealed frame of at most `max` bytes (stream transports carry frames
+    /// larger than a datagram).
+    pub fn open_frame(&self, datagram: &[u8], max: usize) -> Result<Opened, DropReason> {
+        if datagram.len() > max {
             return Err(DropReason::Oversize);
         }
         if datagram.len() < 2 || datagram[..2] != MAGIC {

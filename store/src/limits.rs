@@ -14,7 +14,7 @@ pub const MAX_STORE_NAME: usize = 64;
 #[serde(tag = "code", rename_all = "snake_case")]
 pub enum StoreError {
     /// The request is malformed (bad key, bad store name, bad TTL...).
-    #[error("bad request: {message}")]
+    #[error("{message}")]
     BadRequest {
         /// What is wrong.
         message: String,

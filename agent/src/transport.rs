@@ -1,0 +1,225 @@
+//! The stream transport for store traffic: TCP on the gossip port, one connection per peer.
+//!
+//! Values can be far larger than a datagram, so replica traffic goes over TCP. Each frame is a
+//! big-endian `u32` length followed by a sealed envelope (the same AEAD and cluster scoping as the
+//! datagrams), whose payload names the sending node and carries one store message. A frame that
+//! fails to open is dropped and counted, and the connection closed. Sending never blocks the core:
+//! each peer has a bounded queue drained by its own task, which connects on demand; when a queue
+//! is full or the peer unreachable, messages are dropped, which the store protocol tolerates
+//! (quorum rounds time out as `indeterminate`, anti-entropy repairs what pushes missed).
+
+use membership::{Channel, DropReason, NodeId, Sealer};
+use rand::TryRng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use store::StoreMsg;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// Largest frame accepted: a maximal value plus keys and headers, with room to spare.
+pub const MAX_FRAME: usize = 8 << 20;
+/// Messages queued per peer before new ones are dropped.
+const QUEUE: usize = 4096;
+
+/// What travels inside a sealed frame.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Frame {
+    /// The sending node.
+    pub from: NodeId,
+    /// The message.
+    pub msg: StoreMsg,
+}
+
+/// Counters of the transport, shared with the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Frames sent.
+    pub frames_sent: AtomicU64,
+    /// Frames received and opened.
+    pub frames_received: AtomicU64,
+    /// Frames dropped because they failed to open or decode.
+    pub frames_rejected: AtomicU64,
+    /// Messages dropped because a peer's queue was full or it could not be reached.
+    pub send_dropped: AtomicU64,
+}
+
+/// Sends store messages to peers by address.
+pub struct Outbound {
+    me: NodeId,
+    sealer: Arc<Sealer>,
+    peers: BTreeMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    stats: Arc<TransportStats>,
+}
+
+impl Outbound {
+    /// An outbound side for node `me`.
+    pub fn new(me: NodeId, sealer: Arc<Sealer>, stats: Arc<TransportStats>) -> Self {
+        Outbound {
+            me,
+            sealer,
+            peers: BTreeMap::new(),
+            stats,
+        }
+    }
+
+    /// Queues `msg` for the peer at `addr`, connecting if needed. Never blocks.
+    pub fn send(&mut self, addr: SocketAddr, msg: StoreMsg) {
+        let payload = postcard::to_stdvec(&Frame { from: self.me, msg })
+            .expect("encoding a frame cannot fail");
+        let mut nonce = [0u8; 12];
+        if rand::rngs::SysRng.try_fill_bytes(&mut nonce).is_err() {
+            warn!("no OS randomness for a frame nonce; dropping the message");
+            return;
+        }
+        let sealed = self.sealer.seal(Channel::Store, nonce, &payload);
+        let tx = self.peers.entry(addr).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(peer_writer(addr, rx, self.stats.clone()));
+            tx
+        });
+        if tx.try_send(sealed).is_err() {
+            self.stats.send_dropped.fetch_add(1, Ordering::Relaxed);
+            if tx.is_closed() {
+                self.peers.remove(&addr);
+            }
+        }
+    }
+
+    /// Forgets peers that are no longer members (their writer tasks end).
+    pub fn retain(&mut self, live: impl Fn(&SocketAddr) -> bool) {
+        self.peers.retain(|a, _| live(a));
+    }
+}
+
+/// Drains one peer's queue onto a TCP connection, reconnecting with a short backoff.
+async fn peer_writer(
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    stats: Arc<TransportStats>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    'outer: while let Some(first) = rx.recv().await {
+        let stream =
+            match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                _ => {
+                    // Unreachable: drop what is queued (the protocol copes) and retry on the next message.
+                    stats
+                        .send_dropped
+                        .fetch_add(1 + rx.len() as u64, Ordering::Relaxed);
+                    while rx.try_recv().is_ok() {}
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+        backoff = Duration::from_millis(50);
+        let _ = stream.set_nodelay(true);
+        let mut w = BufWriter::new(stream);
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            if write_frame(&mut w, &frame).await.is_err() {
+                continue 'outer;
+            }
+            stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+            // Batch whatever else is queued into the same flush.
+            next = match rx.try_recv() {
+                Ok(f) => Some(f),
+                Err(_) => {
+                    if w.flush().await.is_err() {
+                        continue 'outer;
+                    }
+                    match rx.recv().await {
+                        Some(f) => Some(f),
+                        None => break 'outer,
+                    }
+                }
+            };
+        }
+    }
+}
+
+async fn write_frame(w: &mut BufWriter<TcpStream>, frame: &[u8]) -> std::io::Result<()> {
+    w.write_all(&(frame.len() as u32).to_be_bytes()).await?;
+    w.write_all(frame).await
+}
+
+/// Accepts store connections and forwards every opened frame to `tx`.
+pub async fn serve(
+    listener: TcpListener,
+    sealer: Arc<Sealer>,
+    tx: mpsc::Sender<Frame>,
+    stats: Arc<TransportStats>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "store transport accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(read_frames(
+            stream,
+            peer,
+            sealer.clone(),
+            tx.clone(),
+            stats.clone(),
+        ));
+    }
+}
+
+async fn read_frames(
+    stream: TcpStream,
+    peer: SocketAddr,
+    sealer: Arc<Sealer>,
+    tx: mpsc::Sender<Frame>,
+    stats: Arc<TransportStats>,
+) {
+    let mut r = BufReader::new(stream);
+    let mut len = [0u8; 4];
+    let mut buf = Vec::new();
+    loop {
+        if r.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let n = u32::from_be_bytes(len) as usize;
+        if n > MAX_FRAME {
+            debug!(%peer, n, "store frame too large; closing the connection");
+            stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        buf.resize(n, 0);
+        if r.read_exact(&mut buf).await.is_err() {
+            return;
+        }
+        let frame = match sealer.open_frame(&buf, MAX_FRAME) {
+            Ok(o) if o.channel == Channel::Store => {
+                postcard::from_bytes::<Frame>(&o.payload).map_err(|_| DropReason::Malformed)
+            }
+            Ok(_) => Err(DropReason::BadChannel),
+            Err(e) => Err(e),
+        };
+        match frame {
+            Ok(f) => {
+                stats.frames_received.fetch_add(1, Ordering::Relaxed);
+                if tx.send(f).await.is_err() {
+                    return;
+                }
+            }
+            Err(reason) => {
+                debug!(%peer, %reason, "store frame rejected; closing the connection");
+                stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
