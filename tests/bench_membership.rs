@@ -172,6 +172,7 @@ fn main() {
     let mut join = Vec::new();
     let mut kill = Vec::new();
     let mut split = Vec::new();
+    let mut split_first = Vec::new();
     let mut minority_quorum = Vec::new();
     let mut merge = Vec::new();
     for run in 0..a.runs {
@@ -280,6 +281,37 @@ fn main() {
         let right: Vec<usize> = (minority..n).collect();
         let t = SystemTime::now();
         lab.partition(&[&left, &right]);
+        // First detection: every node has marked at least one node across the cut failed.
+        let first = |l: &Lab, viewers: &[usize], across: &[String]| -> Option<Duration> {
+            let mut w = Duration::ZERO;
+            for v in viewers {
+                let d = events(l, *v)
+                    .into_iter()
+                    .filter(|e| {
+                        e.at >= t && e.kind == "MemberFailed" && across.contains(&e.subject)
+                    })
+                    .map(|e| e.at.duration_since(t).unwrap_or_default())
+                    .min()?;
+                w = w.max(d);
+            }
+            Some(w)
+        };
+        let mut fd = Duration::ZERO;
+        lab.wait_for(
+            Duration::from_secs(60),
+            "each side detects the split",
+            |l| match (
+                first(l, &left, &addrs[minority..]),
+                first(l, &right, &addrs[..minority]),
+            ) {
+                (Some(a), Some(b)) => {
+                    fd = a.max(b);
+                    true
+                }
+                _ => false,
+            },
+        );
+        split_first.push(fd);
         let a1 = worst(
             &lab,
             &left,
@@ -360,7 +392,15 @@ fn main() {
     show("kill -9 seen failed everywhere", &kill);
     show(
         &format!(
-            "split {}|{}: both sides see the other failed",
+            "split {}|{}: each node sees one across failed",
+            minority,
+            n - minority
+        ),
+        &split_first,
+    );
+    show(
+        &format!(
+            "split {}|{}: each node sees all across failed",
             minority,
             n - minority
         ),

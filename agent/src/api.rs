@@ -131,6 +131,7 @@ struct StatusJson {
     reachable: Vec<String>,
     unreachable: Vec<String>,
     leaving: bool,
+    stores: BTreeMap<String, serde_json::Value>,
 }
 
 /// One member as the API shows it.
@@ -181,6 +182,16 @@ fn status_json(s: StatusReport) -> StatusJson {
         reachable: s.reachable,
         unreachable: s.unreachable,
         leaving: s.leaving,
+        stores: s
+            .stores
+            .into_iter()
+            .map(|(n, (entries, hash))| {
+                (
+                    n,
+                    json!({"entries": entries, "digest": format!("{hash:016x}")}),
+                )
+            })
+            .collect(),
     }
 }
 

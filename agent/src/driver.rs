@@ -73,6 +73,9 @@ pub struct StatusReport {
     pub unreachable: Vec<String>,
     /// True once a graceful leave started.
     pub leaving: bool,
+    /// Per store: entries held (tombstones included) and a hash of the replica's digest; two
+    /// replicas hold the same data exactly when their hashes agree.
+    pub stores: BTreeMap<String, (usize, u64)>,
 }
 
 /// Counters for `/metrics`.
@@ -361,6 +364,20 @@ impl Driver {
             .find(|m| m.is_self)
             .cloned()
             .expect("the core always lists itself");
+        let stores = self
+            .store
+            .config()
+            .stores
+            .keys()
+            .map(|n| {
+                let summary = self
+                    .store
+                    .replica()
+                    .store(n)
+                    .map_or((0, 0), |s| (s.len(), s.summary_hash()));
+                (n.clone(), summary)
+            })
+            .collect();
         StatusReport {
             node,
             cluster: self.core.config().cluster.clone(),
@@ -369,6 +386,7 @@ impl Driver {
             reachable,
             unreachable,
             leaving: self.core.is_leaving(),
+            stores,
         }
     }
 

@@ -90,6 +90,12 @@ impl StoreMap {
         &self.digest
     }
 
+    /// One hash of the whole store: equal on two replicas exactly when their buckets are.
+    pub fn summary_hash(&self) -> u64 {
+        let bytes: Vec<u8> = self.digest.iter().flat_map(|d| d.to_be_bytes()).collect();
+        fnv1a64(&[&bytes])
+    }
+
     /// Every entry of one bucket.
     pub fn bucket(&self, b: usize) -> impl Iterator<Item = (&String, &Entry)> {
         self.entries.iter().filter(move |(k, _)| bucket_of(k) == b)
