@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod driver;
+pub mod loadgen;
 pub mod metrics;
 pub mod net;
 pub mod node_file;

@@ -32,6 +32,39 @@ enum Cmd {
     /// Read and write the replicated key/value store.
     #[command(subcommand)]
     Kv(KvCmd),
+    /// Load-test running agents' key/value API (bounded in time and operations).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// An agent's API address; repeat to spread clients over several agents.
+    #[arg(long = "api", required = true)]
+    apis: Vec<String>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// How long to run, e.g. 10s.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// put or get.
+    #[arg(long, default_value = "put")]
+    op: String,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// quorum or local.
+    #[arg(long, default_value = "quorum")]
+    consistency: String,
+    /// Store name.
+    #[arg(long, default_value = "default")]
+    store: String,
+    /// Distinct keys per client.
+    #[arg(long, default_value_t = 1000)]
+    keys: u64,
+    /// Upper bound on operations per client.
+    #[arg(long, default_value_t = 10_000_000)]
+    max_ops: u64,
 }
 
 #[derive(Subcommand)]
@@ -156,6 +189,7 @@ fn main() -> ExitCode {
         Cmd::Members(c) => client(&c, "/v1/members", cli::members_table),
         Cmd::Status(c) => client(&c, "/v1/status", cli::status_text),
         Cmd::Kv(k) => kv(k),
+        Cmd::Bench(b) => bench(b),
         Cmd::Keygen => {
             let mut k = [0u8; 32];
             if let Err(e) = rand::rngs::SysRng.try_fill_bytes(&mut k) {
@@ -334,5 +368,63 @@ fn kv(cmd: KvCmd) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+fn bench(b: BenchArgs) -> ExitCode {
+    let duration = match humantime::parse_duration(&b.duration) {
+        Ok(d) if d <= std::time::Duration::from_secs(3600) => d,
+        _ => {
+            eprintln!(
+                "error: --duration {:?}: write e.g. 10s (at most 1h)",
+                b.duration
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if !matches!(b.op.as_str(), "put" | "get")
+        || !matches!(b.consistency.as_str(), "quorum" | "local")
+        || b.clients == 0
+    {
+        eprintln!("error: --op is put or get, --consistency quorum or local, --clients at least 1");
+        return ExitCode::from(2);
+    }
+    let spec = agent::loadgen::LoadSpec {
+        apis: b.apis,
+        clients: b.clients,
+        duration,
+        max_ops_per_client: b.max_ops,
+        op: b.op.clone(),
+        value_bytes: b.value_bytes,
+        consistency: b.consistency.clone(),
+        store: b.store,
+        keys: b.keys,
+    };
+    let total = duration.as_secs_f64();
+    let r = agent::loadgen::run(&spec, &|ok, t| {
+        let frac = (t.as_secs_f64() / total).min(1.0);
+        let bar = "#".repeat((frac * 30.0) as usize);
+        eprint!("\r[{bar:<30}] {:>5.1}s {ok} ok", t.as_secs_f64());
+    });
+    eprintln!();
+    println!(
+        "{} {} x{} clients, {} B values: {:.0} ops/s ({} ok, {} errors in {:.1} s); latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        b.op,
+        b.consistency,
+        b.clients,
+        b.value_bytes,
+        r.rate(),
+        r.ok,
+        r.errors,
+        r.elapsed.as_secs_f64(),
+        r.p50.as_secs_f64() * 1e3,
+        r.p90.as_secs_f64() * 1e3,
+        r.p99.as_secs_f64() * 1e3,
+        r.max.as_secs_f64() * 1e3,
+    );
+    if r.ok == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

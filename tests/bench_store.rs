@@ -1,0 +1,207 @@
+//! Store benchmark on real agents (not a test: it measures).
+//!
+//! `cargo bench -p chorus-agent --bench store -- [--nodes N] [--secs S] [--memory-keys K]`
+//!
+//! Starts N agents on loopback (LAN profile, seeds), then runs the load generator (`chorus bench`'s
+//! engine, in this process) against them: quorum writes, quorum reads and local writes of 100-byte
+//! values with 1 and 32 clients spread over the nodes, S seconds each. With `--memory-keys K` it
+//! then writes K more keys and reports the growth of each agent's resident memory per key.
+
+use agent::loadgen::{LoadSpec, run};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Args {
+    nodes: usize,
+    secs: u64,
+    memory_keys: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        nodes: 3,
+        secs: 10,
+        memory_keys: 0,
+    };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < v.len() {
+        let num = || {
+            v.get(i + 1)
+                .and_then(|s| s.parse::<u64>().ok())
+                .expect("flag needs a number")
+        };
+        match v[i].as_str() {
+            "--nodes" => a.nodes = num() as usize,
+            "--secs" => a.secs = num(),
+            "--memory-keys" => a.memory_keys = num(),
+            "--bench" => {
+                i += 1;
+                continue;
+            }
+            other => panic!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    a
+}
+
+struct Cluster {
+    children: Vec<Child>,
+    apis: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start(n: usize) -> Cluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = 17000 + (std::process::id() % 1000) as u16 * 10;
+    let mut children = Vec::new();
+    let mut apis = Vec::new();
+    for i in 0..n {
+        let gossip = format!("127.0.0.1:{}", base + i as u16);
+        let api = format!("127.0.0.1:{}", base + 5000 + i as u16);
+        let log = std::fs::File::create(dir.path().join(format!("n{i}.log"))).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .args([
+                "agent",
+                "--name",
+                &format!("n{i}"),
+                "--bind",
+                &gossip,
+                "--api",
+                &api,
+            ])
+            .args([
+                "--seed",
+                &format!("127.0.0.1:{base}"),
+                "--expected-nodes",
+                &n.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("d{i}")))
+            .env("CHORUS_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn agent");
+        children.push(child);
+        apis.push(api);
+    }
+    let cluster = Cluster {
+        children,
+        apis,
+        _dir: dir,
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = cluster.apis.iter().all(|a| {
+            agent
+                .get(format!("http://{a}/v1/status"))
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+                .is_some_and(|v| {
+                    v["members"]["alive"].as_u64() == Some(n as u64)
+                        && v["quorum"]["has_quorum"] == true
+                })
+        });
+        if ready {
+            return cluster;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster of {n} did not form in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let a = args();
+    let cluster = start(a.nodes);
+    let spec = |op: &str, consistency: &str, clients: usize| LoadSpec {
+        apis: cluster.apis.clone(),
+        clients,
+        duration: Duration::from_secs(a.secs),
+        max_ops_per_client: 5_000_000,
+        op: op.into(),
+        value_bytes: 100,
+        consistency: consistency.into(),
+        store: "default".into(),
+        keys: 1000,
+    };
+    println!(
+        "N = {} agents on loopback, 100-byte values, {} s per line, one 2-core machine",
+        a.nodes, a.secs
+    );
+    for (op, c, clients) in [
+        ("put", "quorum", 1),
+        ("put", "quorum", 32),
+        ("get", "quorum", 1),
+        ("get", "quorum", 32),
+        ("put", "local", 1),
+        ("put", "local", 32),
+    ] {
+        let r = run(&spec(op, c, clients), &|_, _| {});
+        println!(
+            "{op:<4} {c:<6} {clients:>2} clients: {:>7.0} ops/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ({} errors)",
+            r.rate(),
+            r.p50.as_secs_f64() * 1e3,
+            r.p99.as_secs_f64() * 1e3,
+            r.max.as_secs_f64() * 1e3,
+            r.errors
+        );
+    }
+    if a.memory_keys > 0 {
+        let pids: Vec<u32> = cluster.children.iter().map(|c| c.id()).collect();
+        let before: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
+        let clients = 32usize;
+        let per = a.memory_keys.div_ceil(clients as u64);
+        let mut s = spec("put", "local", clients);
+        s.duration = Duration::from_secs(3600);
+        s.max_ops_per_client = per;
+        s.keys = per;
+        let t = Instant::now();
+        let r = run(&s, &|ok, e| {
+            eprint!("\r{ok} keys written in {:.0} s", e.as_secs_f64())
+        });
+        eprintln!();
+        // Let replication and anti-entropy settle before reading memory.
+        std::thread::sleep(Duration::from_secs(10));
+        let after: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
+        for (i, (b, a2)) in before.iter().zip(&after).enumerate() {
+            let per_key = (a2.saturating_sub(*b) as f64 * 1024.0) / r.ok as f64;
+            println!(
+                "memory: agent n{i}: RSS {b} KiB -> {a2} KiB after {} more keys in {:.0} s: {per_key:.0} bytes per key (100-byte values; {:.0} bytes above the value)",
+                r.ok,
+                t.elapsed().as_secs_f64(),
+                per_key - 100.0
+            );
+        }
+    }
+}
