@@ -14,7 +14,7 @@
 use crate::entry::{Entry, Version};
 use crate::hlc::Hlc;
 use crate::limits::{StoreError, check_key, check_store_name, check_value};
-use crate::replica::{BUCKETS, Replica};
+use crate::replica::{BUCKETS, Replica, bucket_of};
 use membership::NodeId;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -65,6 +65,8 @@ pub struct StoreConfig {
     pub anti_entropy_every: Duration,
     /// Largest sum of value bytes in one anti-entropy message.
     pub sync_chunk_bytes: usize,
+    /// Most `(key, version)` pairs in one anti-entropy message.
+    pub sync_versions_per_message: usize,
     /// Reads on a node without quorum.
     pub minority_reads: MinorityReads,
     /// The stores that exist, by name.
@@ -89,6 +91,7 @@ impl StoreConfig {
             gc_grace: Duration::from_secs(24 * 3600),
             anti_entropy_every: Duration::from_secs(5),
             sync_chunk_bytes: 256 * 1024,
+            sync_versions_per_message: 8192,
             minority_reads: MinorityReads::Refuse,
             stores,
         }
@@ -209,14 +212,35 @@ pub enum StoreMsg {
         /// `(store, digest per bucket)`.
         stores: Vec<(String, Vec<u64>)>,
     },
-    /// Anti-entropy: entries of differing buckets, and the buckets the sender wants back.
+    /// Anti-entropy: the sender's `(key, version)` for every key of the buckets that differ.
+    /// The receiver pushes the entries the sender lacks and fetches the ones it lacks itself, so
+    /// one exchange repairs both sides and only differing entries travel.
+    Versions {
+        /// Store.
+        store: String,
+        /// The buckets these versions cover (keys of other buckets are not compared).
+        buckets: Vec<u16>,
+        /// Every key of those buckets with its version, in key order, for keys in
+        /// `[from, until)` (`None`: unbounded); a long list is split into consecutive ranges.
+        versions: Vec<(String, Version)>,
+        /// First key this message speaks for (inclusive).
+        from: Option<String>,
+        /// Key this message's range ends before (exclusive).
+        until: Option<String>,
+    },
+    /// Anti-entropy: "send me these entries".
+    Fetch {
+        /// Store.
+        store: String,
+        /// Keys wanted.
+        keys: Vec<String>,
+    },
+    /// Anti-entropy: entries the receiver lacks or holds older.
     Entries {
         /// Store.
         store: String,
         /// Entries.
         entries: Vec<(String, Entry)>,
-        /// Buckets whose entries the sender wants.
-        want: Vec<u16>,
     },
 }
 
@@ -802,11 +826,7 @@ impl StoreCore {
                 }
             }
             StoreMsg::Digest { stores } => self.on_digest(from, stores),
-            StoreMsg::Entries {
-                store,
-                entries,
-                want,
-            } => {
+            StoreMsg::Entries { store, entries } => {
                 if check_store_name(&store).is_err() {
                     return;
                 }
@@ -816,9 +836,21 @@ impl StoreCore {
                         self.replica.apply(&store, &k, e);
                     }
                 }
-                if !want.is_empty() {
-                    let buckets: Vec<usize> = want.iter().map(|b| *b as usize % BUCKETS).collect();
-                    self.send_buckets(from, &store, &buckets, Vec::new());
+            }
+            StoreMsg::Versions {
+                store,
+                buckets,
+                versions,
+                from: lo,
+                until: hi,
+            } => self.on_versions(from, store, buckets, versions, (lo, hi)),
+            StoreMsg::Fetch { store, keys } => {
+                if let Some(s) = self.replica.store(&store) {
+                    let found: Vec<(String, Entry)> = keys
+                        .into_iter()
+                        .filter_map(|k| s.get(&k).cloned().map(|e| (k, e)))
+                        .collect();
+                    self.send_entries(from, &store, found);
                 }
             }
         }
@@ -900,62 +932,161 @@ impl StoreCore {
             if differ.is_empty() {
                 continue;
             }
-            // Push ours for those buckets and ask for theirs: one round repairs both sides.
-            let want: Vec<u16> = differ.iter().map(|b| *b as u16).collect();
-            self.send_buckets(from, &name, &differ, want);
+            // Send our versions of those buckets; the peer works out which entries go which way.
+            let set: BTreeSet<usize> = differ.iter().copied().collect();
+            let versions: Vec<(String, Version)> = self
+                .replica
+                .store(&name)
+                .map(|s| {
+                    s.iter()
+                        .filter(|(k, _)| set.contains(&bucket_of(k)))
+                        .map(|(k, e)| (k.clone(), e.version))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let buckets: Vec<u16> = differ.iter().map(|b| *b as u16).collect();
+            for (lo, hi, chunk) in chunk_versions(versions, self.cfg.sync_versions_per_message) {
+                let msg = StoreMsg::Versions {
+                    store: name.clone(),
+                    buckets: buckets.clone(),
+                    versions: chunk,
+                    from: lo,
+                    until: hi,
+                };
+                self.outbox.push_back((from, msg));
+            }
         }
     }
 
-    /// Sends the entries of `buckets` in chunks of bounded size; the first chunk carries `want`.
-    fn send_buckets(&mut self, to: NodeId, store: &str, buckets: &[usize], mut want: Vec<u16>) {
-        let Some(s) = self.replica.store(store) else {
-            if !want.is_empty() {
-                self.outbox.push_back((
-                    to,
-                    StoreMsg::Entries {
-                        store: store.into(),
-                        entries: vec![],
-                        want,
-                    },
-                ));
-            }
+    fn on_versions(
+        &mut self,
+        from: NodeId,
+        store: String,
+        buckets: Vec<u16>,
+        versions: Vec<(String, Version)>,
+        range: (Option<String>, Option<String>),
+    ) {
+        if check_store_name(&store).is_err() {
             return;
-        };
-        let set: BTreeSet<usize> = buckets.iter().copied().collect();
+        }
+        let theirs: BTreeMap<String, Version> = versions.into_iter().collect();
+        let set: BTreeSet<usize> = buckets.iter().map(|b| *b as usize % BUCKETS).collect();
+        let mut push = Vec::new();
+        let mut fetch = Vec::new();
+        if let Some(s) = self.replica.store(&store) {
+            for (k, e) in s.iter().filter(|(k, _)| set.contains(&bucket_of(k))) {
+                // Only keys inside this message's range: the rest is another message's business.
+                let inside = range.0.as_ref().is_none_or(|lo| k >= lo)
+                    && range.1.as_ref().is_none_or(|hi| k < hi);
+                if !inside {
+                    continue;
+                }
+                match theirs.get(k) {
+                    Some(v) if *v >= e.version => {}
+                    _ => push.push((k.clone(), e.clone())),
+                }
+            }
+        }
+        for (k, v) in &theirs {
+            let mine = self
+                .replica
+                .store(&store)
+                .map_or(Version::ZERO, |s| s.version(k));
+            if mine < *v {
+                fetch.push(k.clone());
+            }
+        }
+        self.send_entries(from, &store, push);
+        for keys in fetch.chunks(self.cfg.sync_versions_per_message.max(1)) {
+            self.outbox.push_back((
+                from,
+                StoreMsg::Fetch {
+                    store: store.clone(),
+                    keys: keys.to_vec(),
+                },
+            ));
+        }
+    }
+
+    /// Sends entries in chunks of bounded size.
+    fn send_entries(&mut self, to: NodeId, store: &str, entries: Vec<(String, Entry)>) {
         let mut chunk: Vec<(String, Entry)> = Vec::new();
         let mut bytes = 0usize;
-        let mut out = Vec::new();
-        for (k, e) in s
-            .iter()
-            .filter(|(k, _)| set.contains(&crate::replica::bucket_of(k)))
-        {
+        for (k, e) in entries {
             let size = k.len() + e.value.as_ref().map_or(0, |v| v.len()) + 64;
             if !chunk.is_empty() && bytes + size > self.cfg.sync_chunk_bytes {
-                out.push(StoreMsg::Entries {
+                let msg = StoreMsg::Entries {
                     store: store.into(),
                     entries: std::mem::take(&mut chunk),
-                    want: std::mem::take(&mut want),
-                });
+                };
+                self.outbox.push_back((to, msg));
                 bytes = 0;
             }
             bytes += size;
-            chunk.push((k.clone(), e.clone()));
+            chunk.push((k, e));
         }
-        if !chunk.is_empty() || !want.is_empty() {
-            out.push(StoreMsg::Entries {
-                store: store.into(),
-                entries: chunk,
-                want,
-            });
-        }
-        for m in out {
-            self.outbox.push_back((to, m));
+        if !chunk.is_empty() {
+            self.outbox.push_back((
+                to,
+                StoreMsg::Entries {
+                    store: store.into(),
+                    entries: chunk,
+                },
+            ));
         }
     }
+}
+
+/// Splits a key-ordered version list into messages, each with the key range it speaks for:
+/// `[first key of this chunk, first key of the next)`, unbounded below for the first and above for
+/// the last, so that together they cover every key, also keys only the receiver holds.
+type VersionChunk = (Option<String>, Option<String>, Vec<(String, Version)>);
+
+fn chunk_versions(versions: Vec<(String, Version)>, per: usize) -> Vec<VersionChunk> {
+    let chunks: Vec<Vec<(String, Version)>> =
+        versions.chunks(per.max(1)).map(|c| c.to_vec()).collect();
+    if chunks.is_empty() {
+        return vec![(None, None, Vec::new())];
+    }
+    let starts: Vec<String> = chunks.iter().map(|c| c[0].0.clone()).collect();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let lo = (i > 0).then(|| starts[i].clone());
+            let hi = starts.get(i + 1).cloned();
+            (lo, hi, c)
+        })
+        .collect()
 }
 
 fn not_found(store: &str, key: &str) -> StoreError {
     StoreError::NotFound {
         message: format!("no key {key:?} in store {store:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_chunks_cover_every_key() {
+        let v = |k: &str| (k.to_string(), Version::ZERO);
+        let chunks = chunk_versions(vec![v("b"), v("d"), v("f"), v("h"), v("j")], 2);
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(
+            (chunks[0].0.clone(), chunks[0].1.clone()),
+            (None, Some("f".to_string()))
+        );
+        assert_eq!(
+            (chunks[1].0.clone(), chunks[1].1.clone()),
+            (Some("f".to_string()), Some("j".to_string()))
+        );
+        assert_eq!(
+            (chunks[2].0.clone(), chunks[2].1.clone()),
+            (Some("j".to_string()), None)
+        );
+        assert_eq!(chunk_versions(vec![], 2), vec![(None, None, vec![])]);
     }
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 /// Digest buckets per store.
-pub const BUCKETS: usize = 64;
+pub const BUCKETS: usize = 256;
 
 /// The bucket a key belongs to.
 pub fn bucket_of(key: &str) -> usize {

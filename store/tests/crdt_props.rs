@@ -123,8 +123,18 @@ proptest! {
     ) {
         let items = realistic(items);
         let ids = [NodeId(1), NodeId(2), NodeId(3)];
-        let mut nodes: Vec<StoreCore> =
-            ids.iter().enumerate().map(|(i, id)| StoreCore::new(*id, StoreConfig::new(2), i as u64, Duration::ZERO, WALL)).collect();
+        // Tiny chunks, so that multi-message exchanges (and their key ranges) are exercised.
+        let cfg = |chunk: usize| {
+            let mut c = StoreConfig::new(2);
+            c.sync_versions_per_message = chunk;
+            c.sync_chunk_bytes = 300;
+            c
+        };
+        let mut nodes: Vec<StoreCore> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| StoreCore::new(*id, cfg(1 + i * 2), i as u64, Duration::ZERO, WALL))
+            .collect();
         // Each write is pushed to some replicas, maybe twice, maybe to none (loss).
         for (i, (k, e)) in items.iter().enumerate() {
             let (target, dup, lost) = deliveries.get(i).copied().unwrap_or((i % 3, false, false));
