@@ -15,6 +15,7 @@ struct Args {
     nodes: usize,
     secs: u64,
     memory_keys: u64,
+    converge_keys: u64,
 }
 
 fn args() -> Args {
@@ -22,6 +23,7 @@ fn args() -> Args {
         nodes: 3,
         secs: 10,
         memory_keys: 0,
+        converge_keys: 0,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -35,6 +37,7 @@ fn args() -> Args {
             "--nodes" => a.nodes = num() as usize,
             "--secs" => a.secs = num(),
             "--memory-keys" => a.memory_keys = num(),
+            "--converge-keys" => a.converge_keys = num(),
             "--bench" => {
                 i += 1;
                 continue;
@@ -49,7 +52,42 @@ fn args() -> Args {
 struct Cluster {
     children: Vec<Child>,
     apis: Vec<String>,
+    commands: Vec<Vec<std::ffi::OsString>>,
     _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Kills agent `i` with SIGKILL.
+    fn kill(&mut self, i: usize) {
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
+    }
+
+    /// Starts agent `i` again with the same arguments and data dir.
+    fn restart(&mut self, i: usize) {
+        self.children[i] = Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .args(&self.commands[i])
+            .env("CHORUS_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("respawn agent");
+    }
+}
+
+fn status(api: &str) -> Option<serde_json::Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    agent
+        .get(format!("http://{api}/v1/status"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_json()
+        .ok()
 }
 
 impl Drop for Cluster {
@@ -66,28 +104,36 @@ fn start(n: usize) -> Cluster {
     let base = 17000 + (std::process::id() % 1000) as u16 * 10;
     let mut children = Vec::new();
     let mut apis = Vec::new();
+    let mut commands = Vec::new();
     for i in 0..n {
         let gossip = format!("127.0.0.1:{}", base + i as u16);
         let api = format!("127.0.0.1:{}", base + 5000 + i as u16);
         let log = std::fs::File::create(dir.path().join(format!("n{i}.log"))).expect("log");
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        for a in [
+            "agent",
+            "--name",
+            &format!("n{i}"),
+            "--bind",
+            &gossip,
+            "--api",
+            &api,
+        ] {
+            argv.push(a.into());
+        }
+        for a in [
+            "--seed".to_string(),
+            format!("127.0.0.1:{base}"),
+            "--expected-nodes".into(),
+            n.to_string(),
+        ] {
+            argv.push(a.into());
+        }
+        argv.push("--data-dir".into());
+        argv.push(dir.path().join(format!("d{i}")).into_os_string());
+        commands.push(argv.clone());
         let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
-            .args([
-                "agent",
-                "--name",
-                &format!("n{i}"),
-                "--bind",
-                &gossip,
-                "--api",
-                &api,
-            ])
-            .args([
-                "--seed",
-                &format!("127.0.0.1:{base}"),
-                "--expected-nodes",
-                &n.to_string(),
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join(format!("d{i}")))
+            .args(&argv)
             .env("CHORUS_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -100,6 +146,7 @@ fn start(n: usize) -> Cluster {
     let cluster = Cluster {
         children,
         apis,
+        commands,
         _dir: dir,
     };
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -143,9 +190,10 @@ fn rss_kib(pid: u32) -> u64 {
 
 fn main() {
     let a = args();
-    let cluster = start(a.nodes);
+    let mut cluster = start(a.nodes);
+    let apis = cluster.apis.clone();
     let spec = |op: &str, consistency: &str, clients: usize| LoadSpec {
-        apis: cluster.apis.clone(),
+        apis: apis.clone(),
         clients,
         duration: Duration::from_secs(a.secs),
         max_ops_per_client: 5_000_000,
@@ -175,6 +223,42 @@ fn main() {
             r.p99.as_secs_f64() * 1e3,
             r.max.as_secs_f64() * 1e3,
             r.errors
+        );
+    }
+    if a.converge_keys > 0 {
+        // One replica misses every write (down, then back empty: replicas are in memory), as a
+        // replica cut off by a partition would; time until its digest equals the others'.
+        let last = a.nodes - 1;
+        cluster.kill(last);
+        let clients = 32usize;
+        let per = a.converge_keys.div_ceil(clients as u64);
+        let mut s = spec("put", "quorum", clients);
+        s.apis.truncate(last);
+        s.duration = Duration::from_secs(3600);
+        s.max_ops_per_client = per;
+        s.keys = per;
+        let r = run(&s, &|ok, e| {
+            eprint!("\r{ok} keys written in {:.0} s", e.as_secs_f64())
+        });
+        eprintln!();
+        let digest = |api: &str| status(api).map(|v| v["stores"]["default"]["digest"].to_string());
+        let target = digest(&cluster.apis[0]);
+        let t = Instant::now();
+        cluster.restart(last);
+        let deadline = t + Duration::from_secs(600);
+        loop {
+            let all: Vec<Option<String>> = cluster.apis.iter().map(|x| digest(x)).collect();
+            if all.iter().all(|d| d.is_some() && *d == all[0]) && all[0] == target {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no convergence within 600 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!(
+            "convergence: {} keys written at quorum while n{last} was away ({} errors); n{last} came back empty and every replica's digest was equal {:.2} s after its restart",
+            r.ok,
+            r.errors,
+            t.elapsed().as_secs_f64()
         );
     }
     if a.memory_keys > 0 {
