@@ -128,6 +128,18 @@ fn a_minority_never_writes_and_a_healed_cluster_converges() {
         acked.insert(key, format!("v{k}"));
     }
 
+    // Not visible anywhere before the heal either: not found on the majority, and on the
+    // minority a read is refused (no_quorum, exit 4) or not found, never a value.
+    for key in &minority_keys {
+        for a in &agents {
+            let code = get(&lab, *a, key, "local").0;
+            assert!(
+                code == 3 || (*a < 2 && code == 4),
+                "minority write {key} on agent {a} during the split: exit {code}"
+            );
+        }
+    }
+
     lab.heal();
     lab.wait_for(SECS(30), "one cluster with quorum everywhere", |l| {
         agents.iter().all(|a| {
