@@ -89,6 +89,12 @@ pub struct MetricsReport {
     pub quorum: QuorumStatus,
     /// Send errors (the kernel refused a datagram).
     pub send_errors: u64,
+    /// Store transport: frames sent, received, rejected, and messages dropped before sending.
+    pub store_frames: [u64; 4],
+    /// Store: entries held over all stores (tombstones included) and operations in flight.
+    pub store_entries: u64,
+    /// Quorum operations waiting for answers.
+    pub store_in_flight: u64,
 }
 
 /// Requests to the driver task.
@@ -298,6 +304,19 @@ impl Driver {
                             members: self.core.member_counts(),
                             quorum: self.core.quorum(),
                             send_errors: self.send_errors,
+                            store_frames: {
+                                let t = &self.transport_stats;
+                                let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                                [get(&t.frames_sent), get(&t.frames_received), get(&t.frames_rejected), get(&t.send_dropped)]
+                            },
+                            store_entries: self
+                                .store
+                                .replica()
+                                .store_names()
+                                .filter_map(|n| self.store.replica().store(n))
+                                .map(|s| s.len() as u64)
+                                .sum(),
+                            store_in_flight: self.store.in_flight() as u64,
                         });
                     }
                 },

@@ -95,6 +95,37 @@ pub fn render(report: &MetricsReport) -> String {
         send_errors,
     );
 
+    let frames = Family::<ReasonLabel, Counter>::default();
+    for (name, v) in ["sent", "received", "rejected", "dropped"]
+        .iter()
+        .zip(report.store_frames)
+    {
+        frames
+            .get_or_create(&ReasonLabel {
+                reason: (*name).into(),
+            })
+            .inc_by(v);
+    }
+    reg.register(
+        "store_frames",
+        "Store transport frames: sent, received, rejected (failed to open), dropped (queue full or peer unreachable)",
+        frames,
+    );
+    let entries = Gauge::<i64>::default();
+    entries.set(report.store_entries as i64);
+    reg.register(
+        "store_entries",
+        "Entries held in all stores (tombstones included)",
+        entries,
+    );
+    let in_flight = Gauge::<i64>::default();
+    in_flight.set(report.store_in_flight as i64);
+    reg.register(
+        "store_in_flight",
+        "Quorum operations waiting for answers",
+        in_flight,
+    );
+
     let q = &report.quorum;
     let has = Gauge::<i64>::default();
     has.set(i64::from(q.has_quorum));

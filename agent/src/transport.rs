@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use store::StoreMsg;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
@@ -26,6 +26,15 @@ use tracing::{debug, warn};
 pub const MAX_FRAME: usize = 8 << 20;
 /// Messages queued per peer before new ones are dropped.
 const QUEUE: usize = 4096;
+/// Bytes queued per peer before new messages are dropped: a slow or unreachable peer must not
+/// make the agent hold gigabytes of anti-entropy chunks.
+pub const MAX_QUEUED_BYTES: usize = 32 << 20;
+
+/// One peer's queue: the sender and the bytes currently waiting in it.
+struct PeerQueue {
+    tx: mpsc::Sender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+}
 
 /// What travels inside a sealed frame.
 #[derive(Debug, Serialize, Deserialize)]
@@ -53,7 +62,7 @@ pub struct TransportStats {
 pub struct Outbound {
     me: NodeId,
     sealer: Arc<Sealer>,
-    peers: BTreeMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    peers: BTreeMap<SocketAddr, PeerQueue>,
     stats: Arc<TransportStats>,
 }
 
@@ -78,14 +87,22 @@ impl Outbound {
             return;
         }
         let sealed = self.sealer.seal(Channel::Store, nonce, &payload);
-        let tx = self.peers.entry(addr).or_insert_with(|| {
+        let q = self.peers.entry(addr).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(peer_writer(addr, rx, self.stats.clone()));
-            tx
+            let queued = Arc::new(AtomicUsize::new(0));
+            tokio::spawn(peer_writer(addr, rx, queued.clone(), self.stats.clone()));
+            PeerQueue { tx, queued }
         });
-        if tx.try_send(sealed).is_err() {
+        let len = sealed.len();
+        if q.queued.load(Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
             self.stats.send_dropped.fetch_add(1, Ordering::Relaxed);
-            if tx.is_closed() {
+            return;
+        }
+        q.queued.fetch_add(len, Ordering::Relaxed);
+        if q.tx.try_send(sealed).is_err() {
+            q.queued.fetch_sub(len, Ordering::Relaxed);
+            self.stats.send_dropped.fetch_add(1, Ordering::Relaxed);
+            if q.tx.is_closed() {
                 self.peers.remove(&addr);
             }
         }
@@ -101,10 +118,15 @@ impl Outbound {
 async fn peer_writer(
     addr: SocketAddr,
     mut rx: mpsc::Receiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
     stats: Arc<TransportStats>,
 ) {
+    let taken = |f: Vec<u8>| {
+        queued.fetch_sub(f.len(), Ordering::Relaxed);
+        f
+    };
     let mut backoff = Duration::from_millis(50);
-    'outer: while let Some(first) = rx.recv().await {
+    'outer: while let Some(first) = rx.recv().await.map(taken) {
         let stream =
             match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => s,
@@ -113,7 +135,9 @@ async fn peer_writer(
                     stats
                         .send_dropped
                         .fetch_add(1 + rx.len() as u64, Ordering::Relaxed);
-                    while rx.try_recv().is_ok() {}
+                    while let Ok(f) = rx.try_recv() {
+                        taken(f);
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
@@ -130,13 +154,13 @@ async fn peer_writer(
             stats.frames_sent.fetch_add(1, Ordering::Relaxed);
             // Batch whatever else is queued into the same flush.
             next = match rx.try_recv() {
-                Ok(f) => Some(f),
+                Ok(f) => Some(taken(f)),
                 Err(_) => {
                     if w.flush().await.is_err() {
                         continue 'outer;
                     }
                     match rx.recv().await {
-                        Some(f) => Some(f),
+                        Some(f) => Some(taken(f)),
                         None => break 'outer,
                     }
                 }
@@ -221,5 +245,88 @@ async fn read_frames(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use membership::ClusterKey;
+    use store::{Entry, Version};
+
+    fn big_message(i: usize) -> StoreMsg {
+        let entry = Entry {
+            version: Version::ZERO,
+            value: Some(vec![7; 1 << 20]),
+            expires_at: None,
+        };
+        StoreMsg::Entries {
+            store: "default".into(),
+            entries: vec![(format!("k{i}"), entry)],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stuck_peer_costs_at_most_the_byte_budget() {
+        // A peer that accepts connections but never reads.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(TransportStats::default());
+        let sealer = Arc::new(Sealer::new("t", &ClusterKey::new([1; 32])));
+        let mut out = Outbound::new(NodeId(1), sealer, stats.clone());
+        for i in 0..48 {
+            out.send(addr, big_message(i));
+        }
+        let queued = out.peers[&addr].queued.load(Ordering::Relaxed);
+        assert!(queued <= MAX_QUEUED_BYTES, "{queued} bytes queued");
+        assert!(
+            stats.send_dropped.load(Ordering::Relaxed) >= 48 - 32,
+            "nothing was dropped"
+        );
+        drop(listener);
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_between_two_nodes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sealer = Arc::new(Sealer::new("t", &ClusterKey::new([1; 32])));
+        let stats = Arc::new(TransportStats::default());
+        let (tx, mut rx) = mpsc::channel(8);
+        tokio::spawn(serve(listener, sealer.clone(), tx, stats.clone()));
+        let mut out = Outbound::new(NodeId(9), sealer, stats.clone());
+        out.send(addr, StoreMsg::WriteAck { op: 42 });
+        let f = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.from, NodeId(9));
+        assert_eq!(f.msg, StoreMsg::WriteAck { op: 42 });
+    }
+
+    #[tokio::test]
+    async fn a_frame_under_another_key_is_rejected() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(TransportStats::default());
+        let (tx, mut rx) = mpsc::channel(8);
+        tokio::spawn(serve(
+            listener,
+            Arc::new(Sealer::new("t", &ClusterKey::new([1; 32]))),
+            tx,
+            stats.clone(),
+        ));
+        let wrong = Arc::new(Sealer::new("t", &ClusterKey::new([2; 32])));
+        let mut out = Outbound::new(NodeId(9), wrong, Arc::new(TransportStats::default()));
+        out.send(addr, StoreMsg::WriteAck { op: 1 });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while stats.frames_rejected.load(Ordering::Relaxed) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the forged frame was not rejected"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(rx.try_recv().is_err());
     }
 }
