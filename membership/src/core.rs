@@ -1189,6 +1189,11 @@ impl Membership {
                 Event::QuorumRegained {
                     quorum: self.quorum,
                 }
+            } else if self.leaving {
+                info!("leaving: this node no longer counts towards a quorum");
+                Event::QuorumLost {
+                    quorum: self.quorum,
+                }
             } else {
                 warn!(
                     reachable,
