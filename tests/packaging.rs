@@ -71,3 +71,77 @@ fn invalid_config_fails_at_start_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cluster.quorum"), "{err}");
 }
+
+/// Kills the wrapped agent when dropped, also when the test fails.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn agent(dir: &std::path::Path, name: &str, config: &str) -> Running {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["agent", "--config"])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    Running(child)
+}
+
+fn member_count(api: &str) -> usize {
+    let out = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["members", "--json", "--api", api])
+        .output()
+        .unwrap();
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v["members"].as_array().map(|m| m.len()))
+        .unwrap_or(0)
+}
+
+#[test]
+fn sighup_reload_applies_new_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = 21000 + (std::process::id() % 2000) as u16 * 4;
+    let conf = |name: &str, gossip: u16, api: u16, seeds: &str| {
+        format!(
+            "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\n[gossip]\nbind = \"127.0.0.1:{gossip}\"\n\
+             [api]\nbind = \"127.0.0.1:{api}\"\n[discovery]\nseeds = [{seeds}]\n[cluster]\nexpected_nodes = 2\n",
+            dir.path().join(name).display()
+        )
+    };
+    let _b = agent(dir.path(), "b", &conf("b", base, base + 1, ""));
+    let a = agent(dir.path(), "a", &conf("a", base + 2, base + 3, ""));
+    let api_a = format!("127.0.0.1:{}", base + 3);
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait("agent a to answer", &|| member_count(&api_a) == 1);
+    // Give a a seed pointing at b and reload: the two must meet.
+    std::fs::write(
+        dir.path().join("a.toml"),
+        conf("a", base + 2, base + 3, &format!("\"127.0.0.1:{base}\"")),
+    )
+    .unwrap();
+    let st = Command::new("kill")
+        .args(["-HUP", &a.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    wait("a to see b after SIGHUP", &|| member_count(&api_a) == 2);
+}

@@ -824,6 +824,21 @@ mod tests {
     }
 
     #[test]
+    fn tags_must_fit_one_packet() {
+        let ok = from_toml("[node]\ntags = { role = \"web\", rack = \"r1\" }").unwrap();
+        assert_eq!(ok.tags.len(), 2);
+        let big = format!(
+            "[node]\ntags = {{ a = \"{}\", b = \"{}\", c = \"{}\" }}",
+            "x".repeat(250),
+            "y".repeat(250),
+            "z".repeat(250)
+        );
+        assert_eq!(err_key(from_toml(&big)), "node.tags");
+        let long_value = format!("[node]\ntags = {{ a = \"{}\" }}", "x".repeat(257));
+        assert_eq!(err_key(from_toml(&long_value)), "node.tags");
+    }
+
+    #[test]
     fn unknown_keys_and_wrong_types_are_rejected_with_the_key() {
         let e = from_toml("[cluster]\nexpected_nodez = 3")
             .unwrap_err()

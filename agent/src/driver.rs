@@ -472,11 +472,6 @@ impl Driver {
         let q = self.core.quorum();
         self.store.set_view(peers, q.has_quorum, q.reachable_votes);
     }
-
-    /// Transport counters, for metrics.
-    pub fn transport_stats(&self) -> Arc<TransportStats> {
-        self.transport_stats.clone()
-    }
 }
 
 async fn recv_beacon(

@@ -48,6 +48,7 @@ pub async fn run(
         );
     }
 
+    let signals = install_signals()?;
     let node_file = NodeFile::open_and_advance(&config.data_dir)
         .with_context(|| format!("opening node.data_dir {}", config.data_dir.display()))?;
 
@@ -175,7 +176,7 @@ pub async fn run(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     info!(api = %api_local, "ready");
 
-    wait_for_stop(&handle, config_path, overrides).await;
+    wait_for_stop(signals, &handle, config_path, overrides).await;
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = handle.leave().await;
@@ -188,18 +189,35 @@ pub async fn run(
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP reloads what can change at run time (the seeds).
-async fn wait_for_stop(handle: &Handle, config_path: Option<PathBuf>, overrides: Overrides) {
+/// The signals the agent handles; installed before anything is served, so that a SIGHUP or
+/// SIGTERM arriving during start-up is handled rather than killing the process.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+fn install_signals() -> anyhow::Result<Signals> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        warn!("cannot install signal handlers; stop with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
+    Ok(Signals {
+        term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+    })
+}
+
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads what can change at run time (the seeds).
+async fn wait_for_stop(
+    signals: Signals,
+    handle: &Handle,
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+) {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: leaving"); return; }

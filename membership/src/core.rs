@@ -781,8 +781,11 @@ impl Membership {
                     let table = self.meta.lock().expect("meta lock poisoned");
                     let send: Vec<NodeMeta> = want
                         .iter()
-                        .filter_map(|w| table.get(w.id))
-                        .filter(|m| m.stamp() >= (0, 0))
+                        .filter_map(|w| {
+                            table
+                                .get(w.id)
+                                .filter(|m| m.stamp() >= (w.generation, w.version))
+                        })
                         .cloned()
                         .collect();
                     drop(table);

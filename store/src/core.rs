@@ -460,7 +460,6 @@ impl StoreCore {
                 consistency,
             } => {
                 let c = consistency.unwrap_or(self.check_store(&store)?.default_consistency);
-                self.check_store(&store)?;
                 check_key(&key)?;
                 check_value(value.len(), self.cfg.max_value_bytes)?;
                 if ttl.is_some_and(|t| t.is_zero()) {
