@@ -89,6 +89,8 @@ pub struct Sim {
     log: Vec<Logged>,
     trace: u64,
     delivered: u64,
+    sent_bytes: u64,
+    sent_packets: u64,
 }
 
 impl Sim {
@@ -119,6 +121,8 @@ impl Sim {
             log: Vec::new(),
             trace: 0xcbf2_9ce4_8422_2325,
             delivered: 0,
+            sent_bytes: 0,
+            sent_packets: 0,
         };
         for i in 0..sim.cfg.nodes {
             sim.start(i);
@@ -199,6 +203,12 @@ impl Sim {
     /// A hash of every delivery and event so far: equal traces give equal hashes.
     pub fn trace_hash(&self) -> u64 {
         self.trace
+    }
+
+    /// Datagrams and bytes (sealed UDP payload) sent by all nodes so far; a multicast beacon counts
+    /// once, as on a real network.
+    pub fn sent(&self) -> (u64, u64) {
+        (self.sent_packets, self.sent_bytes)
     }
 
     /// Number of datagrams delivered so far.
@@ -386,6 +396,8 @@ impl Sim {
                 None
             };
             if let Some(tx) = tx {
+                self.sent_packets += 1;
+                self.sent_bytes += tx.bytes.len() as u64;
                 let targets: Vec<usize> = match tx.to {
                     Destination::Unicast(addr) => {
                         self.by_addr.get(&addr).copied().into_iter().collect()
