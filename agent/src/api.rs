@@ -245,6 +245,22 @@ fn consistency(q: &BTreeMap<String, String>) -> Result<Option<Consistency>, ApiE
     }
 }
 
+/// The answer to a write or delete: its version.
+fn written(reply: Reply) -> Result<Json<serde_json::Value>, ApiError> {
+    match reply {
+        Reply::Written { version } => Ok(Json(json!({ "version": version.to_string() }))),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(reply: Reply) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("unexpected reply {reply:?}"),
+    )
+}
+
 async fn run_kv(h: &Handle, req: Request) -> Result<Reply, ApiError> {
     Ok(h.kv(req).await??)
 }
@@ -279,14 +295,7 @@ async fn kv_put(
         ttl,
         consistency: consistency(&q)?,
     };
-    match run_kv(&h, req).await? {
-        Reply::Written { version } => Ok(Json(json!({ "version": version.to_string() }))),
-        other => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("unexpected reply {other:?}"),
-        )),
-    }
+    written(run_kv(&h, req).await?)
 }
 
 async fn kv_delete(
@@ -299,14 +308,7 @@ async fn kv_delete(
         key,
         consistency: consistency(&q)?,
     };
-    match run_kv(&h, req).await? {
-        Reply::Written { version } => Ok(Json(json!({ "version": version.to_string() }))),
-        other => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("unexpected reply {other:?}"),
-        )),
-    }
+    written(run_kv(&h, req).await?)
 }
 
 async fn kv_get(
@@ -338,11 +340,7 @@ async fn kv_get(
             }
             Ok((headers, value).into_response())
         }
-        other => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("unexpected reply {other:?}"),
-        )),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -379,10 +377,6 @@ async fn kv_list(
             }
             Ok((headers, Json(json!({ "keys": keys }))).into_response())
         }
-        other => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("unexpected reply {other:?}"),
-        )),
+        other => Err(unexpected(other)),
     }
 }

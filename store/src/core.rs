@@ -636,14 +636,18 @@ impl StoreCore {
     fn push_to_peers(&mut self, op: OpId, store: &str, key: &str, entry: &Entry) {
         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
         for p in peers {
-            let msg = StoreMsg::WriteReq {
-                op,
-                store: store.into(),
-                key: key.into(),
-                entry: entry.clone(),
-            };
-            self.outbox.push_back((p, msg));
+            self.send_write(p, op, store, key, entry);
         }
+    }
+
+    fn send_write(&mut self, to: NodeId, op: OpId, store: &str, key: &str, entry: &Entry) {
+        let msg = StoreMsg::WriteReq {
+            op,
+            store: store.into(),
+            key: key.into(),
+            entry: entry.clone(),
+        };
+        self.outbox.push_back((to, msg));
     }
 
     /// Moves an operation forward after it learned something.
@@ -699,13 +703,7 @@ impl StoreCore {
                         self.replica.apply(&store, &key, best.clone());
                         holders.insert(n);
                     } else {
-                        let msg = StoreMsg::WriteReq {
-                            op,
-                            store: store.clone(),
-                            key: key.clone(),
-                            entry: best.clone(),
-                        };
-                        self.outbox.push_back((n, msg));
+                        self.send_write(n, op, &store, &key, &best);
                     }
                 }
                 if let Some(o) = self.ops.get_mut(&op) {
