@@ -438,6 +438,19 @@ impl StoreCore {
             })
     }
 
+    /// Checks the store and key of a request and picks its consistency (the store's default
+    /// unless the request names one).
+    fn resolve(
+        &self,
+        store: &str,
+        key: &str,
+        c: Option<Consistency>,
+    ) -> Result<Consistency, StoreError> {
+        let default = self.check_store(store)?.default_consistency;
+        check_key(key)?;
+        Ok(c.unwrap_or(default))
+    }
+
     /// Starts a client request; its answer comes out of [`StoreCore::poll_reply`] with the
     /// returned id (at once for local operations and errors).
     pub fn request(&mut self, now: Duration, wall_ms: u64, req: Request) -> OpId {
@@ -459,8 +472,7 @@ impl StoreCore {
                 ttl,
                 consistency,
             } => {
-                let c = consistency.unwrap_or(self.check_store(&store)?.default_consistency);
-                check_key(&key)?;
+                let c = self.resolve(&store, &key, consistency)?;
                 check_value(value.len(), self.cfg.max_value_bytes)?;
                 if ttl.is_some_and(|t| t.is_zero()) {
                     return Err(StoreError::BadRequest {
@@ -474,8 +486,7 @@ impl StoreCore {
                 key,
                 consistency,
             } => {
-                let c = consistency.unwrap_or(self.check_store(&store)?.default_consistency);
-                check_key(&key)?;
+                let c = self.resolve(&store, &key, consistency)?;
                 self.write(op, store, key, None, None, c)
             }
             Request::Get {
@@ -483,8 +494,7 @@ impl StoreCore {
                 key,
                 consistency,
             } => {
-                let c = consistency.unwrap_or(self.check_store(&store)?.default_consistency);
-                check_key(&key)?;
+                let c = self.resolve(&store, &key, consistency)?;
                 self.read(op, store, key, c)
             }
             Request::List {
