@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use store::view::StoreView;
 use store::{OpId, Reply, Request, StoreCore, StoreError};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -458,19 +459,12 @@ impl Driver {
     /// Tells the store which peers membership holds reachable (alive or suspect) and where they
     /// are, and the quorum view; called whenever membership reported a change.
     fn sync_store_view(&mut self) {
-        let members = self.core.members();
-        let mut peers = BTreeMap::new();
-        self.addrs.clear();
-        for m in members.iter().filter(|m| !m.is_self) {
-            if matches!(m.state, MemberState::Alive | MemberState::Suspect) {
-                peers.insert(m.id, m.votes);
-                self.addrs.insert(m.id, m.gossip_addr);
-            }
-        }
-        let live: std::collections::BTreeSet<SocketAddr> = self.addrs.values().copied().collect();
+        let view = StoreView::of(&self.core);
+        let live: std::collections::BTreeSet<SocketAddr> = view.addrs.values().copied().collect();
         self.outbound.retain(|a| live.contains(a));
-        let q = self.core.quorum();
-        self.store.set_view(peers, q.has_quorum, q.reachable_votes);
+        self.addrs = view.addrs;
+        self.store
+            .set_view(view.peers, view.has_quorum, view.reachable_votes);
     }
 }
 

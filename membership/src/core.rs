@@ -221,6 +221,23 @@ struct Known {
     state: MemberState,
 }
 
+/// Most members asked directly for their missing record in one metadata sync round.
+const MAX_DIRECT_PULLS: usize = 8;
+
+/// A deliberate defect, injected by simulation tests to show that a checker catches the broken
+/// guarantee (a checker that never fails proves nothing). Never used by the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Drop every metadata record received: names, datacenters and votes never converge.
+    DeafToMetadata,
+    /// Drop every datagram from an address this node holds down: partitions never merge.
+    IgnoreDownPeers,
+    /// One indirect probe and a 1 ms suspicion: ordinary loss makes members fail.
+    HastyFailureDetector,
+    /// Never emit `MemberFailed`: the event stream stops matching the member list.
+    SilentFailures,
+}
+
 /// The membership core of one node.
 pub struct Membership {
     foca: SwimCore,
@@ -249,6 +266,8 @@ pub struct Membership {
     leaving: bool,
     left_swim: bool,
     last_failure: Option<Duration>,
+    ignore_down_peers: bool,
+    silent_failures: bool,
 }
 
 impl std::fmt::Debug for Membership {
@@ -320,6 +339,8 @@ impl Membership {
             leaving: false,
             left_swim: false,
             last_failure: None,
+            ignore_down_peers: false,
+            silent_failures: false,
             cfg,
         };
         core.publish_own_meta();
@@ -333,6 +354,25 @@ impl Membership {
         core.schedule(hints, Due::DownHints);
         core.after_input();
         core
+    }
+
+    /// Breaks this core on purpose (simulation tests only; see [`Fault`]).
+    pub fn inject_fault(&mut self, fault: Fault) {
+        match fault {
+            Fault::DeafToMetadata => self.broadcasts.set_deaf(),
+            Fault::IgnoreDownPeers => self.ignore_down_peers = true,
+            Fault::SilentFailures => self.silent_failures = true,
+            Fault::HastyFailureDetector => {
+                let mut c = self
+                    .timings
+                    .foca_config(self.cfg.expected_nodes, MAX_PAYLOAD);
+                c.num_indirect_probes = std::num::NonZeroUsize::MIN;
+                c.suspect_to_down_after = Duration::from_millis(1);
+                self.foca
+                    .set_config(c)
+                    .expect("only suspicion settings change");
+            }
+        }
     }
 
     /// This node's current identity (its generation can grow while running).
@@ -377,7 +417,11 @@ impl Membership {
 
     /// The next event to report.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let ev = self.events.pop_front();
+        if self.silent_failures && matches!(ev, Some(Event::MemberFailed { .. })) {
+            return self.poll_event();
+        }
+        ev
     }
 
     /// The next authenticated store-channel payload and its sender's address.
@@ -405,6 +449,9 @@ impl Membership {
     /// Feeds a datagram that arrived from `from` on the gossip or the beacon socket.
     pub fn handle_datagram(&mut self, now: Duration, from: SocketAddr, datagram: &[u8]) {
         self.advance(now);
+        if self.ignore_down_peers && self.holds_down(from) {
+            return;
+        }
         match self.sealer.open(datagram) {
             Err(reason) => self.drop_packet(reason, from),
             Ok(opened) => {
@@ -491,6 +538,20 @@ impl Membership {
         let wait = self.timings.probe_rtt;
         self.schedule(wait, Due::LeaveSwim);
         self.after_input();
+    }
+
+    /// True when every incarnation this node knows at `addr` is down (the `IgnoreDownPeers` fault).
+    fn holds_down(&self, addr: SocketAddr) -> bool {
+        let mut seen = false;
+        for m in self.foca.iter_membership_state() {
+            if m.id().addr == addr {
+                if m.state() != foca::State::Down {
+                    return false;
+                }
+                seen = true;
+            }
+        }
+        seen
     }
 
     /// True once the leave has been announced to the SWIM layer.
@@ -952,13 +1013,35 @@ impl Membership {
         if self.leaving {
             return;
         }
-        let members: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+        let members: Vec<Peer> = self.foca.iter_members().map(|m| *m.id()).collect();
         if !members.is_empty() {
-            let target = members[self.rng.random_range(0..members.len())];
+            let target = members[self.rng.random_range(0..members.len())].addr;
             let payload = postcard::to_stdvec(&MetaMsg::Summary(self.meta_hash())).expect("encode");
             self.push_transmit(Destination::Unicast(target), Channel::Meta, &payload);
         }
-        let every = self.jitter(self.timings.meta_sync_every);
+        // Members whose record of their current generation never arrived: ask each of them
+        // directly (two datagrams instead of the summary exchange's four, which matters under
+        // heavy loss), and come back sooner until every record is here.
+        let missing: Vec<Peer> = {
+            let table = self.meta.lock().expect("meta lock poisoned");
+            members
+                .into_iter()
+                .filter(|p| table.get(p.id).is_none_or(|m| m.generation < p.generation))
+                .take(MAX_DIRECT_PULLS)
+                .collect()
+        };
+        for p in &missing {
+            let want = vec![DigestEntry {
+                id: p.id,
+                generation: p.generation,
+                version: 0,
+            }];
+            self.send_records(p.addr, Vec::new(), want);
+        }
+        let mut every = self.jitter(self.timings.meta_sync_every);
+        if !missing.is_empty() {
+            every /= 5;
+        }
         self.schedule(every, Due::MetaSync);
     }
 

@@ -15,7 +15,7 @@ pub mod quorum;
 
 pub use crate::config::{MembershipConfig, Profile, SelfDescription, Timings};
 pub use crate::core::{
-    Destination, Event, MemberRef, MemberState, MemberView, Membership, Stats, Transmit,
+    Destination, Event, Fault, MemberRef, MemberState, MemberView, Membership, Stats, Transmit,
 };
 pub use crate::envelope::{Channel, ClusterKey, DropReason, Sealer};
 pub use crate::identity::{NodeId, Peer};

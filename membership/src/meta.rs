@@ -207,6 +207,8 @@ impl foca::Invalidates for MetaKey {
 pub struct MetaBroadcasts {
     table: SharedMeta,
     fresh: Arc<Mutex<Vec<NodeId>>>,
+    /// Test-only defect: drop every record received (see `Fault::DeafToMetadata`).
+    deaf: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl MetaBroadcasts {
@@ -215,7 +217,13 @@ impl MetaBroadcasts {
         MetaBroadcasts {
             table,
             fresh: Arc::default(),
+            deaf: Arc::default(),
         }
+    }
+
+    /// Makes this handler drop every record it receives (a deliberate defect for checkers).
+    pub fn set_deaf(&self) {
+        self.deaf.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Ids whose record changed since the last call, in arrival order.
@@ -225,6 +233,9 @@ impl MetaBroadcasts {
 
     /// Merges a record from any path (broadcast or digest exchange); returns whether it was news.
     pub fn accept(&self, meta: NodeMeta) -> bool {
+        if self.deaf.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
         let id = meta.id;
         let news = self.table.lock().expect("meta lock poisoned").merge(meta);
         if news {

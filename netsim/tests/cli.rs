@@ -19,7 +19,9 @@ fn a_scenario_runs_passes_and_replays_identically() {
     let (code, first) = run(&args);
     assert_eq!(code, 0, "{first}");
     assert!(
-        first.contains("[pass] minority lost quorum") && first.contains("[pass] merged after heal"),
+        first.contains("[pass] minority nodes lose quorum")
+            && first.contains("[pass] merged after heal")
+            && first.contains("[pass] quorum operations linearizable"),
         "{first}"
     );
     let (_, second) = run(&args);

@@ -207,7 +207,7 @@ fn a_restarted_node_rejoins_with_a_higher_generation_and_no_duplicate() {
 fn metadata_converges_under_loss_and_for_late_joiners() {
     for seed in seeds() {
         let mut cfg = SimConfig::lan(7, seed);
-        cfg.loss_ppm = 100_000; // 10 %
+        cfg.link.loss_ppm = 100_000; // 10 %
         let mut sim = Sim::new(cfg);
         sim.crash(6);
         sim.run_for(30 * S);
@@ -293,7 +293,7 @@ fn a_healed_split_merges_through_seeds_alone() {
 fn same_seed_same_trace_other_seed_other_trace() {
     let run = |seed| {
         let mut cfg = SimConfig::lan(7, seed);
-        cfg.loss_ppm = 50_000;
+        cfg.link.loss_ppm = 50_000;
         let mut sim = Sim::new(cfg);
         sim.run_for(5 * S);
         sim.partition(&[&[0, 1, 2], &[3, 4, 5, 6]]);
@@ -316,7 +316,7 @@ fn same_seed_same_trace_other_seed_other_trace() {
 fn no_false_failure_on_a_lossy_idle_cluster() {
     for seed in seeds() {
         let mut cfg = SimConfig::lan(9, seed);
-        cfg.loss_ppm = std::env::var("NETSIM_LOSS_PPM")
+        cfg.link.loss_ppm = std::env::var("NETSIM_LOSS_PPM")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(50_000);

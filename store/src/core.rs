@@ -311,6 +311,21 @@ pub struct StoreCore {
     /// Test-only fault switch: coordinate writes without the first (learn) phase. Exists so that
     /// tests can show the minority checker catches a broken protocol; never set in the agent.
     pub fault_skip_learn_phase: bool,
+    faults: BTreeSet<Fault>,
+}
+
+/// A deliberate defect, injected by simulation tests to show that a checker catches the broken
+/// guarantee (a checker that never fails proves nothing). Never used by the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// Replicas acknowledge a write without storing it: only the coordinator holds it.
+    AckWithoutStoring,
+    /// A coordinator ignores the quorum view and counts itself as a quorum for writes.
+    QuorumOfOne,
+    /// Quorum reads are answered from the local replica alone.
+    ReadLocalOnly,
+    /// Anti-entropy never runs: replicas that missed writes stay behind.
+    NoAntiEntropy,
 }
 
 impl StoreCore {
@@ -334,12 +349,18 @@ impl StoreCore {
             outbox: VecDeque::new(),
             replies: VecDeque::new(),
             fault_skip_learn_phase: false,
+            faults: BTreeSet::new(),
             cfg,
         };
         let every = core.cfg.anti_entropy_every;
         core.schedule(every, Due::AntiEntropy);
         core.schedule(Duration::from_secs(60), Due::Collect);
         core
+    }
+
+    /// Breaks this core on purpose (simulation tests only; see [`Fault`]).
+    pub fn inject_fault(&mut self, fault: Fault) {
+        self.faults.insert(fault);
     }
 
     /// The local replica.
@@ -528,7 +549,7 @@ impl StoreCore {
         ttl: Option<Duration>,
         c: Consistency,
     ) -> Result<(), StoreError> {
-        if !self.view_quorum {
+        if !self.view_quorum && !self.faults.contains(&Fault::QuorumOfOne) {
             return Err(self.no_quorum());
         }
         match c {
@@ -576,7 +597,8 @@ impl StoreCore {
         c: Consistency,
     ) -> Result<(), StoreError> {
         let stale = !self.view_quorum;
-        if c == Consistency::Local || stale {
+        let local = c == Consistency::Local || self.faults.contains(&Fault::ReadLocalOnly);
+        if local || stale {
             if stale && self.cfg.minority_reads == MinorityReads::Refuse {
                 return Err(self.no_quorum());
             }
@@ -664,14 +686,19 @@ impl StoreCore {
     fn progress(&mut self, op: OpId) {
         let Some(o) = self.ops.get(&op) else { return };
         let required = self.cfg.required_votes;
+        let write_quorum = if self.faults.contains(&Fault::QuorumOfOne) {
+            self.cfg.my_votes
+        } else {
+            required
+        };
         match &o.phase {
             Phase::Learn { answers } => {
-                if self.votes(answers.keys()) >= required {
+                if self.votes(answers.keys()) >= write_quorum {
                     self.enter_store_phase(op);
                 }
             }
             Phase::Store { entry, acks } => {
-                if self.votes(acks.iter()) >= required {
+                if self.votes(acks.iter()) >= write_quorum {
                     let version = entry.version;
                     self.finish(op, Ok(Reply::Written { version }));
                 }
@@ -799,7 +826,9 @@ impl StoreCore {
                     return;
                 }
                 self.hlc.observe(entry.version.ts);
-                self.replica.apply(&store, &key, entry);
+                if !self.faults.contains(&Fault::AckWithoutStoring) {
+                    self.replica.apply(&store, &key, entry);
+                }
                 if op != 0 {
                     self.outbox.push_back((from, StoreMsg::WriteAck { op }));
                 }
@@ -877,7 +906,7 @@ impl StoreCore {
                     }
                 }
                 Due::AntiEntropy => {
-                    if !self.peers.is_empty() {
+                    if !self.peers.is_empty() && !self.faults.contains(&Fault::NoAntiEntropy) {
                         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
                         let p = peers[self.rng.random_range(0..peers.len())];
                         self.send_digest(p);

@@ -10,9 +10,10 @@ pub mod entry;
 pub mod hlc;
 pub mod limits;
 pub mod replica;
+pub mod view;
 
 pub use crate::core::{
-    Consistency, MinorityReads, OpId, Reply, Request, StoreConfig, StoreCore, StoreMsg,
+    Consistency, Fault, MinorityReads, OpId, Reply, Request, StoreConfig, StoreCore, StoreMsg,
     StoreSettings,
 };
 pub use crate::entry::{Entry, Version};

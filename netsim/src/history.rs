@@ -1,0 +1,106 @@
+//! Client operations as the checkers see them: what was asked, of which node, when, and how it
+//! ended.
+
+use std::time::Duration;
+use store::{Consistency, Version};
+
+/// What an operation asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpKind {
+    /// Write this value (every value written in a run is unique).
+    Put(Vec<u8>),
+    /// Delete the key.
+    Delete,
+    /// Read the key.
+    Get,
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// No answer yet.
+    Pending,
+    /// A write took effect with this version.
+    Written(Version),
+    /// A read returned this value (`None`: not found).
+    Read(Option<Vec<u8>>),
+    /// A definite failure: the operation did not take effect (`no_quorum`, `bad_request`, or the
+    /// node was down when the client called).
+    Failed(String),
+    /// The operation may or may not have taken effect (round timeout, or the coordinator crashed
+    /// while it was in flight).
+    Indeterminate(String),
+}
+
+impl Outcome {
+    /// True for an acknowledged write or a successful read.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Written(_) | Outcome::Read(_))
+    }
+
+    /// True when a write with this outcome may have taken effect.
+    pub fn may_have_taken_effect(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Written(_) | Outcome::Indeterminate(_) | Outcome::Pending
+        )
+    }
+}
+
+/// One client operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpRecord {
+    /// Which simulated client.
+    pub client: usize,
+    /// The node it asked (the coordinator).
+    pub node: usize,
+    /// Key.
+    pub key: String,
+    /// What it asked.
+    pub kind: OpKind,
+    /// Quorum or local.
+    pub consistency: Consistency,
+    /// When it was called.
+    pub invoked: Duration,
+    /// When it answered (`None` while pending).
+    pub completed: Option<Duration>,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+impl OpRecord {
+    /// True for puts and deletes.
+    pub fn is_write(&self) -> bool {
+        !matches!(self.kind, OpKind::Get)
+    }
+}
+
+/// Every operation of a run, in invocation order.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// The operations.
+    pub ops: Vec<OpRecord>,
+}
+
+impl History {
+    /// Counts of (ok, failed, indeterminate, pending) operations.
+    pub fn tally(&self) -> (usize, usize, usize, usize) {
+        let mut t = (0, 0, 0, 0);
+        for o in &self.ops {
+            match o.outcome {
+                Outcome::Written(_) | Outcome::Read(_) => t.0 += 1,
+                Outcome::Failed(_) => t.1 += 1,
+                Outcome::Indeterminate(_) => t.2 += 1,
+                Outcome::Pending => t.3 += 1,
+            }
+        }
+        t
+    }
+
+    /// The operation that wrote `value`, if any.
+    pub fn writer_of(&self, value: &[u8]) -> Option<usize> {
+        self.ops
+            .iter()
+            .position(|o| matches!(&o.kind, OpKind::Put(v) if v == value))
+    }
+}

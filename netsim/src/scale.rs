@@ -1,0 +1,170 @@
+//! Membership at scale: how failure detection, dissemination and traffic grow with the cluster.
+//!
+//! Nodes join through one seed (node 0; multicast does not span thousands of hosts), run idle,
+//! then one node crashes. Detection time is from the crash to the first node reporting it failed;
+//! dissemination time is from that first report to the last running node's report. Traffic is the
+//! sealed datagram payload per node per second over the idle window before the crash.
+
+use crate::sim::{Seen, Sim, SimConfig};
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What one scale run measured.
+#[derive(Debug, Clone)]
+pub struct ScaleResult {
+    /// Cluster size.
+    pub nodes: usize,
+    /// Virtual time until every node's events listed every other node alive.
+    pub join: Option<Duration>,
+    /// Virtual time simulated before the crash.
+    pub base: Duration,
+    /// Wall time it took to simulate `base`.
+    pub wall_base: Duration,
+    /// Crash to first failure report.
+    pub detect_first: Option<Duration>,
+    /// First failure report to the last.
+    pub disseminate: Option<Duration>,
+    /// Sealed datagram bytes per node per second over the idle window.
+    pub bytes_per_node_sec: f64,
+    /// Datagrams per node per second over the idle window.
+    pub datagrams_per_node_sec: f64,
+}
+
+/// Runs `nodes` nodes for `base` of virtual time, then crashes one and measures.
+pub fn run(nodes: usize, seed: u64, base: Duration) -> ScaleResult {
+    let mut cfg = SimConfig::lan(nodes, seed);
+    cfg.beacons = false;
+    cfg.seed_node_zero = true;
+    let started = Instant::now();
+    let mut sim = Sim::new(cfg);
+    let every = Duration::from_millis(100);
+    let join = sim.run_until_cond_every(base, every, Sim::all_running_alive_by_events);
+    // The idle window is the last third of the base period (or what is left after the join).
+    let window_start = sim.now().max(base * 2 / 3);
+    sim.run_until(window_start);
+    let (p0, b0) = sim.sent();
+    sim.run_until(base.max(window_start + Duration::from_secs(1)));
+    let (p1, b1) = sim.sent();
+    let wall_base = started.elapsed();
+    let span = (sim.now() - window_start).as_secs_f64() * nodes as f64;
+    let victim = nodes - 1;
+    sim.crash(victim);
+    let tick = Duration::from_millis(10);
+    let limit = Duration::from_secs(60);
+    let detect_first =
+        sim.run_until_cond_every(limit, tick, |s| s.count_reporting(victim, Seen::Failed) > 0);
+    let others = nodes - 1;
+    let disseminate = detect_first.and_then(|_| {
+        sim.run_until_cond_every(limit, tick, |s| {
+            s.count_reporting(victim, Seen::Failed) == others
+        })
+    });
+    ScaleResult {
+        nodes,
+        join,
+        base,
+        wall_base,
+        detect_first,
+        disseminate,
+        bytes_per_node_sec: (b1 - b0) as f64 / span,
+        datagrams_per_node_sec: (p1 - p0) as f64 / span,
+    }
+}
+
+/// A chart: file name, title, unit, and a value (if measured) per cluster size.
+type Chart = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<(usize, Option<f64>)>,
+);
+
+/// Draws detection, dissemination and traffic against cluster size as SVG files in `dir`.
+pub fn plot(results: &[ScaleResult], dir: &Path) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+    let charts: [Chart; 3] = [
+        (
+            "detection.svg",
+            "Failure detection: crash to first report",
+            "seconds",
+            results
+                .iter()
+                .map(|r| (r.nodes, secs(r.detect_first)))
+                .collect(),
+        ),
+        (
+            "dissemination.svg",
+            "Dissemination: first report to every node",
+            "seconds",
+            results
+                .iter()
+                .map(|r| (r.nodes, secs(r.disseminate)))
+                .collect(),
+        ),
+        (
+            "traffic.svg",
+            "Idle traffic per node (dashed: c * log10 N through the first point)",
+            "bytes per node per second",
+            results
+                .iter()
+                .map(|r| (r.nodes, Some(r.bytes_per_node_sec)))
+                .collect(),
+        ),
+    ];
+    let mut written = Vec::new();
+    for (file, title, unit, points) in charts {
+        let path = dir.join(file);
+        draw(&path, title, unit, &points, file == "traffic.svg")
+            .map_err(|e| format!("cannot draw {}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+fn draw(
+    path: &Path,
+    title: &str,
+    unit: &str,
+    points: &[(usize, Option<f64>)],
+    log_reference: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let pts: Vec<(f64, f64)> = points
+        .iter()
+        .filter_map(|(n, v)| v.map(|v| ((*n as f64).log10(), v)))
+        .collect();
+    let x_max = pts.iter().map(|p| p.0).fold(1.0, f64::max).ceil().max(1.0);
+    let mut y_max = pts.iter().map(|p| p.1).fold(0.0, f64::max);
+    let reference: Vec<(f64, f64)> = match (log_reference, pts.first()) {
+        (true, Some((x0, y0))) if *x0 > 0.0 => (0..=(x_max * 10.0) as usize)
+            .map(|i| i as f64 / 10.0)
+            .filter(|x| *x >= *x0)
+            .map(|x| (x, y0 * x / x0))
+            .collect(),
+        _ => vec![],
+    };
+    y_max = reference.iter().map(|p| p.1).fold(y_max, f64::max) * 1.15;
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.5f64..x_max + 0.2, 0f64..y_max.max(0.001))?;
+    chart
+        .configure_mesh()
+        .x_desc("cluster size (nodes, log scale)")
+        .y_desc(unit)
+        .x_labels(x_max as usize + 1)
+        .x_label_formatter(&|x| format!("{:.0}", 10f64.powf(*x)))
+        .draw()?;
+    chart.draw_series(LineSeries::new(pts.iter().copied(), BLUE.stroke_width(2)))?;
+    chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, BLUE.filled())))?;
+    if !reference.is_empty() {
+        chart.draw_series(DashedLineSeries::new(reference, 6, 4, RED.stroke_width(1)))?;
+    }
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,500 @@
+//! Named scenarios: a cluster with stores and clients, one kind of trouble, a heal, and every
+//! checker at the end. [`run`] is what `netsim run` and `netsim sweep` call, and what the sweep
+//! test runs for hundreds of seeds.
+
+use crate::check::{self, Verdict};
+use crate::sim::{Seen, Sim, SimConfig, Skew};
+use crate::workload::WorkloadConfig;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+use std::time::Duration;
+
+const S: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
+
+/// Every scenario, with what it does.
+pub const SCENARIOS: &[(&str, &str)] = &[
+    ("steady", "nothing goes wrong"),
+    ("kill", "one node crashes for good"),
+    ("leave", "one node leaves gracefully"),
+    ("restart", "one node crashes and restarts empty 5 s later"),
+    ("split", "a 40 % minority is cut off, then healed"),
+    (
+        "even-split",
+        "two equal halves, neither with a quorum, then healed",
+    ),
+    ("three-way", "three groups, none with a quorum, then healed"),
+    (
+        "bridge",
+        "A reaches B, B reaches C, A does not reach C; then healed",
+    ),
+    (
+        "one-way",
+        "one node hears nothing but can still send, then healed",
+    ),
+    (
+        "flapping",
+        "one node's links go down and up every 0.5-3 s for 20 s",
+    ),
+    ("loss10", "10 % of datagrams lost"),
+    (
+        "loss30",
+        "30 % of datagrams lost (beyond the profile's tolerance)",
+    ),
+    (
+        "chaos",
+        "5 % loss, 5 % duplication, 10 % reordered by up to 50 ms",
+    ),
+    (
+        "pauses",
+        "one node stalls for 5 s, then short stalls on random nodes",
+    ),
+    (
+        "skew",
+        "wall clocks off by up to 10 s and rates by up to 200 ppm",
+    ),
+    (
+        "multi-dc",
+        "3 datacenters 20-40 ms apart; one is cut off, then healed",
+    ),
+];
+
+/// Loss above which the LAN profile does not promise zero false failures.
+const TOLERATED_LOSS_PPM: u32 = 100_000;
+
+/// Deliberate defects to inject into every node (to show that checkers catch them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Membership defects.
+    pub membership: Vec<membership::Fault>,
+    /// Store defects.
+    pub store: Vec<store::Fault>,
+}
+
+/// What a scenario run found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Cluster size.
+    pub nodes: usize,
+    /// Seed.
+    pub seed: u64,
+    /// What happened when (virtual time).
+    pub timeline: Vec<(Duration, String)>,
+    /// Measured figures, by name.
+    pub measures: Vec<(String, String)>,
+    /// Checker verdicts.
+    pub verdicts: Vec<Verdict>,
+    /// Hash of the whole trace (equal runs give equal hashes).
+    pub trace_hash: u64,
+}
+
+impl Report {
+    /// True when every checker passed.
+    pub fn ok(&self) -> bool {
+        self.verdicts.iter().all(|v| v.ok)
+    }
+
+    /// The verdicts that failed.
+    pub fn failures(&self) -> Vec<&Verdict> {
+        self.verdicts.iter().filter(|v| !v.ok).collect()
+    }
+
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "netsim run --scenario {} --nodes {} --seed {}",
+            self.scenario, self.nodes, self.seed
+        )
+    }
+
+    /// The report as text.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "netsim: scenario {} with {} nodes, seed {}\n",
+            self.scenario, self.nodes, self.seed
+        );
+        out.push_str("timeline:\n");
+        for (t, what) in &self.timeline {
+            out.push_str(&format!("  {:>9.3} s  {what}\n", t.as_secs_f64()));
+        }
+        out.push_str("measures:\n");
+        for (k, v) in &self.measures {
+            out.push_str(&format!("  {k}: {v}\n"));
+        }
+        out.push_str("checkers:\n");
+        for v in &self.verdicts {
+            out.push_str(&format!(
+                "  [{}] {}: {}\n",
+                if v.ok { "pass" } else { "FAIL" },
+                v.name,
+                v.detail
+            ));
+        }
+        out.push_str(&format!(
+            "trace hash {:016x}; replay: {}\n",
+            self.trace_hash,
+            self.replay_command()
+        ));
+        out
+    }
+}
+
+struct Run {
+    sim: Sim,
+    report: Report,
+    rng: Xoshiro256PlusPlus,
+}
+
+impl Run {
+    fn note(&mut self, what: impl Into<String>) {
+        let now = self.sim.now();
+        self.report.timeline.push((now, what.into()));
+    }
+
+    fn measure(&mut self, name: &str, value: impl Into<String>) {
+        self.report.measures.push((name.into(), value.into()));
+    }
+
+    fn verdict(&mut self, name: &'static str, ok: bool, detail: impl Into<String>) {
+        self.report.verdicts.push(Verdict {
+            name,
+            ok,
+            detail: detail.into(),
+        });
+    }
+
+    fn span(&mut self, d: Duration, lo: u64, hi: u64) -> Duration {
+        d * self.rng.random_range(lo as u32..hi as u32) / 1000
+    }
+}
+
+fn secs(t: Option<Duration>) -> String {
+    t.map_or("not within the limit".into(), |d| {
+        format!("{:.3} s", d.as_secs_f64())
+    })
+}
+
+/// Runs scenario `name` on `nodes` nodes with `seed`, with `faults` injected into every node.
+pub fn run(name: &str, nodes: usize, seed: u64, faults: &Faults) -> Result<Report, String> {
+    run_keeping(name, nodes, seed, faults).map(|(r, _)| r)
+}
+
+/// Like [`run`], and hands back the simulation as it was when the checkers ran.
+pub fn run_keeping(
+    name: &str,
+    nodes: usize,
+    seed: u64,
+    faults: &Faults,
+) -> Result<(Report, Sim), String> {
+    if !SCENARIOS.iter().any(|(n, _)| *n == name) {
+        let names: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
+        return Err(format!(
+            "unknown scenario {name:?}; known: {}",
+            names.join(", ")
+        ));
+    }
+    if nodes < 3 {
+        return Err("a scenario needs at least 3 nodes".into());
+    }
+    let n = if name == "even-split" {
+        nodes.next_multiple_of(2)
+    } else {
+        nodes
+    };
+    let mut cfg = SimConfig::lan(n, seed);
+    cfg.store = true;
+    match name {
+        "loss10" => cfg.link.loss_ppm = 100_000,
+        "loss30" => cfg.link.loss_ppm = 300_000,
+        "chaos" => {
+            cfg.link.loss_ppm = 50_000;
+            cfg.link.duplicate_ppm = 50_000;
+            cfg.link.reorder_ppm = 100_000;
+            cfg.link.reorder_by = 50 * MS;
+        }
+        "multi-dc" => {
+            cfg.datacenters = 3;
+            cfg.seed_node_zero = true;
+        }
+        _ => {}
+    }
+    let loss = cfg.link.loss_ppm;
+    let mut sim = Sim::new(cfg);
+    for i in 0..n {
+        for f in &faults.membership {
+            sim.inject_membership_fault(i, *f);
+        }
+        for f in &faults.store {
+            sim.inject_store_fault(i, *f);
+        }
+    }
+    let mut run = Run {
+        sim,
+        report: Report {
+            scenario: name.into(),
+            nodes: n,
+            seed,
+            timeline: vec![],
+            measures: vec![],
+            verdicts: vec![],
+            trace_hash: 0,
+        },
+        rng: Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5ce7_a210),
+    };
+    if name == "skew" {
+        for i in 0..n {
+            let skew = Skew {
+                drift_ppm: run.rng.random_range(-200..=200),
+                wall_offset_ms: run.rng.random_range(-10_000..=10_000),
+            };
+            run.sim.set_skew(i, skew);
+        }
+        run.note("clocks skewed");
+    }
+
+    let joined = run.sim.run_until_cond_every(30 * S, MS, |s| {
+        s.all_running_alive_by_events() && s.all_have_quorum()
+    });
+    run.note("cluster formed");
+    run.measure("full join", secs(joined));
+    run.verdict(
+        "everyone joined",
+        joined.is_some(),
+        format!("in {}", secs(joined)),
+    );
+
+    run.sim.start_clients(WorkloadConfig::default());
+    run.note("clients start");
+    run.sim.run_for(3 * S);
+    let t0 = run.sim.now();
+    let traffic0 = run.sim.traffic();
+    trouble(&mut run, name, n);
+    if !run.sim.net.is_whole() {
+        run.sim.heal();
+        run.note("network healed");
+    }
+    let merged = run.sim.run_until_cond_every(30 * S, MS, |s| {
+        s.all_running_alive_by_events() && s.all_have_quorum()
+    });
+    run.measure(
+        "all running nodes alive and with quorum after",
+        secs(merged),
+    );
+    run.verdict(
+        "merged after heal",
+        merged.is_some(),
+        format!("within {}", secs(merged)),
+    );
+    run.sim.run_for(5 * S);
+    run.sim.stop_clients();
+    run.note("clients stop");
+    let drained = run.sim.run_until_cond(15 * S, |s| s.pending_ops() == 0);
+    run.verdict(
+        "every operation answered",
+        drained.is_some(),
+        format!("{} still pending", run.sim.pending_ops()),
+    );
+    let conv = run
+        .sim
+        .run_until_cond_every(30 * S, 10 * MS, check::converged);
+    run.measure("replicas identical after", secs(conv));
+    // Metadata of a new generation spreads by broadcast and, where that missed a node, by the
+    // periodic pull; give the pull its bounded time before judging.
+    let meta = run
+        .sim
+        .run_until_cond_every(30 * S, 10 * MS, |s| check::metadata_everywhere(s).ok);
+    run.measure("metadata everywhere after", secs(meta));
+    run.note("checkers run");
+    let t1 = run.sim.now();
+    let traffic1 = run.sim.traffic();
+    let span = (t1 - t0).as_secs_f64() * n as f64;
+    run.measure(
+        "traffic per node per second",
+        format!(
+            "{:.1} datagrams, {:.0} B membership; {:.1} messages, {:.0} B store",
+            (traffic1.datagrams - traffic0.datagrams) as f64 / span,
+            (traffic1.datagram_bytes - traffic0.datagram_bytes) as f64 / span,
+            (traffic1.stream_msgs - traffic0.stream_msgs) as f64 / span,
+            (traffic1.stream_bytes - traffic0.stream_bytes) as f64 / span,
+        ),
+    );
+    let (ok, failed, indeterminate, pending) = run.sim.history().tally();
+    run.measure(
+        "client operations",
+        format!(
+            "{} in all: {ok} ok, {failed} failed, {indeterminate} indeterminate, {pending} pending",
+            run.sim.history().ops.len()
+        ),
+    );
+
+    let sim = &run.sim;
+    let mut verdicts = vec![
+        check::no_acknowledged_write_lost(sim),
+        check::no_minority_write_takes_effect(sim),
+        check::linearizable(sim),
+        check::replicas_identical(sim),
+    ];
+    let failures = check::no_false_failures(sim, 30 * S);
+    if loss <= TOLERATED_LOSS_PPM {
+        verdicts.push(failures);
+    } else {
+        let count = sim
+            .log()
+            .iter()
+            .filter(|l| matches!(l.event, membership::Event::MemberFailed { .. }))
+            .count();
+        run.report.measures.push((
+            "failure reports (loss beyond the promise; not judged)".into(),
+            count.to_string(),
+        ));
+    }
+    let sim = &run.sim;
+    verdicts.push(check::metadata_everywhere(sim));
+    verdicts.push(check::events_match_members(sim));
+    run.report.verdicts.extend(verdicts);
+    run.report.trace_hash = run.sim.trace_hash();
+    Ok((run.report, run.sim))
+}
+
+/// The scenario's trouble: faults injected, measured, and (where the scenario says) healed.
+fn trouble(run: &mut Run, name: &str, n: usize) {
+    let victim = n - 1;
+    match name {
+        "steady" | "loss10" | "loss30" | "chaos" | "skew" => run.sim.run_for(20 * S),
+        "kill" | "restart" => {
+            run.sim.crash(victim);
+            run.note(format!("node {victim} crashes"));
+            let others = n - 1;
+            let first = run
+                .sim
+                .run_until_cond_every(30 * S, MS, |s| s.count_reporting(victim, Seen::Failed) > 0);
+            let all = run.sim.run_until_cond_every(30 * S, MS, |s| {
+                s.count_reporting(victim, Seen::Failed) == others
+            });
+            run.measure("crash first reported failed after", secs(first));
+            run.measure(
+                "then reported failed everywhere after (dissemination)",
+                secs(all),
+            );
+            run.verdict(
+                "crash detected everywhere",
+                all.is_some(),
+                format!("first after {}, all after {} more", secs(first), secs(all)),
+            );
+            if name == "restart" {
+                run.sim.run_for(5 * S);
+                run.sim.restart(victim);
+                run.note(format!("node {victim} restarts"));
+            }
+            run.sim.run_for(10 * S);
+        }
+        "leave" => {
+            run.note(format!("node {victim} leaves"));
+            run.sim.leave(victim, S);
+            let others = n - 1;
+            let t = run.sim.run_until_cond_every(30 * S, MS, |s| {
+                s.count_reporting(victim, Seen::Left) == others
+            });
+            run.measure("leave reported everywhere after", secs(t));
+            run.verdict("leave reported as left everywhere", t.is_some(), secs(t));
+            run.sim.run_for(10 * S);
+        }
+        "split" | "even-split" | "three-way" | "multi-dc" => {
+            let groups: Vec<Vec<usize>> = match name {
+                "split" => {
+                    let k = (n * 2).div_ceil(5).min((n - 1) / 2).max(1);
+                    vec![(0..k).collect(), (k..n).collect()]
+                }
+                "even-split" => vec![(0..n / 2).collect(), (n / 2..n).collect()],
+                "three-way" => {
+                    let a = n / 3;
+                    let b = (n - a) / 2;
+                    vec![(0..a).collect(), (a..a + b).collect(), (a + b..n).collect()]
+                }
+                _ => {
+                    let last = run.sim.net.dc_of(n - 1);
+                    vec![
+                        (0..n).filter(|i| run.sim.net.dc_of(*i) != last).collect(),
+                        (0..n).filter(|i| run.sim.net.dc_of(*i) == last).collect(),
+                    ]
+                }
+            };
+            let refs: Vec<&[usize]> = groups.iter().map(|g| g.as_slice()).collect();
+            run.sim.partition(&refs);
+            let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+            run.note(format!("network split {sizes:?}"));
+            let required = run.sim.store_config().required_votes as usize;
+            let minority: Vec<usize> = groups
+                .iter()
+                .filter(|g| g.len() < required)
+                .flatten()
+                .copied()
+                .collect();
+            let lost = run.sim.run_until_cond_every(30 * S, MS, |s| {
+                minority
+                    .iter()
+                    .all(|i| !s.core(*i).is_some_and(|c| c.quorum().has_quorum))
+            });
+            run.measure("every minority node without quorum after", secs(lost));
+            run.verdict("minority nodes lose quorum", lost.is_some(), secs(lost));
+            let majority: Vec<usize> = (0..n).filter(|i| !minority.contains(i)).collect();
+            run.sim.run_for(15 * S);
+            let kept = majority
+                .iter()
+                .all(|i| run.sim.core(*i).is_some_and(|c| c.quorum().has_quorum));
+            run.verdict(
+                "majority keeps quorum",
+                kept,
+                format!("majority {majority:?}"),
+            );
+        }
+        "bridge" => {
+            let a: Vec<usize> = (0..n / 2).collect();
+            let c: Vec<usize> = (n / 2 + 1..n).collect();
+            run.sim.net.cut_between(run.sim.now(), &a, &c);
+            run.note(format!(
+                "{a:?} and {c:?} cut apart; node {} bridges them",
+                n / 2
+            ));
+            run.sim.run_for(20 * S);
+        }
+        "one-way" => {
+            for j in 0..n - 1 {
+                run.sim.cut_one_way(j, victim);
+            }
+            run.note(format!("node {victim} stops hearing anyone"));
+            run.sim.run_for(15 * S);
+        }
+        "flapping" => {
+            let end = run.sim.now() + 20 * S;
+            run.note(format!("node {victim} starts flapping"));
+            while run.sim.now() < end {
+                run.sim.isolate(victim);
+                let d = run.span(3 * S, 166, 1000);
+                run.sim.run_for(d);
+                let now = run.sim.now();
+                run.sim.net.reconnect(now, victim, 0);
+                let d = run.span(3 * S, 166, 1000);
+                run.sim.run_for(d);
+            }
+            run.note(format!("node {victim} stops flapping"));
+        }
+        "pauses" => {
+            run.sim.pause(victim, 5 * S);
+            run.note(format!("node {victim} stalls for 5 s"));
+            run.sim.run_for(8 * S);
+            for _ in 0..5 {
+                let i = run.rng.random_range(0..n);
+                let d = run.span(S, 200, 800);
+                run.sim.pause(i, d);
+                run.note(format!("node {i} stalls for {} ms", d.as_millis()));
+                let gap = run.span(2 * S, 500, 1000);
+                run.sim.run_for(gap);
+            }
+            run.sim.run_for(5 * S);
+        }
+        other => unreachable!("scenario {other} is listed but has no trouble"),
+    }
+}

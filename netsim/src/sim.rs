@@ -1,0 +1,1189 @@
+//! The simulator: nodes (the agent's membership and store cores), a virtual clock, an event queue
+//! and the network between them.
+//!
+//! One step processes the earliest of: a delivery (datagram, store message, client request), a
+//! node's timer, a paused node's resume, or a client waking up. Ties go by insertion order, and
+//! every random draw comes from one Xoshiro256++ seeded by [`SimConfig::seed`], so a run is a pure
+//! function of its configuration and the calls made on it.
+
+use crate::history::{History, OpKind, OpRecord, Outcome};
+use crate::net::{LinkModel, Network};
+use crate::workload::{Workload, WorkloadConfig};
+use membership::{
+    ClusterKey, Destination, Event, MemberState, Membership, MembershipConfig, NodeId, Peer,
+    Profile, QuorumRule, SelfDescription,
+};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+use store::view::StoreView;
+use store::{OpId, Reply, Request, StoreConfig, StoreCore, StoreError, StoreMsg};
+
+/// Unix milliseconds that virtual time zero maps to on a node's wall clock (before its skew).
+pub const WALL_BASE_MS: u64 = 1_700_000_000_000;
+
+/// Options for a simulated cluster.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// The seed every random draw derives from.
+    pub seed: u64,
+    /// How links behave.
+    pub link: LinkModel,
+    /// Number of datacenters; nodes are split into contiguous, near-equal blocks.
+    pub datacenters: usize,
+    /// Timing profile of every node.
+    pub profile: Profile,
+    /// Whether nodes find each other by (simulated) multicast beacons, which reach only the
+    /// sender's datacenter, as multicast does.
+    pub beacons: bool,
+    /// Whether every node is given the first node of each datacenter as a seed.
+    pub seed_node_zero: bool,
+    /// Expected cluster size (quorum = strict majority of this many votes).
+    pub expected_nodes: u32,
+    /// Whether nodes run a store core next to membership (clients need it).
+    pub store: bool,
+}
+
+impl SimConfig {
+    /// `nodes` nodes on a clean LAN, finding each other through beacons, membership only.
+    pub fn lan(nodes: usize, seed: u64) -> Self {
+        SimConfig {
+            nodes,
+            seed,
+            link: LinkModel::lan(),
+            datacenters: 1,
+            profile: Profile::Lan,
+            beacons: true,
+            seed_node_zero: false,
+            expected_nodes: nodes as u32,
+            store: false,
+        }
+    }
+}
+
+/// A record of something a node reported, for checkers and traces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    /// Virtual time.
+    pub at: Duration,
+    /// Which node reported it.
+    pub node: usize,
+    /// What it reported.
+    pub event: Event,
+}
+
+/// A fault of the simulated world itself (not of a message), kept for checkers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorldFault {
+    /// The node crashed (lost its memory).
+    Crash(usize),
+    /// The node started again.
+    Restart(usize),
+    /// The node stopped gracefully.
+    Leave(usize),
+    /// The node's process stalled for a while.
+    Pause(usize, Duration),
+}
+
+/// A node's clock error: its monotonic clock runs fast or slow, its wall clock is offset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skew {
+    /// Rate error in parts per million (positive: fast).
+    pub drift_ppm: i32,
+    /// Wall clock offset in milliseconds.
+    pub wall_offset_ms: i64,
+}
+
+impl Skew {
+    /// The node's monotonic reading at global time `t`.
+    pub fn local(&self, t: Duration) -> Duration {
+        let ns = t.as_nanos() as i128;
+        let local = ns + ns * i128::from(self.drift_ppm) / 1_000_000;
+        Duration::from_nanos(local.max(0) as u64)
+    }
+
+    /// The earliest global time at which the node's monotonic clock reads `local` or more.
+    pub fn global(&self, local: Duration) -> Duration {
+        let l = local.as_nanos() as i128;
+        let rate = 1_000_000 + i128::from(self.drift_ppm);
+        let mut g = Duration::from_nanos(((l * 1_000_000 + rate - 1) / rate).max(0) as u64);
+        let ns = Duration::from_nanos(1);
+        while self.local(g) < local {
+            g += ns;
+        }
+        while g > Duration::ZERO && self.local(g - ns) >= local {
+            g -= ns;
+        }
+        g
+    }
+
+    /// The node's wall clock (Unix milliseconds) at global time `t`.
+    pub fn wall_ms(&self, t: Duration) -> u64 {
+        let base = WALL_BASE_MS as i64 + self.local(t).as_millis() as i64;
+        (base + self.wall_offset_ms).max(0) as u64
+    }
+}
+
+/// The cores one node runs.
+pub struct Node {
+    /// Membership core.
+    pub membership: Membership,
+    /// Store core, when the simulation runs stores.
+    pub store: Option<StoreCore>,
+    view_dirty: bool,
+}
+
+struct Slot {
+    node: Option<Node>,
+    addr: SocketAddr,
+    id: NodeId,
+    generation: u64,
+    incarnation: u64,
+    paused_until: Option<Duration>,
+    skew: Skew,
+    membership_faults: Vec<membership::Fault>,
+    store_faults: Vec<store::Fault>,
+    armed: Option<Duration>,
+}
+
+enum What {
+    Datagram {
+        to: usize,
+        from: SocketAddr,
+        bytes: Rc<[u8]>,
+    },
+    Stream {
+        to: usize,
+        incarnation: u64,
+        from: NodeId,
+        msg: StoreMsg,
+    },
+    Request {
+        to: usize,
+        incarnation: u64,
+        op: usize,
+    },
+    Resume {
+        node: usize,
+    },
+    Client {
+        client: usize,
+    },
+}
+
+struct Item {
+    at: Duration,
+    seq: u64,
+    what: What,
+}
+
+impl PartialEq for Item {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Item {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// What a node believes about another, as told by its events (suspects count as alive: an event
+/// stream has no "suspect" event, and a suspect is still reachable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// No event about it yet.
+    Unknown,
+    /// Joined, recovered or restarted.
+    Alive,
+    /// Reported failed.
+    Failed,
+    /// Reported left.
+    Left,
+}
+
+const SEEN_CODES: [Seen; 4] = [Seen::Unknown, Seen::Alive, Seen::Failed, Seen::Left];
+
+fn seen_code(s: Seen) -> u8 {
+    SEEN_CODES.iter().position(|x| *x == s).expect("listed") as u8
+}
+
+/// Message counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Datagrams sent (a beacon counts once).
+    pub datagrams: u64,
+    /// Bytes of sealed datagram payload sent.
+    pub datagram_bytes: u64,
+    /// Store messages sent over the (simulated) stream transport.
+    pub stream_msgs: u64,
+    /// Bytes of those messages, postcard-encoded.
+    pub stream_bytes: u64,
+}
+
+struct ClientState {
+    pending: Option<usize>,
+}
+
+/// A simulated cluster.
+pub struct Sim {
+    cfg: SimConfig,
+    now: Duration,
+    slots: Vec<Slot>,
+    by_addr: HashMap<SocketAddr, usize>,
+    by_id: HashMap<NodeId, usize>,
+    queue: BinaryHeap<Reverse<Item>>,
+    timers: BTreeSet<(Duration, usize)>,
+    seq: u64,
+    rng: Xoshiro256PlusPlus,
+    /// The network between the nodes.
+    pub net: Network,
+    stream_tail: HashMap<(usize, usize), Duration>,
+    log: Vec<Logged>,
+    world: Vec<(Duration, WorldFault)>,
+    trace: u64,
+    delivered: u64,
+    traffic: Traffic,
+    seen: Vec<u8>,
+    alive_of: Vec<u32>,
+    workload: Option<Workload>,
+    clients: Vec<ClientState>,
+    clients_on: bool,
+    in_flight: HashMap<(usize, OpId), usize>,
+    history: History,
+}
+
+impl Sim {
+    /// Builds and starts a cluster.
+    pub fn new(cfg: SimConfig) -> Self {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed);
+        let n = cfg.nodes;
+        let dcs = cfg.datacenters.max(1);
+        let dc: Vec<u16> = (0..n).map(|i| (i * dcs / n.max(1)) as u16).collect();
+        let mut slots = Vec::new();
+        let mut by_addr = HashMap::new();
+        let mut by_id = HashMap::new();
+        for i in 0..n {
+            let addr = Self::addr_of(i);
+            let id = NodeId(rng.random::<u64>() | 1);
+            by_addr.insert(addr, i);
+            by_id.insert(id, i);
+            slots.push(Slot {
+                node: None,
+                addr,
+                id,
+                generation: 1,
+                incarnation: 0,
+                paused_until: None,
+                skew: Skew::default(),
+                membership_faults: vec![],
+                store_faults: vec![],
+                armed: None,
+            });
+        }
+        let net = Network::new(dc, cfg.link.clone());
+        let mut sim = Sim {
+            now: Duration::ZERO,
+            slots,
+            by_addr,
+            by_id,
+            queue: BinaryHeap::new(),
+            timers: BTreeSet::new(),
+            seq: 0,
+            rng,
+            net,
+            stream_tail: HashMap::new(),
+            log: Vec::new(),
+            world: Vec::new(),
+            trace: 0xcbf2_9ce4_8422_2325,
+            delivered: 0,
+            traffic: Traffic::default(),
+            seen: vec![0; n * n],
+            alive_of: vec![0; n],
+            workload: None,
+            clients: Vec::new(),
+            clients_on: false,
+            in_flight: HashMap::new(),
+            history: History::default(),
+            cfg,
+        };
+        for i in 0..n {
+            sim.start(i);
+        }
+        sim
+    }
+
+    /// The gossip address of node `i`.
+    pub fn addr_of(i: usize) -> SocketAddr {
+        let ip = Ipv4Addr::new(10, (i / 250) as u8, (i % 250) as u8 + 1, 1);
+        SocketAddr::new(IpAddr::V4(ip), 7946)
+    }
+
+    /// The configuration this simulation was built with.
+    pub fn config(&self) -> &SimConfig {
+        &self.cfg
+    }
+
+    /// The membership configuration node `i` runs with.
+    pub fn node_config(&self, i: usize) -> MembershipConfig {
+        let seeds = if self.cfg.seed_node_zero {
+            let mut firsts: Vec<SocketAddr> = Vec::new();
+            for j in 0..self.slots.len() {
+                if j == 0 || self.net.dc_of(j) != self.net.dc_of(j - 1) {
+                    firsts.push(Self::addr_of(j));
+                }
+            }
+            firsts
+        } else {
+            vec![]
+        };
+        MembershipConfig {
+            cluster: "sim".into(),
+            key: ClusterKey::new([42; 32]),
+            profile: self.cfg.profile,
+            expected_nodes: self.cfg.expected_nodes,
+            quorum: QuorumRule::majority(self.cfg.expected_nodes).expect("expected_nodes > 0"),
+            me: SelfDescription {
+                name: format!("node{i}"),
+                datacenter: format!("dc{}", self.net.dc_of(i) + 1),
+                api_addr: None,
+                tags: BTreeMap::new(),
+                votes: 1,
+            },
+            beacons: self.cfg.beacons,
+            seeds,
+        }
+    }
+
+    /// The store configuration every node runs with.
+    pub fn store_config(&self) -> StoreConfig {
+        let rule = QuorumRule::majority(self.cfg.expected_nodes).expect("expected_nodes > 0");
+        StoreConfig::new(rule.required())
+    }
+
+    fn start(&mut self, i: usize) {
+        let cfg = self.node_config(i);
+        let store_cfg = self.store_config();
+        let now = self.now;
+        let slot = &self.slots[i];
+        let local = slot.skew.local(now);
+        let wall = slot.skew.wall_ms(now);
+        let peer = Peer {
+            addr: slot.addr,
+            id: slot.id,
+            generation: slot.generation,
+        };
+        let seed = self.rng.random::<u64>();
+        let mut membership = Membership::new(cfg, peer, seed, local);
+        for f in &slot.membership_faults {
+            membership.inject_fault(*f);
+        }
+        let store = self.cfg.store.then(|| {
+            let mut s = StoreCore::new(slot.id, store_cfg, seed ^ 0x5eed, local, wall);
+            for f in &slot.store_faults {
+                s.inject_fault(*f);
+            }
+            s
+        });
+        let slot = &mut self.slots[i];
+        slot.incarnation += 1;
+        slot.node = Some(Node {
+            membership,
+            store,
+            view_dirty: true,
+        });
+        self.flush(i);
+    }
+
+    /// Current virtual time.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// The membership core of node `i`, unless it is crashed.
+    pub fn core(&self, i: usize) -> Option<&Membership> {
+        self.slots[i].node.as_ref().map(|n| &n.membership)
+    }
+
+    /// Mutable access to the membership core of node `i`, unless it is crashed.
+    pub fn core_mut(&mut self, i: usize) -> Option<&mut Membership> {
+        self.slots[i].node.as_mut().map(|n| &mut n.membership)
+    }
+
+    /// The store core of node `i`, unless it is crashed or the simulation runs no stores.
+    pub fn store(&self, i: usize) -> Option<&StoreCore> {
+        self.slots[i].node.as_ref().and_then(|n| n.store.as_ref())
+    }
+
+    /// True when node `i` is running (not crashed; it may be paused).
+    pub fn is_up(&self, i: usize) -> bool {
+        self.slots[i].node.is_some()
+    }
+
+    /// The stable id of node `i`.
+    pub fn id_of(&self, i: usize) -> NodeId {
+        self.slots[i].id
+    }
+
+    /// The node with stable id `id`.
+    pub fn index_of(&self, id: NodeId) -> Option<usize> {
+        self.by_id.get(&id).copied()
+    }
+
+    /// Every event reported so far.
+    pub fn log(&self) -> &[Logged] {
+        &self.log
+    }
+
+    /// Crashes, restarts, leaves and pauses so far, with their times.
+    pub fn world_faults(&self) -> &[(Duration, WorldFault)] {
+        &self.world
+    }
+
+    /// Every client operation so far.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// A hash of every step and event so far: equal traces give equal hashes.
+    pub fn trace_hash(&self) -> u64 {
+        self.trace
+    }
+
+    /// Datagrams and bytes (sealed UDP payload) sent by all nodes so far; a multicast beacon counts
+    /// once, as on a real network.
+    pub fn sent(&self) -> (u64, u64) {
+        (self.traffic.datagrams, self.traffic.datagram_bytes)
+    }
+
+    /// All message counters.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    /// Number of deliveries processed so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when the cluster has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Nodes currently running.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.slots.len()).filter(|i| self.is_up(*i)).collect()
+    }
+
+    /// Gives node `i` a clock error from now on (also across restarts).
+    pub fn set_skew(&mut self, i: usize, skew: Skew) {
+        self.slots[i].skew = skew;
+        self.refresh_timer(i);
+    }
+
+    /// Breaks node `i`'s membership core on purpose (kept across restarts).
+    pub fn inject_membership_fault(&mut self, i: usize, f: membership::Fault) {
+        self.slots[i].membership_faults.push(f);
+        if let Some(n) = self.slots[i].node.as_mut() {
+            n.membership.inject_fault(f);
+        }
+    }
+
+    /// Breaks node `i`'s store core on purpose (kept across restarts).
+    pub fn inject_store_fault(&mut self, i: usize, f: store::Fault) {
+        self.slots[i].store_faults.push(f);
+        if let Some(s) = self.slots[i].node.as_mut().and_then(|n| n.store.as_mut()) {
+            s.inject_fault(f);
+        }
+    }
+
+    /// Kills node `i` at once: it loses all memory and sends nothing more; operations it was
+    /// coordinating become indeterminate.
+    pub fn crash(&mut self, i: usize) {
+        if self.is_up(i) {
+            self.world.push((self.now, WorldFault::Crash(i)));
+            self.halt(i);
+        }
+    }
+
+    fn halt(&mut self, i: usize) {
+        if self.slots[i].node.take().is_none() {
+            return;
+        }
+        self.slots[i].paused_until = None;
+        self.disarm(i);
+        let n = self.slots.len();
+        for s in 0..n {
+            if self.seen[i * n + s] == seen_code(Seen::Alive) {
+                self.alive_of[s] -= 1;
+            }
+            self.seen[i * n + s] = 0;
+        }
+        let lost: Vec<(usize, OpId)> = self
+            .in_flight
+            .keys()
+            .filter(|(node, _)| *node == i)
+            .copied()
+            .collect();
+        for key in lost {
+            if let Some(h) = self.in_flight.remove(&key) {
+                self.complete(h, Outcome::Indeterminate("coordinator crashed".into()));
+            }
+        }
+    }
+
+    /// Restarts a crashed node with its persisted id and the next generation. Its store starts
+    /// empty: replicas live in memory until the store has a log.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.slots[i].node.is_none(), "node {i} is running");
+        self.world.push((self.now, WorldFault::Restart(i)));
+        self.slots[i].generation += 1;
+        self.start(i);
+    }
+
+    /// Stalls node `i` for `d`: it handles nothing (timers, datagrams, requests) until then, and
+    /// everything that arrived meanwhile is handled late, as after a long GC or a SIGSTOP.
+    pub fn pause(&mut self, i: usize, d: Duration) {
+        if !self.is_up(i) || self.slots[i].paused_until.is_some() {
+            return;
+        }
+        self.world.push((self.now, WorldFault::Pause(i, d)));
+        self.slots[i].paused_until = Some(self.now + d);
+        self.disarm(i);
+        let at = self.now + d;
+        self.push(at, What::Resume { node: i });
+    }
+
+    /// Gracefully stops node `i`: it announces its leave, runs until the leave reached the SWIM
+    /// layer and `linger` more, then stops (what the agent does on SIGTERM).
+    pub fn leave(&mut self, i: usize, linger: Duration) {
+        self.world.push((self.now, WorldFault::Leave(i)));
+        let local = self.slots[i].skew.local(self.now);
+        if let Some(n) = self.slots[i].node.as_mut() {
+            n.membership.leave(local);
+        }
+        self.flush(i);
+        let limit = 10 * linger;
+        self.run_until_cond(limit, |s| s.core(i).is_none_or(|c| c.has_left()));
+        let until = self.now + linger;
+        self.run_until(until);
+        self.halt(i);
+    }
+
+    /// Cuts the link from `a` to `b` (one way).
+    pub fn cut_one_way(&mut self, a: usize, b: usize) {
+        self.net.cut_one_way(self.now, a, b);
+    }
+
+    /// Splits the cluster: no message crosses between different groups.
+    pub fn partition(&mut self, groups: &[&[usize]]) {
+        self.net.partition(self.now, groups);
+    }
+
+    /// Cuts node `i` off from everyone, both ways.
+    pub fn isolate(&mut self, i: usize) {
+        self.net.isolate(self.now, i);
+    }
+
+    /// Restores every link.
+    pub fn heal(&mut self) {
+        self.net.heal(self.now);
+    }
+
+    /// Sets the loss rate (per million datagrams).
+    pub fn set_loss_ppm(&mut self, ppm: u32) {
+        self.net.model.loss_ppm = ppm;
+    }
+
+    /// Starts simulated clients (the simulation must run stores).
+    pub fn start_clients(&mut self, cfg: WorkloadConfig) {
+        assert!(self.cfg.store, "clients need stores: set SimConfig::store");
+        let n = cfg.clients;
+        self.workload = Some(Workload::new(cfg));
+        self.clients_on = true;
+        self.clients = (0..n).map(|_| ClientState { pending: None }).collect();
+        for c in 0..n {
+            let wait = self.workload.as_ref().expect("set").think(&mut self.rng);
+            let at = self.now + wait;
+            self.push(at, What::Client { client: c });
+        }
+    }
+
+    /// Clients make no new calls; calls in flight still complete.
+    pub fn stop_clients(&mut self) {
+        self.clients_on = false;
+    }
+
+    /// Number of client operations without an answer yet.
+    pub fn pending_ops(&self) -> usize {
+        self.clients.iter().filter(|c| c.pending.is_some()).count()
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    /// Runs until virtual time `t`.
+    pub fn run_until(&mut self, t: Duration) {
+        while self.step(t) {}
+        self.now = self.now.max(t);
+    }
+
+    /// Runs until `cond` holds (checked after every step) or `limit` of virtual time passes;
+    /// returns the time it took, or `None`.
+    pub fn run_until_cond(
+        &mut self,
+        limit: Duration,
+        cond: impl FnMut(&Sim) -> bool,
+    ) -> Option<Duration> {
+        self.run_until_cond_every(limit, Duration::ZERO, cond)
+    }
+
+    /// Like [`Sim::run_until_cond`], but checks `cond` at most once per `every` of virtual time
+    /// (for conditions that cost O(n) on large clusters); the time returned is late by less
+    /// than `every`.
+    pub fn run_until_cond_every(
+        &mut self,
+        limit: Duration,
+        every: Duration,
+        mut cond: impl FnMut(&Sim) -> bool,
+    ) -> Option<Duration> {
+        let start = self.now;
+        let until = self.now + limit;
+        if cond(self) {
+            return Some(Duration::ZERO);
+        }
+        let mut next_check = self.now + every;
+        loop {
+            let limit = if every.is_zero() {
+                until
+            } else {
+                until.min(next_check)
+            };
+            if self.step(limit) {
+                if every.is_zero() && cond(self) {
+                    return Some(self.now - start);
+                }
+                continue;
+            }
+            self.now = self.now.max(limit);
+            if !every.is_zero() {
+                if cond(self) {
+                    return Some(self.now - start);
+                }
+                next_check = self.now + every;
+            }
+            if limit >= until {
+                return None;
+            }
+        }
+    }
+
+    fn push(&mut self, at: Duration, what: What) {
+        self.seq += 1;
+        self.queue.push(Reverse(Item {
+            at,
+            seq: self.seq,
+            what,
+        }));
+    }
+
+    /// Processes the next item at or before `limit`; false when there is none.
+    fn step(&mut self, limit: Duration) -> bool {
+        let next_item = self.queue.peek().map(|r| r.0.at);
+        let next_timer = self.timers.first().copied();
+        let take_item = match (next_item, next_timer) {
+            (None, None) => return false,
+            (Some(d), Some((t, _))) => d <= t,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+        };
+        if take_item {
+            if next_item.is_some_and(|t| t > limit) {
+                return false;
+            }
+            let Reverse(item) = self.queue.pop().expect("peeked");
+            self.now = self.now.max(item.at);
+            self.handle_item(item);
+        } else {
+            let (t, i) = next_timer.expect("checked");
+            if t > limit {
+                return false;
+            }
+            self.now = self.now.max(t);
+            self.fire_timers(i);
+        }
+        true
+    }
+
+    fn paused(&self, i: usize) -> bool {
+        self.slots[i].paused_until.is_some_and(|t| t > self.now)
+    }
+
+    fn handle_item(&mut self, item: Item) {
+        let target = match &item.what {
+            What::Datagram { to, .. } | What::Stream { to, .. } | What::Request { to, .. } => {
+                Some(*to)
+            }
+            _ => None,
+        };
+        if let Some(to) = target
+            && self.paused(to)
+        {
+            let at = self.slots[to].paused_until.expect("paused");
+            self.push(at, item.what);
+            return;
+        }
+        let now = self.now;
+        match item.what {
+            What::Datagram { to, from, bytes } => {
+                self.delivered += 1;
+                self.mix(&[1, to as u64, bytes.len() as u64, now.as_micros() as u64]);
+                let local = self.slots[to].skew.local(now);
+                if let Some(n) = self.slots[to].node.as_mut() {
+                    n.membership.handle_datagram(local, from, &bytes);
+                    self.flush(to);
+                }
+            }
+            What::Stream {
+                to,
+                incarnation,
+                from,
+                msg,
+            } => {
+                if self.slots[to].incarnation != incarnation {
+                    return; // the connection died with the process it was open to
+                }
+                self.delivered += 1;
+                self.mix(&[2, to as u64, now.as_micros() as u64]);
+                let skew = self.slots[to].skew;
+                if let Some(s) = self.slots[to].node.as_mut().and_then(|n| n.store.as_mut()) {
+                    s.handle_message(skew.local(now), skew.wall_ms(now), from, msg);
+                    self.flush(to);
+                }
+            }
+            What::Request {
+                to,
+                incarnation,
+                op,
+            } => {
+                self.mix(&[3, to as u64, op as u64, now.as_micros() as u64]);
+                if self.slots[to].incarnation != incarnation || !self.is_up(to) {
+                    self.complete(op, Outcome::Failed("node down".into()));
+                    return;
+                }
+                let rec = &self.history.ops[op];
+                let (store, key) = ("default".to_string(), rec.key.clone());
+                let consistency = Some(rec.consistency);
+                let req = match &rec.kind {
+                    OpKind::Put(v) => Request::Put {
+                        store,
+                        key,
+                        value: v.clone(),
+                        ttl: None,
+                        consistency,
+                    },
+                    OpKind::Delete => Request::Delete {
+                        store,
+                        key,
+                        consistency,
+                    },
+                    OpKind::Get => Request::Get {
+                        store,
+                        key,
+                        consistency,
+                    },
+                };
+                let skew = self.slots[to].skew;
+                let s = self.slots[to]
+                    .node
+                    .as_mut()
+                    .and_then(|n| n.store.as_mut())
+                    .expect("clients run only with stores");
+                let id = s.request(skew.local(now), skew.wall_ms(now), req);
+                self.in_flight.insert((to, id), op);
+                self.flush(to);
+            }
+            What::Resume { node } => {
+                self.mix(&[4, node as u64, now.as_micros() as u64]);
+                self.slots[node].paused_until = None;
+                self.refresh_timer(node);
+            }
+            What::Client { client } => self.client_call(client),
+        }
+    }
+
+    fn client_call(&mut self, client: usize) {
+        if !self.clients_on || self.clients[client].pending.is_some() {
+            return;
+        }
+        let n = self.slots.len();
+        let call =
+            self.workload
+                .as_mut()
+                .expect("clients started")
+                .next_call(&mut self.rng, client, n);
+        let op = self.history.ops.len();
+        self.history.ops.push(OpRecord {
+            client,
+            node: call.node,
+            key: call.key,
+            kind: call.kind,
+            consistency: call.consistency,
+            invoked: self.now,
+            completed: None,
+            outcome: Outcome::Pending,
+        });
+        self.clients[client].pending = Some(op);
+        let incarnation = self.slots[call.node].incarnation;
+        self.push(
+            self.now,
+            What::Request {
+                to: call.node,
+                incarnation,
+                op,
+            },
+        );
+    }
+
+    fn complete(&mut self, op: usize, outcome: Outcome) {
+        let rec = &mut self.history.ops[op];
+        rec.completed = Some(self.now);
+        rec.outcome = outcome;
+        let client = rec.client;
+        self.clients[client].pending = None;
+        let wait = self
+            .workload
+            .as_ref()
+            .expect("clients")
+            .think(&mut self.rng);
+        let at = self.now + wait;
+        self.push(at, What::Client { client });
+    }
+
+    fn fire_timers(&mut self, i: usize) {
+        let now = self.now;
+        let skew = self.slots[i].skew;
+        let (local, wall) = (skew.local(now), skew.wall_ms(now));
+        self.mix(&[5, i as u64, now.as_micros() as u64]);
+        if let Some(n) = self.slots[i].node.as_mut() {
+            if n.membership.poll_timeout().is_some_and(|t| t <= local) {
+                n.membership.handle_timeout(local);
+            }
+            if let Some(s) = n.store.as_mut()
+                && s.poll_timeout().is_some_and(|t| t <= local)
+            {
+                s.handle_timeout(local, wall);
+            }
+        }
+        self.flush(i);
+    }
+
+    fn disarm(&mut self, i: usize) {
+        if let Some(t) = self.slots[i].armed.take() {
+            self.timers.remove(&(t, i));
+        }
+    }
+
+    fn refresh_timer(&mut self, i: usize) {
+        self.disarm(i);
+        if self.paused(i) {
+            return;
+        }
+        let slot = &self.slots[i];
+        let Some(n) = slot.node.as_ref() else { return };
+        let m = n.membership.poll_timeout();
+        let s = n.store.as_ref().and_then(|s| s.poll_timeout());
+        let next = match (m, s) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(local) = next {
+            let t = slot.skew.global(local).max(self.now);
+            self.slots[i].armed = Some(t);
+            self.timers.insert((t, i));
+        }
+    }
+
+    fn mix(&mut self, words: &[u64]) {
+        for w in words {
+            for b in w.to_le_bytes() {
+                self.trace ^= u64::from(b);
+                self.trace = self.trace.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+    }
+
+    /// Moves everything node `i` produced onto the network, the log and the clients.
+    fn flush(&mut self, i: usize) {
+        let now = self.now;
+        let Some(node) = self.slots[i].node.as_mut() else {
+            self.disarm(i);
+            return;
+        };
+        let mut transmits = Vec::new();
+        while let Some(tx) = node.membership.poll_transmit() {
+            transmits.push(tx);
+        }
+        let mut events = Vec::new();
+        while let Some(ev) = node.membership.poll_event() {
+            events.push(ev);
+        }
+        // Store traffic rides the stream transport, as in the agent; the datagram store channel
+        // is unused.
+        while node.membership.poll_store_inbound().is_some() {}
+        if !events.is_empty() {
+            node.view_dirty = true;
+        }
+        let mut sends = Vec::new();
+        let mut replies = Vec::new();
+        if let Some(store) = node.store.as_mut() {
+            if node.view_dirty {
+                let view = StoreView::of(&node.membership);
+                store.set_view(view.peers, view.has_quorum, view.reachable_votes);
+            }
+            while let Some(s) = store.poll_send() {
+                sends.push(s);
+            }
+            while let Some(r) = store.poll_reply() {
+                replies.push(r);
+            }
+        }
+        node.view_dirty = false;
+        let from = self.slots[i].addr;
+        for tx in transmits {
+            self.traffic.datagrams += 1;
+            self.traffic.datagram_bytes += tx.bytes.len() as u64;
+            let bytes: Rc<[u8]> = Rc::from(tx.bytes);
+            match tx.to {
+                Destination::Unicast(addr) => {
+                    if let Some(to) = self.by_addr.get(&addr).copied() {
+                        self.route_datagram(i, to, from, &bytes);
+                    }
+                }
+                Destination::Beacon => {
+                    let dc = self.net.dc_of(i);
+                    for to in 0..self.slots.len() {
+                        if to != i && self.net.dc_of(to) == dc {
+                            self.route_datagram(i, to, from, &bytes);
+                        }
+                    }
+                }
+            }
+        }
+        for ev in events {
+            self.record_event(i, ev);
+        }
+        let me = self.slots[i].id;
+        for (to_id, msg) in sends {
+            let Some(to) = self.by_id.get(&to_id).copied() else {
+                continue;
+            };
+            self.traffic.stream_msgs += 1;
+            self.traffic.stream_bytes += postcard::to_stdvec(&msg).map_or(0, |b| b.len() as u64);
+            if !self.net.reaches(i, to) || !self.net.reaches(to, i) {
+                continue; // a stream needs both directions; the connection breaks
+            }
+            let lat = self.net.latency(&mut self.rng, i, to);
+            let tail = self.stream_tail.entry((i, to)).or_default();
+            let at = (now + lat).max(*tail);
+            *tail = at;
+            let incarnation = self.slots[to].incarnation;
+            self.push(
+                at,
+                What::Stream {
+                    to,
+                    incarnation,
+                    from: me,
+                    msg,
+                },
+            );
+        }
+        for (id, reply) in replies {
+            if let Some(op) = self.in_flight.remove(&(i, id)) {
+                let outcome = outcome_of(&self.history.ops[op].kind, reply);
+                self.complete(op, outcome);
+            }
+        }
+        self.refresh_timer(i);
+    }
+
+    fn route_datagram(&mut self, from_i: usize, to: usize, from: SocketAddr, bytes: &Rc<[u8]>) {
+        let fate = self.net.datagram_fate(&mut self.rng, from_i, to);
+        for d in fate.as_slice() {
+            let at = self.now + *d;
+            self.push(
+                at,
+                What::Datagram {
+                    to,
+                    from,
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+    }
+
+    fn record_event(&mut self, viewer: usize, event: Event) {
+        let now = self.now;
+        self.mix(&[6, viewer as u64, now.as_micros() as u64]);
+        let n = self.slots.len();
+        let subject = match &event {
+            Event::MemberJoined { member }
+            | Event::MemberFailed { member }
+            | Event::MemberLeft { member }
+            | Event::MemberRecovered { member }
+            | Event::MemberRestarted { member } => self.by_id.get(&member.id).copied(),
+            _ => None,
+        };
+        let seen = match &event {
+            Event::MemberJoined { .. }
+            | Event::MemberRecovered { .. }
+            | Event::MemberRestarted { .. } => Some(Seen::Alive),
+            Event::MemberFailed { .. } => Some(Seen::Failed),
+            Event::MemberLeft { .. } => Some(Seen::Left),
+            _ => None,
+        };
+        if let (Some(s), Some(state)) = (subject, seen) {
+            let cell = &mut self.seen[viewer * n + s];
+            let alive = seen_code(Seen::Alive);
+            if *cell == alive {
+                self.alive_of[s] -= 1;
+            }
+            *cell = seen_code(state);
+            if *cell == alive {
+                self.alive_of[s] += 1;
+            }
+        }
+        if let Event::GenerationChanged { generation } = event {
+            self.slots[viewer].generation = generation;
+        }
+        self.log.push(Logged {
+            at: now,
+            node: viewer,
+            event,
+        });
+    }
+
+    /// What `viewer`'s events say about `subject`.
+    pub fn seen_by_events(&self, viewer: usize, subject: usize) -> Seen {
+        let n = self.slots.len();
+        SEEN_CODES[self.seen[viewer * n + subject] as usize]
+    }
+
+    /// True when every running node's events say every other running node is alive
+    /// (O(n): suited to large clusters).
+    pub fn all_running_alive_by_events(&self) -> bool {
+        let running = self.slots.iter().filter(|s| s.node.is_some()).count() as u32;
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.node.is_some())
+            .all(|(i, _)| self.alive_of[i] + 1 == running)
+    }
+
+    /// How many running nodes other than `subject` have reported it `state` by their events.
+    pub fn count_reporting(&self, subject: usize, state: Seen) -> usize {
+        (0..self.slots.len())
+            .filter(|v| *v != subject && self.is_up(*v))
+            .filter(|v| self.seen_by_events(*v, subject) == state)
+            .count()
+    }
+
+    /// The state node `viewer` reports for node `subject`, if it lists it.
+    pub fn state_seen(&self, viewer: usize, subject: usize) -> Option<MemberState> {
+        let id = self.slots[subject].id;
+        self.core(viewer)?
+            .members()
+            .into_iter()
+            .find(|m| m.id == id)
+            .map(|m| m.state)
+    }
+
+    /// True when every running node lists every node in `alive` as alive (from member lists:
+    /// O(n^2), for small clusters).
+    pub fn all_see_alive(&self, alive: &[usize]) -> bool {
+        (0..self.slots.len()).filter(|v| self.is_up(*v)).all(|v| {
+            let members = self.core(v).expect("up").members();
+            alive.iter().all(|s| {
+                let id = self.slots[*s].id;
+                members
+                    .iter()
+                    .any(|m| m.id == id && m.state == MemberState::Alive)
+            })
+        })
+    }
+
+    /// True when every running node other than `subject` reports `subject` in `state`.
+    pub fn all_report(&self, subject: usize, state: MemberState) -> bool {
+        (0..self.slots.len())
+            .filter(|v| *v != subject && self.is_up(*v))
+            .all(|v| self.state_seen(v, subject) == Some(state))
+    }
+
+    /// True when every running node reaches a quorum.
+    pub fn all_have_quorum(&self) -> bool {
+        self.slots
+            .iter()
+            .filter_map(|s| s.node.as_ref())
+            .all(|n| n.membership.quorum().has_quorum)
+    }
+}
+
+fn outcome_of(kind: &OpKind, reply: Result<Reply, StoreError>) -> Outcome {
+    match reply {
+        Ok(Reply::Written { version }) => Outcome::Written(version),
+        Ok(Reply::Value { value, .. }) => Outcome::Read(Some(value)),
+        Ok(Reply::Keys { .. }) => Outcome::Failed("unexpected list reply".into()),
+        Err(StoreError::NotFound { .. }) if matches!(kind, OpKind::Get) => Outcome::Read(None),
+        Err(StoreError::Indeterminate) => Outcome::Indeterminate("round timed out".into()),
+        Err(e) => Outcome::Failed(e.code().to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skew_maps_both_ways() {
+        for drift in [-500, -1, 0, 1, 333, 20_000] {
+            let s = Skew {
+                drift_ppm: drift,
+                wall_offset_ms: -1500,
+            };
+            for t in [0u64, 1, 999, 123_456_789, 3_600_000_000_007] {
+                let local = Duration::from_nanos(t);
+                let g = s.global(local);
+                assert!(s.local(g) >= local, "drift {drift} t {t}");
+                if g > Duration::ZERO {
+                    assert!(s.local(g - Duration::from_nanos(1)) < local);
+                }
+            }
+        }
+        let s = Skew {
+            drift_ppm: 0,
+            wall_offset_ms: -1500,
+        };
+        assert_eq!(s.wall_ms(Duration::from_secs(2)), WALL_BASE_MS + 500);
+    }
+}

@@ -1,0 +1,101 @@
+//! Simulated clients: each issues one operation at a time against a node it picks at random,
+//! waits for the answer, thinks, and goes again.
+//!
+//! Quorum operations use keys `q0..`, local ones keys `l0..`, so the linearizability checker only
+//! ever looks at keys no local write touched. Every value written is unique, so a value read or
+//! left in a replica names the operation that wrote it.
+
+use crate::history::OpKind;
+use rand::RngExt;
+use rand::rngs::Xoshiro256PlusPlus;
+use std::time::Duration;
+use store::Consistency;
+
+/// What the clients do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadConfig {
+    /// Number of clients.
+    pub clients: usize,
+    /// Keys per consistency level (few keys make contention).
+    pub keys: usize,
+    /// Pause between an answer and the next call, drawn uniformly.
+    pub think: (Duration, Duration),
+    /// Share of operations (per million) that are local rather than quorum.
+    pub local_ppm: u32,
+    /// Share of quorum and local operations (per million) that are reads; of the rest, one in
+    /// five is a delete.
+    pub read_ppm: u32,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        WorkloadConfig {
+            clients: 3,
+            keys: 4,
+            think: (Duration::from_millis(10), Duration::from_millis(120)),
+            local_ppm: 100_000,
+            read_ppm: 450_000,
+        }
+    }
+}
+
+/// The next operation a client calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// Which node to ask.
+    pub node: usize,
+    /// Key.
+    pub key: String,
+    /// What to do.
+    pub kind: OpKind,
+    /// Quorum or local.
+    pub consistency: Consistency,
+}
+
+/// Picks operations; owns no randomness of its own (the simulator passes its RNG).
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Settings.
+    pub cfg: WorkloadConfig,
+    counter: u64,
+}
+
+impl Workload {
+    /// Clients doing `cfg`.
+    pub fn new(cfg: WorkloadConfig) -> Self {
+        Workload { cfg, counter: 0 }
+    }
+
+    /// How long client waits before its next call.
+    pub fn think(&self, rng: &mut Xoshiro256PlusPlus) -> Duration {
+        let (lo, hi) = self.cfg.think;
+        let span = hi.saturating_sub(lo).as_micros().max(1) as u64;
+        lo + Duration::from_micros(rng.random_range(0..span))
+    }
+
+    /// The next call of `client` in a cluster of `nodes`.
+    pub fn next_call(&mut self, rng: &mut Xoshiro256PlusPlus, client: usize, nodes: usize) -> Call {
+        self.counter += 1;
+        let node = rng.random_range(0..nodes);
+        let local = rng.random_range(0..1_000_000) < self.cfg.local_ppm;
+        let k = rng.random_range(0..self.cfg.keys.max(1));
+        let (key, consistency) = if local {
+            (format!("l{k}"), Consistency::Local)
+        } else {
+            (format!("q{k}"), Consistency::Quorum)
+        };
+        let kind = if rng.random_range(0..1_000_000) < self.cfg.read_ppm {
+            OpKind::Get
+        } else if rng.random_range(0..5) == 0 {
+            OpKind::Delete
+        } else {
+            OpKind::Put(format!("c{client}-{}", self.counter).into_bytes())
+        };
+        Call {
+            node,
+            key,
+            kind,
+            consistency,
+        }
+    }
+}
