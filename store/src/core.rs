@@ -324,7 +324,8 @@ pub enum Fault {
     QuorumOfOne,
     /// Quorum reads are answered from the local replica alone.
     ReadLocalOnly,
-    /// Anti-entropy never runs: replicas that missed writes stay behind.
+    /// Anti-entropy never runs (neither periodically nor when a peer appears): replicas that
+    /// missed writes stay behind.
     NoAntiEntropy,
 }
 
@@ -415,6 +416,9 @@ impl StoreCore {
         self.peers.remove(&self.me);
         self.view_quorum = has_quorum;
         self.view_reachable = reachable_votes;
+        if self.faults.contains(&Fault::NoAntiEntropy) {
+            return;
+        }
         for p in new {
             self.send_digest(p);
         }

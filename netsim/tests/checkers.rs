@@ -1,0 +1,189 @@
+//! Every checker catches a deliberately broken core, so none can pass vacuously; each setup also
+//! runs with correct cores, which must pass the same checker.
+
+use netsim::check::{self, Verdict};
+use netsim::scenario::{self, Faults};
+use netsim::workload::WorkloadConfig;
+use netsim::{Sim, SimConfig};
+use std::time::Duration;
+
+const S: Duration = Duration::from_secs(1);
+
+fn verdict(r: &scenario::Report, name: &str) -> Verdict {
+    r.verdicts
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no verdict {name:?} in\n{}", r.render()))
+        .clone()
+}
+
+/// Runs `scenario` for seeds 1..=5 with `faults`; returns the `name` verdict of the first run it
+/// fails (or of the last run when it never fails).
+fn first_failure(scenario: &str, faults: &Faults, name: &str) -> Verdict {
+    let mut last = None;
+    for seed in 1..=5 {
+        let r = scenario::run(scenario, 5, seed, faults).unwrap();
+        let v = verdict(&r, name);
+        if !v.ok {
+            return v;
+        }
+        last = Some(v);
+    }
+    last.unwrap()
+}
+
+fn store_fault(f: store::Fault) -> Faults {
+    Faults {
+        store: vec![f],
+        ..Faults::default()
+    }
+}
+
+fn membership_fault(f: membership::Fault) -> Faults {
+    Faults {
+        membership: vec![f],
+        ..Faults::default()
+    }
+}
+
+/// Five nodes with stores, clients writing many keys (so few writes are overwritten).
+fn cluster(seed: u64, fault: Option<store::Fault>) -> Sim {
+    let mut cfg = SimConfig::lan(5, seed);
+    cfg.store = true;
+    let mut sim = Sim::new(cfg);
+    if let Some(f) = fault {
+        for i in 0..5 {
+            sim.inject_store_fault(i, f);
+        }
+    }
+    assert!(
+        sim.run_until_cond(5 * S, |s| s.all_running_alive_by_events())
+            .is_some()
+    );
+    sim.start_clients(WorkloadConfig {
+        keys: 400,
+        local_ppm: 0,
+        ..WorkloadConfig::default()
+    });
+    sim
+}
+
+fn finish(sim: &mut Sim) {
+    sim.stop_clients();
+    assert!(
+        sim.run_until_cond(15 * S, |s| s.pending_ops() == 0)
+            .is_some()
+    );
+    sim.run_until_cond(30 * S, check::converged);
+}
+
+#[test]
+fn lost_acknowledged_writes_are_caught() {
+    let run = |fault| {
+        let mut sim = cluster(3, fault);
+        sim.run_for(4 * S);
+        sim.crash(4);
+        sim.run_for(6 * S);
+        finish(&mut sim);
+        (
+            check::no_acknowledged_write_lost(&sim),
+            check::linearizable(&sim),
+        )
+    };
+    let (lost, lin) = run(None);
+    assert!(lost.ok && lin.ok, "correct cores: {lost:?} {lin:?}");
+    let (lost, lin) = run(Some(store::Fault::AckWithoutStoring));
+    assert!(
+        !lost.ok,
+        "replicas that ack without storing lost nothing? {lost:?}"
+    );
+    assert!(lost.detail.contains("is lost"), "{lost:?}");
+    assert!(!lin.ok, "{lin:?}");
+}
+
+#[test]
+fn divergent_replicas_are_caught() {
+    let run = |fault| {
+        let mut sim = cluster(5, fault);
+        sim.run_for(2 * S);
+        sim.partition(&[&[0, 1], &[2, 3, 4]]);
+        sim.run_for(10 * S);
+        sim.stop_clients();
+        sim.heal();
+        finish(&mut sim);
+        check::replicas_identical(&sim)
+    };
+    let ok = run(None);
+    assert!(ok.ok, "correct cores: {ok:?}");
+    let broken = run(Some(store::Fault::NoAntiEntropy));
+    assert!(
+        !broken.ok && broken.detail.contains("replicas differ"),
+        "{broken:?}"
+    );
+}
+
+#[test]
+fn minority_writes_are_caught() {
+    let v = first_failure(
+        "split",
+        &store_fault(store::Fault::QuorumOfOne),
+        "no minority write takes effect",
+    );
+    assert!(
+        !v.ok,
+        "a coordinator that is its own quorum went unnoticed: {v:?}"
+    );
+}
+
+#[test]
+fn stale_quorum_reads_are_caught_by_the_linearizability_checker() {
+    let v = first_failure(
+        "split",
+        &store_fault(store::Fault::ReadLocalOnly),
+        "quorum operations linearizable",
+    );
+    assert!(
+        !v.ok,
+        "local reads passed as quorum reads went unnoticed: {v:?}"
+    );
+}
+
+#[test]
+fn missing_metadata_is_caught() {
+    let v = first_failure(
+        "steady",
+        &membership_fault(membership::Fault::DeafToMetadata),
+        "metadata known everywhere",
+    );
+    assert!(!v.ok, "{v:?}");
+}
+
+#[test]
+fn partitions_that_never_merge_are_caught() {
+    let v = first_failure(
+        "split",
+        &membership_fault(membership::Fault::IgnoreDownPeers),
+        "merged after heal",
+    );
+    assert!(!v.ok, "{v:?}");
+}
+
+#[test]
+fn false_failures_under_loss_are_caught() {
+    let v = first_failure(
+        "loss10",
+        &membership_fault(membership::Fault::HastyFailureDetector),
+        "no false failures",
+    );
+    assert!(!v.ok && v.detail.contains("no fault near it"), "{v:?}");
+}
+
+#[test]
+fn events_that_disagree_with_member_lists_are_caught() {
+    let v = first_failure(
+        "kill",
+        &membership_fault(membership::Fault::SilentFailures),
+        "events match member lists",
+    );
+    assert!(!v.ok, "{v:?}");
+}
