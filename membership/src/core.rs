@@ -11,6 +11,7 @@ use crate::envelope::{Channel, DropReason, MAX_PAYLOAD, Sealer, fnv1a64};
 use crate::identity::{NodeId, Peer};
 use crate::meta::{DigestEntry, MAX_META_BYTES, MetaBroadcasts, MetaMsg, NodeMeta, SharedMeta};
 use crate::quorum::QuorumStatus;
+use crate::reach::Reach;
 use foca::{Foca, Notification, OwnedNotification, PostcardCodec, Runtime, Timer};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{Rng, RngExt, SeedableRng};
@@ -221,6 +222,12 @@ struct Known {
     state: MemberState,
 }
 
+/// Most announces to strangers (see `introduce_some`) per probe period.
+const INTRODUCTIONS_PER_PROBE: usize = 4;
+
+/// The vote tally is checked against a full recount once per this many probe periods.
+const RECOUNT_EVERY_PROBES: u64 = 20;
+
 /// Most members asked directly for their missing record in one metadata sync round.
 const MAX_DIRECT_PULLS: usize = 8;
 
@@ -269,6 +276,13 @@ pub struct Membership {
     ignore_down_peers: bool,
     silent_failures: bool,
     suspect_since: BTreeMap<Peer, (u16, Duration)>,
+    /// Reachable votes, recomputed only when members or metadata changed (it costs O(n)).
+    reach: Reach,
+    probes: u64,
+    /// Nodes whose metadata arrived but whom SWIM has not shown us, waiting for an announce.
+    strangers: BTreeSet<NodeId>,
+    /// Start of the current introduction window and announces sent in it.
+    introduced: (Duration, usize),
 }
 
 impl std::fmt::Debug for Membership {
@@ -343,6 +357,10 @@ impl Membership {
             ignore_down_peers: false,
             silent_failures: false,
             suspect_since: BTreeMap::new(),
+            reach: Reach::default(),
+            probes: 0,
+            strangers: BTreeSet::new(),
+            introduced: (Duration::ZERO, 0),
             cfg,
         };
         core.publish_own_meta();
@@ -488,6 +506,11 @@ impl Membership {
                     if probe {
                         self.hint_suspects();
                         self.expire_stale_suspects();
+                        self.introduce_some();
+                        self.probes += 1;
+                        if self.probes.is_multiple_of(RECOUNT_EVERY_PROBES) {
+                            self.recount_reach();
+                        }
                     }
                 }
                 Due::Beacon => self.on_beacon_timer(),
@@ -742,6 +765,58 @@ impl Membership {
                 self.drain_foca();
             }
         }
+    }
+
+    /// Announces this node to nodes whose metadata arrived but whom SWIM never showed us.
+    ///
+    /// SWIM spreads a join by piggybacked updates with a bounded number of transmissions; when
+    /// hundreds join at once, an update can run out before it reaches everyone, and the two nodes
+    /// only meet when one probes the other, a full probe cycle later (netsim: 300 nodes not fully
+    /// joined after 60 s). Metadata converges by a pull as well, so its arrival is a reliable
+    /// sign of a member we miss; one announce makes both sides learn each other.
+    fn introduce_to(&mut self, ids: Vec<NodeId>) {
+        self.strangers.extend(ids);
+        self.introduce_some();
+    }
+
+    /// Announces to at most [`INTRODUCTIONS_PER_PROBE`] queued strangers per probe period; the
+    /// rest wait (most are met through gossip meanwhile). Without the bound, a thousand nodes
+    /// starting at once would send each other a million announces.
+    fn introduce_some(&mut self) {
+        if self.leaving || self.strangers.is_empty() {
+            return;
+        }
+        let window = self.timings.probe_period;
+        if self.now >= self.introduced.0 + window {
+            self.introduced = (self.now, 0);
+        }
+        let mut peers = Vec::new();
+        {
+            let table = self.meta.lock().expect("meta lock poisoned");
+            while self.introduced.1 < INTRODUCTIONS_PER_PROBE {
+                let Some(id) = self.strangers.pop_first() else {
+                    break;
+                };
+                if id == self.identity.id || self.known.contains_key(&id) {
+                    continue;
+                }
+                if let Some(m) = table.get(id).filter(|m| !m.leaving) {
+                    peers.push(Peer {
+                        addr: m.gossip_addr,
+                        id: m.id,
+                        generation: m.generation,
+                    });
+                    self.introduced.1 += 1;
+                }
+            }
+        }
+        for peer in peers {
+            self.announced_at.insert(peer.addr, self.now);
+            if let Err(e) = self.foca.announce(peer, &mut self.rt) {
+                debug!(error = %e, "announce");
+            }
+        }
+        self.drain_foca();
     }
 
     /// Tells every member this node holds as suspect, once per probe period, that it is suspected.
@@ -1137,6 +1212,19 @@ impl Membership {
     }
 
     fn on_notification(&mut self, note: OwnedNotification<Peer>) {
+        match &note {
+            OwnedNotification::MemberUp(p) => {
+                let votes = self.votes_of(p.id);
+                self.reach.up(*p, votes);
+            }
+            OwnedNotification::MemberDown(p) => self.reach.down(*p),
+            OwnedNotification::Rename(old, new) => {
+                self.reach.down(*old);
+                let votes = self.votes_of(new.id);
+                self.reach.up(*new, votes);
+            }
+            _ => {}
+        }
         match note {
             OwnedNotification::MemberUp(p) => {
                 let member = self.member_ref(p);
@@ -1168,9 +1256,27 @@ impl Membership {
                     // hold down at once instead of waiting for the periodic hints.
                     self.hint_down_members(usize::MAX);
                 }
-                // Pull its metadata (and give it ours) right away rather than at the next sync.
-                let digest = self.meta.lock().expect("meta lock poisoned").digest();
-                self.send_digest(p.addr, digest);
+                // Ask for its record right away if we lack it, rather than at the next sync. Only
+                // that: a whole digest per new member would make a join cost O(n^2) per node; it
+                // asks for ours the same way, and the periodic summary exchange repairs the rest.
+                let have = self
+                    .meta
+                    .lock()
+                    .expect("meta lock poisoned")
+                    .get(p.id)
+                    .is_some_and(|m| m.generation >= p.generation);
+                let want = if have {
+                    vec![]
+                } else {
+                    vec![DigestEntry {
+                        id: p.id,
+                        generation: p.generation,
+                        version: 0,
+                    }]
+                };
+                if !want.is_empty() {
+                    self.send_records(p.addr, Vec::new(), want);
+                }
             }
             OwnedNotification::MemberDown(p) => {
                 if self
@@ -1270,8 +1376,15 @@ impl Membership {
     fn after_input(&mut self) {
         // A leaving record that arrives after the down update (reordered or lost and repaired by a
         // digest exchange) turns a reported failure into a leave.
-        for id in self.broadcasts.take_fresh() {
+        let fresh = self.broadcasts.take_fresh();
+        for id in &fresh {
+            let votes = self.votes_of(*id);
+            self.reach.set_votes(*id, votes);
+        }
+        let mut strangers = Vec::new();
+        for id in fresh {
             let Some(k) = self.known.get(&id).copied() else {
+                strangers.push(id);
                 continue;
             };
             if k.state != MemberState::Failed {
@@ -1305,7 +1418,8 @@ impl Membership {
                 self.events.push_back(ev);
             }
         }
-        let reachable = self.reachable_votes();
+        self.introduce_to(strangers);
+        let reachable = self.own_meta.votes + self.reach.total();
         let has = self.cfg.quorum.is_met(reachable) && !self.leaving;
         self.quorum.reachable_votes = reachable;
         if has != self.quorum.has_quorum {
@@ -1339,16 +1453,43 @@ impl Membership {
         }
     }
 
-    fn reachable_votes(&self) -> u32 {
+    /// The votes of node `id` by its metadata (1 until its record arrives).
+    fn votes_of(&self, id: NodeId) -> u32 {
         let table = self.meta.lock().expect("meta lock poisoned");
-        let mut seen = BTreeSet::new();
-        let mut votes = self.own_meta.votes;
-        for m in self.foca.iter_members() {
-            let id = m.id().id;
-            if id != self.identity.id && seen.insert(id) {
-                votes += table.get(id).map_or(1, |meta| meta.votes);
-            }
+        table.get(id).map_or(1, |meta| meta.votes)
+    }
+
+    /// Recounts reachable votes from foca's member list and rebuilds the incremental tally if
+    /// it drifted (it should not; this is a safety net run every few seconds).
+    fn recount_reach(&mut self) {
+        let mut members: Vec<(NodeId, u32)> = {
+            let table = self.meta.lock().expect("meta lock poisoned");
+            self.foca
+                .iter_members()
+                .map(|m| m.id().id)
+                .filter(|id| *id != self.identity.id)
+                .map(|id| (id, table.get(id).map_or(1, |meta| meta.votes)))
+                .collect()
+        };
+        members.sort_unstable();
+        members.dedup_by_key(|(id, _)| *id);
+        let counted: u32 = members.iter().map(|(_, v)| v).sum();
+        if counted != self.reach.total() {
+            warn!(
+                counted,
+                tallied = self.reach.total(),
+                "reachable votes drifted; recounted"
+            );
+            let peers: Vec<(Peer, u32)> = {
+                let table = self.meta.lock().expect("meta lock poisoned");
+                self.foca
+                    .iter_members()
+                    .map(|m| *m.id())
+                    .filter(|p| p.id != self.identity.id)
+                    .map(|p| (p, table.get(p.id).map_or(1, |meta| meta.votes)))
+                    .collect()
+            };
+            self.reach.rebuild(peers.into_iter());
         }
-        votes
     }
 }

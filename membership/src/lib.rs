@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod identity;
 pub mod meta;
 pub mod quorum;
+mod reach;
 
 pub use crate::config::{MembershipConfig, Profile, SelfDescription, Timings};
 pub use crate::core::{

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 pub struct ScaleResult {
     /// Cluster size.
     pub nodes: usize,
-    /// Virtual time until every node's events listed every other node alive.
+    /// Virtual time from the last node's start until every node's events listed every other
+    /// node alive.
     pub join: Option<Duration>,
     /// Virtual time simulated before the crash.
     pub base: Duration,
@@ -32,14 +33,18 @@ pub struct ScaleResult {
 }
 
 /// Runs `nodes` nodes for `base` of virtual time, then crashes one and measures.
-pub fn run(nodes: usize, seed: u64, base: Duration) -> ScaleResult {
+pub fn run(nodes: usize, seed: u64, base: Duration, start_spread: Duration) -> ScaleResult {
     let mut cfg = SimConfig::lan(nodes, seed);
     cfg.beacons = false;
     cfg.seed_node_zero = true;
+    cfg.start_spread = start_spread;
     let started = Instant::now();
     let mut sim = Sim::new(cfg);
     let every = Duration::from_millis(100);
-    let join = sim.run_until_cond_every(base, every, Sim::all_running_alive_by_events);
+    sim.run_until(start_spread);
+    let join = sim.run_until_cond_every(base.saturating_sub(start_spread), every, |s| {
+        s.running().len() == nodes && s.all_running_alive_by_events()
+    });
     // The idle window is the last third of the base period (or what is left after the join).
     let window_start = sim.now().max(base * 2 / 3);
     sim.run_until(window_start);

@@ -48,6 +48,8 @@ pub struct SimConfig {
     pub expected_nodes: u32,
     /// Whether nodes run a store core next to membership (clients need it).
     pub store: bool,
+    /// Nodes start one after another over this span (zero: all at once), as in a rolling start.
+    pub start_spread: Duration,
 }
 
 impl SimConfig {
@@ -63,6 +65,7 @@ impl SimConfig {
             seed_node_zero: false,
             expected_nodes: nodes as u32,
             store: false,
+            start_spread: Duration::ZERO,
         }
     }
 }
@@ -154,15 +157,16 @@ struct Slot {
 
 enum What {
     Datagram {
-        to: usize,
-        from: SocketAddr,
+        to: u32,
+        from: u32,
         bytes: Rc<[u8]>,
     },
     Stream {
         to: usize,
         incarnation: u64,
         from: NodeId,
-        msg: StoreMsg,
+        // Boxed: the queue moves items around on every push and pop, so they must stay small.
+        msg: Box<StoreMsg>,
     },
     Request {
         to: usize,
@@ -170,6 +174,9 @@ enum What {
         op: usize,
     },
     Resume {
+        node: usize,
+    },
+    Start {
         node: usize,
     },
     Client {
@@ -319,8 +326,14 @@ impl Sim {
             history: History::default(),
             cfg,
         };
+        let spread = sim.cfg.start_spread;
         for i in 0..n {
-            sim.start(i);
+            if spread.is_zero() {
+                sim.start(i);
+            } else {
+                let at = spread * i as u32 / n as u32;
+                sim.push(at, What::Start { node: i });
+            }
         }
         sim
     }
@@ -724,7 +737,7 @@ impl Sim {
             }
             let Reverse(item) = self.queue.pop().expect("peeked");
             self.now = self.now.max(item.at);
-            self.handle_item(item);
+            self.handle_item(item.what);
         } else {
             let (t, i) = next_timer.expect("checked");
             if t > limit {
@@ -740,23 +753,23 @@ impl Sim {
         self.slots[i].paused_until.is_some_and(|t| t > self.now)
     }
 
-    fn handle_item(&mut self, item: Item) {
-        let target = match &item.what {
-            What::Datagram { to, .. } | What::Stream { to, .. } | What::Request { to, .. } => {
-                Some(*to)
-            }
+    fn handle_item(&mut self, what: What) {
+        let target = match &what {
+            What::Datagram { to, .. } => Some(*to as usize),
+            What::Stream { to, .. } | What::Request { to, .. } => Some(*to),
             _ => None,
         };
         if let Some(to) = target
             && self.paused(to)
         {
             let at = self.slots[to].paused_until.expect("paused");
-            self.push(at, item.what);
+            self.push(at, what);
             return;
         }
         let now = self.now;
-        match item.what {
+        match what {
             What::Datagram { to, from, bytes } => {
+                let (to, from) = (to as usize, self.slots[from as usize].addr);
                 self.delivered += 1;
                 self.mix(&[1, to as u64, bytes.len() as u64, now.as_micros() as u64]);
                 let local = self.slots[to].skew.local(now);
@@ -778,7 +791,7 @@ impl Sim {
                 self.mix(&[2, to as u64, now.as_micros() as u64]);
                 let skew = self.slots[to].skew;
                 if let Some(s) = self.slots[to].node.as_mut().and_then(|n| n.store.as_mut()) {
-                    s.handle_message(skew.local(now), skew.wall_ms(now), from, msg);
+                    s.handle_message(skew.local(now), skew.wall_ms(now), from, *msg);
                     self.flush(to);
                 }
             }
@@ -830,6 +843,12 @@ impl Sim {
                 self.refresh_timer(node);
             }
             What::Client { client } => self.client_call(client),
+            What::Start { node } => {
+                self.mix(&[7, node as u64, now.as_micros() as u64]);
+                if !self.is_up(node) {
+                    self.start(node);
+                }
+            }
         }
     }
 
@@ -970,7 +989,6 @@ impl Sim {
             }
         }
         node.view_dirty = false;
-        let from = self.slots[i].addr;
         for tx in transmits {
             self.traffic.datagrams += 1;
             self.traffic.datagram_bytes += tx.bytes.len() as u64;
@@ -978,14 +996,14 @@ impl Sim {
             match tx.to {
                 Destination::Unicast(addr) => {
                     if let Some(to) = self.by_addr.get(&addr).copied() {
-                        self.route_datagram(i, to, from, &bytes);
+                        self.route_datagram(i, to, &bytes);
                     }
                 }
                 Destination::Beacon => {
                     let dc = self.net.dc_of(i);
                     for to in 0..self.slots.len() {
                         if to != i && self.net.dc_of(to) == dc {
-                            self.route_datagram(i, to, from, &bytes);
+                            self.route_datagram(i, to, &bytes);
                         }
                     }
                 }
@@ -1015,7 +1033,7 @@ impl Sim {
                     to,
                     incarnation,
                     from: me,
-                    msg,
+                    msg: Box::new(msg),
                 },
             );
         }
@@ -1028,15 +1046,15 @@ impl Sim {
         self.refresh_timer(i);
     }
 
-    fn route_datagram(&mut self, from_i: usize, to: usize, from: SocketAddr, bytes: &Rc<[u8]>) {
+    fn route_datagram(&mut self, from_i: usize, to: usize, bytes: &Rc<[u8]>) {
         let fate = self.net.datagram_fate(&mut self.rng, from_i, to);
         for d in fate.as_slice() {
             let at = self.now + *d;
             self.push(
                 at,
                 What::Datagram {
-                    to,
-                    from,
+                    to: to as u32,
+                    from: from_i as u32,
                     bytes: bytes.clone(),
                 },
             );
@@ -1163,6 +1181,15 @@ fn outcome_of(kind: &OpKind, reply: Result<Reply, StoreError>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_items_stay_small() {
+        assert!(
+            std::mem::size_of::<Item>() <= 64,
+            "{}",
+            std::mem::size_of::<Item>()
+        );
+    }
 
     #[test]
     fn skew_maps_both_ways() {

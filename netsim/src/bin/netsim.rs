@@ -4,7 +4,8 @@
 //!   report (timeline, measures, traffic, checker verdicts). The same arguments replay exactly.
 //! - `netsim sweep --scenario NAME|all --seeds A..B [--nodes N] [--jobs J] [--fault F]...`: many
 //!   seeds with a progress bar; prints every failing seed with the command that replays it.
-//! - `netsim scale --nodes 10,100,1000 [--secs S] [--seed S] [--svg DIR]`: membership at scale,
+//! - `netsim scale --nodes 10,100,1000 [--secs S] [--seed S] [--start-spread-ms MS] [--svg DIR]`:
+//!   membership at scale,
 //!   with detection, dissemination and traffic per node, optionally drawn as SVG charts.
 //! - `netsim list`: the scenarios and the faults that can be injected.
 
@@ -19,7 +20,7 @@ use std::time::Duration;
 const USAGE: &str = "usage:
   netsim run --scenario NAME [--nodes N] [--seed S] [--fault F]...
   netsim sweep --scenario NAME|all --seeds A..B [--nodes N] [--jobs J] [--fault F]...
-  netsim scale --nodes N[,N...] [--secs S] [--seed S] [--svg DIR]
+  netsim scale --nodes N[,N...] [--secs S] [--seed S] [--start-spread-ms MS] [--svg DIR]
   netsim list";
 
 const FAULTS: &[&str] = &[
@@ -42,6 +43,7 @@ struct Args {
     jobs: usize,
     faults: Faults,
     secs: u64,
+    spread_ms: u64,
     svg: Option<String>,
 }
 
@@ -79,6 +81,7 @@ fn parse() -> Result<Args, String> {
         jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
         faults: Faults::default(),
         secs: 60,
+        spread_ms: 0,
         svg: None,
     };
     let mut i = 1;
@@ -119,6 +122,9 @@ fn parse() -> Result<Args, String> {
             "--fault" => parse_fault(val, &mut a.faults)?,
             "--secs" => a.secs = val.parse().map_err(|_| bad("expected seconds"))?,
             "--svg" => a.svg = Some(val.clone()),
+            "--start-spread-ms" => {
+                a.spread_ms = val.parse().map_err(|_| bad("expected milliseconds"))?
+            }
             other => return Err(format!("unknown argument {other}")),
         }
         i += 2;
@@ -256,7 +262,12 @@ fn cmd_scale(a: &Args) -> Result<bool, String> {
         "nodes", "join s", "wall s/60s", "detect s", "disseminate s", "B/node/s", "msgs/node/s"
     );
     for n in &a.nodes {
-        let r = scale::run(*n, a.seed, Duration::from_secs(a.secs));
+        let r = scale::run(
+            *n,
+            a.seed,
+            Duration::from_secs(a.secs),
+            Duration::from_millis(a.spread_ms),
+        );
         println!(
             "{:>7} {:>9} {:>12.1} {:>10} {:>14} {:>11.0} {:>12.2}",
             r.nodes,
