@@ -11,6 +11,7 @@ pub mod hlc;
 pub mod limits;
 pub mod replica;
 pub mod view;
+pub mod wal;
 
 pub use crate::core::{
     Consistency, Fault, MinorityReads, OpId, Reply, Request, StoreConfig, StoreCore, StoreMsg,

@@ -1,0 +1,318 @@
+//! The write-ahead log's on-disk format: segment files of checksummed records, and how a segment
+//! is read back. Pure functions over bytes; the agent does the file I/O.
+//!
+//! A segment starts with an 8-byte magic and a little-endian `u16` format version. Each record is
+//!
+//! ```text
+//! len: u32 LE | header_crc: u32 LE = crc32(len) | crc: u32 LE = crc32(len, payload) | payload
+//! ```
+//!
+//! where the payload is a postcard-encoded [`Record`]. The length has a checksum of its own so that
+//! a flipped bit in it is reported as corruption rather than read as a record running past the end
+//! of the file (which would look like a write cut short).
+//!
+//! Reading stops at the first damage and says what it was:
+//! - **torn**: the last record was being written when the process or the machine stopped (fewer
+//!   bytes than a header, a payload shorter than its length, zeros to the end of the file, or a bad
+//!   payload checksum on the very last record). The records before it are good; the tail is
+//!   dropped.
+//! - **corrupt**: anything else (a bad header checksum, or a bad payload checksum with more bytes
+//!   after it). The start stops with the file and the offset; `chorus agent --repair` truncates
+//!   there and lets anti-entropy refill the rest from peers.
+
+use crate::entry::Entry;
+use serde::{Deserialize, Serialize};
+
+/// First bytes of every segment and snapshot file.
+pub const MAGIC: [u8; 8] = *b"CHORUSWL";
+/// The format version this code writes and reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// Bytes before the first record of a file.
+pub const FILE_HEADER_LEN: usize = 10;
+/// Bytes before each record's payload.
+pub const RECORD_HEADER_LEN: usize = 12;
+/// Largest payload accepted (values are capped far below this).
+pub const MAX_PAYLOAD: usize = 64 << 20;
+
+/// One logged change: `entry` was applied to `key` in `store`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Log sequence number: strictly increasing across segments.
+    pub lsn: u64,
+    /// Store name.
+    pub store: String,
+    /// Key.
+    pub key: String,
+    /// The entry applied (merging is idempotent, so replaying a record twice is harmless).
+    pub entry: Entry,
+}
+
+/// The bytes that start a segment or snapshot file.
+pub fn file_header() -> [u8; FILE_HEADER_LEN] {
+    let mut h = [0u8; FILE_HEADER_LEN];
+    h[..8].copy_from_slice(&MAGIC);
+    h[8..].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h
+}
+
+/// Appends `rec`, framed, to `out`.
+pub fn encode(rec: &Record, out: &mut Vec<u8>) {
+    let payload = postcard::to_stdvec(rec).expect("records always encode");
+    encode_payload(&payload, out);
+}
+
+/// Appends an already encoded payload, framed, to `out`.
+pub fn encode_payload(payload: &[u8], out: &mut Vec<u8>) {
+    let len = (payload.len() as u32).to_le_bytes();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&len);
+    crc.update(payload);
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&crc32fast::hash(&len).to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// What stopped a read before the end of the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Damage {
+    /// The last record is incomplete: drop the bytes from `offset` on.
+    Torn {
+        /// Where the incomplete record starts.
+        offset: usize,
+        /// What was incomplete.
+        reason: &'static str,
+    },
+    /// A record before the end is damaged.
+    Corrupt {
+        /// Where the damaged record starts.
+        offset: usize,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Why a file could not be read at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// Shorter than the file header.
+    #[error("the file is {0} bytes, shorter than its {FILE_HEADER_LEN}-byte header")]
+    Short(usize),
+    /// Not a Chorus log file.
+    #[error("the file does not start with the Chorus log magic")]
+    BadMagic,
+    /// Written by a different format version.
+    #[error("the file has format version {0}; this build reads version {FORMAT_VERSION}")]
+    Version(u16),
+}
+
+/// Records read from one file, and where reading stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// The good records, in order.
+    pub records: Vec<Record>,
+    /// Length of the good prefix of the file (header included).
+    pub good_len: usize,
+    /// Why reading stopped before the end, if it did.
+    pub damage: Option<Damage>,
+}
+
+/// Checks the file header.
+pub fn check_header(bytes: &[u8]) -> Result<(), HeaderError> {
+    if bytes.len() < FILE_HEADER_LEN {
+        return Err(HeaderError::Short(bytes.len()));
+    }
+    if bytes[..8] != MAGIC {
+        return Err(HeaderError::BadMagic);
+    }
+    let v = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if v != FORMAT_VERSION {
+        return Err(HeaderError::Version(v));
+    }
+    Ok(())
+}
+
+/// Reads a whole file's worth of bytes: header, then records until the end or the first damage.
+pub fn decode_file(bytes: &[u8]) -> Result<Decoded, HeaderError> {
+    check_header(bytes)?;
+    let mut out = Decoded {
+        records: Vec::new(),
+        good_len: FILE_HEADER_LEN,
+        damage: None,
+    };
+    let mut at = FILE_HEADER_LEN;
+    while at < bytes.len() {
+        match next_payload(bytes, at) {
+            Ok((payload, next)) => match postcard::from_bytes::<Record>(payload) {
+                Ok(r) => {
+                    out.records.push(r);
+                    at = next;
+                    out.good_len = at;
+                }
+                Err(e) => {
+                    out.damage = Some(Damage::Corrupt {
+                        offset: at,
+                        reason: format!("checksum matches but the record does not decode: {e}"),
+                    });
+                    break;
+                }
+            },
+            Err(d) => {
+                out.damage = Some(d);
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The payload of the record at `at` and the offset after it.
+fn next_payload(bytes: &[u8], at: usize) -> Result<(&[u8], usize), Damage> {
+    framed(bytes, at).map_err(|damage| {
+        // A file extended by a crash but never written reads as zeros: a tear, whatever the
+        // zeros look like as a record. (Checked only on failure: it scans to the end.)
+        if bytes[at..].iter().all(|b| *b == 0) {
+            Damage::Torn {
+                offset: at,
+                reason: "zeros to the end of the file",
+            }
+        } else {
+            damage
+        }
+    })
+}
+
+fn framed(bytes: &[u8], at: usize) -> Result<(&[u8], usize), Damage> {
+    let rest = &bytes[at..];
+    if rest.len() < RECORD_HEADER_LEN {
+        return Err(Damage::Torn {
+            offset: at,
+            reason: "a partial record header",
+        });
+    }
+    let word = |i: usize| u32::from_le_bytes(rest[i..i + 4].try_into().expect("4 bytes"));
+    let (len, header_crc, crc) = (word(0), word(4), word(8));
+    if crc32fast::hash(&rest[..4]) != header_crc {
+        return Err(Damage::Corrupt {
+            offset: at,
+            reason: "the record length fails its checksum".into(),
+        });
+    }
+    let len = len as usize;
+    if len > MAX_PAYLOAD {
+        return Err(Damage::Corrupt {
+            offset: at,
+            reason: format!("a record of {len} bytes is over the {MAX_PAYLOAD}-byte limit"),
+        });
+    }
+    let end = RECORD_HEADER_LEN + len;
+    if rest.len() < end {
+        return Err(Damage::Torn {
+            offset: at,
+            reason: "a payload shorter than its length",
+        });
+    }
+    let payload = &rest[RECORD_HEADER_LEN..end];
+    let mut h = crc32fast::Hasher::new();
+    h.update(&rest[..4]);
+    h.update(payload);
+    if h.finalize() != crc {
+        if rest.len() == end {
+            return Err(Damage::Torn {
+                offset: at,
+                reason: "the last record fails its checksum (a write cut short)",
+            });
+        }
+        return Err(Damage::Corrupt {
+            offset: at,
+            reason: "a record fails its checksum".into(),
+        });
+    }
+    Ok((payload, at + end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::Version;
+    use membership::NodeId;
+
+    fn rec(lsn: u64, value: &[u8]) -> Record {
+        Record {
+            lsn,
+            store: "default".into(),
+            key: format!("k{lsn}"),
+            entry: Entry {
+                version: Version {
+                    ts: lsn << 16,
+                    node: NodeId(7),
+                },
+                value: Some(value.to_vec()),
+                expires_at: None,
+            },
+        }
+    }
+
+    fn file(records: &[Record]) -> Vec<u8> {
+        let mut b = file_header().to_vec();
+        for r in records {
+            encode(r, &mut b);
+        }
+        b
+    }
+
+    #[test]
+    fn a_file_reads_back() {
+        let rs = vec![rec(1, b"a"), rec(2, b""), rec(3, &[9; 300])];
+        let d = decode_file(&file(&rs)).unwrap();
+        assert_eq!(d.records, rs);
+        assert_eq!(d.damage, None);
+    }
+
+    #[test]
+    fn headers_are_checked() {
+        assert_eq!(decode_file(b"CHORUS"), Err(HeaderError::Short(6)));
+        assert_eq!(decode_file(b"NOTALOG\0\x01\0"), Err(HeaderError::BadMagic));
+        let mut b = file(&[]);
+        b[8] = 9;
+        assert_eq!(decode_file(&b), Err(HeaderError::Version(9)));
+    }
+
+    #[test]
+    fn damage_before_the_tail_is_corruption_and_at_the_tail_a_tear() {
+        let rs = vec![rec(1, b"one"), rec(2, b"two")];
+        let b = file(&rs);
+        let second =
+            FILE_HEADER_LEN + RECORD_HEADER_LEN + postcard::to_stdvec(&rs[0]).unwrap().len();
+        // A flipped payload bit in the first record: corruption at offset 10.
+        let mut c = b.clone();
+        c[FILE_HEADER_LEN + RECORD_HEADER_LEN + 2] ^= 4;
+        let d = decode_file(&c).unwrap();
+        assert!(matches!(
+            d.damage,
+            Some(Damage::Corrupt {
+                offset: FILE_HEADER_LEN,
+                ..
+            })
+        ));
+        assert!(d.records.is_empty());
+        // The same in the last record: a tear, the first record kept.
+        let mut t = b.clone();
+        let last = t.len() - 1;
+        t[last] ^= 1;
+        let d = decode_file(&t).unwrap();
+        assert!(matches!(d.damage, Some(Damage::Torn { offset, .. }) if offset == second));
+        assert_eq!(d.records, rs[..1]);
+        // A flipped bit in a length is corruption even in the last record.
+        let mut l = b.clone();
+        l[second] ^= 0x40;
+        let d = decode_file(&l).unwrap();
+        assert!(matches!(d.damage, Some(Damage::Corrupt { .. })));
+        // Zeros appended by a crash are a tear.
+        let mut z = b.clone();
+        z.extend_from_slice(&[0; 100]);
+        let d = decode_file(&z).unwrap();
+        assert_eq!(d.records, rs);
+        assert!(matches!(d.damage, Some(Damage::Torn { offset, .. }) if offset == b.len()));
+    }
+}
