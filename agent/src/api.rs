@@ -49,6 +49,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
             StoreError::NoQuorum { .. } => StatusCode::SERVICE_UNAVAILABLE,
             StoreError::Indeterminate => StatusCode::GATEWAY_TIMEOUT,
+            StoreError::Storage { .. } => StatusCode::INSUFFICIENT_STORAGE,
         };
         let mut err = ApiError::new(status, e.code(), e.to_string());
         // Structured fields (reachable_votes, required_votes, size, max) next to the code.

@@ -95,6 +95,8 @@ pub struct StoreSection {
     pub anti_entropy_interval: Option<String>,
     /// `store.tombstone_grace` (e.g. "24h")
     pub tombstone_grace: Option<String>,
+    /// `store.fsync`: `always`, `never`, or an interval such as `100ms` (every store's default)
+    pub fsync: Option<String>,
 }
 
 /// `[stores.NAME]` keys.
@@ -103,6 +105,8 @@ pub struct StoreSection {
 pub struct StoreDecl {
     /// `stores.NAME.consistency`: `quorum` or `local`.
     pub consistency: Option<String>,
+    /// `stores.NAME.fsync`: `always`, `never`, or an interval such as `100ms`.
+    pub fsync: Option<String>,
 }
 
 /// `[node]` keys.
@@ -265,8 +269,23 @@ pub struct Config {
     pub anti_entropy_interval: std::time::Duration,
     /// How long tombstones are kept.
     pub tombstone_grace: std::time::Duration,
-    /// The stores, with their default consistency (`default` always exists).
-    pub stores: BTreeMap<String, store::Consistency>,
+    /// The stores, with their default consistency and fsync policy (`default` always exists).
+    pub stores: BTreeMap<String, store::StoreSettings>,
+}
+
+/// Parses an fsync policy: `always`, `never`, or an interval (`100ms`, `1s`).
+fn parse_fsync(key: &str, v: &str) -> Result<store::Fsync, ConfigError> {
+    match v {
+        "always" => Ok(store::Fsync::Always),
+        "never" => Ok(store::Fsync::Never),
+        other => match humantime::parse_duration(other) {
+            Ok(d) if !d.is_zero() => Ok(store::Fsync::Interval(d)),
+            _ => Err(invalid(
+                key,
+                format!("{other:?} is not always, never, or an interval such as 100ms"),
+            )),
+        },
+    }
 }
 
 /// Where environment values come from; a trait so tests need not touch the process environment.
@@ -572,8 +591,18 @@ impl Config {
             "5s",
         )?;
         let tombstone_grace = duration("store.tombstone_grace", file.store.tombstone_grace, "24h")?;
+        let fsync = parse_fsync(
+            "store.fsync",
+            file.store.fsync.as_deref().unwrap_or("always"),
+        )?;
         let mut stores = BTreeMap::new();
-        stores.insert("default".to_string(), store::Consistency::Quorum);
+        stores.insert(
+            "default".to_string(),
+            store::StoreSettings {
+                default_consistency: store::Consistency::Quorum,
+                fsync,
+            },
+        );
         for (name, decl) in file.stores {
             let key = format!("stores.{name}");
             store::limits::check_store_name(&name).map_err(|e| invalid(&key, e.to_string()))?;
@@ -587,7 +616,17 @@ impl Config {
                     ));
                 }
             };
-            stores.insert(name, c);
+            let f = match decl.fsync.as_deref() {
+                Some(v) => parse_fsync(&format!("{key}.fsync"), v)?,
+                None => fsync,
+            };
+            stores.insert(
+                name,
+                store::StoreSettings {
+                    default_consistency: c,
+                    fsync: f,
+                },
+            );
         }
 
         Ok(Config {

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use store::{StoreConfig, StoreCore, StoreSettings};
+use store::{StoreConfig, StoreCore};
 use tracing::{info, warn};
 
 /// How long a graceful leave may take before the agent exits anyway.
@@ -130,18 +130,7 @@ pub async fn run(
     scfg.gc_grace = config.tombstone_grace;
     scfg.anti_entropy_every = config.anti_entropy_interval;
     scfg.minority_reads = config.minority_reads;
-    scfg.stores = config
-        .stores
-        .iter()
-        .map(|(n, c)| {
-            (
-                n.clone(),
-                StoreSettings {
-                    default_consistency: *c,
-                },
-            )
-        })
-        .collect();
+    scfg.stores = config.stores.clone();
     let wall_ms = clock.now().as_millis() as u64;
     let store_seed = u64::from_le_bytes(seed_bytes).rotate_left(17);
     let store_part = StorePart {

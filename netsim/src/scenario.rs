@@ -17,7 +17,14 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("steady", "nothing goes wrong"),
     ("kill", "one node crashes for good"),
     ("leave", "one node leaves gracefully"),
-    ("restart", "one node crashes and restarts empty 5 s later"),
+    (
+        "restart",
+        "one node crashes and restarts from its log 5 s later",
+    ),
+    (
+        "kill-all",
+        "every node crashes at once during writes; all restart from their logs",
+    ),
     ("split", "a 40 % minority is cut off, then healed"),
     (
         "even-split",
@@ -205,6 +212,7 @@ pub fn run_keeping(
     };
     let mut cfg = SimConfig::lan(n, seed);
     cfg.store = true;
+    cfg.durable = true;
     match name {
         "loss10" => cfg.link.loss_ppm = 100_000,
         "loss30" => cfg.link.loss_ppm = 300_000,
@@ -388,6 +396,26 @@ fn trouble(run: &mut Run, name: &str, n: usize) {
                 run.sim.restart(victim);
                 run.note(format!("node {victim} restarts"));
             }
+            run.sim.run_for(10 * S);
+        }
+        "kill-all" => {
+            for i in 0..n {
+                run.sim.crash(i);
+            }
+            run.note("every node crashes");
+            run.sim.run_for(2 * S);
+            for i in 0..n {
+                run.sim.restart(i);
+            }
+            run.note("every node restarts from its log");
+            let back = run.sim.run_until_cond_every(30 * S, MS, |s| {
+                s.all_running_alive_by_events() && s.all_have_quorum()
+            });
+            run.measure("cluster whole again after", secs(back));
+            run.measure(
+                "torn log tails dropped at restart",
+                run.sim.torn_tails().to_string(),
+            );
             run.sim.run_for(10 * S);
         }
         "leave" => {

@@ -48,6 +48,11 @@ pub struct SimConfig {
     pub expected_nodes: u32,
     /// Whether nodes run a store core next to membership (clients need it).
     pub store: bool,
+    /// Whether stores log to a simulated disk that survives crashes (up to what was synced)
+    /// and acknowledge writes only once synced; off, replicas live in memory only.
+    pub durable: bool,
+    /// How long an fsync takes, drawn uniformly.
+    pub fsync: (Duration, Duration),
     /// Nodes start one after another over this span (zero: all at once), as in a rolling start.
     pub start_spread: Duration,
 }
@@ -65,6 +70,8 @@ impl SimConfig {
             seed_node_zero: false,
             expected_nodes: nodes as u32,
             store: false,
+            durable: false,
+            fsync: (Duration::from_micros(100), Duration::from_millis(2)),
             start_spread: Duration::ZERO,
         }
     }
@@ -153,6 +160,30 @@ struct Slot {
     membership_faults: Vec<membership::Fault>,
     store_faults: Vec<store::Fault>,
     armed: Option<Duration>,
+    disk: Disk,
+}
+
+/// A node's simulated disk: one log segment in memory that survives crashes up to what was
+/// synced (plus, after a crash, a random part of what was not, as a real disk may keep).
+#[derive(Debug, Clone)]
+struct Disk {
+    bytes: Vec<u8>,
+    synced_len: usize,
+    written_lsn: u64,
+    synced_lsn: u64,
+    sync_pending: bool,
+}
+
+impl Default for Disk {
+    fn default() -> Self {
+        Disk {
+            bytes: store::wal::file_header().to_vec(),
+            synced_len: store::wal::FILE_HEADER_LEN,
+            written_lsn: 0,
+            synced_lsn: 0,
+            sync_pending: false,
+        }
+    }
 }
 
 enum What {
@@ -178,6 +209,12 @@ enum What {
     },
     Start {
         node: usize,
+    },
+    Synced {
+        node: usize,
+        incarnation: u64,
+        len: usize,
+        lsn: u64,
     },
     Client {
         client: usize,
@@ -270,6 +307,7 @@ pub struct Sim {
     clients_on: bool,
     in_flight: HashMap<(usize, OpId), usize>,
     history: History,
+    torn_tails: u64,
 }
 
 impl Sim {
@@ -298,6 +336,7 @@ impl Sim {
                 membership_faults: vec![],
                 store_faults: vec![],
                 armed: None,
+                disk: Disk::default(),
             });
         }
         let net = Network::new(dc, cfg.link.clone());
@@ -324,6 +363,7 @@ impl Sim {
             clients_on: false,
             in_flight: HashMap::new(),
             history: History::default(),
+            torn_tails: 0,
             cfg,
         };
         let spread = sim.cfg.start_spread;
@@ -383,7 +423,14 @@ impl Sim {
     /// The store configuration every node runs with.
     pub fn store_config(&self) -> StoreConfig {
         let rule = QuorumRule::majority(self.cfg.expected_nodes).expect("expected_nodes > 0");
-        StoreConfig::new(rule.required())
+        let mut c = StoreConfig::new(rule.required());
+        c.durable = self.cfg.durable;
+        c
+    }
+
+    /// Torn log tails dropped by restarts so far.
+    pub fn torn_tails(&self) -> u64 {
+        self.torn_tails
     }
 
     fn start(&mut self, i: usize) {
@@ -403,14 +450,38 @@ impl Sim {
         for f in &slot.membership_faults {
             membership.inject_fault(*f);
         }
+        let mut torn = None;
+        let mut last_lsn = 0;
         let store = self.cfg.store.then(|| {
             let mut s = StoreCore::new(slot.id, store_cfg, seed ^ 0x5eed, local, wall);
             for f in &slot.store_faults {
                 s.inject_fault(*f);
             }
+            if self.cfg.durable {
+                // Recovery as the agent does it: read the log back, drop a torn tail.
+                let d = store::wal::decode_file(&slot.disk.bytes).expect("the sim writes headers");
+                if let Some(damage) = &d.damage {
+                    torn = Some((d.good_len, damage.clone()));
+                }
+                last_lsn = d.records.last().map_or(0, |r| r.lsn);
+                s.restore(d.records);
+            }
             s
         });
         let slot = &mut self.slots[i];
+        if let Some((good, damage)) = torn {
+            assert!(
+                matches!(damage, store::wal::Damage::Torn { .. }),
+                "node {i}: the simulated log is corrupt: {damage:?}"
+            );
+            slot.disk.bytes.truncate(good);
+            self.torn_tails += 1;
+        }
+        let slot = &mut self.slots[i];
+        slot.disk.synced_len = slot.disk.bytes.len();
+        slot.disk.sync_pending = false;
+        slot.disk.written_lsn = last_lsn;
+        slot.disk.synced_lsn = last_lsn;
         slot.incarnation += 1;
         slot.node = Some(Node {
             membership,
@@ -540,6 +611,18 @@ impl Sim {
     fn halt(&mut self, i: usize) {
         if self.slots[i].node.take().is_none() {
             return;
+        }
+        // What was written but not synced may be on the disk, in part, or not at all (a crash of
+        // the machine rather than the process).
+        let disk = &mut self.slots[i].disk;
+        let unsynced = disk.bytes.len() - disk.synced_len;
+        if unsynced > 0 {
+            let keep = if self.rng.random_range(0..2) == 0 {
+                0
+            } else {
+                self.rng.random_range(0..=unsynced)
+            };
+            disk.bytes.truncate(disk.synced_len + keep);
         }
         self.slots[i].paused_until = None;
         self.disarm(i);
@@ -843,6 +926,31 @@ impl Sim {
                 self.refresh_timer(node);
             }
             What::Client { client } => self.client_call(client),
+            What::Synced {
+                node,
+                incarnation,
+                len,
+                lsn,
+            } => {
+                if self.slots[node].incarnation != incarnation || !self.is_up(node) {
+                    return; // the process died before its fsync returned
+                }
+                self.mix(&[8, node as u64, lsn, now.as_micros() as u64]);
+                let disk = &mut self.slots[node].disk;
+                disk.synced_len = disk.synced_len.max(len);
+                disk.synced_lsn = disk.synced_lsn.max(lsn);
+                disk.sync_pending = false;
+                let (w, sy) = (disk.written_lsn, disk.synced_lsn);
+                let skew = self.slots[node].skew;
+                if let Some(st) = self.slots[node]
+                    .node
+                    .as_mut()
+                    .and_then(|n| n.store.as_mut())
+                {
+                    st.persisted(skew.local(now), skew.wall_ms(now), w, sy);
+                }
+                self.flush(node);
+            }
             What::Start { node } => {
                 self.mix(&[7, node as u64, now.as_micros() as u64]);
                 if !self.is_up(node) {
@@ -956,7 +1064,10 @@ impl Sim {
     /// Moves everything node `i` produced onto the network, the log and the clients.
     fn flush(&mut self, i: usize) {
         let now = self.now;
-        let Some(node) = self.slots[i].node.as_mut() else {
+        let slot = &mut self.slots[i];
+        let skew = slot.skew;
+        let disk = &mut slot.disk;
+        let Some(node) = slot.node.as_mut() else {
             self.disarm(i);
             return;
         };
@@ -976,10 +1087,30 @@ impl Sim {
         }
         let mut sends = Vec::new();
         let mut replies = Vec::new();
+        let mut sync_needed = None;
         if let Some(store) = node.store.as_mut() {
             if node.view_dirty {
                 let view = StoreView::of(&node.membership);
                 store.set_view(view.peers, view.has_quorum, view.reachable_votes);
+            }
+            let mut wrote = false;
+            while let Some(rec) = store.poll_log() {
+                disk.written_lsn = rec.lsn;
+                store::wal::encode(&rec, &mut disk.bytes);
+                wrote = true;
+            }
+            if wrote {
+                store.persisted(
+                    skew.local(now),
+                    skew.wall_ms(now),
+                    disk.written_lsn,
+                    disk.synced_lsn,
+                );
+            }
+            if disk.written_lsn > disk.synced_lsn && !disk.sync_pending {
+                // Group commit: one fsync covers everything written before it starts.
+                disk.sync_pending = true;
+                sync_needed = Some((disk.bytes.len(), disk.written_lsn));
             }
             while let Some(s) = store.poll_send() {
                 sends.push(s);
@@ -989,6 +1120,21 @@ impl Sim {
             }
         }
         node.view_dirty = false;
+        if let Some((len, lsn)) = sync_needed {
+            let (lo, hi) = self.cfg.fsync;
+            let span = hi.saturating_sub(lo).as_micros().max(1) as u64;
+            let d = lo + Duration::from_micros(self.rng.random_range(0..span));
+            let incarnation = self.slots[i].incarnation;
+            self.push(
+                now + d,
+                What::Synced {
+                    node: i,
+                    incarnation,
+                    len,
+                    lsn,
+                },
+            );
+        }
         for tx in transmits {
             self.traffic.datagrams += 1;
             self.traffic.datagram_bytes += tx.bytes.len() as u64;

@@ -187,3 +187,57 @@ fn events_that_disagree_with_member_lists_are_caught() {
     );
     assert!(!v.ok, "{v:?}");
 }
+
+#[test]
+fn acknowledging_before_the_log_is_synced_loses_writes_when_every_node_crashes() {
+    let run = |fault: Option<store::Fault>| {
+        let mut cfg = SimConfig::lan(5, 11);
+        cfg.store = true;
+        cfg.durable = true;
+        // A slow disk widens the window between a write and its fsync.
+        cfg.fsync = (Duration::from_millis(20), Duration::from_millis(50));
+        let mut sim = Sim::new(cfg);
+        if let Some(f) = fault {
+            for i in 0..5 {
+                sim.inject_store_fault(i, f);
+            }
+        }
+        assert!(
+            sim.run_until_cond(5 * S, |s| s.all_running_alive_by_events())
+                .is_some()
+        );
+        sim.start_clients(WorkloadConfig {
+            clients: 8,
+            keys: 1000,
+            think: (Duration::from_millis(1), Duration::from_millis(5)),
+            local_ppm: 0,
+            read_ppm: 200_000,
+        });
+        for round in 0..10u32 {
+            sim.run_for(S / 4 + S / 10 * round);
+            for i in 0..5 {
+                sim.crash(i);
+            }
+            sim.run_for(S / 2);
+            for i in 0..5 {
+                sim.restart(i);
+            }
+            assert!(
+                sim.run_until_cond(10 * S, |s| s.all_have_quorum())
+                    .is_some()
+            );
+        }
+        finish(&mut sim);
+        check::no_acknowledged_write_lost(&sim)
+    };
+    let ok = run(None);
+    assert!(
+        ok.ok,
+        "a log that acknowledges after fsync lost writes: {ok:?}"
+    );
+    let broken = run(Some(store::Fault::AckBeforeDurable));
+    assert!(
+        !broken.ok && broken.detail.contains("is lost"),
+        "{broken:?}"
+    );
+}

@@ -61,6 +61,7 @@ sweeps! {
     kill => "kill",
     leave => "leave",
     restart => "restart",
+    kill_all => "kill-all",
     split => "split",
     even_split => "even-split",
     three_way => "three-way",

@@ -15,6 +15,7 @@ use crate::entry::{Entry, Version};
 use crate::hlc::Hlc;
 use crate::limits::{StoreError, check_key, check_store_name, check_value};
 use crate::replica::{BUCKETS, Replica, bucket_of};
+use crate::wal::Record;
 use membership::NodeId;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -41,11 +42,25 @@ pub enum MinorityReads {
     Stale,
 }
 
+/// When a store's writes are on disk, relative to their acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fsync {
+    /// Acknowledged after an fsync (group commit: concurrent writes share one).
+    #[default]
+    Always,
+    /// Acknowledged once written to the file; the file is fsynced every this often.
+    Interval(Duration),
+    /// Acknowledged once written to the file; fsync is left to the kernel.
+    Never,
+}
+
 /// Per-store settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreSettings {
     /// Consistency when a request does not say.
     pub default_consistency: Consistency,
+    /// When its writes count as durable.
+    pub fsync: Fsync,
 }
 
 /// Settings of the store core.
@@ -71,6 +86,9 @@ pub struct StoreConfig {
     pub minority_reads: MinorityReads,
     /// The stores that exist, by name.
     pub stores: BTreeMap<String, StoreSettings>,
+    /// Whether changes go to a write-ahead log ([`StoreCore::poll_log`]) and acknowledgements
+    /// wait for it ([`StoreCore::persisted`]); off, replicas live in memory only.
+    pub durable: bool,
 }
 
 impl StoreConfig {
@@ -81,6 +99,7 @@ impl StoreConfig {
             "default".to_string(),
             StoreSettings {
                 default_consistency: Consistency::Quorum,
+                fsync: Fsync::Always,
             },
         );
         StoreConfig {
@@ -94,6 +113,7 @@ impl StoreConfig {
             sync_versions_per_message: 8192,
             minority_reads: MinorityReads::Refuse,
             stores,
+            durable: false,
         }
     }
 }
@@ -312,6 +332,34 @@ pub struct StoreCore {
     /// tests can show the minority checker catches a broken protocol; never set in the agent.
     pub fault_skip_learn_phase: bool,
     faults: BTreeSet<Fault>,
+    log: LogState,
+}
+
+/// Something that may only happen once the log holds everything issued so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Held {
+    /// Acknowledge a replica write to its coordinator.
+    Ack { to: NodeId, op: OpId },
+    /// Count this node's own copy in a write's store phase.
+    OwnCopy { op: OpId },
+    /// Count this node's own copy in a read's write-back.
+    OwnHolder { op: OpId },
+    /// Answer a local write.
+    Reply { op: OpId, version: Version },
+}
+
+/// The write-ahead log as the core sees it: records handed out, and how far the driver says
+/// they are written and synced.
+#[derive(Debug, Default)]
+struct LogState {
+    next_lsn: u64,
+    out: VecDeque<Record>,
+    written: u64,
+    synced: u64,
+    /// Waiting for the log: (lsn needed, whether it must be synced, what then).
+    held: VecDeque<(u64, bool, Held)>,
+    /// Why the log cannot be written, while it cannot.
+    failed: Option<String>,
 }
 
 /// A deliberate defect, injected by simulation tests to show that a checker catches the broken
@@ -324,6 +372,8 @@ pub enum Fault {
     QuorumOfOne,
     /// Quorum reads are answered from the local replica alone.
     ReadLocalOnly,
+    /// Acknowledge writes before the log has them on disk.
+    AckBeforeDurable,
     /// Anti-entropy never runs (neither periodically nor when a peer appears): replicas that
     /// missed writes stay behind.
     NoAntiEntropy,
@@ -351,12 +401,131 @@ impl StoreCore {
             replies: VecDeque::new(),
             fault_skip_learn_phase: false,
             faults: BTreeSet::new(),
+            log: LogState {
+                next_lsn: 1,
+                ..LogState::default()
+            },
             cfg,
         };
         let every = core.cfg.anti_entropy_every;
         core.schedule(every, Due::AntiEntropy);
         core.schedule(Duration::from_secs(60), Due::Collect);
         core
+    }
+
+    /// The next change to append to the write-ahead log (only with `durable`).
+    pub fn poll_log(&mut self) -> Option<Record> {
+        self.log.out.pop_front()
+    }
+
+    /// The driver wrote the log through `written` and synced it through `synced`:
+    /// acknowledgements waiting on those records go out.
+    pub fn persisted(&mut self, now: Duration, wall_ms: u64, written: u64, synced: u64) {
+        self.advance(now, wall_ms);
+        self.log.written = self.log.written.max(written);
+        self.log.synced = self.log.synced.max(synced);
+        let (w, s) = (self.log.written, self.log.synced);
+        let mut ready = Vec::new();
+        self.log.held.retain(|(lsn, sync, what)| {
+            let done = if *sync { s >= *lsn } else { w >= *lsn };
+            if done {
+                ready.push(what.clone());
+            }
+            !done
+        });
+        for what in ready {
+            self.release(what);
+        }
+    }
+
+    /// The log cannot be written (`Some(why)`) or can again (`None`). While it cannot, writes
+    /// coordinated here fail with a storage error and this replica acknowledges nothing.
+    pub fn set_log_failure(&mut self, why: Option<String>) {
+        self.log.failed = why;
+    }
+
+    /// Why the log cannot be written, if it cannot.
+    pub fn log_failure(&self) -> Option<&str> {
+        self.log.failed.as_deref()
+    }
+
+    /// Rebuilds the replica from records read back from the log at start.
+    pub fn restore(&mut self, records: impl IntoIterator<Item = Record>) {
+        for r in records {
+            self.hlc.observe(r.entry.version.ts);
+            self.log.next_lsn = self.log.next_lsn.max(r.lsn + 1);
+            self.replica.apply(&r.store, &r.key, r.entry);
+        }
+        self.log.written = self.log.next_lsn - 1;
+        self.log.synced = self.log.next_lsn - 1;
+    }
+
+    /// Applies `entry` and, with a log, hands the change to it; true when the replica changed.
+    fn apply_logged(&mut self, store: &str, key: &str, entry: Entry) -> bool {
+        if !self.replica.apply(store, key, entry.clone()) {
+            return false;
+        }
+        if self.cfg.durable {
+            let lsn = self.log.next_lsn;
+            self.log.next_lsn += 1;
+            self.log.out.push_back(Record {
+                lsn,
+                store: store.to_string(),
+                key: key.to_string(),
+                entry,
+            });
+        }
+        true
+    }
+
+    /// Does `what` once everything the log was handed so far is durable under `store`'s fsync
+    /// policy (at once without a log). An acknowledgement may be for an entry that was already
+    /// held, so it waits for the last record issued, whatever it was.
+    fn after_durable(&mut self, store: &str, what: Held) {
+        if !self.cfg.durable || self.faults.contains(&Fault::AckBeforeDurable) {
+            self.release(what);
+            return;
+        }
+        let sync = self
+            .cfg
+            .stores
+            .get(store)
+            .is_none_or(|s| s.fsync == Fsync::Always);
+        let lsn = self.log.next_lsn - 1;
+        let done = if sync {
+            self.log.synced >= lsn
+        } else {
+            self.log.written >= lsn
+        };
+        if done && self.log.failed.is_none() {
+            self.release(what);
+        } else {
+            self.log.held.push_back((lsn, sync, what));
+        }
+    }
+
+    fn release(&mut self, what: Held) {
+        match what {
+            Held::Ack { to, op } => self.outbox.push_back((to, StoreMsg::WriteAck { op })),
+            Held::Reply { op, version } => {
+                self.replies.push_back((op, Ok(Reply::Written { version })))
+            }
+            Held::OwnCopy { op } | Held::OwnHolder { op } => {
+                let me = self.me;
+                if let Some(o) = self.ops.get_mut(&op) {
+                    match &mut o.phase {
+                        Phase::Store { acks, .. } => {
+                            acks.insert(me);
+                        }
+                        Phase::WriteBack { holders, .. } => {
+                            holders.insert(me);
+                        }
+                        _ => {}
+                    }
+                    self.progress(op);
+                }
+            }
+        }
     }
 
     /// Breaks this core on purpose (simulation tests only; see [`Fault`]).
@@ -556,15 +725,20 @@ impl StoreCore {
         if !self.view_quorum && !self.faults.contains(&Fault::QuorumOfOne) {
             return Err(self.no_quorum());
         }
+        if let Some(why) = &self.log.failed {
+            return Err(StoreError::Storage {
+                message: format!("this node cannot write its log: {why}"),
+            });
+        }
         match c {
             Consistency::Local => {
                 let held = self.replica.store_mut(&store).version(&key);
                 self.hlc.observe(held.ts);
                 let entry = self.new_entry(value, ttl);
                 let version = entry.version;
-                self.replica.apply(&store, &key, entry.clone());
+                self.apply_logged(&store, &key, entry.clone());
                 self.push_to_peers(0, &store, &key, &entry);
-                self.replies.push_back((op, Ok(Reply::Written { version })));
+                self.after_durable(&store, Held::Reply { op, version });
             }
             Consistency::Quorum => {
                 let deadline = self.now + self.cfg.round_timeout;
@@ -737,12 +911,12 @@ impl StoreCore {
                     return;
                 }
                 // Not yet held by a quorum: write it back to those that answered with less.
-                let mut holders = holders;
+                let mut own = false;
                 for n in behind {
                     if n == self.me {
                         self.hlc.observe(best.version.ts);
-                        self.replica.apply(&store, &key, best.clone());
-                        holders.insert(n);
+                        self.apply_logged(&store, &key, best.clone());
+                        own = true;
                     } else {
                         self.send_write(n, op, &store, &key, &best);
                     }
@@ -753,7 +927,11 @@ impl StoreCore {
                         holders,
                     };
                 }
-                self.progress(op);
+                if own {
+                    self.after_durable(&store, Held::OwnHolder { op });
+                } else {
+                    self.progress(op);
+                }
             }
             Phase::WriteBack { entry, holders } => {
                 if self.votes(holders.iter()) >= required {
@@ -790,14 +968,15 @@ impl StoreCore {
         };
         self.hlc.observe(highest.ts);
         let entry = self.new_entry(value, ttl);
-        self.replica.apply(&store, &key, entry.clone());
+        self.apply_logged(&store, &key, entry.clone());
         self.push_to_peers(op, &store, &key, &entry);
-        let mut acks = BTreeSet::new();
-        acks.insert(self.me);
         if let Some(o) = self.ops.get_mut(&op) {
-            o.phase = Phase::Store { entry, acks };
+            o.phase = Phase::Store {
+                entry,
+                acks: BTreeSet::new(),
+            };
         }
-        self.progress(op);
+        self.after_durable(&store, Held::OwnCopy { op });
     }
 
     fn finish(&mut self, op: OpId, reply: Result<Reply, StoreError>) {
@@ -831,10 +1010,10 @@ impl StoreCore {
                 }
                 self.hlc.observe(entry.version.ts);
                 if !self.faults.contains(&Fault::AckWithoutStoring) {
-                    self.replica.apply(&store, &key, entry);
+                    self.apply_logged(&store, &key, entry);
                 }
                 if op != 0 {
-                    self.outbox.push_back((from, StoreMsg::WriteAck { op }));
+                    self.after_durable(&store, Held::Ack { to: from, op });
                 }
             }
             StoreMsg::ReadResp { op, entry } => {
@@ -873,7 +1052,7 @@ impl StoreCore {
                 for (k, e) in entries {
                     if check_key(&k).is_ok() {
                         self.hlc.observe(e.version.ts);
-                        self.replica.apply(&store, &k, e);
+                        self.apply_logged(&store, &k, e);
                     }
                 }
             }

@@ -44,6 +44,12 @@ pub enum StoreError {
     /// The quorum round did not complete in time: the write may or may not have taken effect.
     #[error("indeterminate: the quorum round timed out; the write may or may not take effect")]
     Indeterminate,
+    /// This node cannot write its log (disk full, I/O error): it takes no writes until it can.
+    #[error("{message}")]
+    Storage {
+        /// What failed.
+        message: String,
+    },
 }
 
 impl StoreError {
@@ -55,6 +61,7 @@ impl StoreError {
             StoreError::NotFound { .. } => "not_found",
             StoreError::NoQuorum { .. } => "no_quorum",
             StoreError::Indeterminate => "indeterminate",
+            StoreError::Storage { .. } => "storage",
         }
     }
 

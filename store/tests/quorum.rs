@@ -34,6 +34,7 @@ impl Net {
                     "fast".into(),
                     store::StoreSettings {
                         default_consistency: Consistency::Local,
+                        fsync: store::Fsync::Always,
                     },
                 );
                 StoreCore::new(*id, cfg, i as u64, Duration::ZERO, WALL0)

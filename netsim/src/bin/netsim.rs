@@ -28,6 +28,7 @@ const FAULTS: &[&str] = &[
     "store:quorum-of-one",
     "store:read-local-only",
     "store:no-anti-entropy",
+    "store:ack-before-durable",
     "membership:deaf-to-metadata",
     "membership:ignore-down-peers",
     "membership:hasty-failure-detector",
@@ -53,6 +54,7 @@ fn parse_fault(s: &str, f: &mut Faults) -> Result<(), String> {
         "store:quorum-of-one" => f.store.push(store::Fault::QuorumOfOne),
         "store:read-local-only" => f.store.push(store::Fault::ReadLocalOnly),
         "store:no-anti-entropy" => f.store.push(store::Fault::NoAntiEntropy),
+        "store:ack-before-durable" => f.store.push(store::Fault::AckBeforeDurable),
         "membership:deaf-to-metadata" => f.membership.push(membership::Fault::DeafToMetadata),
         "membership:ignore-down-peers" => f.membership.push(membership::Fault::IgnoreDownPeers),
         "membership:hasty-failure-detector" => {
