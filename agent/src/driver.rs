@@ -191,6 +191,8 @@ pub struct Driver {
     addrs: BTreeMap<NodeId, SocketAddr>,
     view_dirty: bool,
     transport_stats: Arc<TransportStats>,
+    log: crate::wal_file::Writer,
+    log_reports: mpsc::UnboundedReceiver<crate::wal_file::Report>,
 }
 
 /// The store half of the driver: the core, the stream transport and its inbound frames.
@@ -203,6 +205,10 @@ pub struct StorePart {
     pub frames: mpsc::Receiver<Frame>,
     /// Transport counters.
     pub stats: Arc<TransportStats>,
+    /// The store log's writer.
+    pub log: crate::wal_file::Writer,
+    /// How far the log is on disk, from the writer.
+    pub log_reports: mpsc::UnboundedReceiver<crate::wal_file::Report>,
 }
 
 /// How often seed names are resolved again.
@@ -242,6 +248,8 @@ impl Driver {
             addrs: BTreeMap::new(),
             view_dirty: true,
             transport_stats: store.stats,
+            log: store.log,
+            log_reports: store.log_reports,
         };
         (driver, handle)
     }
@@ -332,6 +340,21 @@ impl Driver {
                 Some(frame) = self.frames.recv() => {
                     let (now, wall) = (self.clock.now(), self.wall_ms());
                     self.store.handle_message(now, wall, frame.from, frame.msg);
+                }
+                Some(report) = self.log_reports.recv() => {
+                    let (now, wall) = (self.clock.now(), self.wall_ms());
+                    match report {
+                        crate::wal_file::Report::Durable(written, synced) => {
+                            if self.store.log_failure().is_some() {
+                                info!("store log writable again");
+                                self.store.set_log_failure(None);
+                            }
+                            self.store.persisted(now, wall, written, synced);
+                        }
+                        crate::wal_file::Report::Failed(why) => {
+                            self.store.set_log_failure(Some(why));
+                        }
+                    }
                 }
                 Some(addrs) = resolved_rx.recv() => {
                     self.core.set_seeds(addrs.clone());
@@ -442,6 +465,13 @@ impl Driver {
         if self.view_dirty {
             self.view_dirty = false;
             self.sync_store_view();
+        }
+        let mut records = Vec::new();
+        while let Some(r) = self.store.poll_log() {
+            records.push(r);
+        }
+        if !records.is_empty() {
+            self.log.append(records);
         }
         while let Some((to, msg)) = self.store.poll_send() {
             match self.addrs.get(&to) {

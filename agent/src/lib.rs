@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod net;
 pub mod node_file;
 pub mod transport;
+pub mod wal_file;
 
 use crate::config::{Config, Overrides, ProcessEnv};
 use crate::driver::{Clock, Driver, Handle, StorePart};
@@ -33,6 +34,7 @@ pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
     overrides: Overrides,
+    repair: bool,
 ) -> anyhow::Result<()> {
     if !config.key_configured {
         warn!(
@@ -131,10 +133,25 @@ pub async fn run(
     scfg.anti_entropy_every = config.anti_entropy_interval;
     scfg.minority_reads = config.minority_reads;
     scfg.stores = config.stores.clone();
+    scfg.durable = true;
+    // The store log: read it back before serving anything; damage stops the start here.
+    let log_dir = config.data_dir.join("store");
+    let recovered = wal_file::recover(&log_dir, repair)
+        .with_context(|| format!("reading the store log in {}", log_dir.display()))?;
     let wall_ms = clock.now().as_millis() as u64;
     let store_seed = u64::from_le_bytes(seed_bytes).rotate_left(17);
+    let fsync = scfg
+        .stores
+        .iter()
+        .map(|(n, s)| (n.clone(), s.fsync))
+        .collect();
+    let mut store_core = StoreCore::new(me.id, scfg, store_seed, clock.now(), wall_ms);
+    store_core.restore(recovered.records);
+    let (log_tx, log_reports) = tokio::sync::mpsc::unbounded_channel();
     let store_part = StorePart {
-        core: StoreCore::new(me.id, scfg, store_seed, clock.now(), wall_ms),
+        core: store_core,
+        log: wal_file::Writer::start(log_dir, fsync, log_tx),
+        log_reports,
         outbound: Outbound::new(me.id, sealer, tstats.clone()),
         frames: frames_rx,
         stats: tstats,

@@ -170,6 +170,10 @@ struct AgentArgs {
     /// Validate the configuration and exit (0 when valid, 2 with the faulty key otherwise).
     #[arg(long)]
     check: bool,
+    /// Discard the store log from the first damaged record on (instead of refusing to start);
+    /// the discarded entries come back from peers by anti-entropy.
+    #[arg(long)]
+    repair: bool,
 }
 
 #[derive(Args)]
@@ -275,7 +279,7 @@ fn run_agent(a: AgentArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(agent::run(config, a.config, overrides)) {
+    match rt.block_on(agent::run(config, a.config, overrides, a.repair)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -1,0 +1,438 @@
+//! The store's write-ahead log on disk: segment files in `<data_dir>/store/`, read back at start
+//! and appended to by one writer thread (fsync blocks, so it stays off the driver's task).
+//!
+//! The record format is `store::wal`. A segment is named after the first sequence number it
+//! holds (`wal-00000000000000000001.log`) and is closed at 64 MiB. The writer takes batches of
+//! records, writes each batch with one `write`, and fsyncs once per batch when a store in it has
+//! `fsync = always` (group commit: everything that queued up while the previous fsync ran shares
+//! the next one), every interval for `fsync = <interval>`, and never itself for `fsync = never`.
+//! It reports how far the log is written and synced; the store core releases acknowledgements
+//! from those marks.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use store::Fsync;
+use store::wal::{self, Damage, Record};
+use tracing::{error, info, warn};
+
+/// Segments are closed once they reach this size.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// Why the log could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    /// A file could not be read, truncated or removed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A record before the end of the log is damaged.
+    #[error(
+        "the store log {path} is damaged at byte {offset}: {reason}. Nothing was served from it. \
+         Start with `chorus agent --repair` to discard the log from there; the discarded entries \
+         come back from peers by anti-entropy"
+    )]
+    Corrupt {
+        /// The segment.
+        path: PathBuf,
+        /// Where the damaged record starts.
+        offset: usize,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// What start-up read back.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Every good record, in log order.
+    pub records: Vec<Record>,
+    /// The next sequence number to write.
+    pub next_lsn: u64,
+    /// Bytes discarded by truncating a torn tail or, with repair, damage.
+    pub discarded_bytes: u64,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RecoverError + '_ {
+    move |source| RecoverError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The segment files of `dir`, in order.
+fn segments(dir: &Path) -> Result<Vec<PathBuf>, RecoverError> {
+    let mut out = Vec::new();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("wal-") && name.ends_with(".log") {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads the log in `dir` back. A torn tail of the last segment is truncated with a log line.
+/// Damage anywhere else stops the start with the file and offset, unless `repair`: then the
+/// segment is truncated there, every later segment is removed, and the start goes on.
+pub fn recover(dir: &Path, repair: bool) -> Result<Recovered, RecoverError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let files = segments(dir)?;
+    let mut out = Recovered {
+        next_lsn: 1,
+        ..Recovered::default()
+    };
+    for (k, path) in files.iter().enumerate() {
+        let mut bytes = Vec::new();
+        File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(io(path))?;
+        let last = k + 1 == files.len();
+        let (records, cut) = match wal::decode_file(&bytes) {
+            Err(e) => (
+                vec![],
+                Some((
+                    0,
+                    Damage::Corrupt {
+                        offset: 0,
+                        reason: e.to_string(),
+                    },
+                )),
+            ),
+            Ok(d) => {
+                let cut = d.damage.map(|dmg| (d.good_len, dmg));
+                (d.records, cut)
+            }
+        };
+        out.records.extend(records);
+        let Some((good, damage)) = cut else { continue };
+        let (offset, reason, torn) = match &damage {
+            Damage::Torn { offset, reason } => (*offset, reason.to_string(), true),
+            Damage::Corrupt { offset, reason } => (*offset, reason.clone(), false),
+        };
+        if !(torn && last) && !repair {
+            return Err(RecoverError::Corrupt {
+                path: path.clone(),
+                offset,
+                reason,
+            });
+        }
+        let discarded = bytes.len() - good;
+        out.discarded_bytes += discarded as u64;
+        if good < wal::FILE_HEADER_LEN {
+            std::fs::remove_file(path).map_err(io(path))?;
+            warn!(file = %path.display(), "store log: removed a segment with a damaged header");
+        } else {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io(path))?;
+            f.set_len(good as u64).map_err(io(path))?;
+            f.sync_all().map_err(io(path))?;
+        }
+        if torn && last {
+            warn!(file = %path.display(), offset, reason = %reason, discarded,
+                "store log: dropped a torn tail (a write cut short by a crash)");
+        } else {
+            warn!(file = %path.display(), offset, reason = %reason, discarded,
+                "store log: repair discarded the log from the damage on; peers will refill it");
+            for later in &files[k + 1..] {
+                let len = std::fs::metadata(later).map(|m| m.len()).unwrap_or(0);
+                out.discarded_bytes += len;
+                std::fs::remove_file(later).map_err(io(later))?;
+                warn!(file = %later.display(), "store log: repair removed a later segment");
+            }
+            break;
+        }
+    }
+    out.next_lsn = out.records.iter().map(|r| r.lsn + 1).max().unwrap_or(1);
+    if !out.records.is_empty() {
+        info!(
+            records = out.records.len(),
+            next_lsn = out.next_lsn,
+            "store log read back"
+        );
+    }
+    Ok(out)
+}
+
+/// How far the log is on disk, or why it cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// Written through the first sequence number, synced through the second.
+    Durable(u64, u64),
+    /// A write or fsync failed; the writer retries the same records every second.
+    Failed(String),
+}
+
+/// Handle to the writer thread.
+pub struct Writer {
+    tx: mpsc::Sender<Vec<Record>>,
+}
+
+impl Writer {
+    /// Starts the writer for `dir`, whose next record is `next_lsn`; `fsync` maps store names to
+    /// their policy. Reports go to `reports`.
+    pub fn start(
+        dir: PathBuf,
+        fsync: BTreeMap<String, Fsync>,
+        reports: tokio::sync::mpsc::UnboundedSender<Report>,
+    ) -> Writer {
+        let (tx, rx) = mpsc::channel::<Vec<Record>>();
+        std::thread::Builder::new()
+            .name("store-log".into())
+            .spawn(move || write_loop(dir, fsync, rx, reports))
+            .expect("spawning the store log writer");
+        Writer { tx }
+    }
+
+    /// Queues records (in sequence order) for the disk.
+    pub fn append(&self, records: Vec<Record>) {
+        if self.tx.send(records).is_err() {
+            error!("the store log writer has stopped; writes will not be acknowledged");
+        }
+    }
+}
+
+struct Segment {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+fn open_segment(dir: &Path, first_lsn: u64) -> std::io::Result<Segment> {
+    let path = dir.join(format!("wal-{first_lsn:020}.log"));
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(&path)?;
+    let mut len = file.metadata()?.len();
+    if len == 0 {
+        file.write_all(&wal::file_header())?;
+        file.sync_all()?;
+        len = wal::FILE_HEADER_LEN as u64;
+        // Make the new name itself durable.
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(Segment { file, path, len })
+}
+
+fn write_loop(
+    dir: PathBuf,
+    fsync: BTreeMap<String, Fsync>,
+    rx: mpsc::Receiver<Vec<Record>>,
+    reports: tokio::sync::mpsc::UnboundedSender<Report>,
+) {
+    let interval = fsync
+        .values()
+        .filter_map(|f| match f {
+            Fsync::Interval(d) => Some(*d),
+            _ => None,
+        })
+        .min();
+    let mut segment: Option<Segment> = None;
+    let mut pending: Vec<Record> = Vec::new();
+    let (mut written, mut synced) = (0u64, 0u64);
+    let mut last_sync = Instant::now();
+    let mut buf = Vec::new();
+    loop {
+        // Wait for records (or for the next interval fsync), then take everything queued.
+        if pending.is_empty() {
+            let got = match interval {
+                Some(d) if written > synced => {
+                    rx.recv_timeout(d.saturating_sub(last_sync.elapsed()))
+                }
+                _ => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            match got {
+                Ok(batch) => pending.extend(batch),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        while let Ok(batch) = rx.try_recv() {
+            pending.extend(batch);
+        }
+        let must_sync = pending
+            .iter()
+            .any(|r| fsync.get(&r.store).copied().unwrap_or_default() == Fsync::Always)
+            || interval.is_some_and(|d| written > synced && last_sync.elapsed() >= d);
+        match write_batch(&dir, &mut segment, &pending, &mut buf, must_sync) {
+            Ok(()) => {
+                if let Some(last) = pending.last() {
+                    written = last.lsn;
+                }
+                if must_sync {
+                    synced = written;
+                    last_sync = Instant::now();
+                }
+                pending.clear();
+                let _ = reports.send(Report::Durable(written, synced));
+            }
+            Err(e) => {
+                error!(error = %e, "store log: cannot write; retrying every second");
+                let _ = reports.send(Report::Failed(e.to_string()));
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+    if let Some(s) = segment {
+        let _ = s.file.sync_all();
+    }
+}
+
+/// Writes `records` with one `write` and, if asked, one fsync. On failure the segment is cut
+/// back to where it was, so a half-written batch never stays in the file.
+fn write_batch(
+    dir: &Path,
+    segment: &mut Option<Segment>,
+    records: &[Record],
+    buf: &mut Vec<u8>,
+    sync: bool,
+) -> std::io::Result<()> {
+    if let Some(first) = records.first()
+        && segment.as_ref().is_none_or(|s| s.len >= SEGMENT_BYTES)
+    {
+        if let Some(old) = segment.take() {
+            old.file.sync_all()?;
+        }
+        *segment = Some(open_segment(dir, first.lsn)?);
+    }
+    let Some(seg) = segment.as_mut() else {
+        return Ok(());
+    };
+    buf.clear();
+    for r in records {
+        wal::encode(r, buf);
+    }
+    if let Err(e) = seg.file.write_all(buf) {
+        let _ = seg.file.set_len(seg.len);
+        return Err(e);
+    }
+    seg.len += buf.len() as u64;
+    if sync {
+        seg.file.sync_data()?;
+    }
+    let _ = &seg.path;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use membership::NodeId;
+    use store::{Entry, Version};
+
+    fn rec(lsn: u64) -> Record {
+        Record {
+            lsn,
+            store: "default".into(),
+            key: format!("k{lsn}"),
+            entry: Entry {
+                version: Version {
+                    ts: lsn << 16,
+                    node: NodeId(1),
+                },
+                value: Some(vec![lsn as u8; 10]),
+                expires_at: None,
+            },
+        }
+    }
+
+    fn write(dir: &Path, lsns: std::ops::RangeInclusive<u64>) {
+        let mut seg = None;
+        let records: Vec<Record> = lsns.map(rec).collect();
+        write_batch(dir, &mut seg, &records, &mut Vec::new(), true).unwrap();
+    }
+
+    #[test]
+    fn a_log_reads_back_and_a_torn_tail_is_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), 1..=5);
+        let r = recover(tmp.path(), false).unwrap();
+        assert_eq!(r.records.len(), 5);
+        assert_eq!(r.next_lsn, 6);
+        // Cut the last record in half: the start drops it and goes on.
+        let path = segments(tmp.path()).unwrap().remove(0);
+        let len = std::fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 7)
+            .unwrap();
+        let r = recover(tmp.path(), false).unwrap();
+        assert_eq!(r.records.len(), 4);
+        assert!(r.discarded_bytes > 0);
+        // The truncation stuck: a second start finds nothing to drop.
+        let r = recover(tmp.path(), false).unwrap();
+        assert_eq!((r.records.len(), r.discarded_bytes), (4, 0));
+    }
+
+    #[test]
+    fn damage_before_the_tail_stops_the_start_until_repair() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), 1..=5);
+        let path = segments(tmp.path()).unwrap().remove(0);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[wal::FILE_HEADER_LEN + wal::RECORD_HEADER_LEN + 3] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = recover(tmp.path(), false).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains("at byte 10"),
+            "{msg}"
+        );
+        assert!(msg.contains("--repair"), "{msg}");
+        let r = recover(tmp.path(), true).unwrap();
+        assert!(r.records.is_empty());
+        assert_eq!(r.next_lsn, 1);
+        assert!(recover(tmp.path(), false).is_ok());
+    }
+
+    #[test]
+    fn segments_roll_over_and_read_back_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut seg = None;
+        let mut buf = Vec::new();
+        for lsn in 1..=3 {
+            write_batch(tmp.path(), &mut seg, &[rec(lsn)], &mut buf, true).unwrap();
+            // Force a new segment for the next batch.
+            seg.as_mut().unwrap().len = SEGMENT_BYTES;
+        }
+        assert_eq!(segments(tmp.path()).unwrap().len(), 3);
+        let r = recover(tmp.path(), false).unwrap();
+        let lsns: Vec<u64> = r.records.iter().map(|r| r.lsn).collect();
+        assert_eq!(lsns, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn the_writer_reports_written_and_synced_marks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut policies = BTreeMap::new();
+        policies.insert("default".to_string(), Fsync::Always);
+        let w = Writer::start(tmp.path().to_path_buf(), policies, tx);
+        w.append(vec![rec(1), rec(2)]);
+        let report = rx.blocking_recv().unwrap();
+        assert_eq!(report, Report::Durable(2, 2));
+        drop(w);
+        let r = recover(tmp.path(), false).unwrap();
+        assert_eq!(r.records.len(), 2);
+    }
+}
