@@ -124,7 +124,7 @@ pub fn recover(dir: &Path, repair: bool) -> Result<Recovered, RecoverError> {
             Damage::Torn { offset, reason } => (*offset, reason.to_string(), true),
             Damage::Corrupt { offset, reason } => (*offset, reason.clone(), false),
         };
-        if !(torn && last) && !repair {
+        if !(repair || torn && last) {
             return Err(RecoverError::Corrupt {
                 path: path.clone(),
                 offset,
