@@ -321,6 +321,10 @@ impl Lab {
     }
 
     fn spawn(&self, agent: &mut Agent) {
+        self.spawn_with(agent, &[]);
+    }
+
+    fn spawn_with(&self, agent: &mut Agent, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -336,6 +340,7 @@ impl Lab {
                 "--config",
             ])
             .arg(&agent.config)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
@@ -376,6 +381,28 @@ impl Lab {
 
     /// Restarts a stopped agent with its data directory.
     pub fn restart(&mut self, a: usize) {
+        self.restart_with(a, &[]);
+    }
+
+    /// Waits (at most `limit`) for agent `a` to exit by itself; its status, or `None` if it
+    /// still runs.
+    pub fn wait_exit(&mut self, a: usize, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let c = self.agents[a].child.as_mut().expect("agent was started");
+            if let Some(st) = c.try_wait().expect("wait agent") {
+                self.agents[a].child = None;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Restarts a stopped agent with its data directory and extra `chorus agent` arguments.
+    pub fn restart_with(&mut self, a: usize, extra: &[&str]) {
         assert!(self.agents[a].child.is_none(), "agent {a} is running");
         let mut agent = std::mem::replace(
             &mut self.agents[a],
@@ -388,7 +415,7 @@ impl Lab {
                 child: None,
             },
         );
-        self.spawn(&mut agent);
+        self.spawn_with(&mut agent, extra);
         self.agents[a] = agent;
     }
 
