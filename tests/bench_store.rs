@@ -1,6 +1,7 @@
 //! Store benchmark on real agents (not a test: it measures).
 //!
-//! `cargo bench -p chorus-agent --bench store -- [--nodes N] [--secs S] [--memory-keys K]`
+//! `cargo bench -p chorus-agent --bench store -- [--nodes N] [--secs S] [--memory-keys K]
+//! [--converge-keys K] [--fsync always|never|100ms]`
 //!
 //! Starts N agents on loopback (LAN profile, seeds), then runs the load generator (`chorus bench`'s
 //! engine, in this process) against them: quorum writes, quorum reads and local writes of 100-byte
@@ -16,6 +17,7 @@ struct Args {
     secs: u64,
     memory_keys: u64,
     converge_keys: u64,
+    fsync: String,
 }
 
 fn args() -> Args {
@@ -24,6 +26,7 @@ fn args() -> Args {
         secs: 10,
         memory_keys: 0,
         converge_keys: 0,
+        fsync: "always".into(),
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -38,6 +41,7 @@ fn args() -> Args {
             "--secs" => a.secs = num(),
             "--memory-keys" => a.memory_keys = num(),
             "--converge-keys" => a.converge_keys = num(),
+            "--fsync" => a.fsync = v.get(i + 1).expect("--fsync needs a policy").clone(),
             "--bench" => {
                 i += 1;
                 continue;
@@ -53,6 +57,7 @@ struct Cluster {
     children: Vec<Child>,
     apis: Vec<String>,
     commands: Vec<Vec<std::ffi::OsString>>,
+    fsync: String,
     _dir: tempfile::TempDir,
 }
 
@@ -68,6 +73,7 @@ impl Cluster {
         self.children[i] = Command::new(env!("CARGO_BIN_EXE_chorus"))
             .args(&self.commands[i])
             .env("CHORUS_LOG", "warn")
+            .env("CHORUS_STORE_FSYNC", &self.fsync)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -99,7 +105,7 @@ impl Drop for Cluster {
     }
 }
 
-fn start(n: usize) -> Cluster {
+fn start(n: usize, fsync: &str) -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = 17000 + (std::process::id() % 1000) as u16 * 10;
     let mut children = Vec::new();
@@ -135,6 +141,7 @@ fn start(n: usize) -> Cluster {
         let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
             .args(&argv)
             .env("CHORUS_LOG", "warn")
+            .env("CHORUS_STORE_FSYNC", fsync)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -147,6 +154,7 @@ fn start(n: usize) -> Cluster {
         children,
         apis,
         commands,
+        fsync: fsync.to_string(),
         _dir: dir,
     };
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -190,7 +198,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 fn main() {
     let a = args();
-    let mut cluster = start(a.nodes);
+    let mut cluster = start(a.nodes, &a.fsync);
     let apis = cluster.apis.clone();
     let spec = |op: &str, consistency: &str, clients: usize| LoadSpec {
         apis: apis.clone(),
@@ -226,8 +234,8 @@ fn main() {
         );
     }
     if a.converge_keys > 0 {
-        // One replica misses every write (down, then back empty: replicas are in memory), as a
-        // replica cut off by a partition would; time until its digest equals the others'.
+        // One replica misses every write (down, then back with its store wiped), as a replaced
+        // disk would; time until its digest equals the others'.
         let last = a.nodes - 1;
         cluster.kill(last);
         let clients = 32usize;
@@ -243,6 +251,9 @@ fn main() {
         eprintln!();
         let digest = |api: &str| status(api).map(|v| v["stores"]["default"]["digest"].to_string());
         let target = digest(&cluster.apis[0]);
+        // Wipe its store (the log), keeping node.json: a replaced disk, not a new node.
+        let data_dir = std::path::PathBuf::from(cluster.commands[last].last().expect("data dir"));
+        std::fs::remove_dir_all(data_dir.join("store")).expect("wipe the store log");
         let t = Instant::now();
         cluster.restart(last);
         let deadline = t + Duration::from_secs(600);
@@ -255,7 +266,7 @@ fn main() {
             std::thread::sleep(Duration::from_millis(20));
         }
         println!(
-            "convergence: {} keys written at quorum while n{last} was away ({} errors); n{last} came back empty and every replica's digest was equal {:.2} s after its restart",
+            "convergence: {} keys written at quorum while n{last} was away ({} errors); n{last} came back with its store wiped and every replica's digest was equal {:.2} s after its restart",
             r.ok,
             r.errors,
             t.elapsed().as_secs_f64()

@@ -591,10 +591,8 @@ impl Config {
             "5s",
         )?;
         let tombstone_grace = duration("store.tombstone_grace", file.store.tombstone_grace, "24h")?;
-        let fsync = parse_fsync(
-            "store.fsync",
-            file.store.fsync.as_deref().unwrap_or("always"),
-        )?;
+        let fsync_s = env.get("CHORUS_STORE_FSYNC").or(file.store.fsync);
+        let fsync = parse_fsync("store.fsync", fsync_s.as_deref().unwrap_or("always"))?;
         let mut stores = BTreeMap::new();
         stores.insert(
             "default".to_string(),

@@ -193,6 +193,7 @@ pub struct Driver {
     transport_stats: Arc<TransportStats>,
     log: crate::wal_file::Writer,
     log_reports: mpsc::UnboundedReceiver<crate::wal_file::Report>,
+    logged_since_snapshot: usize,
 }
 
 /// The store half of the driver: the core, the stream transport and its inbound frames.
@@ -210,6 +211,9 @@ pub struct StorePart {
     /// How far the log is on disk, from the writer.
     pub log_reports: mpsc::UnboundedReceiver<crate::wal_file::Report>,
 }
+
+/// Fewest log records between two snapshots (see `flush`).
+pub const SNAPSHOT_MIN_RECORDS: usize = 100_000;
 
 /// How often seed names are resolved again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
@@ -250,6 +254,7 @@ impl Driver {
             transport_stats: store.stats,
             log: store.log,
             log_reports: store.log_reports,
+            logged_since_snapshot: 0,
         };
         (driver, handle)
     }
@@ -471,7 +476,16 @@ impl Driver {
             records.push(r);
         }
         if !records.is_empty() {
+            self.logged_since_snapshot += records.len();
             self.log.append(records);
+            // Bound the disk: once the log holds twice the live entries (and at least
+            // SNAPSHOT_MIN_RECORDS), write the replica as a snapshot and drop the segments.
+            let live = self.store.entries();
+            if self.logged_since_snapshot >= SNAPSHOT_MIN_RECORDS.max(2 * live) {
+                let (through, all) = self.store.snapshot();
+                self.log.snapshot(through, all);
+                self.logged_since_snapshot = 0;
+            }
         }
         while let Some((to, msg)) = self.store.poll_send() {
             match self.addrs.get(&to) {

@@ -8,6 +8,10 @@
 //! the next one), every interval for `fsync = <interval>`, and never itself for `fsync = never`.
 //! It reports how far the log is written and synced; the store core releases acknowledgements
 //! from those marks.
+//!
+//! Snapshots bound the disk: the whole replica is written as records to
+//! `snap-<sequence number>.snap` (through a temporary file, fsynced, renamed), after which every
+//! segment and older snapshot is deleted. A start loads the newest snapshot, then the segments.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -69,6 +73,15 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RecoverError + '_ {
 
 /// The segment files of `dir`, in order.
 fn segments(dir: &Path) -> Result<Vec<PathBuf>, RecoverError> {
+    files(dir, "wal-", ".log")
+}
+
+/// The snapshot files of `dir`, in order (the newest last).
+fn snapshots(dir: &Path) -> Result<Vec<PathBuf>, RecoverError> {
+    files(dir, "snap-", ".snap")
+}
+
+fn files(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<PathBuf>, RecoverError> {
     let mut out = Vec::new();
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -78,7 +91,7 @@ fn segments(dir: &Path) -> Result<Vec<PathBuf>, RecoverError> {
     for entry in rd {
         let entry = entry.map_err(io(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("wal-") && name.ends_with(".log") {
+        if name.starts_with(prefix) && name.ends_with(suffix) {
             out.push(entry.path());
         }
     }
@@ -96,6 +109,38 @@ pub fn recover(dir: &Path, repair: bool) -> Result<Recovered, RecoverError> {
         next_lsn: 1,
         ..Recovered::default()
     };
+    // The newest snapshot first. It was renamed into place only once complete and synced, so
+    // any damage in it is corruption; older snapshots left by a crash during compaction go.
+    let snaps = snapshots(dir)?;
+    if let Some((newest, older)) = snaps.split_last() {
+        let bytes = std::fs::read(newest).map_err(io(newest))?;
+        let decoded = wal::decode_file(&bytes).map_err(|e| RecoverError::Corrupt {
+            path: newest.clone(),
+            offset: 0,
+            reason: e.to_string(),
+        })?;
+        match decoded.damage {
+            None => {}
+            Some(Damage::Torn { offset, reason }) => {
+                return Err(RecoverError::Corrupt {
+                    path: newest.clone(),
+                    offset,
+                    reason: reason.to_string(),
+                });
+            }
+            Some(Damage::Corrupt { offset, reason }) => {
+                return Err(RecoverError::Corrupt {
+                    path: newest.clone(),
+                    offset,
+                    reason,
+                });
+            }
+        }
+        out.records = decoded.records;
+        for old in older {
+            std::fs::remove_file(old).map_err(io(old))?;
+        }
+    }
     for (k, path) in files.iter().enumerate() {
         let mut bytes = Vec::new();
         File::open(path)
@@ -181,7 +226,14 @@ pub enum Report {
 
 /// Handle to the writer thread.
 pub struct Writer {
-    tx: mpsc::Sender<Vec<Record>>,
+    tx: mpsc::Sender<Msg>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Work for the writer thread, done in order.
+enum Msg {
+    Append(Vec<Record>),
+    Snapshot { through: u64, records: Vec<Record> },
 }
 
 impl Writer {
@@ -192,18 +244,32 @@ impl Writer {
         fsync: BTreeMap<String, Fsync>,
         reports: tokio::sync::mpsc::UnboundedSender<Report>,
     ) -> Writer {
-        let (tx, rx) = mpsc::channel::<Vec<Record>>();
-        std::thread::Builder::new()
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let thread = std::thread::Builder::new()
             .name("store-log".into())
             .spawn(move || write_loop(dir, fsync, rx, reports))
             .expect("spawning the store log writer");
-        Writer { tx }
+        Writer { tx, thread }
+    }
+
+    /// Lets the writer finish what is queued, fsync, and stop.
+    pub fn close(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
     }
 
     /// Queues records (in sequence order) for the disk.
     pub fn append(&self, records: Vec<Record>) {
-        if self.tx.send(records).is_err() {
+        if self.tx.send(Msg::Append(records)).is_err() {
             error!("the store log writer has stopped; writes will not be acknowledged");
+        }
+    }
+
+    /// Queues a snapshot of the whole replica, covering every record through `through`; once
+    /// it is on disk, the segments and older snapshots are deleted.
+    pub fn snapshot(&self, through: u64, records: Vec<Record>) {
+        if self.tx.send(Msg::Snapshot { through, records }).is_err() {
+            error!("the store log writer has stopped; no snapshot taken");
         }
     }
 }
@@ -235,7 +301,7 @@ fn open_segment(dir: &Path, first_lsn: u64) -> std::io::Result<Segment> {
 fn write_loop(
     dir: PathBuf,
     fsync: BTreeMap<String, Fsync>,
-    rx: mpsc::Receiver<Vec<Record>>,
+    rx: mpsc::Receiver<Msg>,
     reports: tokio::sync::mpsc::UnboundedSender<Report>,
 ) {
     let interval = fsync
@@ -250,9 +316,16 @@ fn write_loop(
     let (mut written, mut synced) = (0u64, 0u64);
     let mut last_sync = Instant::now();
     let mut buf = Vec::new();
+    let mut snap: Option<(u64, Vec<Record>)> = None;
+    let take =
+        |msg: Msg, pending: &mut Vec<Record>, snap: &mut Option<(u64, Vec<Record>)>| match msg {
+            Msg::Append(batch) => pending.extend(batch),
+            Msg::Snapshot { through, records } => *snap = Some((through, records)),
+        };
     loop {
-        // Wait for records (or for the next interval fsync), then take everything queued.
-        if pending.is_empty() {
+        // Wait for records (or for the next interval fsync), then take everything queued up to
+        // a snapshot (which must follow the records before it).
+        if pending.is_empty() && snap.is_none() {
             let got = match interval {
                 Some(d) if written > synced => {
                     rx.recv_timeout(d.saturating_sub(last_sync.elapsed()))
@@ -260,13 +333,16 @@ fn write_loop(
                 _ => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
             };
             match got {
-                Ok(batch) => pending.extend(batch),
+                Ok(msg) => take(msg, &mut pending, &mut snap),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        while let Ok(batch) = rx.try_recv() {
-            pending.extend(batch);
+        while snap.is_none() {
+            match rx.try_recv() {
+                Ok(msg) => take(msg, &mut pending, &mut snap),
+                Err(_) => break,
+            }
         }
         let must_sync = pending
             .iter()
@@ -283,6 +359,17 @@ fn write_loop(
                 }
                 pending.clear();
                 let _ = reports.send(Report::Durable(written, synced));
+                if let Some((through, records)) = snap.take() {
+                    match write_snapshot(&dir, &mut segment, through, &records) {
+                        Ok(removed) => info!(
+                            through,
+                            entries = records.len(),
+                            removed,
+                            "store log: snapshot written, older files removed"
+                        ),
+                        Err(e) => error!(error = %e, "store log: snapshot failed; the log is kept"),
+                    }
+                }
             }
             Err(e) => {
                 error!(error = %e, "store log: cannot write; retrying every second");
@@ -294,6 +381,45 @@ fn write_loop(
     if let Some(s) = segment {
         let _ = s.file.sync_all();
     }
+}
+
+/// Writes a snapshot covering every record through `through`, then removes every segment (all
+/// hold only such records: the writer handles messages in order) and every older snapshot.
+/// Returns how many files were removed.
+fn write_snapshot(
+    dir: &Path,
+    segment: &mut Option<Segment>,
+    through: u64,
+    records: &[Record],
+) -> std::io::Result<usize> {
+    if let Some(old) = segment.take() {
+        old.file.sync_all()?;
+    }
+    let name = format!("snap-{through:020}");
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut bytes = wal::file_header().to_vec();
+    for r in records {
+        wal::encode(r, &mut bytes);
+    }
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    let path = dir.join(format!("{name}.snap"));
+    std::fs::rename(&tmp, &path)?;
+    File::open(dir)?.sync_all()?;
+    let mut removed = 0;
+    let listed = |p, s| files(dir, p, s).map_err(|e| std::io::Error::other(e.to_string()));
+    for old in listed("wal-", ".log")?
+        .into_iter()
+        .chain(listed("snap-", ".snap")?.into_iter().filter(|p| *p != path))
+    {
+        std::fs::remove_file(&old)?;
+        removed += 1;
+    }
+    File::open(dir)?.sync_all()?;
+    Ok(removed)
 }
 
 /// Writes `records` with one `write` and, if asked, one fsync. On failure the segment is cut
@@ -422,6 +548,35 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_replaces_the_segments_and_reads_back_with_later_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut policies = BTreeMap::new();
+        policies.insert("default".to_string(), Fsync::Always);
+        let w = Writer::start(tmp.path().to_path_buf(), policies, tx);
+        w.append((1..=50).map(rec).collect());
+        // The replica then holds 10 live entries; a snapshot of them covers 1..=50.
+        let live: Vec<Record> = (41..=50).map(|l| Record { lsn: 50, ..rec(l) }).collect();
+        w.snapshot(50, live);
+        w.append(vec![rec(51), rec(52)]);
+        assert_eq!(rx.blocking_recv(), Some(Report::Durable(50, 50)));
+        assert_eq!(rx.blocking_recv(), Some(Report::Durable(52, 52)));
+        w.close();
+        assert_eq!(snapshots(tmp.path()).unwrap().len(), 1);
+        assert_eq!(
+            segments(tmp.path()).unwrap().len(),
+            1,
+            "only the segment after the snapshot"
+        );
+        let r = recover(tmp.path(), false).unwrap();
+        let keys: Vec<String> = r.records.iter().map(|r| r.key.clone()).collect();
+        assert_eq!(keys.len(), 12);
+        assert_eq!(keys[0], "k41");
+        assert_eq!(keys[11], "k52");
+        assert_eq!(r.next_lsn, 53);
+    }
+
+    #[test]
     fn the_writer_reports_written_and_synced_marks() {
         let tmp = tempfile::tempdir().unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -431,7 +586,7 @@ mod tests {
         w.append(vec![rec(1), rec(2)]);
         let report = rx.blocking_recv().unwrap();
         assert_eq!(report, Report::Durable(2, 2));
-        drop(w);
+        w.close();
         let r = recover(tmp.path(), false).unwrap();
         assert_eq!(r.records.len(), 2);
     }

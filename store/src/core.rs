@@ -454,10 +454,42 @@ impl StoreCore {
         for r in records {
             self.hlc.observe(r.entry.version.ts);
             self.log.next_lsn = self.log.next_lsn.max(r.lsn + 1);
-            self.replica.apply(&r.store, &r.key, r.entry);
+            if check_store_name(&r.store).is_ok() && check_key(&r.key).is_ok() {
+                self.replica.apply(&r.store, &r.key, r.entry);
+            }
         }
         self.log.written = self.log.next_lsn - 1;
         self.log.synced = self.log.next_lsn - 1;
+    }
+
+    /// Everything the replica holds, as log records, and the sequence number they cover: every
+    /// change handed to the log up to it is reflected here, so a snapshot plus the records after
+    /// it rebuild the replica.
+    pub fn snapshot(&self) -> (u64, Vec<Record>) {
+        let through = self.log.next_lsn - 1;
+        let mut out = Vec::new();
+        for name in self.replica.store_names() {
+            if let Some(m) = self.replica.store(name) {
+                for (k, e) in m.iter() {
+                    out.push(Record {
+                        lsn: through,
+                        store: name.clone(),
+                        key: k.clone(),
+                        entry: e.clone(),
+                    });
+                }
+            }
+        }
+        (through, out)
+    }
+
+    /// Number of entries held over all stores (tombstones included).
+    pub fn entries(&self) -> usize {
+        self.replica
+            .store_names()
+            .filter_map(|n| self.replica.store(n))
+            .map(|m| m.len())
+            .sum()
     }
 
     /// Applies `entry` and, with a log, hands the change to it; true when the replica changed.
