@@ -231,6 +231,24 @@ fn framed(bytes: &[u8], at: usize) -> Result<(&[u8], usize), Damage> {
     Ok((payload, at + end))
 }
 
+/// The property the fuzz target and its corpus replay check on any bytes: decoding never
+/// panics, and the records it accepts re-encode to exactly the accepted prefix of the input.
+pub fn fuzz_check(data: &[u8]) {
+    if let Ok(d) = decode_file(data) {
+        let mut again = file_header().to_vec();
+        for r in &d.records {
+            encode(r, &mut again);
+        }
+        // Re-encoding is canonical only for canonical input; a decoder accepting non-canonical
+        // bytes must still account for every byte it accepted.
+        assert!(d.good_len <= data.len());
+        assert_eq!(d.damage.is_none(), d.good_len == data.len());
+        if again.len() == d.good_len {
+            assert_eq!(&again[..], &data[..d.good_len]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
