@@ -22,7 +22,7 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
                 node: NodeId(lsn),
             },
             value: value.map(<[u8]>::to_vec),
-            expires_at: (lsn % 2 == 0).then_some(1_700_000_000_000),
+            expires_at: lsn.is_multiple_of(2).then_some(1_700_000_000_000),
         },
     };
     let mut file = wal::file_header().to_vec();
