@@ -161,3 +161,125 @@ fn a_damaged_log_stops_the_start_until_repair_and_peers_refill_it() {
     });
     assert!(lab.log_of(victim).contains("repair discarded the log"));
 }
+
+/// Unmounts a tmpfs the test mounted, even when the test fails.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_writes_clearly_loses_nothing_and_recovers_when_space_returns() {
+    let mut lab = lab_or_skip!(3);
+    // n3's data directory lives on a 4 MiB tmpfs the test fills up.
+    let small = lab.dir().join("data-n3");
+    std::fs::create_dir_all(&small).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "cannot mount a tmpfs at {}", small.display());
+    let _mount = Mount(small.clone());
+    let agents = cluster(&mut lab, 3);
+    let n3 = agents[2];
+    let mut acked = Vec::new();
+    let mut big_acked = Vec::new();
+    for i in 0..10 {
+        let key = format!("before{i}");
+        assert_eq!(kv(&lab, n3, &["put", "default", &key, "v"]).0, 0);
+        acked.push(key);
+    }
+    // Fill the disk.
+    let filler = small.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=65536"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(Stdio::null())
+        .status();
+    // Writes coordinated by n3 now fail with a clear error (the first may still succeed on the
+    // other two replicas' acknowledgements before n3 learns its log is stuck).
+    // Values of 2 KB, so that the log needs new pages at once (the last one has some room).
+    let big = "x".repeat(2048);
+    let mut refused = None;
+    for i in 0..50 {
+        let key = format!("full{i}");
+        let out = lab.exec(
+            lab.agents[n3].host,
+            &[CHORUS, "kv", "put", "default", &key, &big],
+        );
+        if out.status.success() {
+            big_acked.push(key);
+        } else {
+            refused = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+            break;
+        }
+    }
+    let df = Command::new("sh")
+        .arg("-c")
+        .arg(format!("df {0}; ls -laR {0}", small.display()))
+        .output()
+        .unwrap();
+    let refused = refused.unwrap_or_else(|| {
+        panic!(
+            "a write through the full node must fail\n{}\n{}",
+            String::from_utf8_lossy(&df.stdout),
+            lab.log_of(n3)
+        )
+    });
+    assert!(
+        refused.contains("storage") && refused.contains("cannot write its log"),
+        "unclear error: {refused}"
+    );
+    // The other nodes keep taking writes: n1 and n2 are a quorum.
+    for i in 0..10 {
+        let key = format!("elsewhere{i}");
+        assert_eq!(kv(&lab, agents[0], &["put", "default", &key, "v"]).0, 0);
+        acked.push(key);
+    }
+    // Space returns: n3 takes writes again within a bounded time.
+    std::fs::remove_file(&filler).unwrap();
+    lab.wait_for(SECS(20), "n3 takes writes again", |l| {
+        kv(l, n3, &["put", "default", "after", "v"]).0 == 0
+    });
+    acked.push("after".into());
+    // Its log is intact: a kill -9 and a restart read it back without complaint.
+    lab.kill9(n3);
+    lab.restart(n3);
+    wait_whole(&lab, &agents);
+    assert!(
+        !lab.log_of(n3).contains("damaged"),
+        "the log was left damaged:\n{}",
+        lab.log_of(n3)
+    );
+    // Peers reconnect their store streams to the restarted node (a new generation) at once; the
+    // wait only bounds it.
+    lab.wait_for(SECS(20), "quorum reads through the restarted n3", |l| {
+        kv(
+            l,
+            n3,
+            &["get", "--consistency", "quorum", "default", "after"],
+        )
+        .0 == 0
+    });
+    for (keys, value) in [(&acked, "v".to_string()), (&big_acked, big)] {
+        for key in keys {
+            for a in &agents {
+                let got = kv(
+                    &lab,
+                    *a,
+                    &["get", "--consistency", "quorum", "default", key],
+                );
+                assert_eq!(
+                    got,
+                    (0, value.clone()),
+                    "acknowledged {key} lost (asked node {a})"
+                );
+            }
+        }
+    }
+}

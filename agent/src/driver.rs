@@ -194,6 +194,7 @@ pub struct Driver {
     log: crate::wal_file::Writer,
     log_reports: mpsc::UnboundedReceiver<crate::wal_file::Report>,
     logged_since_snapshot: usize,
+    peer_generations: BTreeMap<NodeId, u64>,
 }
 
 /// The store half of the driver: the core, the stream transport and its inbound frames.
@@ -255,6 +256,7 @@ impl Driver {
             log: store.log,
             log_reports: store.log_reports,
             logged_since_snapshot: 0,
+            peer_generations: BTreeMap::new(),
         };
         (driver, handle)
     }
@@ -504,8 +506,18 @@ impl Driver {
     /// are, and the quorum view; called whenever membership reported a change.
     fn sync_store_view(&mut self) {
         let view = StoreView::of(&self.core);
+        // A peer that restarted (a new generation) gets a new connection: frames written to the
+        // old one after the process died would be lost without an error.
+        let restarted: std::collections::BTreeSet<SocketAddr> = view
+            .generations
+            .iter()
+            .filter(|(id, g)| self.peer_generations.get(id).is_some_and(|old| old != *g))
+            .filter_map(|(id, _)| view.addrs.get(id).copied())
+            .collect();
+        self.peer_generations = view.generations.clone();
         let live: std::collections::BTreeSet<SocketAddr> = view.addrs.values().copied().collect();
-        self.outbound.retain(|a| live.contains(a));
+        self.outbound
+            .retain(|a| live.contains(a) && !restarted.contains(a));
         self.addrs = view.addrs;
         self.store
             .set_view(view.peers, view.has_quorum, view.reachable_votes);

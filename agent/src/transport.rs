@@ -126,7 +126,17 @@ async fn peer_writer(
         f
     };
     let mut backoff = Duration::from_millis(50);
-    'outer: while let Some(first) = rx.recv().await.map(taken) {
+    // A frame whose write failed on a connection that turned out dead (the peer restarted) is
+    // sent again on the next connection rather than dropped.
+    let mut carry: Option<Vec<u8>> = None;
+    'outer: loop {
+        let first = match carry.take() {
+            Some(f) => f,
+            None => match rx.recv().await {
+                Some(f) => taken(f),
+                None => break,
+            },
+        };
         let stream =
             match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => s,
@@ -149,6 +159,7 @@ async fn peer_writer(
         let mut next = Some(first);
         while let Some(frame) = next.take() {
             if write_frame(&mut w, &frame).await.is_err() {
+                carry = Some(frame);
                 continue 'outer;
             }
             stats.frames_sent.fetch_add(1, Ordering::Relaxed);

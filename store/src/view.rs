@@ -12,6 +12,8 @@ pub struct StoreView {
     pub peers: BTreeMap<NodeId, u32>,
     /// Where each of those peers gossips (the store's stream transport shares the port).
     pub addrs: BTreeMap<NodeId, SocketAddr>,
+    /// The generation of each of those peers (a new one means the process restarted).
+    pub generations: BTreeMap<NodeId, u64>,
     /// Whether this node reaches a quorum of votes.
     pub has_quorum: bool,
     /// Votes this node reaches, its own included.
@@ -36,6 +38,7 @@ impl StoreView {
             if matches!(m.state, MemberState::Alive | MemberState::Suspect) {
                 view.peers.insert(m.id, m.votes);
                 view.addrs.insert(m.id, m.gossip_addr);
+                view.generations.insert(m.id, m.generation);
             }
         }
         view
