@@ -577,6 +577,30 @@ mod tests {
     }
 
     #[test]
+    fn never_and_interval_stores_are_acknowledged_once_written_and_synced_later() {
+        for policy in [Fsync::Never, Fsync::Interval(Duration::from_millis(30))] {
+            let tmp = tempfile::tempdir().unwrap();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let mut policies = BTreeMap::new();
+            policies.insert("default".to_string(), policy);
+            let w = Writer::start(tmp.path().to_path_buf(), policies, tx);
+            w.append(vec![rec(1), rec(2), rec(3)]);
+            let first = rx.blocking_recv().unwrap();
+            assert_eq!(
+                first,
+                Report::Durable(3, 0),
+                "{policy:?}: written, not synced"
+            );
+            if let Fsync::Interval(_) = policy {
+                // The interval fsync follows without more records (a bounded wait on the report).
+                assert_eq!(rx.blocking_recv(), Some(Report::Durable(3, 3)));
+            }
+            w.close();
+            assert_eq!(recover(tmp.path(), false).unwrap().records.len(), 3);
+        }
+    }
+
+    #[test]
     fn the_writer_reports_written_and_synced_marks() {
         let tmp = tempfile::tempdir().unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
