@@ -6,34 +6,14 @@ mod support;
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{AgentSpec, CHORUS, Lab};
+use support::{CHORUS, Lab};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
-fn cluster(lab: &mut Lab, n: usize) -> Vec<usize> {
-    let agents: Vec<usize> = (0..n)
-        .map(|i| lab.start(i, AgentSpec::new(&format!("n{}", i + 1), n as u32)))
-        .collect();
-    wait_whole(lab, &agents);
-    agents
-}
-
-fn wait_whole(lab: &Lab, agents: &[usize]) {
-    let names: Vec<String> = (1..=agents.len()).map(|i| format!("n{i}")).collect();
-    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-    lab.wait_for(SECS(20), "every node lists all alive", |l| {
-        l.all_alive(agents, &refs)
-    });
-}
-
+/// `chorus kv ARGS...` on agent `a`: exit code and stdout without its final newline.
 fn kv(lab: &Lab, a: usize, args: &[&str]) -> (i32, String) {
-    let mut full = vec![CHORUS, "kv"];
-    full.extend_from_slice(args);
-    let out = lab.exec(lab.agents[a].host, &full);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).trim_end().to_string(),
-    )
+    let (code, out, _) = lab.kv(a, args);
+    (code, out.trim_end().to_string())
 }
 
 fn lines(path: &std::path::Path) -> Vec<String> {
@@ -50,7 +30,7 @@ fn lines(path: &std::path::Path) -> Vec<String> {
 #[test]
 fn killing_every_node_during_quorum_writes_loses_no_acknowledged_write() {
     let mut lab = lab_or_skip!(3);
-    let agents = cluster(&mut lab, 3);
+    let agents = lab.start_cluster(3);
     // A client in host 0 writes k1, k2, ... and prints each key whose put was acknowledged.
     let acked_file = lab.dir().join("acked");
     let script = format!(
@@ -88,7 +68,7 @@ fn killing_every_node_during_quorum_writes_loses_no_acknowledged_write() {
     for a in &agents {
         lab.restart(*a);
     }
-    wait_whole(&lab, &agents);
+    lab.wait_whole(&agents);
     let mut lost = Vec::new();
     for key in &acked {
         let want = format!("v{}", &key[1..]);
@@ -110,7 +90,7 @@ fn killing_every_node_during_quorum_writes_loses_no_acknowledged_write() {
 #[test]
 fn a_damaged_log_stops_the_start_until_repair_and_peers_refill_it() {
     let mut lab = lab_or_skip!(3);
-    let agents = cluster(&mut lab, 3);
+    let agents = lab.start_cluster(3);
     for i in 0..20 {
         let (code, _) = kv(
             &lab,
@@ -149,7 +129,7 @@ fn a_damaged_log_stops_the_start_until_repair_and_peers_refill_it() {
     );
 
     lab.restart_with(victim, &["--repair"]);
-    wait_whole(&lab, &agents);
+    lab.wait_whole(&agents);
     lab.wait_for(SECS(30), "the repaired node holds every key again", |l| {
         (0..20).all(|i| {
             kv(
@@ -185,7 +165,7 @@ fn a_full_disk_fails_writes_clearly_loses_nothing_and_recovers_when_space_return
         .unwrap_or(false);
     assert!(ok, "cannot mount a tmpfs at {}", small.display());
     let _mount = Mount(small.clone());
-    let agents = cluster(&mut lab, 3);
+    let agents = lab.start_cluster(3);
     let n3 = agents[2];
     let mut acked = Vec::new();
     let mut big_acked = Vec::new();
@@ -250,7 +230,7 @@ fn a_full_disk_fails_writes_clearly_loses_nothing_and_recovers_when_space_return
     // Its log is intact: a kill -9 and a restart read it back without complaint.
     lab.kill9(n3);
     lab.restart(n3);
-    wait_whole(&lab, &agents);
+    lab.wait_whole(&agents);
     assert!(
         !lab.log_of(n3).contains("damaged"),
         "the log was left damaged:\n{}",

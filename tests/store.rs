@@ -5,46 +5,17 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::{AgentSpec, CHORUS, Lab};
+use support::{CHORUS, Lab};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
-/// Starts `n` agents n1..nN and waits until every one lists all of them alive and has quorum.
-fn cluster(lab: &mut Lab, n: usize) -> Vec<usize> {
-    let agents: Vec<usize> = (0..n)
-        .map(|i| lab.start(i, AgentSpec::new(&format!("n{}", i + 1), n as u32)))
-        .collect();
-    let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
-    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-    lab.wait_for(SECS(15), "every node lists all alive", |l| {
-        l.all_alive(&agents, &refs)
-    });
-    agents
-}
-
-/// Runs `chorus kv ARGS...` on agent `a`; returns (exit code, stdout, stderr).
-fn kv(lab: &Lab, a: usize, args: &[&str]) -> (i32, String, String) {
-    let mut full = vec![CHORUS, "kv"];
-    full.extend_from_slice(args);
-    let out = lab.exec(lab.agents[a].host, &full);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn put(lab: &Lab, a: usize, key: &str, value: &str) -> (i32, String) {
-    let (code, _, err) = kv(lab, a, &["put", "default", key, value]);
+    let (code, _, err) = lab.kv(a, &["put", "default", key, value]);
     (code, err)
 }
 
 fn get(lab: &Lab, a: usize, key: &str, consistency: &str) -> (i32, String) {
-    let (code, out, _) = kv(
-        lab,
-        a,
-        &["get", "--consistency", consistency, "default", key],
-    );
+    let (code, out, _) = lab.kv(a, &["get", "--consistency", consistency, "default", key]);
     (code, out)
 }
 
@@ -62,7 +33,7 @@ fn digests(lab: &Lab, agents: &[usize]) -> Vec<String> {
 #[test]
 fn a_write_on_any_node_is_readable_everywhere() {
     let mut lab = lab_or_skip!(3);
-    let agents = cluster(&mut lab, 3);
+    let agents = lab.start_cluster(3);
     for (i, a) in agents.iter().enumerate() {
         let key = format!("from-n{}", i + 1);
         assert_eq!(
@@ -91,7 +62,7 @@ fn a_write_on_any_node_is_readable_everywhere() {
 #[test]
 fn a_minority_never_writes_and_a_healed_cluster_converges() {
     let mut lab = lab_or_skip!(5);
-    let agents = cluster(&mut lab, 5);
+    let agents = lab.start_cluster(5);
     assert_eq!(put(&lab, 2, "before", "split").0, 0);
     lab.partition(&[&[0, 1], &[2, 3, 4]]);
 
@@ -175,7 +146,7 @@ fn a_minority_never_writes_and_a_healed_cluster_converges() {
 #[test]
 fn killing_a_minority_during_quorum_writes_loses_no_acknowledged_write() {
     let mut lab = lab_or_skip!(5);
-    let agents = cluster(&mut lab, 5);
+    let agents = lab.start_cluster(5);
     let mut acked = BTreeMap::new();
     for k in 0..120 {
         if k == 40 {
@@ -209,7 +180,7 @@ fn killing_a_minority_during_quorum_writes_loses_no_acknowledged_write() {
 #[test]
 fn bad_input_gets_documented_errors_and_changes_nothing() {
     let mut lab = lab_or_skip!(3);
-    let agents = cluster(&mut lab, 3);
+    let agents = lab.start_cluster(3);
     let before = digests(&lab, &agents);
     let big = "x".repeat((1 << 20) + 1);
     let path = lab.dir().join("big");
@@ -245,7 +216,7 @@ fn bad_input_gets_documented_errors_and_changes_nothing() {
         ),
     ];
     for (args, code, text) in cases {
-        let (got, _, err) = kv(&lab, 0, args);
+        let (got, _, err) = lab.kv(0, args);
         assert_eq!(got, code, "chorus kv {args:?}: {err}");
         assert!(err.contains(text), "chorus kv {args:?}: {err}");
     }

@@ -119,22 +119,12 @@ pub fn recover(dir: &Path, repair: bool) -> Result<Recovered, RecoverError> {
             offset: 0,
             reason: e.to_string(),
         })?;
-        match decoded.damage {
-            None => {}
-            Some(Damage::Torn { offset, reason }) => {
-                return Err(RecoverError::Corrupt {
-                    path: newest.clone(),
-                    offset,
-                    reason: reason.to_string(),
-                });
-            }
-            Some(Damage::Corrupt { offset, reason }) => {
-                return Err(RecoverError::Corrupt {
-                    path: newest.clone(),
-                    offset,
-                    reason,
-                });
-            }
+        if let Some(d) = decoded.damage {
+            return Err(RecoverError::Corrupt {
+                path: newest.clone(),
+                offset: d.offset(),
+                reason: d.reason(),
+            });
         }
         out.records = decoded.records;
         for old in older {
@@ -165,10 +155,8 @@ pub fn recover(dir: &Path, repair: bool) -> Result<Recovered, RecoverError> {
         };
         out.records.extend(records);
         let Some((good, damage)) = cut else { continue };
-        let (offset, reason, torn) = match &damage {
-            Damage::Torn { offset, reason } => (*offset, reason.to_string(), true),
-            Damage::Corrupt { offset, reason } => (*offset, reason.clone(), false),
-        };
+        let (offset, reason) = (damage.offset(), damage.reason());
+        let torn = matches!(damage, Damage::Torn { .. });
         if !(repair || torn && last) {
             return Err(RecoverError::Corrupt {
                 path: path.clone(),
@@ -276,7 +264,6 @@ impl Writer {
 
 struct Segment {
     file: File,
-    path: PathBuf,
     len: u64,
 }
 
@@ -295,7 +282,7 @@ fn open_segment(dir: &Path, first_lsn: u64) -> std::io::Result<Segment> {
         // Make the new name itself durable.
         File::open(dir)?.sync_all()?;
     }
-    Ok(Segment { file, path, len })
+    Ok(Segment { file, len })
 }
 
 fn write_loop(
@@ -454,7 +441,6 @@ fn write_batch(
     if sync {
         seg.file.sync_data()?;
     }
-    let _ = &seg.path;
     Ok(())
 }
 

@@ -504,8 +504,11 @@ impl Membership {
                     }
                     self.drain_foca();
                     if probe {
-                        self.hint_suspects();
-                        self.expire_stale_suspects();
+                        if !self.left_swim {
+                            let suspects = self.suspects();
+                            self.hint_suspects(&suspects);
+                            self.expire_stale_suspects(suspects);
+                        }
                         self.introduce_some();
                         self.probes += 1;
                         if self.probes.is_multiple_of(RECOUNT_EVERY_PROBES) {
@@ -820,17 +823,8 @@ impl Membership {
     }
 
     /// Tells every member this node holds as suspect, once per probe period, that it is suspected.
-    fn hint_suspects(&mut self) {
-        if self.left_swim {
-            return;
-        }
-        let suspects: Vec<(Peer, u16)> = self
-            .foca
-            .iter_membership_state()
-            .filter(|m| m.state() == foca::State::Suspect)
-            .map(|m| (*m.id(), m.incarnation()))
-            .collect();
-        for (peer, incarnation) in suspects {
+    fn hint_suspects(&mut self, suspects: &BTreeMap<Peer, u16>) {
+        for (&peer, &incarnation) in suspects {
             let msg = MetaMsg::Suspected {
                 peer,
                 incarnation,
@@ -841,24 +835,25 @@ impl Membership {
         }
     }
 
+    /// Members this node holds suspect, with the incarnation suspected (one pass over foca's list
+    /// serves both the hints and the expiry each probe period).
+    fn suspects(&self) -> BTreeMap<Peer, u16> {
+        self.foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .map(|m| (*m.id(), m.incarnation()))
+            .collect()
+    }
+
     /// Declares down a member that stayed suspect, at one incarnation, for three suspicion
     /// timeouts. foca starts a suspicion timer only on the node whose probe failed; the others
     /// wait for that node's down update. Netsim showed that update can miss a node in a large
     /// cluster (1 of 99 nodes held a crashed member suspect for 38 s), so every node keeps its
     /// own, longer, timer, as SWIM describes. A suspect that refuted has a higher incarnation, so
     /// it is never declared down by this.
-    fn expire_stale_suspects(&mut self) {
-        if self.left_swim {
-            return;
-        }
+    fn expire_stale_suspects(&mut self, suspects: BTreeMap<Peer, u16>) {
         let now = self.now;
         let limit = self.timings.suspect_to_down * 3;
-        let suspects: BTreeMap<Peer, u16> = self
-            .foca
-            .iter_membership_state()
-            .filter(|m| m.state() == foca::State::Suspect)
-            .map(|m| (*m.id(), m.incarnation()))
-            .collect();
         self.suspect_since
             .retain(|p, (inc, _)| suspects.get(p) == Some(inc));
         let mut expired = Vec::new();

@@ -340,10 +340,8 @@ pub struct StoreCore {
 enum Held {
     /// Acknowledge a replica write to its coordinator.
     Ack { to: NodeId, op: OpId },
-    /// Count this node's own copy in a write's store phase.
+    /// Count this node's own copy in a write's store phase or a read's write-back.
     OwnCopy { op: OpId },
-    /// Count this node's own copy in a read's write-back.
-    OwnHolder { op: OpId },
     /// Answer a local write.
     Reply { op: OpId, version: Version },
 }
@@ -542,21 +540,23 @@ impl StoreCore {
             Held::Reply { op, version } => {
                 self.replies.push_back((op, Ok(Reply::Written { version })))
             }
-            Held::OwnCopy { op } | Held::OwnHolder { op } => {
-                let me = self.me;
-                if let Some(o) = self.ops.get_mut(&op) {
-                    match &mut o.phase {
-                        Phase::Store { acks, .. } => {
-                            acks.insert(me);
-                        }
-                        Phase::WriteBack { holders, .. } => {
-                            holders.insert(me);
-                        }
-                        _ => {}
-                    }
-                    self.progress(op);
+            Held::OwnCopy { op } => self.count_copy(op, self.me),
+        }
+    }
+
+    /// `node` holds the entry of operation `op` (a write's store phase or a read's write-back).
+    fn count_copy(&mut self, op: OpId, node: NodeId) {
+        if let Some(o) = self.ops.get_mut(&op) {
+            match &mut o.phase {
+                Phase::Store { acks, .. } => {
+                    acks.insert(node);
                 }
+                Phase::WriteBack { holders, .. } => {
+                    holders.insert(node);
+                }
+                _ => {}
             }
+            self.progress(op);
         }
     }
 
@@ -960,7 +960,7 @@ impl StoreCore {
                     };
                 }
                 if own {
-                    self.after_durable(&store, Held::OwnHolder { op });
+                    self.after_durable(&store, Held::OwnCopy { op });
                 } else {
                     self.progress(op);
                 }
@@ -1062,20 +1062,7 @@ impl StoreCore {
                     self.progress(op);
                 }
             }
-            StoreMsg::WriteAck { op } => {
-                if let Some(o) = self.ops.get_mut(&op) {
-                    match &mut o.phase {
-                        Phase::Store { acks, .. } => {
-                            acks.insert(from);
-                        }
-                        Phase::WriteBack { holders, .. } => {
-                            holders.insert(from);
-                        }
-                        _ => {}
-                    }
-                    self.progress(op);
-                }
-            }
+            StoreMsg::WriteAck { op } => self.count_copy(op, from),
             StoreMsg::Digest { stores } => self.on_digest(from, stores),
             StoreMsg::Entries { store, entries } => {
                 if check_store_name(&store).is_err() {

@@ -92,6 +92,23 @@ pub enum Damage {
     },
 }
 
+impl Damage {
+    /// Where the damaged or incomplete record starts.
+    pub fn offset(&self) -> usize {
+        match self {
+            Damage::Torn { offset, .. } | Damage::Corrupt { offset, .. } => *offset,
+        }
+    }
+
+    /// What was wrong, in words.
+    pub fn reason(&self) -> String {
+        match self {
+            Damage::Torn { reason, .. } => reason.to_string(),
+            Damage::Corrupt { reason, .. } => reason.clone(),
+        }
+    }
+}
+
 /// Why a file could not be read at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderError {

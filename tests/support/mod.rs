@@ -379,6 +379,38 @@ impl Lab {
         }
     }
 
+    /// Starts `n` agents n1..nN (one per host) and waits until every one lists all of them
+    /// alive; returns their indices.
+    pub fn start_cluster(&mut self, n: usize) -> Vec<usize> {
+        let agents: Vec<usize> = (0..n)
+            .map(|i| self.start(i, AgentSpec::new(&format!("n{}", i + 1), n as u32)))
+            .collect();
+        self.wait_whole(&agents);
+        agents
+    }
+
+    /// Waits (bounded) until every agent in `agents`, named n1..nN, lists all of them alive.
+    pub fn wait_whole(&self, agents: &[usize]) {
+        let names: Vec<String> = (1..=agents.len()).map(|i| format!("n{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        self.wait_for(Duration::from_secs(20), "every node lists all alive", |l| {
+            l.all_alive(agents, &refs)
+        });
+    }
+
+    /// Runs `chorus kv ARGS...` against agent `a`, inside its namespace; returns (exit code,
+    /// stdout, stderr).
+    pub fn kv(&self, a: usize, args: &[&str]) -> (i32, String, String) {
+        let mut full = vec![CHORUS, "kv"];
+        full.extend_from_slice(args);
+        let out = self.exec(self.agents[a].host, &full);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Restarts a stopped agent with its data directory.
     pub fn restart(&mut self, a: usize) {
         self.restart_with(a, &[]);
