@@ -406,3 +406,50 @@ pub fn events_match_members(sim: &Sim) -> Verdict {
         "every node's events add up to its member list".into(),
     )
 }
+
+/// A node that starts catches up before it calls itself current: when its store stopped
+/// reporting `catching_up`, it held every quorum write acknowledged before it started; and every
+/// node running at the end has caught up.
+pub fn caught_up_means_current(sim: &Sim) -> Verdict {
+    let mut violations = Vec::new();
+    let mut longest = Duration::ZERO;
+    let records = sim.catch_ups();
+    for r in records {
+        match r.ended {
+            Some(end) => {
+                longest = longest.max(end - r.began);
+                if !r.missing.is_empty() {
+                    violations.push(format!(
+                        "node {} called itself current at {:.3} s (started {:.3} s) lacking {} \
+                         acknowledged writes: {}",
+                        r.node,
+                        end.as_secs_f64(),
+                        r.began.as_secs_f64(),
+                        r.missing.len(),
+                        r.missing
+                            .iter()
+                            .take(3)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+            None if sim.is_up(r.node) => violations.push(format!(
+                "node {} started at {:.3} s and is still catching up at the end",
+                r.node,
+                r.began.as_secs_f64()
+            )),
+            None => {} // crashed while catching up; its next start has its own record
+        }
+    }
+    Verdict::from(
+        "caught up means current",
+        violations,
+        format!(
+            "{} catch-ups, each current when it cleared; longest {:.3} s",
+            records.len(),
+            longest.as_secs_f64()
+        ),
+    )
+}

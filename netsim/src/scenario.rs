@@ -25,6 +25,11 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "kill-all",
         "every node crashes at once during writes; all restart from their logs",
     ),
+    (
+        "wipe",
+        "a node acknowledges writes in a bare quorum, loses its disk, and restarts among nodes \
+         that never saw them",
+    ),
     ("split", "a 40 % minority is cut off, then healed"),
     (
         "even-split",
@@ -343,6 +348,7 @@ pub fn run_keeping(
         check::no_minority_write_takes_effect(sim),
         check::linearizable(sim),
         check::replicas_identical(sim),
+        check::caught_up_means_current(sim),
     ];
     let failures = check::no_false_failures(sim, 30 * S);
     if loss <= TOLERATED_LOSS_PPM {
@@ -416,6 +422,30 @@ fn trouble(run: &mut Run, name: &str, n: usize) {
                 "torn log tails dropped at restart",
                 run.sim.torn_tails().to_string(),
             );
+            run.sim.run_for(10 * S);
+        }
+        "wipe" => {
+            // A bare quorum with the victim takes writes; the rest sees none of them.
+            let q = run.sim.store_config().required_votes as usize;
+            let holders: Vec<usize> = (0..q - 1).chain([victim]).collect();
+            let others: Vec<usize> = (q - 1..victim).collect();
+            run.sim.partition(&[&holders, &others]);
+            run.note(format!(
+                "nodes {holders:?} hold a bare quorum; {others:?} are cut off"
+            ));
+            run.sim.run_for(8 * S);
+            run.sim.crash(victim);
+            run.sim.wipe(victim);
+            run.note(format!("node {victim} crashes and loses its disk"));
+            run.sim.run_for(2 * S);
+            // It comes back among the nodes that never saw those writes: together a quorum, but
+            // the writes are only on the holders it cannot reach.
+            let mut side: Vec<usize> = others.clone();
+            side.push(victim);
+            let rest: Vec<usize> = (0..q - 1).collect();
+            run.sim.partition(&[&rest, &side]);
+            run.sim.restart(victim);
+            run.note(format!("node {victim} restarts with nodes {others:?}"));
             run.sim.run_for(10 * S);
         }
         "leave" => {

@@ -99,6 +99,21 @@ pub enum WorldFault {
     Leave(usize),
     /// The node's process stalled for a while.
     Pause(usize, Duration),
+    /// The (crashed) node's disk was wiped: it restarts with an empty log.
+    Wipe(usize),
+}
+
+/// One catch-up of a node after it started, and what it lacked when it called itself current.
+#[derive(Debug, Clone)]
+pub struct CatchUpRecord {
+    /// The node.
+    pub node: usize,
+    /// When it started (and began catching up).
+    pub began: Duration,
+    /// When it cleared, if it has.
+    pub ended: Option<Duration>,
+    /// Quorum writes acknowledged before it began that it did not hold when it cleared.
+    pub missing: Vec<String>,
 }
 
 /// A node's clock error: its monotonic clock runs fast or slow, its wall clock is offset.
@@ -161,6 +176,11 @@ struct Slot {
     store_faults: Vec<store::Fault>,
     armed: Option<Duration>,
     disk: Disk,
+    /// The node may have lost what it acknowledged (wiped disk) and has not caught up since:
+    /// the agent keeps this as a marker file.
+    lost: bool,
+    /// Index into the catch-up records while the node catches up.
+    catching: Option<usize>,
 }
 
 /// A node's simulated disk: one log segment in memory that survives crashes up to what was
@@ -308,6 +328,7 @@ pub struct Sim {
     in_flight: HashMap<(usize, OpId), usize>,
     history: History,
     torn_tails: u64,
+    catch_ups: Vec<CatchUpRecord>,
 }
 
 impl Sim {
@@ -337,6 +358,8 @@ impl Sim {
                 store_faults: vec![],
                 armed: None,
                 disk: Disk::default(),
+                lost: false,
+                catching: None,
             });
         }
         let net = Network::new(dc, cfg.link.clone());
@@ -364,6 +387,7 @@ impl Sim {
             in_flight: HashMap::new(),
             history: History::default(),
             torn_tails: 0,
+            catch_ups: Vec::new(),
             cfg,
         };
         let spread = sim.cfg.start_spread;
@@ -466,8 +490,20 @@ impl Sim {
                 last_lsn = d.records.last().map_or(0, |r| r.lsn);
                 s.restore(d.records);
             }
+            // Without a log, a restart forgets everything, including what it acknowledged.
+            let restarted = slot.incarnation > 0;
+            s.begin_catch_up(slot.lost || !self.cfg.durable && restarted);
             s
         });
+        if store.is_some() {
+            self.slots[i].catching = Some(self.catch_ups.len());
+            self.catch_ups.push(CatchUpRecord {
+                node: i,
+                began: now,
+                ended: None,
+                missing: Vec::new(),
+            });
+        }
         let slot = &mut self.slots[i];
         if let Some((good, damage)) = torn {
             assert!(
@@ -625,6 +661,7 @@ impl Sim {
             disk.bytes.truncate(disk.synced_len + keep);
         }
         self.slots[i].paused_until = None;
+        self.slots[i].catching = None;
         self.disarm(i);
         let n = self.slots.len();
         for s in 0..n {
@@ -653,6 +690,57 @@ impl Sim {
         self.world.push((self.now, WorldFault::Restart(i)));
         self.slots[i].generation += 1;
         self.start(i);
+    }
+
+    /// Wipes the disk of crashed node `i`: it restarts with an empty log, knowing it may have
+    /// lost writes it acknowledged (as the agent knows from its marker file).
+    pub fn wipe(&mut self, i: usize) {
+        assert!(self.slots[i].node.is_none(), "node {i} is running");
+        self.world.push((self.now, WorldFault::Wipe(i)));
+        self.slots[i].disk = Disk::default();
+        self.slots[i].lost = true;
+    }
+
+    /// Every catch-up so far: one per node start.
+    pub fn catch_ups(&self) -> &[CatchUpRecord] {
+        &self.catch_ups
+    }
+
+    /// Closes node `i`'s catch-up record once its store says it is current, noting every quorum
+    /// write acknowledged before it began that its replica lacks.
+    fn note_caught_up(&mut self, i: usize) {
+        let Some(rec) = self.slots[i].catching else {
+            return;
+        };
+        let Some(store) = self.slots[i].node.as_ref().and_then(|n| n.store.as_ref()) else {
+            return;
+        };
+        if store.catching_up().is_some() {
+            return;
+        }
+        let began = self.catch_ups[rec].began;
+        let mut missing = Vec::new();
+        for op in &self.history.ops {
+            let Outcome::Written(v) = op.outcome else {
+                continue;
+            };
+            if op.consistency != store::Consistency::Quorum
+                || op.completed.is_none_or(|t| t > began)
+            {
+                continue;
+            }
+            let held = store
+                .replica()
+                .store("default")
+                .map_or(store::Version::ZERO, |s| s.version(&op.key));
+            if held < v {
+                missing.push(format!("{} (version {v}, node holds {held})", op.key));
+            }
+        }
+        self.catch_ups[rec].ended = Some(self.now);
+        self.catch_ups[rec].missing = missing;
+        self.slots[i].catching = None;
+        self.slots[i].lost = false;
     }
 
     /// Stalls node `i` for `d`: it handles nothing (timers, datagrams, requests) until then, and
@@ -1189,6 +1277,7 @@ impl Sim {
                 self.complete(op, outcome);
             }
         }
+        self.note_caught_up(i);
         self.refresh_timer(i);
     }
 

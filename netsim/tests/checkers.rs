@@ -149,6 +149,32 @@ fn stale_quorum_reads_are_caught_by_the_linearizability_checker() {
 }
 
 #[test]
+fn a_restarted_node_that_calls_itself_current_at_once_is_caught() {
+    let v = first_failure(
+        "restart",
+        &store_fault(store::Fault::SkipCatchUp),
+        "caught up means current",
+    );
+    assert!(
+        !v.ok && v.detail.contains("lacking"),
+        "a restart that skipped catching up went unnoticed: {v:?}"
+    );
+}
+
+#[test]
+fn a_wiped_node_that_votes_before_catching_up_is_caught() {
+    let v = first_failure(
+        "wipe",
+        &store_fault(store::Fault::VoteWhileCatchingUp),
+        "quorum operations linearizable",
+    );
+    assert!(
+        !v.ok,
+        "a wiped replica voting with an empty copy went unnoticed: {v:?}"
+    );
+}
+
+#[test]
 fn missing_metadata_is_caught() {
     let v = first_failure(
         "steady",

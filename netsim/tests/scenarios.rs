@@ -58,6 +58,7 @@ macro_rules! sweeps {
 
 sweeps! {
     steady => "steady",
+    wipe => "wipe",
     kill => "kill",
     leave => "leave",
     restart => "restart",

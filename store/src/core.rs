@@ -231,6 +231,24 @@ pub enum StoreMsg {
     Digest {
         /// `(store, digest per bucket)`.
         stores: Vec<(String, Vec<u64>)>,
+        /// A catch-up round the sender tracks (0: a periodic round nobody tracks); the receiver
+        /// ends its answer with [`StoreMsg::SyncMark`] for it.
+        round: u64,
+    },
+    /// Catch-up: everything owed for `round` has been sent, either the versions answering a
+    /// digest or the entries answering the fetches before a [`StoreMsg::SyncBarrier`]. Streams
+    /// are ordered, so whatever the mark follows has arrived when it does.
+    SyncMark {
+        /// The round of the receiver's digest or barrier.
+        round: u64,
+        /// The sender may itself have lost acknowledged writes (see
+        /// [`StoreCore::begin_catch_up`]), so syncing with it proves nothing.
+        lost: bool,
+    },
+    /// Catch-up: "answer with a [`StoreMsg::SyncMark`] once everything before this is answered".
+    SyncBarrier {
+        /// The round.
+        round: u64,
     },
     /// Anti-entropy: the sender's `(key, version)` for every key of the buckets that differ.
     /// The receiver pushes the entries the sender lacks and fetches the ones it lacks itself, so
@@ -333,6 +351,7 @@ pub struct StoreCore {
     pub fault_skip_learn_phase: bool,
     faults: BTreeSet<Fault>,
     log: LogState,
+    catch_up: Option<CatchUp>,
 }
 
 /// Something that may only happen once the log holds everything issued so far.
@@ -344,6 +363,46 @@ enum Held {
     OwnCopy { op: OpId },
     /// Answer a local write.
     Reply { op: OpId, version: Version },
+    /// End a catch-up: everything it brought is on disk.
+    CaughtUp,
+}
+
+/// A node catching up after a start: whom it has fully synced with so far.
+#[derive(Debug, Default)]
+struct CatchUp {
+    /// The node may have lost writes it acknowledged (a wiped or repaired log): it does not vote
+    /// in quorum rounds until it has caught up and the log holds what catching up brought.
+    lost: bool,
+    /// Peers whose whole replica (as of the round) this node now holds.
+    synced: BTreeSet<NodeId>,
+    /// Rounds in progress, by peer.
+    rounds: BTreeMap<NodeId, SyncRound>,
+    next_round: u64,
+    /// Synced with enough peers; waiting for the log (only when `lost`).
+    draining: bool,
+}
+
+/// One catch-up round with one peer: digest, versions and fetches, then a barrier.
+#[derive(Debug)]
+struct SyncRound {
+    id: u64,
+    /// The peer has answered the digest; the barrier behind our fetches is out.
+    fetching: bool,
+    /// When the peer last sent anything for it (a round that goes quiet is started again).
+    heard: Duration,
+}
+
+/// Where a catch-up stands (see [`StoreCore::catching_up`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchUpStatus {
+    /// The node may have lost acknowledged writes and does not vote until caught up.
+    pub lost: bool,
+    /// Peers fully synced with so far.
+    pub synced_peers: usize,
+    /// Their votes, plus this node's own unless `lost`.
+    pub votes: u32,
+    /// Votes needed: a quorum, so that every acknowledged write is among them.
+    pub needed_votes: u32,
 }
 
 /// The write-ahead log as the core sees it: records handed out, and how far the driver says
@@ -375,6 +434,10 @@ pub enum Fault {
     /// Anti-entropy never runs (neither periodically nor when a peer appears): replicas that
     /// missed writes stay behind.
     NoAntiEntropy,
+    /// A catch-up ends as soon as it begins: a restarted node calls itself current at once.
+    SkipCatchUp,
+    /// A node that lost acknowledged writes votes in quorum rounds while it catches up.
+    VoteWhileCatchingUp,
 }
 
 impl StoreCore {
@@ -403,6 +466,7 @@ impl StoreCore {
                 next_lsn: 1,
                 ..LogState::default()
             },
+            catch_up: None,
             cfg,
         };
         let every = core.cfg.anti_entropy_every;
@@ -512,15 +576,20 @@ impl StoreCore {
     /// policy (at once without a log). An acknowledgement may be for an entry that was already
     /// held, so it waits for the last record issued, whatever it was.
     fn after_durable(&mut self, store: &str, what: Held) {
-        if !self.cfg.durable || self.faults.contains(&Fault::AckBeforeDurable) {
-            self.release(what);
-            return;
-        }
         let sync = self
             .cfg
             .stores
             .get(store)
             .is_none_or(|s| s.fsync == Fsync::Always);
+        self.hold_until(sync, what);
+    }
+
+    /// Does `what` once everything issued to the log so far is written (and, with `sync`, synced).
+    fn hold_until(&mut self, sync: bool, what: Held) {
+        if !self.cfg.durable || self.faults.contains(&Fault::AckBeforeDurable) {
+            self.release(what);
+            return;
+        }
         let lsn = self.log.next_lsn - 1;
         let done = if sync {
             self.log.synced >= lsn
@@ -541,6 +610,7 @@ impl StoreCore {
                 self.replies.push_back((op, Ok(Reply::Written { version })))
             }
             Held::OwnCopy { op } => self.count_copy(op, self.me),
+            Held::CaughtUp => self.catch_up = None,
         }
     }
 
@@ -557,6 +627,134 @@ impl StoreCore {
                 _ => {}
             }
             self.progress(op);
+        }
+    }
+
+    /// Starts catching up, as a node does whenever it starts: until it has synced with peers that,
+    /// with itself, hold a quorum of votes, its local reads are answered as stale. Any write
+    /// acknowledged before the start is on a quorum, which meets that set, so once it clears the
+    /// replica holds every such write. `lost` says the node may have lost writes it acknowledged
+    /// (its log was wiped or repaired): then its own copy does not count, it does not vote in
+    /// quorum rounds meanwhile, and it clears only once the log holds what catching up brought.
+    pub fn begin_catch_up(&mut self, lost: bool) {
+        self.catch_up = Some(CatchUp {
+            lost,
+            next_round: 1,
+            ..CatchUp::default()
+        });
+        if self.faults.contains(&Fault::SkipCatchUp) {
+            self.catch_up = None;
+            return;
+        }
+        self.advance_catch_up();
+    }
+
+    /// Where the catch-up stands; `None` once the node is current.
+    pub fn catching_up(&self) -> Option<CatchUpStatus> {
+        let c = self.catch_up.as_ref()?;
+        Some(CatchUpStatus {
+            lost: c.lost,
+            synced_peers: c.synced.len(),
+            votes: self.catch_up_votes(c),
+            needed_votes: self.cfg.required_votes,
+        })
+    }
+
+    fn catch_up_votes(&self, c: &CatchUp) -> u32 {
+        let own = if c.lost { 0 } else { self.cfg.my_votes };
+        own + self.votes(c.synced.iter())
+    }
+
+    /// Whether this node's replica may be missing writes it acknowledged, so it must not vote.
+    fn abstains(&self) -> bool {
+        self.catch_up.as_ref().is_some_and(|c| c.lost)
+            && !self.faults.contains(&Fault::VoteWhileCatchingUp)
+    }
+
+    /// Starts rounds with peers not yet synced, restarts rounds that went quiet, and ends the
+    /// catch-up once enough peers are synced.
+    fn advance_catch_up(&mut self) {
+        let Some(c) = self.catch_up.as_ref() else {
+            return;
+        };
+        if c.draining {
+            return;
+        }
+        // Enough synced, or nobody could ever help (a one-node cluster): done.
+        let enough = self.catch_up_votes(c) >= self.cfg.required_votes;
+        let alone = c.lost && self.cfg.my_votes >= self.cfg.required_votes;
+        if enough || alone {
+            let lost = c.lost;
+            if let Some(c) = self.catch_up.as_mut() {
+                c.draining = true;
+                c.rounds.clear();
+            }
+            if lost {
+                self.hold_until(true, Held::CaughtUp);
+            } else {
+                self.catch_up = None;
+            }
+            return;
+        }
+        // A round can stall only by losing a message (a connection broke); the peer answers a
+        // live round without pause, so one anti-entropy period of silence means start again.
+        let quiet = self.cfg.anti_entropy_every.max(self.cfg.round_timeout);
+        let now = self.now;
+        let start: Vec<NodeId> = self
+            .peers
+            .keys()
+            .filter(|p| !c.synced.contains(p))
+            .filter(|p| c.rounds.get(p).is_none_or(|r| now >= r.heard + quiet))
+            .copied()
+            .collect();
+        for p in start {
+            let Some(c) = self.catch_up.as_mut() else {
+                return;
+            };
+            let id = c.next_round;
+            c.next_round += 1;
+            c.rounds.insert(
+                p,
+                SyncRound {
+                    id,
+                    fetching: false,
+                    heard: now,
+                },
+            );
+            self.send_digest(p, id);
+        }
+    }
+
+    /// A [`StoreMsg::SyncMark`] from `from` for our round `round`.
+    fn on_sync_mark(&mut self, from: NodeId, round: u64, lost: bool) {
+        let now = self.now;
+        let Some(c) = self.catch_up.as_mut() else {
+            return;
+        };
+        let Some(r) = c.rounds.get_mut(&from).filter(|r| r.id == round) else {
+            return; // an old round's mark
+        };
+        r.heard = now;
+        if !r.fetching {
+            // The versions are in and our fetches are out; a barrier follows them.
+            r.fetching = true;
+            self.outbox
+                .push_back((from, StoreMsg::SyncBarrier { round }));
+            return;
+        }
+        c.rounds.remove(&from);
+        if lost {
+            return; // its replica may lack what it acknowledged; the next round asks again
+        }
+        c.synced.insert(from);
+        self.advance_catch_up();
+    }
+
+    /// Notes that `from` sent something, so a round with it is alive.
+    fn heard_from(&mut self, from: NodeId) {
+        let now = self.now;
+        if let Some(r) = self.catch_up.as_mut().and_then(|c| c.rounds.get_mut(&from)) {
+            r.heard = now;
         }
     }
 
@@ -617,11 +815,19 @@ impl StoreCore {
         self.peers.remove(&self.me);
         self.view_quorum = has_quorum;
         self.view_reachable = reachable_votes;
+        if let Some(c) = self.catch_up.as_mut() {
+            let peers = &self.peers;
+            c.rounds.retain(|p, _| peers.contains_key(p));
+        }
         if self.faults.contains(&Fault::NoAntiEntropy) {
             return;
         }
+        if self.catch_up.is_some() {
+            self.advance_catch_up(); // a catch-up round is also an anti-entropy round
+            return;
+        }
         for p in new {
-            self.send_digest(p);
+            self.send_digest(p, 0);
         }
     }
 
@@ -729,10 +935,11 @@ impl StoreCore {
                 limit,
             } => {
                 self.check_store(&store)?;
-                let stale = !self.view_quorum;
-                if stale && self.cfg.minority_reads == MinorityReads::Refuse {
+                let minority = !self.view_quorum;
+                if minority && self.cfg.minority_reads == MinorityReads::Refuse {
                     return Err(self.no_quorum());
                 }
+                let stale = minority || self.catch_up.is_some();
                 let keys = self
                     .replica
                     .store(&store)
@@ -776,7 +983,9 @@ impl StoreCore {
                 let deadline = self.now + self.cfg.round_timeout;
                 let intent = Intent::Write { value, ttl };
                 let mut answers = BTreeMap::new();
-                answers.insert(self.me, self.replica.store_mut(&store).version(&key));
+                if !self.abstains() {
+                    answers.insert(self.me, self.replica.store_mut(&store).version(&key));
+                }
                 self.ops.insert(
                     op,
                     Op {
@@ -806,12 +1015,26 @@ impl StoreCore {
         key: String,
         c: Consistency,
     ) -> Result<(), StoreError> {
-        let stale = !self.view_quorum;
+        let minority = !self.view_quorum;
         let local = c == Consistency::Local || self.faults.contains(&Fault::ReadLocalOnly);
-        if local || stale {
-            if stale && self.cfg.minority_reads == MinorityReads::Refuse {
+        if local || minority {
+            if minority && self.cfg.minority_reads == MinorityReads::Refuse {
                 return Err(self.no_quorum());
             }
+            // A node catching up may not yet hold what its peers do.
+            let stale = minority || self.catch_up.is_some();
+            let absent = || {
+                let mut e = not_found(&store, &key);
+                if let (true, StoreError::NotFound { message }) = (stale, &mut e) {
+                    message.push_str(" here (this node's copy is stale: it is ");
+                    message.push_str(if minority {
+                        "without quorum)"
+                    } else {
+                        "catching up after a start)"
+                    });
+                }
+                e
+            };
             let reply = match self.replica.store(&store).and_then(|s| s.get(&key)) {
                 Some(e) => match e.visible(self.wall_ms) {
                     Some(v) => Ok(Reply::Value {
@@ -819,22 +1042,24 @@ impl StoreCore {
                         version: e.version,
                         stale,
                     }),
-                    None => Err(not_found(&store, &key)),
+                    None => Err(absent()),
                 },
-                None => Err(not_found(&store, &key)),
+                None => Err(absent()),
             };
             self.replies.push_back((op, reply));
             return Ok(());
         }
         let deadline = self.now + self.cfg.round_timeout;
         let mut answers = BTreeMap::new();
-        answers.insert(
-            self.me,
-            self.replica
-                .store(&store)
-                .and_then(|s| s.get(&key))
-                .cloned(),
-        );
+        if !self.abstains() {
+            answers.insert(
+                self.me,
+                self.replica
+                    .store(&store)
+                    .and_then(|s| s.get(&key))
+                    .cloned(),
+            );
+        }
         self.ops.insert(
             op,
             Op {
@@ -1023,6 +1248,9 @@ impl StoreCore {
         self.advance(now, wall_ms);
         match msg {
             StoreMsg::ReadReq { op, store, key } => {
+                if self.abstains() {
+                    return; // the coordinator counts on other replicas
+                }
                 let entry = self
                     .replica
                     .store(&store)
@@ -1063,8 +1291,22 @@ impl StoreCore {
                 }
             }
             StoreMsg::WriteAck { op } => self.count_copy(op, from),
-            StoreMsg::Digest { stores } => self.on_digest(from, stores),
+            StoreMsg::Digest { stores, round } => {
+                self.on_digest(from, stores);
+                if round != 0 {
+                    let lost = self.catch_up.as_ref().is_some_and(|c| c.lost);
+                    self.outbox
+                        .push_back((from, StoreMsg::SyncMark { round, lost }));
+                }
+            }
+            StoreMsg::SyncMark { round, lost } => self.on_sync_mark(from, round, lost),
+            StoreMsg::SyncBarrier { round } => {
+                let lost = self.catch_up.as_ref().is_some_and(|c| c.lost);
+                self.outbox
+                    .push_back((from, StoreMsg::SyncMark { round, lost }));
+            }
             StoreMsg::Entries { store, entries } => {
+                self.heard_from(from);
                 if check_store_name(&store).is_err() {
                     return;
                 }
@@ -1081,7 +1323,10 @@ impl StoreCore {
                 versions,
                 from: lo,
                 until: hi,
-            } => self.on_versions(from, store, buckets, versions, (lo, hi)),
+            } => {
+                self.heard_from(from);
+                self.on_versions(from, store, buckets, versions, (lo, hi))
+            }
             StoreMsg::Fetch { store, keys } => {
                 if let Some(s) = self.replica.store(&store) {
                     let found: Vec<(String, Entry)> = keys
@@ -1111,7 +1356,10 @@ impl StoreCore {
                     if !self.peers.is_empty() && !self.faults.contains(&Fault::NoAntiEntropy) {
                         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
                         let p = peers[self.rng.random_range(0..peers.len())];
-                        self.send_digest(p);
+                        self.send_digest(p, 0);
+                    }
+                    if !self.faults.contains(&Fault::NoAntiEntropy) {
+                        self.advance_catch_up();
                     }
                     let every = self.cfg.anti_entropy_every;
                     self.schedule(every, Due::AntiEntropy);
@@ -1128,7 +1376,7 @@ impl StoreCore {
         }
     }
 
-    fn send_digest(&mut self, to: NodeId) {
+    fn send_digest(&mut self, to: NodeId, round: u64) {
         let stores = self
             .replica
             .store_names()
@@ -1142,7 +1390,8 @@ impl StoreCore {
                 )
             })
             .collect();
-        self.outbox.push_back((to, StoreMsg::Digest { stores }));
+        self.outbox
+            .push_back((to, StoreMsg::Digest { stores, round }));
     }
 
     fn on_digest(&mut self, from: NodeId, theirs: Vec<(String, Vec<u64>)>) {

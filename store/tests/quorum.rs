@@ -163,6 +163,37 @@ impl Net {
         panic!("no reply for op {op} at node {i}");
     }
 
+    /// Restarts node `i` as the agent does: a new core, its old replica restored unless the
+    /// disk was wiped, then a catch-up (`lost`: it may have lost what it acknowledged).
+    fn restart(&mut self, i: usize, wiped: bool, fault: Option<store::Fault>) {
+        let cfg = self.nodes[i].config().clone();
+        let (_, records) = self.nodes[i].snapshot();
+        let mut core = StoreCore::new(self.ids[i], cfg, 77 + i as u64, self.now, self.wall());
+        if let Some(f) = fault {
+            core.inject_fault(f);
+        }
+        if !wiped {
+            core.restore(records);
+        }
+        core.begin_catch_up(wiped);
+        self.nodes[i] = core;
+        // Its view starts empty and fills as membership sees its peers again.
+        self.nodes[i].set_view(BTreeMap::new(), false, 1);
+        self.queue.retain(|_, (from, to, _)| *from != i && *to != i);
+    }
+
+    /// Gives node `i` a view of the nodes it can reach both ways (quorum if they are enough).
+    fn view_of_reachable(&mut self, i: usize) {
+        let n = self.nodes.len();
+        let peers: BTreeMap<NodeId, u32> = (0..n)
+            .filter(|j| *j != i && !self.cut.contains(&(i, *j)) && !self.cut.contains(&(*j, i)))
+            .map(|j| (self.ids[j], 1))
+            .collect();
+        let votes = peers.len() as u32 + 1;
+        self.nodes[i].set_view(peers, votes > n as u32 / 2, votes);
+        self.flush(i);
+    }
+
     fn held(&self, i: usize, key: &str) -> Option<Vec<u8>> {
         self.nodes[i]
             .replica()
@@ -437,4 +468,116 @@ fn local_writes_on_both_sides_converge_after_heal() {
             "replica {i} differs after heal"
         );
     }
+}
+
+fn local_get(key: &str) -> Request {
+    Request::Get {
+        store: "default".into(),
+        key: key.into(),
+        consistency: Some(Consistency::Local),
+    }
+}
+
+#[test]
+fn a_restarted_node_answers_local_reads_as_stale_until_it_has_caught_up() {
+    let mut net = Net::new(3);
+    assert!(net.call(0, put("old", "1")).is_ok());
+    net.run_for(Duration::from_millis(10));
+    net.restart(2, false, None);
+    // While it was down, a write it missed.
+    net.partition(&[&[0, 1], &[2]]);
+    assert!(net.call(0, put("new", "2")).is_ok());
+    // Membership sees its peers (so it has quorum), but no stream gets through yet.
+    let peers: BTreeMap<NodeId, u32> = [(net.ids[0], 1), (net.ids[1], 1)].into();
+    net.nodes[2].set_view(peers, true, 3);
+    net.run_for(Duration::from_secs(20));
+    let status = net.nodes[2]
+        .catching_up()
+        .expect("alone, it cannot catch up");
+    assert_eq!(
+        (status.lost, status.votes, status.needed_votes),
+        (false, 1, 2)
+    );
+    match net.call(2, local_get("old")) {
+        Ok(Reply::Value { value, stale, .. }) => {
+            assert_eq!(value, b"1");
+            assert!(stale, "a node catching up must mark local reads stale");
+        }
+        other => panic!("expected its own copy, got {other:?}"),
+    }
+    let missing = net.call(2, local_get("new")).unwrap_err();
+    assert!(
+        missing.to_string().contains("catching up"),
+        "a miss while catching up says so: {missing}"
+    );
+    // One peer back is enough for a node whose log is intact: with itself, a quorum.
+    net.partition(&[&[0, 2], &[1]]);
+    net.view_of_reachable(2);
+    // The round that went quiet while the stream was cut starts again within a period or two.
+    net.run_for(Duration::from_secs(11));
+    assert_eq!(net.nodes[2].catching_up(), None, "synced with node 0");
+    match net.call(2, local_get("new")) {
+        Ok(Reply::Value { value, stale, .. }) => {
+            assert_eq!(value, b"2");
+            assert!(!stale, "caught up, the local read is fresh");
+        }
+        other => panic!("caught up, it must hold the write it missed: {other:?}"),
+    }
+}
+
+/// Node 2 acknowledges `k` with node 0, then loses its disk. A quorum read at node 1 with node 2
+/// as the second vote would miss `k`; node 2 must abstain until it has caught up.
+fn lost_replica_read(fault: Option<store::Fault>) -> Result<Reply, StoreError> {
+    let mut net = Net::new(3);
+    net.partition(&[&[0, 2], &[1]]);
+    assert!(matches!(
+        net.call(0, put("k", "v1")),
+        Ok(Reply::Written { .. })
+    ));
+    net.restart(2, true, fault);
+    net.partition(&[&[1, 2], &[0]]);
+    net.view_of_reachable(2);
+    net.set_views(|i, j| (i == 0) == (j == 0), true);
+    net.run_for(Duration::from_secs(10));
+    net.call(1, get("k"))
+}
+
+#[test]
+fn a_node_that_lost_acknowledged_writes_does_not_vote_until_caught_up() {
+    let got = lost_replica_read(None);
+    assert!(
+        matches!(got, Err(StoreError::Indeterminate)),
+        "without a second voter that holds its writes, the read cannot complete: {got:?}"
+    );
+    // The same read with the wiped node voting returns nothing: the acknowledged write is lost.
+    let broken = lost_replica_read(Some(store::Fault::VoteWhileCatchingUp));
+    assert!(
+        matches!(&broken, Err(StoreError::NotFound { .. })),
+        "the fault must show the loss: {broken:?}"
+    );
+}
+
+#[test]
+fn a_wiped_node_catches_up_from_a_quorum_of_peers_and_then_votes() {
+    let mut net = Net::new(3);
+    net.partition(&[&[0, 2], &[1]]);
+    assert!(net.call(0, put("k", "v1")).is_ok());
+    net.restart(2, true, None);
+    net.partition(&[&[1, 2], &[0]]);
+    net.view_of_reachable(2);
+    net.run_for(Duration::from_secs(10));
+    let status = net.nodes[2]
+        .catching_up()
+        .expect("node 1 alone is not enough");
+    assert_eq!(
+        (status.lost, status.synced_peers, status.votes),
+        (true, 1, 1)
+    );
+    net.cut.clear();
+    net.view_of_reachable(2);
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.nodes[2].catching_up(), None, "synced with both peers");
+    assert_eq!(net.held(2, "k"), Some(b"v1".to_vec()));
+    net.partition(&[&[1, 2], &[0]]);
+    assert_eq!(value_of(net.call(1, get("k"))), b"v1");
 }

@@ -29,6 +29,8 @@ const FAULTS: &[&str] = &[
     "store:read-local-only",
     "store:no-anti-entropy",
     "store:ack-before-durable",
+    "store:skip-catch-up",
+    "store:vote-while-catching-up",
     "membership:deaf-to-metadata",
     "membership:ignore-down-peers",
     "membership:hasty-failure-detector",
@@ -55,6 +57,8 @@ fn parse_fault(s: &str, f: &mut Faults) -> Result<(), String> {
         "store:read-local-only" => f.store.push(store::Fault::ReadLocalOnly),
         "store:no-anti-entropy" => f.store.push(store::Fault::NoAntiEntropy),
         "store:ack-before-durable" => f.store.push(store::Fault::AckBeforeDurable),
+        "store:skip-catch-up" => f.store.push(store::Fault::SkipCatchUp),
+        "store:vote-while-catching-up" => f.store.push(store::Fault::VoteWhileCatchingUp),
         "membership:deaf-to-metadata" => f.membership.push(membership::Fault::DeafToMetadata),
         "membership:ignore-down-peers" => f.membership.push(membership::Fault::IgnoreDownPeers),
         "membership:hasty-failure-detector" => {
