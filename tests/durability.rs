@@ -1,5 +1,6 @@
 //! End to end: the store's write-ahead log keeps every acknowledged write across `kill -9` of
-//! every node, and a damaged log stops the start until `--repair`, after which peers refill it.
+//! every node, a damaged log stops the start until `--repair`, after which peers refill it, and a
+//! node that lost its log catches up from a quorum of peers before it votes or reads fresh.
 
 mod support;
 
@@ -140,6 +141,96 @@ fn a_damaged_log_stops_the_start_until_repair_and_peers_refill_it() {
         })
     });
     assert!(lab.log_of(victim).contains("repair discarded the log"));
+}
+
+/// `catch_up` of agent `a`'s `/v1/status` (`Null` once current), if it answers.
+fn catch_up(lab: &Lab, a: usize) -> Option<serde_json::Value> {
+    let s = lab.status(a)?;
+    assert_eq!(
+        s["catching_up"].as_bool(),
+        Some(!s["catch_up"].is_null()),
+        "catching_up and catch_up disagree: {s}"
+    );
+    Some(s["catch_up"].clone())
+}
+
+#[test]
+fn a_node_that_lost_its_log_catches_up_from_a_quorum_before_it_votes_or_reads_fresh() {
+    let mut lab = lab_or_skip!(3);
+    let agents = lab.start_cluster(3);
+    let (n1, n2, n3) = (agents[0], agents[1], agents[2]);
+    assert_eq!(kv(&lab, n1, &["put", "default", "c0", "v0"]).0, 0);
+    lab.wait_for(SECS(20), "every node current after the first start", |l| {
+        agents
+            .iter()
+            .all(|a| catch_up(l, *a).is_some_and(|c| c.is_null()))
+    });
+    // n3 stops; a write it misses; then its store directory is lost and n1 stops too.
+    lab.terminate(n3);
+    assert_eq!(kv(&lab, n1, &["put", "default", "c1", "v1"]).0, 0);
+    std::fs::remove_dir_all(lab.agents[n3].data_dir.join("store")).unwrap();
+    lab.terminate(n1);
+    lab.restart(n3);
+    let marker = lab.agents[n3].data_dir.join("store/CATCHING_UP");
+    // With n2 it has quorum, but n2 alone cannot vouch for every acknowledged write.
+    lab.wait_for(SECS(30), "n3 synced with n2 and still catching up", |l| {
+        catch_up(l, n3).is_some_and(|c| c["synced_peers"] == 1)
+    });
+    let c = catch_up(&lab, n3).unwrap();
+    assert_eq!(c["lost_writes"], true, "{c}");
+    assert_eq!(
+        (c["votes"].as_u64(), c["needed_votes"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert!(marker.exists(), "the marker must survive until caught up");
+    let (code, out, err) = lab.kv(n3, &["get", "--consistency", "local", "default", "c1"]);
+    assert_eq!((code, out.as_str()), (0, "v1"), "{err}");
+    assert!(
+        err.contains("stale read"),
+        "a local read while catching up is stale: {err}"
+    );
+    // n3 abstains, so n2 cannot make a quorum read: better no answer than a wrong one.
+    let (code, _, err) = lab.kv(n2, &["get", "--consistency", "quorum", "default", "c1"]);
+    assert_ne!(
+        code, 0,
+        "a quorum read must not count the node that lost its log"
+    );
+    assert!(err.contains("indeterminate"), "{err}");
+    // A crash now must not make the half-filled replica look whole: the marker says lost.
+    lab.kill9(n3);
+    lab.restart(n3);
+    lab.wait_for(SECS(30), "n3 back, still catching up", |l| {
+        catch_up(l, n3).is_some_and(|c| c["synced_peers"] == 1 && c["lost_writes"] == true)
+    });
+    // n1 returns: with n1 and n2 synced, n3 is current, votes, and its local reads are fresh.
+    lab.restart(n1);
+    lab.wait_whole(&agents);
+    lab.wait_for(SECS(30), "n3 caught up", |l| {
+        catch_up(l, n3).is_some_and(|c| c.is_null())
+    });
+    assert!(
+        !marker.exists(),
+        "the marker goes once the catch-up is on disk"
+    );
+    let (code, out, err) = lab.kv(n3, &["get", "--consistency", "local", "default", "c1"]);
+    assert_eq!((code, out.as_str()), (0, "v1"), "{err}");
+    assert!(!err.contains("stale"), "caught up, reads are fresh: {err}");
+    lab.wait_for(SECS(30), "n1 (log intact) current again", |l| {
+        catch_up(l, n1).is_some_and(|c| c.is_null())
+    });
+    assert_eq!(
+        kv(
+            &lab,
+            n2,
+            &["get", "--consistency", "quorum", "default", "c1"]
+        ),
+        (0, "v1".to_string())
+    );
+    let log = lab.log_of(n3);
+    assert!(
+        log.contains("may have lost acknowledged writes") && log.contains("caught up with peers"),
+        "{log}"
+    );
 }
 
 /// Unmounts a tmpfs the test mounted, even when the test fails.

@@ -133,6 +133,8 @@ struct StatusJson {
     unreachable: Vec<String>,
     leaving: bool,
     stores: BTreeMap<String, serde_json::Value>,
+    catching_up: bool,
+    catch_up: Option<serde_json::Value>,
 }
 
 /// One member as the API shows it.
@@ -183,6 +185,15 @@ fn status_json(s: StatusReport) -> StatusJson {
         reachable: s.reachable,
         unreachable: s.unreachable,
         leaving: s.leaving,
+        catching_up: s.catch_up.is_some(),
+        catch_up: s.catch_up.map(|c| {
+            json!({
+                "lost_writes": c.lost,
+                "synced_peers": c.synced_peers,
+                "votes": c.votes,
+                "needed_votes": c.needed_votes,
+            })
+        }),
         stores: s
             .stores
             .into_iter()

@@ -237,6 +237,23 @@ pub fn status_text(v: &Value) -> String {
     };
     let _ = writeln!(out, "reachable:   {}", list("reachable"));
     let _ = writeln!(out, "unreachable: {}", list("unreachable"));
+    let c = &v["catch_up"];
+    let store = if v["catching_up"].as_bool() != Some(true) {
+        "current".to_string()
+    } else if c["lost_writes"].as_bool() == Some(true) {
+        format!(
+            "CATCHING UP, not voting (its log was lost; {} of {} votes synced)",
+            s(&c["votes"]),
+            s(&c["needed_votes"])
+        )
+    } else {
+        format!(
+            "CATCHING UP, local reads stale ({} of {} votes synced)",
+            s(&c["votes"]),
+            s(&c["needed_votes"])
+        )
+    };
+    let _ = writeln!(out, "store:       {store}");
     out
 }
 

@@ -77,6 +77,8 @@ pub struct StatusReport {
     /// Per store: entries held (tombstones included) and a hash of the replica's digest; two
     /// replicas hold the same data exactly when their hashes agree.
     pub stores: BTreeMap<String, (usize, u64)>,
+    /// Where the catch-up after start stands; `None` once local reads are fresh.
+    pub catch_up: Option<store::CatchUpStatus>,
 }
 
 /// Counters for `/metrics`.
@@ -195,6 +197,8 @@ pub struct Driver {
     log_reports: mpsc::UnboundedReceiver<crate::wal_file::Report>,
     logged_since_snapshot: usize,
     peer_generations: BTreeMap<NodeId, u64>,
+    log_dir: std::path::PathBuf,
+    catching_up: bool,
 }
 
 /// The store half of the driver: the core, the stream transport and its inbound frames.
@@ -211,6 +215,8 @@ pub struct StorePart {
     pub log: crate::wal_file::Writer,
     /// How far the log is on disk, from the writer.
     pub log_reports: mpsc::UnboundedReceiver<crate::wal_file::Report>,
+    /// The log's directory (where the lost-writes marker lives).
+    pub log_dir: std::path::PathBuf,
 }
 
 /// Fewest log records between two snapshots (see `flush`).
@@ -236,6 +242,7 @@ impl Driver {
             tx,
             events: events.clone(),
         };
+        let catching_up = store.core.catching_up().is_some();
         let driver = Driver {
             core,
             clock,
@@ -257,6 +264,8 @@ impl Driver {
             log_reports: store.log_reports,
             logged_since_snapshot: 0,
             peer_generations: BTreeMap::new(),
+            catching_up,
+            log_dir: store.log_dir,
         };
         (driver, handle)
     }
@@ -437,6 +446,7 @@ impl Driver {
             unreachable,
             leaving: self.core.is_leaving(),
             stores,
+            catch_up: self.store.catching_up(),
         }
     }
 
@@ -498,6 +508,14 @@ impl Driver {
         while let Some((op, reply)) = self.store.poll_reply() {
             if let Some(tx) = self.pending.remove(&op) {
                 let _ = tx.send(reply);
+            }
+        }
+        if self.catching_up && self.store.catching_up().is_none() {
+            self.catching_up = false;
+            info!("caught up with peers: local reads are fresh");
+            if let Err(e) = crate::wal_file::clear_lost(&self.log_dir) {
+                error!(error = %e, dir = %self.log_dir.display(),
+                    "cannot remove the catch-up marker; the next start will catch up again");
             }
         }
     }

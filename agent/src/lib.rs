@@ -145,12 +145,28 @@ pub async fn run(
         .iter()
         .map(|(n, s)| (n.clone(), s.fsync))
         .collect();
+    // A node that may have lost writes it acknowledged must not vote before it has caught up:
+    // repair discarded records, or the store log vanished under an identity that already ran,
+    // or an earlier start found either and has not caught up since (the marker file says so).
+    let lost =
+        recovered.marked_lost || recovered.repaired || (!recovered.existed && !node_file.created());
+    if lost {
+        wal_file::mark_lost(&log_dir)
+            .with_context(|| format!("writing the catch-up marker in {}", log_dir.display()))?;
+        warn!(
+            marker = %log_dir.join(wal_file::LOST_MARKER).display(),
+            "this node may have lost acknowledged writes: it takes no part in quorum votes until \
+             peers holding a quorum of votes have brought it up to date"
+        );
+    }
     let mut store_core = StoreCore::new(me.id, scfg, store_seed, clock.now(), wall_ms);
     store_core.restore(recovered.records);
+    store_core.begin_catch_up(lost);
     let (log_tx, log_reports) = tokio::sync::mpsc::unbounded_channel();
     let store_part = StorePart {
         core: store_core,
-        log: wal_file::Writer::start(log_dir, fsync, log_tx),
+        log: wal_file::Writer::start(log_dir.clone(), fsync, log_tx),
+        log_dir,
         log_reports,
         outbound: Outbound::new(me.id, sealer, tstats.clone()),
         frames: frames_rx,

@@ -340,7 +340,7 @@ fn kv(cmd: KvCmd) -> ExitCode {
             .call("GET", &format!("{}{}", path(store, key), query(c, vec![])), None)
             .map(|r| {
                 if r.stale {
-                    eprintln!("warning: stale read (this node has no quorum)");
+                    eprintln!("warning: stale read (this node has no quorum, or is catching up after a start)");
                 }
                 if c.json {
                     let v = serde_json::json!({

@@ -48,6 +48,7 @@ pub struct NodeFile {
     path: PathBuf,
     id: NodeId,
     generation: u64,
+    created: bool,
     _lock: File,
 }
 
@@ -70,7 +71,7 @@ impl NodeFile {
             return Err(NodeFileError::Locked(dir.to_path_buf()));
         }
         let path = dir.join("node.json");
-        let (id, generation) = match fs::read_to_string(&path) {
+        let (id, generation, created) = match fs::read_to_string(&path) {
             Ok(text) => {
                 let d: OnDisk =
                     serde_json::from_str(&text).map_err(|e| NodeFileError::Corrupt {
@@ -81,7 +82,7 @@ impl NodeFile {
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
-                (id, d.generation + 1)
+                (id, d.generation + 1, false)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut raw = [0u8; 8];
@@ -92,7 +93,7 @@ impl NodeFile {
                         source: std::io::Error::other(e),
                     })?;
                 // Zero is reserved for "identity not known yet" (a seed address).
-                (NodeId(u64::from_be_bytes(raw).max(1)), 1)
+                (NodeId(u64::from_be_bytes(raw).max(1)), 1, true)
             }
             Err(e) => return Err(io(&path)(e)),
         };
@@ -100,6 +101,7 @@ impl NodeFile {
             path,
             id,
             generation,
+            created,
             _lock: lock,
         };
         nf.store(generation)?;
@@ -109,6 +111,11 @@ impl NodeFile {
     /// The node's stable id.
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// True when this run created the node's identity (the data directory was new).
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// The generation this run started with (or last stored).

@@ -62,6 +62,34 @@ pub struct Recovered {
     pub next_lsn: u64,
     /// Bytes discarded by truncating a torn tail or, with repair, damage.
     pub discarded_bytes: u64,
+    /// The log directory existed before (false: this node has no store log at all yet).
+    pub existed: bool,
+    /// Repair discarded records (not just a torn tail): writes this node acknowledged may be gone.
+    pub repaired: bool,
+    /// The lost-writes marker is present: an earlier start lost its log and has not caught up.
+    pub marked_lost: bool,
+}
+
+/// The file whose presence says this node may have lost writes it acknowledged and has not yet
+/// caught up from its peers; it survives restarts, so a crash during the catch-up cannot make a
+/// partial replica look whole.
+pub const LOST_MARKER: &str = "CATCHING_UP";
+
+/// Creates the lost-writes marker durably (the file, then the directory entry).
+pub fn mark_lost(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join(LOST_MARKER);
+    let f = File::create(&path)?;
+    f.sync_all()?;
+    File::open(dir)?.sync_all()
+}
+
+/// Removes the lost-writes marker once the catch-up is complete and on disk.
+pub fn clear_lost(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(LOST_MARKER)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        r => r?,
+    }
+    File::open(dir)?.sync_all()
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RecoverError + '_ {
@@ -103,10 +131,13 @@ fn files(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<PathBuf>, Recover
 /// Damage anywhere else stops the start with the file and offset, unless `repair`: then the
 /// segment is truncated there, every later segment is removed, and the start goes on.
 pub fn recover(dir: &Path, repair: bool) -> Result<Recovered, RecoverError> {
+    let existed = dir.is_dir();
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let files = segments(dir)?;
     let mut out = Recovered {
         next_lsn: 1,
+        existed,
+        marked_lost: dir.join(LOST_MARKER).exists(),
         ..Recovered::default()
     };
     // The newest snapshot first. It was renamed into place only once complete and synced, so
@@ -181,6 +212,7 @@ pub fn recover(dir: &Path, repair: bool) -> Result<Recovered, RecoverError> {
             warn!(file = %path.display(), offset, reason = %reason, discarded,
                 "store log: dropped a torn tail (a write cut short by a crash)");
         } else {
+            out.repaired = true;
             warn!(file = %path.display(), offset, reason = %reason, discarded,
                 "store log: repair discarded the log from the damage on; peers will refill it");
             for later in &files[k + 1..] {

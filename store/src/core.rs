@@ -393,7 +393,7 @@ struct SyncRound {
 }
 
 /// Where a catch-up stands (see [`StoreCore::catching_up`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CatchUpStatus {
     /// The node may have lost acknowledged writes and does not vote until caught up.
     pub lost: bool,

@@ -14,8 +14,8 @@ pub mod view;
 pub mod wal;
 
 pub use crate::core::{
-    Consistency, Fault, Fsync, MinorityReads, OpId, Reply, Request, StoreConfig, StoreCore,
-    StoreMsg, StoreSettings,
+    CatchUpStatus, Consistency, Fault, Fsync, MinorityReads, OpId, Reply, Request, StoreConfig,
+    StoreCore, StoreMsg, StoreSettings,
 };
 pub use crate::entry::{Entry, Version};
 pub use crate::limits::StoreError;
