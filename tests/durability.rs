@@ -1,13 +1,14 @@
 //! End to end: the store's write-ahead log keeps every acknowledged write across `kill -9` of
 //! every node, a damaged log stops the start until `--repair`, after which peers refill it, and a
-//! node that lost its log catches up from a quorum of peers before it votes or reads fresh.
+//! node that lost its log catches up from a quorum of peers before it votes or reads fresh; a
+//! backup saved from a running node restores onto an empty one.
 
 mod support;
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{CHORUS, Lab};
+use support::{AgentSpec, CHORUS, Lab};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -230,6 +231,96 @@ fn a_node_that_lost_its_log_catches_up_from_a_quorum_before_it_votes_or_reads_fr
     assert!(
         log.contains("may have lost acknowledged writes") && log.contains("caught up with peers"),
         "{log}"
+    );
+}
+
+/// Runs `chorus ARGS...` outside any namespace (file work only); exit code, stdout, stderr.
+fn chorus(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(CHORUS).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_backup_saved_from_a_running_node_restores_onto_an_empty_node() {
+    let mut lab = lab_or_skip!(3);
+    let agents = lab.start_cluster(3);
+    for i in 0..30 {
+        let (code, _) = kv(
+            &lab,
+            agents[0],
+            &["put", "default", &format!("b{i}"), &format!("v{i}")],
+        );
+        assert_eq!(code, 0);
+    }
+    assert_eq!(kv(&lab, agents[1], &["del", "default", "b5"]).0, 0);
+    let backup = lab.dir().join("backup.snap");
+    let backup_s = backup.display().to_string();
+    let out = lab.exec(0, &[CHORUS, "snapshot", "save", &backup_s]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("saved 30 entries"),
+        "29 values and a tombstone: {said}"
+    );
+
+    // A new single-node cluster on a fresh host, restored from the backup before its first start.
+    let host = lab.add_extra_host();
+    let data = lab.dir().join("data-r1");
+    let data_s = data.display().to_string();
+    let (code, out, err) = chorus(&["snapshot", "restore", &backup_s, "--data-dir", &data_s]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("restored 30 entries"), "{out}");
+    let mut spec = AgentSpec::new("r1", 1);
+    spec.cluster = "restored".into();
+    spec.multicast = false;
+    let r1 = lab.start(host, spec);
+    lab.wait_for(SECS(20), "the restored node answers", |l| {
+        kv(l, r1, &["get", "default", "b0"]) == (0, "v0".to_string())
+    });
+    for i in (0..30).filter(|i| *i != 5) {
+        assert_eq!(
+            kv(&lab, r1, &["get", "default", &format!("b{i}")]),
+            (0, format!("v{i}"))
+        );
+    }
+    assert_eq!(
+        kv(&lab, r1, &["get", "default", "b5"]).0,
+        3,
+        "the delete is restored too"
+    );
+
+    // Not onto a running node, not onto a node that holds entries, not from a damaged file.
+    let (code, _, err) = chorus(&["snapshot", "restore", &backup_s, "--data-dir", &data_s]);
+    assert_ne!(code, 0);
+    assert!(err.contains("stop the agent"), "{err}");
+    lab.terminate(r1);
+    let (code, _, err) = chorus(&["snapshot", "restore", &backup_s, "--data-dir", &data_s]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already holds 30 entries"), "{err}");
+    let mut bytes = std::fs::read(&backup).unwrap();
+    bytes[40] ^= 0x01;
+    let bad = lab.dir().join("bad.snap");
+    std::fs::write(&bad, &bytes).unwrap();
+    let empty = lab.dir().join("data-empty").display().to_string();
+    let (code, _, err) = chorus(&[
+        "snapshot",
+        "restore",
+        &bad.display().to_string(),
+        "--data-dir",
+        &empty,
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("is damaged at byte") && err.contains("nothing was restored"),
+        "{err}"
     );
 }
 

@@ -93,6 +93,7 @@ pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
         )
         .layer(DefaultBodyLimit::max(max_value_bytes + 1))
         .route("/v1/status", get(status))
+        .route("/v1/snapshot", get(snapshot))
         .route("/v1/members", get(members))
         .route("/v1/health", get(health))
         .route("/metrics", get(prometheus))
@@ -205,6 +206,32 @@ fn status_json(s: StatusReport) -> StatusJson {
             })
             .collect(),
     }
+}
+
+/// The whole replica in the log format (a backup for `chorus snapshot restore`).
+async fn snapshot(State(h): State<Handle>) -> Result<Response, ApiError> {
+    let backup = h.snapshot().await?;
+    let entries = backup.records.len();
+    let bytes =
+        tokio::task::spawn_blocking(move || crate::wal_file::encode_snapshot(&backup.records))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("encoding the snapshot failed: {e}"),
+                )
+            })?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert("chorus-entries", HeaderValue::from(entries));
+    if backup.catching_up {
+        headers.insert("chorus-stale", HeaderValue::from_static("true"));
+    }
+    Ok((headers, bytes).into_response())
 }
 
 async fn status(State(h): State<Handle>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -66,19 +66,26 @@ pub struct Client {
     base: String,
     api: String,
     agent: ureq::Agent,
+    body_limit: u64,
 }
 
 impl Client {
     /// A client for the agent at `api` (`host:port`).
     pub fn new(api: &str) -> Self {
+        Self::with_limits(api, Duration::from_secs(10), 64 << 20)
+    }
+
+    /// A client whose requests may take `timeout` and bring back `body_limit` bytes (backups).
+    pub fn with_limits(api: &str, timeout: Duration, body_limit: u64) -> Self {
         let config = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
+            .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .build();
         Client {
             base: format!("http://{api}"),
             api: api.to_string(),
             agent: config.into(),
+            body_limit,
         }
     }
 
@@ -106,7 +113,7 @@ impl Client {
         let body = resp
             .body_mut()
             .with_config()
-            .limit(64 << 20)
+            .limit(self.body_limit)
             .read_to_vec()
             .map_err(|e| CliError::Protocol(e.to_string()))?;
         if !(200..300).contains(&status) {

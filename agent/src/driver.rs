@@ -115,6 +115,17 @@ pub enum Command {
     SetSeeds(Vec<String>),
     /// A key/value request.
     Kv(Request, oneshot::Sender<Result<Reply, StoreError>>),
+    /// The whole replica, for a backup.
+    Snapshot(oneshot::Sender<Backup>),
+}
+
+/// The whole replica as log records, for `chorus snapshot save`.
+#[derive(Debug)]
+pub struct Backup {
+    /// Every entry of every store, tombstones included.
+    pub records: Vec<store::wal::Record>,
+    /// The node was still catching up: the backup may lack recent writes.
+    pub catching_up: bool,
 }
 
 /// A cloneable handle to the driver task.
@@ -139,6 +150,11 @@ impl Handle {
     /// Current status.
     pub async fn status(&self) -> Result<StatusReport, Gone> {
         self.ask(Command::Status).await
+    }
+
+    /// The whole replica, for a backup.
+    pub async fn snapshot(&self) -> Result<Backup, Gone> {
+        self.ask(Command::Snapshot).await
     }
 
     /// Current member list.
@@ -319,6 +335,11 @@ impl Driver {
                     }
                     Some(Command::Status(tx)) => { let _ = tx.send(self.status()); }
                     Some(Command::Members(tx)) => { let _ = tx.send(self.core.members()); }
+                    Some(Command::Snapshot(tx)) => {
+                        let (_, records) = self.store.snapshot();
+                        let catching_up = self.store.catching_up().is_some();
+                        let _ = tx.send(Backup { records, catching_up });
+                    }
                     Some(Command::Kv(req, tx)) => {
                         let op = self.store.request(self.clock.now(), self.wall_ms(), req);
                         self.pending.insert(op, tx);

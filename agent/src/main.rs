@@ -34,6 +34,33 @@ enum Cmd {
     Kv(KvCmd),
     /// Load-test running agents' key/value API (bounded in time and operations).
     Bench(BenchArgs),
+    /// Back up a node's store, or restore a backup onto an empty node.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Save the running agent's whole store (every store, tombstones included) to FILE.
+    Save {
+        /// Where to write the backup (written whole or not at all).
+        file: PathBuf,
+        /// The agent's API address.
+        #[arg(long, env = "CHORUS_API", default_value = "127.0.0.1:7947")]
+        api: String,
+    },
+    /// Install the backup FILE as the store of a stopped node that holds no entries; the agent
+    /// then starts with them and catches up with its peers.
+    Restore {
+        /// The backup, from `chorus snapshot save`.
+        file: PathBuf,
+        /// The node's TOML config file (for node.data_dir).
+        #[arg(long, short, env = "CHORUS_CONFIG")]
+        config: Option<PathBuf>,
+        /// The node's data directory (node.data_dir), overriding the config.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -194,6 +221,7 @@ fn main() -> ExitCode {
         Cmd::Status(c) => client(&c, "/v1/status", cli::status_text),
         Cmd::Kv(k) => kv(k),
         Cmd::Bench(b) => bench(b),
+        Cmd::Snapshot(s) => snapshot(s),
         Cmd::Keygen => {
             let mut k = [0u8; 32];
             if let Err(e) = rand::rngs::SysRng.try_fill_bytes(&mut k) {
@@ -285,6 +313,82 @@ fn run_agent(a: AgentArgs) -> ExitCode {
             tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn snapshot(cmd: SnapshotCmd) -> ExitCode {
+    match cmd {
+        SnapshotCmd::Save { file, api } => {
+            // A big store takes a while to encode and send: minutes and gigabytes, not 10 s.
+            let client = Client::with_limits(&api, std::time::Duration::from_secs(600), 64 << 30);
+            let raw = match client.call("GET", "/v1/snapshot", None) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if raw.stale {
+                eprintln!(
+                    "warning: the node was catching up after a start; the backup may lack recent \
+                     writes (take it from a node whose `chorus status` says store: current)"
+                );
+            }
+            match agent::backup::save(&file, &raw.body) {
+                Ok(n) => {
+                    println!(
+                        "saved {n} entries ({} bytes) to {}",
+                        raw.body.len(),
+                        file.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        SnapshotCmd::Restore {
+            file,
+            config,
+            data_dir,
+        } => {
+            let overrides = Overrides {
+                data_dir,
+                ..Overrides::default()
+            };
+            let cfg = match Config::load(config.as_deref(), &ProcessEnv, &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let _lock = match agent::node_file::lock_data_dir(&cfg.data_dir) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: {e} (stop the agent before restoring)");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let was_member = agent::node_file::has_identity(&cfg.data_dir);
+            match agent::backup::restore(&file, &cfg.data_dir.join("store"), was_member) {
+                Ok(r) => {
+                    println!(
+                        "restored {} entries into {}; start the agent: it serves them and \
+                         catches up with its peers",
+                        r.entries,
+                        r.path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

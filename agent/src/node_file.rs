@@ -52,6 +52,32 @@ pub struct NodeFile {
     _lock: File,
 }
 
+/// Creates the data directory if needed and takes its lock, which is held for as long as the
+/// returned file is open: one agent (or one restore) per data directory.
+pub fn lock_data_dir(dir: &Path) -> Result<File, NodeFileError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| NodeFileError::Io { path, source }
+    };
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let lock_path = dir.join("lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    if lock.try_lock().is_err() {
+        return Err(NodeFileError::Locked(dir.to_path_buf()));
+    }
+    Ok(lock)
+}
+
+/// True when `dir` holds a node identity: a node has run there (and may have acknowledged writes).
+pub fn has_identity(dir: &Path) -> bool {
+    dir.join("node.json").exists()
+}
+
 impl NodeFile {
     /// Opens (or creates) the data directory, locks it, and takes the next generation.
     pub fn open_and_advance(dir: &Path) -> Result<NodeFile, NodeFileError> {
@@ -59,17 +85,7 @@ impl NodeFile {
             let path = path.to_path_buf();
             move |source| NodeFileError::Io { path, source }
         };
-        fs::create_dir_all(dir).map_err(io(dir))?;
-        let lock_path = dir.join("lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
-        if lock.try_lock().is_err() {
-            return Err(NodeFileError::Locked(dir.to_path_buf()));
-        }
+        let lock = lock_data_dir(dir)?;
         let path = dir.join("node.json");
         let (id, generation, created) = match fs::read_to_string(&path) {
             Ok(text) => {

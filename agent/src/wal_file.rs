@@ -414,20 +414,7 @@ fn write_snapshot(
     if let Some(old) = segment.take() {
         old.file.sync_all()?;
     }
-    let name = format!("snap-{through:020}");
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut bytes = wal::file_header().to_vec();
-    for r in records {
-        wal::encode(r, &mut bytes);
-    }
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-    }
-    let path = dir.join(format!("{name}.snap"));
-    std::fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()?;
+    let path = write_snapshot_file(dir, through, &encode_snapshot(records))?;
     let mut removed = 0;
     let listed = |p, s| files(dir, p, s).map_err(|e| std::io::Error::other(e.to_string()));
     for old in listed("wal-", ".log")?
@@ -439,6 +426,31 @@ fn write_snapshot(
     }
     File::open(dir)?.sync_all()?;
     Ok(removed)
+}
+
+/// A snapshot file's bytes: the log file header, then every record.
+pub fn encode_snapshot(records: &[Record]) -> Vec<u8> {
+    let mut bytes = wal::file_header().to_vec();
+    for r in records {
+        wal::encode(r, &mut bytes);
+    }
+    bytes
+}
+
+/// Puts `bytes` in place as `snap-<through>.snap` in `dir` so that it is either whole or absent:
+/// a temporary file, fsynced, renamed, and the directory fsynced.
+pub fn write_snapshot_file(dir: &Path, through: u64, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    let name = format!("snap-{through:020}");
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    let path = dir.join(format!("{name}.snap"));
+    std::fs::rename(&tmp, &path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(path)
 }
 
 /// Writes `records` with one `write` and, if asked, one fsync. On failure the segment is cut
