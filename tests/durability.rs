@@ -234,6 +234,98 @@ fn a_node_that_lost_its_log_catches_up_from_a_quorum_before_it_votes_or_reads_fr
     );
 }
 
+/// Records in every log file and snapshot of a store directory (an agent's, while it runs: a
+/// file being written may end in a partial record, which is not counted).
+fn records_on_disk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log" || x == "snap"))
+        .filter_map(|p| std::fs::read(p).ok())
+        .filter_map(|b| store::wal::decode_file(&b).ok())
+        .map(|d| d.records.len())
+        .sum()
+}
+
+#[test]
+fn snapshots_keep_the_log_proportional_to_the_live_data() {
+    const EVERY: usize = 2_000;
+    let mut lab = lab_or_skip!(3);
+    let agents: Vec<usize> = (0..3)
+        .map(|i| {
+            let mut spec = AgentSpec::new(&format!("n{}", i + 1), 3);
+            spec.extra_toml = format!("[store]\nsnapshot_min_records = {EVERY}\n");
+            lab.start(i, spec)
+        })
+        .collect();
+    lab.wait_whole(&agents);
+    // 12,000 quorum writes over 100 keys: every node logs each one.
+    let out = lab.exec(
+        0,
+        &[
+            CHORUS,
+            "bench",
+            "--api",
+            "127.0.0.1:7947",
+            "--clients",
+            "4",
+            "--keys",
+            "25",
+            "--max-ops",
+            "3000",
+            "--duration",
+            "120s",
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("(12000 ok, 0 errors"),
+        "every write acknowledged: {said}"
+    );
+    for a in &agents {
+        let dir = lab.agents[*a].data_dir.join("store");
+        let held = records_on_disk(&dir);
+        // A snapshot (the 100 live entries) and at most one period of records since it, plus
+        // what the writer had queued when it was counted.
+        assert!(
+            held <= 100 + EVERY + 1_000,
+            "{}: {held} records on disk after 12,000 writes of 100 keys",
+            dir.display()
+        );
+        let snaps = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "snap")
+            })
+            .count();
+        assert_eq!(snaps, 1, "one snapshot in {}", dir.display());
+    }
+    // What the snapshots and the remaining records hold reads back whole after kill -9.
+    let digest = |l: &Lab, a: usize| {
+        l.status(a)
+            .map(|s| s["stores"]["default"].clone())
+            .unwrap_or_default()
+    };
+    let before = digest(&lab, agents[2]);
+    assert_eq!(before["entries"], 100, "{before}");
+    lab.kill9(agents[2]);
+    lab.restart(agents[2]);
+    lab.wait_for(
+        SECS(20),
+        "the restarted node holds the same 100 entries",
+        |l| digest(l, agents[2]) == before,
+    );
+}
+
 /// Runs `chorus ARGS...` outside any namespace (file work only); exit code, stdout, stderr.
 fn chorus(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(CHORUS).args(args).output().unwrap();

@@ -97,6 +97,8 @@ pub struct StoreSection {
     pub tombstone_grace: Option<String>,
     /// `store.fsync`: `always`, `never`, or an interval such as `100ms` (every store's default)
     pub fsync: Option<String>,
+    /// `store.snapshot_min_records`: fewest log records between two snapshots
+    pub snapshot_min_records: Option<usize>,
 }
 
 /// `[stores.NAME]` keys.
@@ -269,6 +271,9 @@ pub struct Config {
     pub anti_entropy_interval: std::time::Duration,
     /// How long tombstones are kept.
     pub tombstone_grace: std::time::Duration,
+    /// Fewest log records between two snapshots (a snapshot also waits for twice the live
+    /// entries).
+    pub snapshot_min_records: usize,
     /// The stores, with their default consistency and fsync policy (`default` always exists).
     pub stores: BTreeMap<String, store::StoreSettings>,
 }
@@ -591,6 +596,13 @@ impl Config {
             "5s",
         )?;
         let tombstone_grace = duration("store.tombstone_grace", file.store.tombstone_grace, "24h")?;
+        let snapshot_min_records = file.store.snapshot_min_records.unwrap_or(100_000);
+        if snapshot_min_records == 0 {
+            return Err(invalid(
+                "store.snapshot_min_records",
+                "0 would snapshot after every write; use at least 1 (default 100000)".to_string(),
+            ));
+        }
         let fsync_s = env.get("CHORUS_STORE_FSYNC").or(file.store.fsync);
         let fsync = parse_fsync("store.fsync", fsync_s.as_deref().unwrap_or("always"))?;
         let mut stores = BTreeMap::new();
@@ -650,6 +662,7 @@ impl Config {
             round_timeout,
             anti_entropy_interval,
             tombstone_grace,
+            snapshot_min_records,
             stores,
         })
     }
@@ -849,6 +862,10 @@ mod tests {
         assert_eq!(
             err_key(from_toml("[store]\nmax_value_bytes = 0")),
             "store.max_value_bytes"
+        );
+        assert_eq!(
+            err_key(from_toml("[store]\nsnapshot_min_records = 0")),
+            "store.snapshot_min_records"
         );
         assert_eq!(
             err_key(from_toml("[stores.Bad]\nconsistency = \"quorum\"")),

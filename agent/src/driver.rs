@@ -215,6 +215,7 @@ pub struct Driver {
     peer_generations: BTreeMap<NodeId, u64>,
     log_dir: std::path::PathBuf,
     catching_up: bool,
+    snapshot_min_records: usize,
 }
 
 /// The store half of the driver: the core, the stream transport and its inbound frames.
@@ -233,10 +234,9 @@ pub struct StorePart {
     pub log_reports: mpsc::UnboundedReceiver<crate::wal_file::Report>,
     /// The log's directory (where the lost-writes marker lives).
     pub log_dir: std::path::PathBuf,
+    /// Fewest log records between two snapshots.
+    pub snapshot_min_records: usize,
 }
-
-/// Fewest log records between two snapshots (see `flush`).
-pub const SNAPSHOT_MIN_RECORDS: usize = 100_000;
 
 /// How often seed names are resolved again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
@@ -282,6 +282,7 @@ impl Driver {
             peer_generations: BTreeMap::new(),
             catching_up,
             log_dir: store.log_dir,
+            snapshot_min_records: store.snapshot_min_records,
         };
         (driver, handle)
     }
@@ -512,9 +513,9 @@ impl Driver {
             self.logged_since_snapshot += records.len();
             self.log.append(records);
             // Bound the disk: once the log holds twice the live entries (and at least
-            // SNAPSHOT_MIN_RECORDS), write the replica as a snapshot and drop the segments.
+            // `snapshot_min_records`), write the replica as a snapshot and drop the segments.
             let live = self.store.entries();
-            if self.logged_since_snapshot >= SNAPSHOT_MIN_RECORDS.max(2 * live) {
+            if self.logged_since_snapshot >= self.snapshot_min_records.max(2 * live) {
                 let (through, all) = self.store.snapshot();
                 self.log.snapshot(through, all);
                 self.logged_since_snapshot = 0;

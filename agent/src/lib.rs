@@ -168,6 +168,7 @@ pub async fn run(
         core: store_core,
         log: wal_file::Writer::start(log_dir.clone(), fsync, log_tx),
         log_dir,
+        snapshot_min_records: config.snapshot_min_records,
         log_reports,
         outbound: Outbound::new(me.id, sealer, tstats.clone()),
         frames: frames_rx,

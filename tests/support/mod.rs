@@ -77,6 +77,8 @@ pub struct AgentSpec {
     pub seeds: Vec<String>,
     /// Multicast discovery on.
     pub multicast: bool,
+    /// More TOML appended to the config (sections the lab does not write, e.g. `[store]`).
+    pub extra_toml: String,
 }
 
 /// The key the tests' main cluster uses.
@@ -94,6 +96,7 @@ impl AgentSpec {
             expected_nodes: n,
             seeds: vec![],
             multicast: true,
+            extra_toml: String::new(),
         }
     }
 }
@@ -296,7 +299,7 @@ impl Lab {
              [gossip]\nbind = \"{ip}:7946\"\nprofile = \"lan\"\n\
              [discovery]\nmulticast = {mc}\nmulticast_interface = \"eth0\"\nseeds = [{seeds}]\n\
              [cluster]\nname = {cluster:?}\nkey = {key:?}\nexpected_nodes = {n}\n\
-             [api]\nbind = \"127.0.0.1:7947\"\n[log]\nlevel = \"info,membership=debug\"\n",
+             [api]\nbind = \"127.0.0.1:7947\"\n[log]\nlevel = \"info,membership=debug\"\n{extra}",
             name = spec.name,
             dd = data_dir.display().to_string(),
             ip = self.ip(host),
@@ -305,6 +308,7 @@ impl Lab {
             cluster = spec.cluster,
             key = spec.key,
             n = spec.expected_nodes,
+            extra = spec.extra_toml,
         );
         std::fs::write(&config, text).expect("write agent config");
         let mut agent = Agent {
