@@ -225,12 +225,12 @@ fn main() {
     ] {
         let r = run(&spec(op, c, clients), &|_, _| {});
         println!(
-            "{op:<4} {c:<6} {clients:>2} clients: {:>7.0} ops/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ({} errors)",
+            "{op:<4} {c:<6} {clients:>2} clients: {:>7.0} ops/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ({})",
             r.rate(),
             r.p50.as_secs_f64() * 1e3,
             r.p99.as_secs_f64() * 1e3,
             r.max.as_secs_f64() * 1e3,
-            r.errors
+            r.errors_text()
         );
     }
     if a.converge_keys > 0 {
@@ -266,9 +266,9 @@ fn main() {
             std::thread::sleep(Duration::from_millis(20));
         }
         println!(
-            "convergence: {} keys written at quorum while n{last} was away ({} errors); n{last} came back with its store wiped and every replica's digest was equal {:.2} s after its restart",
+            "convergence: {} keys written at quorum while n{last} was away ({}); n{last} came back with its store wiped and every replica's digest was equal {:.2} s after its restart",
             r.ok,
-            r.errors,
+            r.errors_text(),
             t.elapsed().as_secs_f64()
         );
     }

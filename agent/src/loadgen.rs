@@ -6,6 +6,7 @@
 //! the addresses it is given (loopback or the test's own namespaces).
 
 use crate::cli::encode_segment;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// What to run.
@@ -38,6 +39,9 @@ pub struct LoadReport {
     pub ok: u64,
     /// Failed operations (any error answer or transport failure).
     pub errors: u64,
+    /// Failed operations by kind: the API's error code (`indeterminate`, `no_quorum`, ...) or
+    /// `transport` when no answer came.
+    pub errors_by_kind: BTreeMap<String, u64>,
     /// Wall time of the run.
     pub elapsed: Duration,
     /// Latency percentiles of successful operations: p50, p90, p99, max.
@@ -55,6 +59,19 @@ impl LoadReport {
     pub fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
+
+    /// The errors as `N errors (kind N, ...)`, or `0 errors`.
+    pub fn errors_text(&self) -> String {
+        if self.errors == 0 {
+            return "0 errors".into();
+        }
+        let kinds: Vec<String> = self
+            .errors_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        format!("{} errors: {}", self.errors, kinds.join(", "))
+    }
 }
 
 /// Runs the load and reports; `progress` is called about once a second with (ok so far, elapsed).
@@ -62,7 +79,7 @@ pub fn run(spec: &LoadSpec, progress: &(dyn Fn(u64, Duration) + Sync)) -> LoadRe
     let start = Instant::now();
     let deadline = start + spec.duration;
     let done = std::sync::atomic::AtomicU64::new(0);
-    let results: Vec<(Vec<Duration>, u64)> = std::thread::scope(|scope| {
+    let results: Vec<(Vec<Duration>, BTreeMap<String, u64>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..spec.clients)
             .map(|c| {
                 let api = spec.apis[c % spec.apis.len()].clone();
@@ -91,7 +108,11 @@ pub fn run(spec: &LoadSpec, progress: &(dyn Fn(u64, Duration) + Sync)) -> LoadRe
         .iter()
         .flat_map(|(l, _)| l.iter().copied())
         .collect();
-    let errors = results.iter().map(|(_, e)| e).sum();
+    let mut errors_by_kind = BTreeMap::new();
+    for (kind, n) in results.iter().flat_map(|(_, e)| e.iter()) {
+        *errors_by_kind.entry(kind.clone()).or_insert(0) += n;
+    }
+    let errors = errors_by_kind.values().sum();
     lat.sort();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
@@ -101,6 +122,7 @@ pub fn run(spec: &LoadSpec, progress: &(dyn Fn(u64, Duration) + Sync)) -> LoadRe
     LoadReport {
         ok: lat.len() as u64,
         errors,
+        errors_by_kind,
         elapsed,
         p50: pct(0.50),
         p90: pct(0.90),
@@ -115,7 +137,7 @@ fn client(
     api: &str,
     deadline: Instant,
     done: &std::sync::atomic::AtomicU64,
-) -> (Vec<Duration>, u64) {
+) -> (Vec<Duration>, BTreeMap<String, u64>) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .http_status_as_error(false)
@@ -123,7 +145,7 @@ fn client(
         .into();
     let value = vec![b'x'; spec.value_bytes];
     let mut lat = Vec::new();
-    let mut errors = 0;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut i = 0u64;
     while Instant::now() < deadline && i < spec.max_ops_per_client {
         let key = format!("bench-{c}-{}", i % spec.keys.max(1));
@@ -135,24 +157,32 @@ fn client(
         );
         let t = Instant::now();
         let r = if spec.op == "get" {
-            agent
-                .get(&url)
-                .call()
-                .map(|mut r| (r.status().as_u16(), r.body_mut().read_to_vec().is_ok()))
+            agent.get(&url).call()
         } else {
-            agent
-                .put(&url)
-                .send(&value[..])
-                .map(|mut r| (r.status().as_u16(), r.body_mut().read_to_vec().is_ok()))
-        };
-        match r {
-            Ok((200, true)) => {
+            agent.put(&url).send(&value[..])
+        }
+        .map(|mut r| (r.status().as_u16(), r.body_mut().read_to_vec().ok()));
+        let failed = match r {
+            Ok((200, Some(_))) => {
                 lat.push(t.elapsed());
                 done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                None
             }
-            _ => errors += 1,
+            Ok((status, Some(body))) => Some(error_code(status, &body)),
+            Ok((_, None)) | Err(_) => Some("transport".to_string()),
+        };
+        if let Some(kind) = failed {
+            *errors.entry(kind).or_insert(0) += 1;
         }
         i += 1;
     }
     (lat, errors)
+}
+
+/// The API's error code from an error answer (docs/http-api.md), or the HTTP status.
+fn error_code(status: u16, body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("http {status}"))
 }

@@ -516,14 +516,14 @@ fn bench(b: BenchArgs) -> ExitCode {
     });
     eprintln!();
     println!(
-        "{} {} x{} clients, {} B values: {:.0} ops/s ({} ok, {} errors in {:.1} s); latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "{} {} x{} clients, {} B values: {:.0} ops/s ({} ok, {} in {:.1} s); latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         b.op,
         b.consistency,
         b.clients,
         b.value_bytes,
         r.rate(),
         r.ok,
-        r.errors,
+        r.errors_text(),
         r.elapsed.as_secs_f64(),
         r.p50.as_secs_f64() * 1e3,
         r.p90.as_secs_f64() * 1e3,
