@@ -257,19 +257,34 @@ fn main() {
         let t = Instant::now();
         cluster.restart(last);
         let deadline = t + Duration::from_secs(600);
-        loop {
+        let (mut equal, mut current, mut rounds) = (None, None, 0);
+        while equal.is_none() || current.is_none() {
             let all: Vec<Option<String>> = cluster.apis.iter().map(|x| digest(x)).collect();
-            if all.iter().all(|d| d.is_some() && *d == all[0]) && all[0] == target {
-                break;
+            if equal.is_none()
+                && all.iter().all(|d| d.is_some() && *d == all[0])
+                && all[0] == target
+            {
+                equal = Some(t.elapsed());
+            }
+            if current.is_none()
+                && let Some(s) = status(&cluster.apis[last])
+            {
+                if s["catching_up"] == false {
+                    current = Some(t.elapsed());
+                } else {
+                    rounds = s["catch_up"]["rounds"].as_u64().unwrap_or(0);
+                }
             }
             assert!(Instant::now() < deadline, "no convergence within 600 s");
             std::thread::sleep(Duration::from_millis(20));
         }
+        let secs = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
         println!(
-            "convergence: {} keys written at quorum while n{last} was away ({}); n{last} came back with its store wiped and every replica's digest was equal {:.2} s after its restart",
+            "convergence: {} keys written at quorum while n{last} was away ({}); n{last} came back with its store wiped: every replica's digest was equal {:.2} s after its restart, and it reported catching_up false after {:.2} s ({rounds} sync rounds)",
             r.ok,
             r.errors_text(),
-            t.elapsed().as_secs_f64()
+            secs(equal),
+            secs(current),
         );
     }
     if a.memory_keys > 0 {

@@ -29,22 +29,58 @@ fn lines(path: &std::path::Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[test]
-fn killing_every_node_during_quorum_writes_loses_no_acknowledged_write() {
-    let mut lab = lab_or_skip!(3);
-    let agents = lab.start_cluster(3);
-    // A client in host 0 writes k1, k2, ... and prints each key whose put was acknowledged.
+/// Starts a client in host 0 that writes k1, k2, ... (up to 4000) and prints each key whose put
+/// was acknowledged, to the returned file.
+fn write_stream(lab: &Lab) -> (std::process::Child, std::path::PathBuf) {
     let acked_file = lab.dir().join("acked");
     let script = format!(
         "i=0; while [ $i -lt 4000 ]; do i=$((i+1)); \
          if {CHORUS} kv put default k$i v$i >/dev/null 2>&1; then echo k$i; fi; done"
     );
-    let mut writer = Command::new("ip")
+    let writer = Command::new("ip")
         .args(["netns", "exec", lab.ns(0), "sh", "-c", &script])
         .stdout(std::fs::File::create(&acked_file).unwrap())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    (writer, acked_file)
+}
+
+/// Waits (bounded) for the writer to end by itself, else stops it.
+fn stop_writer(mut writer: std::process::Child, within: Duration) {
+    let deadline = Instant::now() + within;
+    while writer.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = writer.kill();
+            let _ = writer.wait();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The acknowledged keys agent `a` does not return with their value at `consistency`.
+fn missing(lab: &Lab, a: usize, consistency: &str, acked: &[String]) -> Vec<String> {
+    let mut lost = Vec::new();
+    for key in acked {
+        let want = format!("v{}", &key[1..]);
+        let (code, got) = kv(
+            lab,
+            a,
+            &["get", "--consistency", consistency, "default", key],
+        );
+        if code != 0 || got != want {
+            lost.push(format!("{key}: exit {code}, {got:?}"));
+        }
+    }
+    lost
+}
+
+#[test]
+fn killing_every_node_during_quorum_writes_loses_no_acknowledged_write() {
+    let mut lab = lab_or_skip!(3);
+    let agents = lab.start_cluster(3);
+    let (writer, acked_file) = write_stream(&lab);
     lab.wait_for(SECS(60), "100 writes acknowledged", |_| {
         lines(&acked_file).len() >= 100
     });
@@ -52,15 +88,7 @@ fn killing_every_node_during_quorum_writes_loses_no_acknowledged_write() {
         lab.kill9(*a);
     }
     // The client runs out of keys quickly once nothing answers; bound it anyway.
-    let deadline = Instant::now() + SECS(120);
-    while writer.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = writer.kill();
-            let _ = writer.wait();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stop_writer(writer, SECS(120));
     let acked = lines(&acked_file);
     assert!(
         acked.len() >= 100,
@@ -71,14 +99,7 @@ fn killing_every_node_during_quorum_writes_loses_no_acknowledged_write() {
         lab.restart(*a);
     }
     lab.wait_whole(&agents);
-    let mut lost = Vec::new();
-    for key in &acked {
-        let want = format!("v{}", &key[1..]);
-        let (code, got) = kv(&lab, 0, &["get", "--consistency", "quorum", "default", key]);
-        if code != 0 || got != want {
-            lost.push(format!("{key}: exit {code}, {got:?}"));
-        }
-    }
+    let lost = missing(&lab, 0, "quorum", &acked);
     assert!(
         lost.is_empty(),
         "{} of {} acknowledged writes lost after kill -9 of every node: {:?}\n{}",
@@ -86,6 +107,45 @@ fn killing_every_node_during_quorum_writes_loses_no_acknowledged_write() {
         acked.len(),
         &lost[..lost.len().min(10)],
         lab.all_logs()
+    );
+}
+
+#[test]
+fn a_node_killed_during_quorum_writes_restarts_with_every_acknowledged_write() {
+    let mut lab = lab_or_skip!(3);
+    let agents = lab.start_cluster(3);
+    let (writer, acked_file) = write_stream(&lab);
+    lab.wait_for(SECS(60), "100 writes acknowledged", |_| {
+        lines(&acked_file).len() >= 100
+    });
+    let victim = agents[2];
+    lab.kill9(victim);
+    // Writes go on through the two others while it is down.
+    lab.wait_for(SECS(60), "100 more writes acknowledged", |_| {
+        lines(&acked_file).len() >= 200
+    });
+    stop_writer(writer, Duration::ZERO);
+    let acked = lines(&acked_file);
+    lab.restart(victim);
+    lab.wait_whole(&agents);
+    lab.wait_for(SECS(30), "the restarted node caught up", |l| {
+        catch_up(l, victim).is_some_and(|c| c.is_null())
+    });
+    // Its own copy, read locally: what its log kept plus what catching up brought.
+    let lost = missing(&lab, victim, "local", &acked);
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes missing on the restarted node: {:?}\n{}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(10)],
+        lab.all_logs()
+    );
+    let lost = missing(&lab, agents[1], "quorum", &acked);
+    assert!(
+        lost.is_empty(),
+        "lost at quorum: {:?}",
+        &lost[..lost.len().min(10)]
     );
 }
 

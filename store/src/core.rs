@@ -375,9 +375,14 @@ struct CatchUp {
     lost: bool,
     /// Peers whose whole replica (as of the round) this node now holds.
     synced: BTreeSet<NodeId>,
-    /// Rounds in progress, by peer.
-    rounds: BTreeMap<NodeId, SyncRound>,
+    /// The round in progress. One at a time: the first round brings nearly everything, and the
+    /// next peer's then differs in little, where rounds in parallel would fetch it all twice.
+    round: Option<SyncRound>,
+    /// When a round with each peer last began (the least recently tried peer goes next).
+    tried: BTreeMap<NodeId, Duration>,
     next_round: u64,
+    /// Rounds begun so far.
+    rounds_started: u64,
     /// Synced with enough peers; waiting for the log (only when `lost`).
     draining: bool,
 }
@@ -385,6 +390,7 @@ struct CatchUp {
 /// One catch-up round with one peer: digest, versions and fetches, then a barrier.
 #[derive(Debug)]
 struct SyncRound {
+    peer: NodeId,
     id: u64,
     /// The peer has answered the digest; the barrier behind our fetches is out.
     fetching: bool,
@@ -403,6 +409,8 @@ pub struct CatchUpStatus {
     pub votes: u32,
     /// Votes needed: a quorum, so that every acknowledged write is among them.
     pub needed_votes: u32,
+    /// Sync rounds begun so far (more than the peers needed means rounds were cut short).
+    pub rounds: u64,
 }
 
 /// The write-ahead log as the core sees it: records handed out, and how far the driver says
@@ -657,6 +665,7 @@ impl StoreCore {
             synced_peers: c.synced.len(),
             votes: self.catch_up_votes(c),
             needed_votes: self.cfg.required_votes,
+            rounds: c.rounds_started,
         })
     }
 
@@ -671,8 +680,8 @@ impl StoreCore {
             && !self.faults.contains(&Fault::VoteWhileCatchingUp)
     }
 
-    /// Starts rounds with peers not yet synced, restarts rounds that went quiet, and ends the
-    /// catch-up once enough peers are synced.
+    /// Ends the catch-up once enough peers are synced; otherwise begins a round with the least
+    /// recently tried peer not yet synced, unless a live round is under way.
     fn advance_catch_up(&mut self) {
         let Some(c) = self.catch_up.as_ref() else {
             return;
@@ -687,7 +696,7 @@ impl StoreCore {
             let lost = c.lost;
             if let Some(c) = self.catch_up.as_mut() {
                 c.draining = true;
-                c.rounds.clear();
+                c.round = None;
             }
             if lost {
                 self.hold_until(true, Held::CaughtUp);
@@ -696,33 +705,38 @@ impl StoreCore {
             }
             return;
         }
-        // A round can stall only by losing a message (a connection broke); the peer answers a
-        // live round without pause, so one anti-entropy period of silence means start again.
-        let quiet = self.cfg.anti_entropy_every.max(self.cfg.round_timeout);
+        // A round stalls only when a message was lost with a broken connection: the peer keeps
+        // sending while a round is live (versions, then entries), so silence this long ends it.
+        let quiet = 3 * self.cfg.anti_entropy_every.max(self.cfg.round_timeout);
         let now = self.now;
-        let start: Vec<NodeId> = self
+        if let Some(r) = &c.round
+            && self.peers.contains_key(&r.peer)
+            && now < r.heard + quiet
+        {
+            return;
+        }
+        let next = self
             .peers
             .keys()
             .filter(|p| !c.synced.contains(p))
-            .filter(|p| c.rounds.get(p).is_none_or(|r| now >= r.heard + quiet))
-            .copied()
-            .collect();
-        for p in start {
-            let Some(c) = self.catch_up.as_mut() else {
-                return;
-            };
-            let id = c.next_round;
-            c.next_round += 1;
-            c.rounds.insert(
-                p,
-                SyncRound {
-                    id,
-                    fetching: false,
-                    heard: now,
-                },
-            );
-            self.send_digest(p, id);
-        }
+            .min_by_key(|p| (c.tried.get(p).copied(), **p))
+            .copied();
+        let Some(c) = self.catch_up.as_mut() else {
+            return;
+        };
+        c.round = None;
+        let Some(peer) = next else { return };
+        let id = c.next_round;
+        c.next_round += 1;
+        c.rounds_started += 1;
+        c.tried.insert(peer, now);
+        c.round = Some(SyncRound {
+            peer,
+            id,
+            fetching: false,
+            heard: now,
+        });
+        self.send_digest(peer, id);
     }
 
     /// A [`StoreMsg::SyncMark`] from `from` for our round `round`.
@@ -731,7 +745,7 @@ impl StoreCore {
         let Some(c) = self.catch_up.as_mut() else {
             return;
         };
-        let Some(r) = c.rounds.get_mut(&from).filter(|r| r.id == round) else {
+        let Some(r) = c.round.as_mut().filter(|r| r.peer == from && r.id == round) else {
             return; // an old round's mark
         };
         r.heard = now;
@@ -742,9 +756,10 @@ impl StoreCore {
                 .push_back((from, StoreMsg::SyncBarrier { round }));
             return;
         }
-        c.rounds.remove(&from);
+        c.round = None;
         if lost {
-            return; // its replica may lack what it acknowledged; the next round asks again
+            // Its replica may lack what it acknowledged; another peer (or it, later) next tick.
+            return;
         }
         c.synced.insert(from);
         self.advance_catch_up();
@@ -753,7 +768,12 @@ impl StoreCore {
     /// Notes that `from` sent something, so a round with it is alive.
     fn heard_from(&mut self, from: NodeId) {
         let now = self.now;
-        if let Some(r) = self.catch_up.as_mut().and_then(|c| c.rounds.get_mut(&from)) {
+        if let Some(r) = self
+            .catch_up
+            .as_mut()
+            .and_then(|c| c.round.as_mut())
+            .filter(|r| r.peer == from)
+        {
             r.heard = now;
         }
     }
@@ -815,10 +835,6 @@ impl StoreCore {
         self.peers.remove(&self.me);
         self.view_quorum = has_quorum;
         self.view_reachable = reachable_votes;
-        if let Some(c) = self.catch_up.as_mut() {
-            let peers = &self.peers;
-            c.rounds.retain(|p, _| peers.contains_key(p));
-        }
         if self.faults.contains(&Fault::NoAntiEntropy) {
             return;
         }
@@ -1246,6 +1262,7 @@ impl StoreCore {
     /// Feeds a message from peer `from`.
     pub fn handle_message(&mut self, now: Duration, wall_ms: u64, from: NodeId, msg: StoreMsg) {
         self.advance(now, wall_ms);
+        self.heard_from(from);
         match msg {
             StoreMsg::ReadReq { op, store, key } => {
                 if self.abstains() {
@@ -1292,6 +1309,11 @@ impl StoreCore {
             }
             StoreMsg::WriteAck { op } => self.count_copy(op, from),
             StoreMsg::Digest { stores, round } => {
+                // While catching up, this node's own rounds do the work; answering every periodic
+                // digest too would have peers push it the same entries over and over.
+                if round == 0 && self.catch_up.is_some() {
+                    return;
+                }
                 self.on_digest(from, stores);
                 if round != 0 {
                     let lost = self.catch_up.as_ref().is_some_and(|c| c.lost);
@@ -1306,7 +1328,6 @@ impl StoreCore {
                     .push_back((from, StoreMsg::SyncMark { round, lost }));
             }
             StoreMsg::Entries { store, entries } => {
-                self.heard_from(from);
                 if check_store_name(&store).is_err() {
                     return;
                 }
@@ -1323,10 +1344,7 @@ impl StoreCore {
                 versions,
                 from: lo,
                 until: hi,
-            } => {
-                self.heard_from(from);
-                self.on_versions(from, store, buckets, versions, (lo, hi))
-            }
+            } => self.on_versions(from, store, buckets, versions, (lo, hi)),
             StoreMsg::Fetch { store, keys } => {
                 if let Some(s) = self.replica.store(&store) {
                     let found: Vec<(String, Entry)> = keys
@@ -1353,7 +1371,11 @@ impl StoreCore {
                     }
                 }
                 Due::AntiEntropy => {
-                    if !self.peers.is_empty() && !self.faults.contains(&Fault::NoAntiEntropy) {
+                    let periodic = self.catch_up.is_none();
+                    if periodic
+                        && !self.peers.is_empty()
+                        && !self.faults.contains(&Fault::NoAntiEntropy)
+                    {
                         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
                         let p = peers[self.rng.random_range(0..peers.len())];
                         self.send_digest(p, 0);
