@@ -193,6 +193,7 @@ fn status_json(s: StatusReport) -> StatusJson {
                 "synced_peers": c.synced_peers,
                 "votes": c.votes,
                 "needed_votes": c.needed_votes,
+                "rounds": c.rounds,
             })
         }),
         stores: s
