@@ -61,7 +61,29 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+/// Agents log warnings, and membership events (failures, quorum changes) to explain errors.
+const AGENT_LOG: &str = "warn,membership=info";
+
 impl Cluster {
+    /// Membership failures and quorum changes in every agent's log so far, each with its agent.
+    fn trouble(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for i in 0..self.children.len() {
+            let text = std::fs::read_to_string(self._dir.path().join(format!("n{i}.log")))
+                .unwrap_or_default();
+            out.extend(
+                text.lines()
+                    .filter(|l| {
+                        l.contains("MemberFailed")
+                            || l.contains("MemberSuspect")
+                            || l.contains("quorum")
+                    })
+                    .map(|l| format!("n{i}: {l}")),
+            );
+        }
+        out
+    }
+
     /// Kills agent `i` with SIGKILL.
     fn kill(&mut self, i: usize) {
         let _ = self.children[i].kill();
@@ -72,11 +94,16 @@ impl Cluster {
     fn restart(&mut self, i: usize) {
         self.children[i] = Command::new(env!("CARGO_BIN_EXE_chorus"))
             .args(&self.commands[i])
-            .env("CHORUS_LOG", "warn")
+            .env("CHORUS_LOG", AGENT_LOG)
             .env("CHORUS_STORE_FSYNC", &self.fsync)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(self._dir.path().join(format!("n{i}.log")))
+                    .expect("agent log"),
+            )
             .spawn()
             .expect("respawn agent");
     }
@@ -140,7 +167,7 @@ fn start(n: usize, fsync: &str) -> Cluster {
         commands.push(argv.clone());
         let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
             .args(&argv)
-            .env("CHORUS_LOG", "warn")
+            .env("CHORUS_LOG", AGENT_LOG)
             .env("CHORUS_STORE_FSYNC", fsync)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -249,6 +276,16 @@ fn main() {
             eprint!("\r{ok} keys written in {:.0} s", e.as_secs_f64())
         });
         eprintln!();
+        if r.errors > 0 {
+            let trouble = cluster.trouble();
+            println!(
+                "membership trouble in the logs during the writes ({} lines):",
+                trouble.len()
+            );
+            for l in trouble.iter().take(40) {
+                println!("  {l}");
+            }
+        }
         let digest = |api: &str| status(api).map(|v| v["stores"]["default"]["digest"].to_string());
         let target = digest(&cluster.apis[0]);
         // Wipe its store (the log), keeping node.json: a replaced disk, not a new node.

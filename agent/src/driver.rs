@@ -216,6 +216,77 @@ pub struct Driver {
     log_dir: std::path::PathBuf,
     catching_up: bool,
     snapshot_min_records: usize,
+    unrouted: Unrouted,
+}
+
+/// Store messages for peers membership does not list as reachable yet, kept a short while.
+///
+/// A node that restarts sees its peers, and asks them for things, before their membership has
+/// taken it back from `failed`; their answers would otherwise be dropped and its requests and
+/// catch-up rounds would wait for a timeout.
+#[derive(Debug, Default)]
+struct Unrouted {
+    held: BTreeMap<NodeId, std::collections::VecDeque<(Instant, store::StoreMsg)>>,
+}
+
+impl Unrouted {
+    /// How long a message waits for its peer's address.
+    const WAIT: Duration = Duration::from_secs(10);
+    /// Most messages held per peer (the oldest go first).
+    const PER_PEER: usize = 128;
+
+    /// Holds `msg` for `to`; returns how many messages were dropped to make room or for age.
+    fn hold(&mut self, to: NodeId, msg: store::StoreMsg, now: Instant) -> u64 {
+        let q = self.held.entry(to).or_default();
+        q.push_back((now, msg));
+        let mut dropped = 0;
+        while q.len() > Self::PER_PEER {
+            q.pop_front();
+            dropped += 1;
+        }
+        dropped + self.expire(now)
+    }
+
+    /// Drops what waited too long; returns how many.
+    fn expire(&mut self, now: Instant) -> u64 {
+        let mut dropped = 0;
+        self.held.retain(|_, q| {
+            while q
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > Self::WAIT)
+            {
+                q.pop_front();
+                dropped += 1;
+            }
+            !q.is_empty()
+        });
+        dropped
+    }
+
+    /// The held messages for peers that now have an address.
+    fn routable(
+        &mut self,
+        addrs: &BTreeMap<NodeId, SocketAddr>,
+    ) -> Vec<(SocketAddr, store::StoreMsg)> {
+        let ready: Vec<NodeId> = self
+            .held
+            .keys()
+            .filter(|id| addrs.contains_key(id))
+            .copied()
+            .collect();
+        let mut out = Vec::new();
+        for id in ready {
+            let addr = addrs[&id];
+            out.extend(
+                self.held
+                    .remove(&id)
+                    .into_iter()
+                    .flatten()
+                    .map(|(_, m)| (addr, m)),
+            );
+        }
+        out
+    }
 }
 
 /// The store half of the driver: the core, the stream transport and its inbound frames.
@@ -283,6 +354,7 @@ impl Driver {
             catching_up,
             log_dir: store.log_dir,
             snapshot_min_records: store.snapshot_min_records,
+            unrouted: Unrouted::default(),
         };
         (driver, handle)
     }
@@ -524,7 +596,13 @@ impl Driver {
         while let Some((to, msg)) = self.store.poll_send() {
             match self.addrs.get(&to) {
                 Some(addr) => self.outbound.send(*addr, msg),
-                None => debug!(peer = %to, "store message for a node with no known address"),
+                None => {
+                    debug!(peer = %to, "store message for a node not reachable yet: held");
+                    let dropped = self.unrouted.hold(to, msg, Instant::now());
+                    self.transport_stats
+                        .send_dropped
+                        .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         }
         while let Some((op, reply)) = self.store.poll_reply() {
@@ -559,6 +637,13 @@ impl Driver {
         self.outbound
             .retain(|a| live.contains(a) && !restarted.contains(a));
         self.addrs = view.addrs;
+        let expired = self.unrouted.expire(Instant::now());
+        self.transport_stats
+            .send_dropped
+            .fetch_add(expired, std::sync::atomic::Ordering::Relaxed);
+        for (addr, msg) in self.unrouted.routable(&self.addrs) {
+            self.outbound.send(addr, msg);
+        }
         self.store
             .set_view(view.peers, view.has_quorum, view.reachable_votes);
     }
@@ -622,4 +707,42 @@ pub fn drops_by_reason(stats: &Stats) -> Vec<(DropReason, u64)> {
         .iter()
         .map(|r| (*r, stats.dropped.get(r).copied().unwrap_or(0)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(op: u64) -> store::StoreMsg {
+        store::StoreMsg::WriteAck { op }
+    }
+
+    #[test]
+    fn messages_for_an_unreachable_peer_wait_for_its_address_and_no_longer() {
+        let (a, b) = (NodeId(1), NodeId(2));
+        let addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let t0 = Instant::now();
+        let mut u = Unrouted::default();
+        assert_eq!(u.hold(a, msg(1), t0), 0);
+        assert_eq!(u.hold(a, msg(2), t0), 0);
+        assert_eq!(u.hold(b, msg(3), t0), 0);
+        let none = u.routable(&BTreeMap::new());
+        assert!(none.is_empty(), "no address yet");
+        let ready = u.routable(&[(a, addr)].into());
+        assert_eq!(
+            ready,
+            vec![(addr, msg(1)), (addr, msg(2))],
+            "in order, once"
+        );
+        assert!(u.routable(&[(a, addr)].into()).is_empty());
+        // b's message is too old by the time anything else happens.
+        let later = t0 + Unrouted::WAIT + Duration::from_millis(1);
+        assert_eq!(u.hold(a, msg(4), later), 1, "b's expired");
+        // A peer that never comes back costs at most PER_PEER messages.
+        let dropped: u64 = (0..Unrouted::PER_PEER as u64 + 10)
+            .map(|i| u.hold(b, msg(i), later))
+            .sum();
+        assert_eq!(dropped, 10);
+        assert_eq!(u.held[&b].len(), Unrouted::PER_PEER);
+    }
 }

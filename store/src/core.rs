@@ -244,6 +244,9 @@ pub enum StoreMsg {
         /// The sender may itself have lost acknowledged writes (see
         /// [`StoreCore::begin_catch_up`]), so syncing with it proves nothing.
         lost: bool,
+        /// After a digest: how many `(key, version)` pairs the versions carried, so the receiver
+        /// can tell whether a message was lost on the way (0 after a barrier).
+        versions: u64,
     },
     /// Catch-up: "answer with a [`StoreMsg::SyncMark`] once everything before this is answered".
     SyncBarrier {
@@ -265,6 +268,8 @@ pub enum StoreMsg {
         from: Option<String>,
         /// Key this message's range ends before (exclusive).
         until: Option<String>,
+        /// The catch-up round of the digest this answers (0: a periodic one).
+        round: u64,
     },
     /// Anti-entropy: "send me these entries".
     Fetch {
@@ -394,6 +399,12 @@ struct SyncRound {
     id: u64,
     /// The peer has answered the digest; the barrier behind our fetches is out.
     fetching: bool,
+    /// `(key, version)` pairs received in this round's versions.
+    versions_seen: u64,
+    /// Entries fetched and not yet held at the version the peer listed, by a hash of store and
+    /// key. A lost message leaves some here (or the count above short): the round is then not
+    /// trusted and starts again, whatever the transport did.
+    pending: BTreeMap<u64, Version>,
     /// When the peer last sent anything for it (a round that goes quiet is started again).
     heard: Duration,
 }
@@ -734,13 +745,15 @@ impl StoreCore {
             peer,
             id,
             fetching: false,
+            versions_seen: 0,
+            pending: BTreeMap::new(),
             heard: now,
         });
         self.send_digest(peer, id);
     }
 
     /// A [`StoreMsg::SyncMark`] from `from` for our round `round`.
-    fn on_sync_mark(&mut self, from: NodeId, round: u64, lost: bool) {
+    fn on_sync_mark(&mut self, from: NodeId, round: u64, lost: bool, versions: u64) {
         let now = self.now;
         let Some(c) = self.catch_up.as_mut() else {
             return;
@@ -750,13 +763,24 @@ impl StoreCore {
         };
         r.heard = now;
         if !r.fetching {
+            if r.versions_seen != versions {
+                // Some versions were lost: start again (with the least recently tried peer).
+                c.round = None;
+                self.advance_catch_up();
+                return;
+            }
             // The versions are in and our fetches are out; a barrier follows them.
             r.fetching = true;
             self.outbox
                 .push_back((from, StoreMsg::SyncBarrier { round }));
             return;
         }
+        let complete = r.pending.is_empty();
         c.round = None;
+        if !complete {
+            self.advance_catch_up(); // fetched entries were lost
+            return;
+        }
         if lost {
             // Its replica may lack what it acknowledged; another peer (or it, later) next tick.
             return;
@@ -1314,18 +1338,30 @@ impl StoreCore {
                 if round == 0 && self.catch_up.is_some() {
                     return;
                 }
-                self.on_digest(from, stores);
+                let versions = self.on_digest(from, stores, round);
                 if round != 0 {
                     let lost = self.catch_up.as_ref().is_some_and(|c| c.lost);
-                    self.outbox
-                        .push_back((from, StoreMsg::SyncMark { round, lost }));
+                    let mark = StoreMsg::SyncMark {
+                        round,
+                        lost,
+                        versions,
+                    };
+                    self.outbox.push_back((from, mark));
                 }
             }
-            StoreMsg::SyncMark { round, lost } => self.on_sync_mark(from, round, lost),
+            StoreMsg::SyncMark {
+                round,
+                lost,
+                versions,
+            } => self.on_sync_mark(from, round, lost, versions),
             StoreMsg::SyncBarrier { round } => {
                 let lost = self.catch_up.as_ref().is_some_and(|c| c.lost);
-                self.outbox
-                    .push_back((from, StoreMsg::SyncMark { round, lost }));
+                let mark = StoreMsg::SyncMark {
+                    round,
+                    lost,
+                    versions: 0,
+                };
+                self.outbox.push_back((from, mark));
             }
             StoreMsg::Entries { store, entries } => {
                 if check_store_name(&store).is_err() {
@@ -1335,6 +1371,7 @@ impl StoreCore {
                     if check_key(&k).is_ok() {
                         self.hlc.observe(e.version.ts);
                         self.apply_logged(&store, &k, e);
+                        self.fetched(&store, &k);
                     }
                 }
             }
@@ -1344,7 +1381,8 @@ impl StoreCore {
                 versions,
                 from: lo,
                 until: hi,
-            } => self.on_versions(from, store, buckets, versions, (lo, hi)),
+                round,
+            } => self.on_versions(from, store, buckets, versions, (lo, hi), round),
             StoreMsg::Fetch { store, keys } => {
                 if let Some(s) = self.replica.store(&store) {
                     let found: Vec<(String, Entry)> = keys
@@ -1416,7 +1454,10 @@ impl StoreCore {
             .push_back((to, StoreMsg::Digest { stores, round }));
     }
 
-    fn on_digest(&mut self, from: NodeId, theirs: Vec<(String, Vec<u64>)>) {
+    /// Answers a digest with our versions of the buckets that differ; returns how many
+    /// `(key, version)` pairs went out.
+    fn on_digest(&mut self, from: NodeId, theirs: Vec<(String, Vec<u64>)>, round: u64) -> u64 {
+        let mut sent = 0;
         let theirs: BTreeMap<String, Vec<u64>> = theirs.into_iter().collect();
         let mut names: BTreeSet<String> = self.replica.store_names().cloned().collect();
         names.extend(
@@ -1454,6 +1495,7 @@ impl StoreCore {
                 })
                 .unwrap_or_default();
             let buckets: Vec<u16> = differ.iter().map(|b| *b as u16).collect();
+            sent += versions.len() as u64;
             for (lo, hi, chunk) in chunk_versions(versions, self.cfg.sync_versions_per_message) {
                 let msg = StoreMsg::Versions {
                     store: name.clone(),
@@ -1461,8 +1503,27 @@ impl StoreCore {
                     versions: chunk,
                     from: lo,
                     until: hi,
+                    round,
                 };
                 self.outbox.push_back((from, msg));
+            }
+        }
+        sent
+    }
+
+    /// An entry arrived for `store`/`key`: a fetch of the current round it satisfies is done.
+    fn fetched(&mut self, store: &str, key: &str) {
+        let Some(r) = self.catch_up.as_mut().and_then(|c| c.round.as_mut()) else {
+            return;
+        };
+        let h = key_hash(store, key);
+        if let Some(want) = r.pending.get(&h) {
+            let held = self
+                .replica
+                .store(store)
+                .map_or(Version::ZERO, |s| s.version(key));
+            if held >= *want {
+                r.pending.remove(&h);
             }
         }
     }
@@ -1474,22 +1535,20 @@ impl StoreCore {
         buckets: Vec<u16>,
         versions: Vec<(String, Version)>,
         range: (Option<String>, Option<String>),
+        round: u64,
     ) {
         if check_store_name(&store).is_err() {
             return;
         }
+        let listed = versions.len() as u64;
         let theirs: BTreeMap<String, Version> = versions.into_iter().collect();
         let set: BTreeSet<usize> = buckets.iter().map(|b| *b as usize % BUCKETS).collect();
         let mut push = Vec::new();
         let mut fetch = Vec::new();
         if let Some(s) = self.replica.store(&store) {
-            for (k, e) in s.iter().filter(|(k, _)| set.contains(&bucket_of(k))) {
-                // Only keys inside this message's range: the rest is another message's business.
-                let inside = range.0.as_ref().is_none_or(|lo| k >= lo)
-                    && range.1.as_ref().is_none_or(|hi| k < hi);
-                if !inside {
-                    continue;
-                }
+            // Only keys inside this message's range: the rest is another message's business.
+            let keys = s.range(range.0.as_deref(), range.1.as_deref());
+            for (k, e) in keys.filter(|(k, _)| set.contains(&bucket_of(k))) {
                 match theirs.get(k) {
                     Some(v) if *v >= e.version => {}
                     _ => push.push((k.clone(), e.clone())),
@@ -1503,6 +1562,18 @@ impl StoreCore {
                 .map_or(Version::ZERO, |s| s.version(k));
             if mine < *v {
                 fetch.push(k.clone());
+            }
+        }
+        // In our catch-up round with this peer, note what this message owes us.
+        if let Some(r) = self
+            .catch_up
+            .as_mut()
+            .and_then(|c| c.round.as_mut())
+            .filter(|r| r.peer == from && r.id == round && round != 0)
+        {
+            r.versions_seen += listed;
+            for k in &fetch {
+                r.pending.insert(key_hash(&store, k), theirs[k]);
             }
         }
         self.send_entries(from, &store, push);
@@ -1567,6 +1638,15 @@ fn chunk_versions(versions: Vec<(String, Version)>, per: usize) -> Vec<VersionCh
             (lo, hi, c)
         })
         .collect()
+}
+
+/// A stable 64-bit hash of a store and key (the same in every process, for determinism).
+fn key_hash(store: &str, key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    store.hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
 }
 
 fn not_found(store: &str, key: &str) -> StoreError {

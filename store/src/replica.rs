@@ -106,6 +106,22 @@ impl StoreMap {
         self.entries.iter()
     }
 
+    /// Entries with keys in `[from, until)`, in key order (`None`: unbounded on that side).
+    pub fn range<'a>(
+        &'a self,
+        from: Option<&'a str>,
+        until: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a String, &'a Entry)> {
+        // A backwards range (only a broken peer sends one) is empty, not a panic.
+        let from = match (from, until) {
+            (Some(f), Some(u)) if f > u => Some(u),
+            _ => from,
+        };
+        let lo = from.map_or(Bound::Unbounded, Bound::Included);
+        let hi = until.map_or(Bound::Unbounded, Bound::Excluded);
+        self.entries.range::<str, _>((lo, hi))
+    }
+
     /// Number of entries (deleted and expired ones included).
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -182,6 +198,21 @@ mod tests {
             value: v.map(|s| s.as_bytes().to_vec()),
             expires_at: None,
         }
+    }
+
+    #[test]
+    fn ranges_are_half_open_and_a_backwards_one_is_empty() {
+        let mut m = StoreMap::default();
+        for k in ["a", "b", "c", "d"] {
+            m.apply(k, e(1, 1, Some("v")));
+        }
+        let keys =
+            |from, until| -> Vec<String> { m.range(from, until).map(|(k, _)| k.clone()).collect() };
+        assert_eq!(keys(Some("b"), Some("d")), ["b", "c"]);
+        assert_eq!(keys(None, Some("b")), ["a"]);
+        assert_eq!(keys(Some("c"), None), ["c", "d"]);
+        assert!(keys(Some("d"), Some("b")).is_empty());
+        assert!(keys(Some("b"), Some("b")).is_empty());
     }
 
     #[test]
