@@ -323,6 +323,22 @@ mod tests {
     }
 
     #[test]
+    fn status_text_says_whether_the_store_is_current() {
+        let mut v = json!({"node": {}, "quorum": {"has_quorum": true}, "members": {},
+            "catching_up": false, "catch_up": null});
+        assert!(status_text(&v).contains("store:       current"));
+        v["catching_up"] = json!(true);
+        v["catch_up"] = json!({"lost_writes": true, "votes": 1, "needed_votes": 2});
+        let t = status_text(&v);
+        assert!(
+            t.contains("CATCHING UP, not voting") && t.contains("1 of 2 votes"),
+            "{t}"
+        );
+        v["catch_up"]["lost_writes"] = json!(false);
+        assert!(status_text(&v).contains("CATCHING UP, local reads stale"));
+    }
+
+    #[test]
     fn segments_are_percent_encoded() {
         assert_eq!(encode_segment("a/b c?d"), "a/b%20c%3Fd");
         assert_eq!(encode_segment("ü"), "%C3%BC");
