@@ -1640,6 +1640,47 @@ fn chunk_versions(versions: Vec<(String, Version)>, per: usize) -> Vec<VersionCh
         .collect()
 }
 
+/// What the `store_msg` fuzz target and its corpus replay run on any bytes: they are read as a
+/// sequence of postcard-encoded store messages (until one does not decode) and fed to a core that
+/// holds some entries and is catching up, from two peers in turn, with timers run between. Any
+/// panic is a bug: an authenticated peer must not be able to crash a node.
+pub fn fuzz_messages(data: &[u8]) {
+    let (a, b) = (NodeId(2), NodeId(3));
+    let mut cfg = StoreConfig::new(2);
+    cfg.durable = true;
+    let mut core = StoreCore::new(NodeId(1), cfg, 7, Duration::ZERO, 1_700_000_000_000);
+    core.begin_catch_up(true);
+    core.set_view([(a, 1), (b, 1)].into(), true, 3);
+    for i in 0..4u64 {
+        let put = Request::Put {
+            store: "default".into(),
+            key: format!("k{i}"),
+            value: vec![i as u8; 3],
+            ttl: None,
+            consistency: Some(Consistency::Local),
+        };
+        core.request(Duration::ZERO, 1_700_000_000_000, put);
+    }
+    let mut rest = data;
+    let mut step = 0u64;
+    while let Ok((msg, tail)) = postcard::take_from_bytes::<StoreMsg>(rest) {
+        step += 1;
+        let now = Duration::from_millis(step * 500);
+        let from = if step.is_multiple_of(2) { a } else { b };
+        core.handle_message(now, 1_700_000_000_000 + step, from, msg);
+        core.persisted(now, 1_700_000_000_000 + step, u64::MAX, u64::MAX);
+        core.handle_timeout(now, 1_700_000_000_000 + step);
+        while core.poll_send().is_some() {}
+        while core.poll_reply().is_some() {}
+        while core.poll_log().is_some() {}
+        let _ = core.catching_up();
+        if tail.len() == rest.len() {
+            break;
+        }
+        rest = tail;
+    }
+}
+
 /// A stable 64-bit hash of a store and key (the same in every process, for determinism).
 fn key_hash(store: &str, key: &str) -> u64 {
     use std::hash::{Hash, Hasher};

@@ -1,11 +1,12 @@
-//! Replays the log decoder's fuzz corpus (`fuzz/corpus/wal_record`) through the fuzz target's
-//! check, so CI runs every input the fuzzer kept without needing nightly. With
-//! `CHORUS_WRITE_CORPUS=1` it (re)writes the seed inputs first.
+//! Replays the store fuzz corpora (`fuzz/corpus/wal_record` for the log decoder,
+//! `fuzz/corpus/store_msg` for store messages into a core) through the fuzz targets' checks, so CI
+//! runs every input the fuzzers kept without needing nightly. With `CHORUS_WRITE_CORPUS=1` it
+//! (re)writes the seed inputs first.
 
 use membership::NodeId;
 use std::path::PathBuf;
 use store::wal::{self, Record};
-use store::{Entry, Version};
+use store::{Entry, StoreMsg, Version};
 
 fn corpus() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/wal_record")
@@ -63,5 +64,126 @@ fn the_fuzz_corpus_replays_cleanly() {
     assert!(n >= seeds().len(), "the corpus holds only {n} inputs");
     for (_, bytes) in seeds() {
         wal::fuzz_check(&bytes);
+    }
+}
+
+/// Store messages of every kind, well-formed and not, each seed a sequence of them.
+fn message_seeds() -> Vec<(String, Vec<u8>)> {
+    let entry = |ts: u64, v: Option<&[u8]>| Entry {
+        version: Version {
+            ts: ts << 16,
+            node: NodeId(2),
+        },
+        value: v.map(<[u8]>::to_vec),
+        expires_at: None,
+    };
+    let versions = |round, from: Option<&str>, until: Option<&str>| StoreMsg::Versions {
+        store: "default".into(),
+        buckets: vec![0, 1, 255, 9999],
+        versions: vec![
+            ("k1".into(), entry(9, None).version),
+            ("zz".into(), Version::ZERO),
+        ],
+        from: from.map(str::to_string),
+        until: until.map(str::to_string),
+        round,
+    };
+    let seqs: Vec<(&str, Vec<StoreMsg>)> = vec![
+        (
+            "catch-up-round",
+            vec![
+                versions(1, None, None),
+                StoreMsg::SyncMark {
+                    round: 1,
+                    lost: false,
+                    versions: 2,
+                },
+                StoreMsg::Entries {
+                    store: "default".into(),
+                    entries: vec![("k1".into(), entry(9, Some(b"v")))],
+                },
+                StoreMsg::SyncMark {
+                    round: 1,
+                    lost: false,
+                    versions: 0,
+                },
+            ],
+        ),
+        ("backwards-range", vec![versions(0, Some("zz"), Some("a"))]),
+        (
+            "digests",
+            vec![
+                StoreMsg::Digest {
+                    stores: vec![("default".into(), vec![1, 2])],
+                    round: 5,
+                },
+                StoreMsg::Digest {
+                    stores: vec![("Bad Name".into(), vec![])],
+                    round: 0,
+                },
+                StoreMsg::SyncBarrier { round: 5 },
+            ],
+        ),
+        (
+            "quorum-traffic",
+            vec![
+                StoreMsg::ReadReq {
+                    op: 1,
+                    store: "default".into(),
+                    key: "k2".into(),
+                },
+                StoreMsg::ReadResp {
+                    op: 1,
+                    entry: Some(entry(3, Some(b"x"))),
+                },
+                StoreMsg::WriteReq {
+                    op: 7,
+                    store: "default".into(),
+                    key: "".into(),
+                    entry: entry(4, Some(b"y")),
+                },
+                StoreMsg::WriteAck { op: 7 },
+                StoreMsg::Fetch {
+                    store: "nosuch".into(),
+                    keys: vec!["k0".into(), "k3".into()],
+                },
+                StoreMsg::Fetch {
+                    store: "default".into(),
+                    keys: vec!["k0".into(), "k3".into()],
+                },
+            ],
+        ),
+    ];
+    seqs.into_iter()
+        .map(|(name, msgs)| {
+            let mut bytes = Vec::new();
+            for m in msgs {
+                bytes.extend(postcard::to_stdvec(&m).unwrap());
+            }
+            (name.to_string(), bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn the_store_message_corpus_replays_cleanly() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/store_msg");
+    if std::env::var_os("CHORUS_WRITE_CORPUS").is_some() {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in message_seeds() {
+            std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+        }
+    }
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/store_msg exists") {
+        store::core::fuzz_messages(&std::fs::read(entry.unwrap().path()).unwrap());
+        n += 1;
+    }
+    assert!(
+        n >= message_seeds().len(),
+        "the corpus holds only {n} inputs"
+    );
+    for (_, bytes) in message_seeds() {
+        store::core::fuzz_messages(&bytes);
     }
 }
