@@ -512,6 +512,10 @@ fn a_restarted_node_answers_local_reads_as_stale_until_it_has_caught_up() {
         (status.lost, status.votes, status.needed_votes),
         (false, 1, 2)
     );
+    assert_eq!(
+        status.rounds, 2,
+        "a round that hears nothing for three anti-entropy periods gives way to the next peer"
+    );
     match net.call(2, local_get("old")) {
         Ok(Reply::Value { value, stale, .. }) => {
             assert_eq!(value, b"1");
