@@ -8,10 +8,6 @@ use std::path::PathBuf;
 use store::wal::{self, Record};
 use store::{Entry, StoreMsg, Version};
 
-fn corpus() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/wal_record")
-}
-
 fn seeds() -> Vec<(String, Vec<u8>)> {
     let rec = |lsn: u64, value: Option<&[u8]>| Record {
         lsn,
@@ -46,25 +42,35 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     out
 }
 
-#[test]
-fn the_fuzz_corpus_replays_cleanly() {
-    let dir = corpus();
+/// Replays `fuzz/corpus/<target>` and the seeds through `check` (writing the seeds into the
+/// corpus first with `CHORUS_WRITE_CORPUS=1`).
+fn replay(target: &str, seeds: Vec<(String, Vec<u8>)>, check: fn(&[u8])) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
     if std::env::var_os("CHORUS_WRITE_CORPUS").is_some() {
         std::fs::create_dir_all(&dir).unwrap();
-        for (name, bytes) in seeds() {
+        for (name, bytes) in &seeds {
             std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
         }
     }
     let mut n = 0;
-    for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/wal_record exists") {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        wal::fuzz_check(&bytes);
+    for entry in std::fs::read_dir(&dir).expect("the corpus directory exists") {
+        check(&std::fs::read(entry.unwrap().path()).unwrap());
         n += 1;
     }
-    assert!(n >= seeds().len(), "the corpus holds only {n} inputs");
-    for (_, bytes) in seeds() {
-        wal::fuzz_check(&bytes);
+    assert!(
+        n >= seeds.len(),
+        "the {target} corpus holds only {n} inputs"
+    );
+    for (_, bytes) in &seeds {
+        check(bytes);
     }
+}
+
+#[test]
+fn the_fuzz_corpus_replays_cleanly() {
+    replay("wal_record", seeds(), wal::fuzz_check);
 }
 
 /// Store messages of every kind, well-formed and not, each seed a sequence of them.
@@ -167,23 +173,5 @@ fn message_seeds() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn the_store_message_corpus_replays_cleanly() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/store_msg");
-    if std::env::var_os("CHORUS_WRITE_CORPUS").is_some() {
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, bytes) in message_seeds() {
-            std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
-        }
-    }
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/store_msg exists") {
-        store::core::fuzz_messages(&std::fs::read(entry.unwrap().path()).unwrap());
-        n += 1;
-    }
-    assert!(
-        n >= message_seeds().len(),
-        "the corpus holds only {n} inputs"
-    );
-    for (_, bytes) in message_seeds() {
-        store::core::fuzz_messages(&bytes);
-    }
+    replay("store_msg", message_seeds(), store::core::fuzz_messages);
 }
