@@ -250,6 +250,12 @@ fn a_node_that_lost_its_log_catches_up_from_a_quorum_before_it_votes_or_reads_fr
         err.contains("stale read"),
         "a local read while catching up is stale: {err}"
     );
+    // A backup from it says it may be incomplete.
+    let backup = lab.dir().join("partial.snap").display().to_string();
+    let out = lab.exec(lab.agents[n3].host, &[CHORUS, "snapshot", "save", &backup]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warning: the node was catching up"), "{err}");
     // n3 abstains, so n2 cannot make a quorum read: better no answer than a wrong one.
     let (code, _, err) = lab.kv(n2, &["get", "--consistency", "quorum", "default", "c1"]);
     assert_ne!(
