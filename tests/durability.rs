@@ -204,6 +204,17 @@ fn a_damaged_log_stops_the_start_until_repair_and_peers_refill_it() {
     assert!(lab.log_of(victim).contains("repair discarded the log"));
 }
 
+/// Runs `args` in lab host `host` and requires success; its stdout and stderr.
+fn exec_ok(lab: &Lab, host: usize, args: &[&str]) -> (String, String) {
+    let out = lab.exec(host, args);
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{args:?} failed: {so}{se}");
+    (so, se)
+}
+
 /// `catch_up` of agent `a`'s `/v1/status` (`Null` once current), if it answers.
 fn catch_up(lab: &Lab, a: usize) -> Option<serde_json::Value> {
     let s = lab.status(a)?;
@@ -252,9 +263,11 @@ fn a_node_that_lost_its_log_catches_up_from_a_quorum_before_it_votes_or_reads_fr
     );
     // A backup from it says it may be incomplete.
     let backup = lab.dir().join("partial.snap").display().to_string();
-    let out = lab.exec(lab.agents[n3].host, &[CHORUS, "snapshot", "save", &backup]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (_, err) = exec_ok(
+        &lab,
+        lab.agents[n3].host,
+        &[CHORUS, "snapshot", "save", &backup],
+    );
     assert!(err.contains("warning: the node was catching up"), "{err}");
     // n3 abstains, so n2 cannot make a quorum read: better no answer than a wrong one.
     let (code, _, err) = lab.kv(n2, &["get", "--consistency", "quorum", "default", "c1"]);
@@ -326,29 +339,21 @@ fn snapshots_keep_the_log_proportional_to_the_live_data() {
         .collect();
     lab.wait_whole(&agents);
     // 12,000 quorum writes over 100 keys: every node logs each one.
-    let out = lab.exec(
-        0,
-        &[
-            CHORUS,
-            "bench",
-            "--api",
-            "127.0.0.1:7947",
-            "--clients",
-            "4",
-            "--keys",
-            "25",
-            "--max-ops",
-            "3000",
-            "--duration",
-            "120s",
-        ],
-    );
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let bench = [
+        CHORUS,
+        "bench",
+        "--api",
+        "127.0.0.1:7947",
+        "--clients",
+        "4",
+        "--keys",
+        "25",
+        "--max-ops",
+        "3000",
+        "--duration",
+        "120s",
+    ];
+    let (said, _) = exec_ok(&lab, 0, &bench);
     assert!(
         said.contains("(12000 ok, 0 errors"),
         "every write acknowledged: {said}"
@@ -417,13 +422,7 @@ fn a_backup_saved_from_a_running_node_restores_onto_an_empty_node() {
     assert_eq!(kv(&lab, agents[1], &["del", "default", "b5"]).0, 0);
     let backup = lab.dir().join("backup.snap");
     let backup_s = backup.display().to_string();
-    let out = lab.exec(0, &[CHORUS, "snapshot", "save", &backup_s]);
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (said, _) = exec_ok(&lab, 0, &[CHORUS, "snapshot", "save", &backup_s]);
     assert!(
         said.contains("saved 30 entries"),
         "29 values and a tombstone: {said}"

@@ -5,8 +5,6 @@
 //! so entries newer than the backup on other nodes win.
 
 use crate::wal_file::{self, RecoverError};
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use store::wal;
 
@@ -64,17 +62,10 @@ pub fn verify(path: &Path, bytes: &[u8]) -> Result<Vec<wal::Record>, BackupError
 /// Writes a verified backup to `path` whole or not at all (temporary file, fsync, rename).
 pub fn save(path: &Path, bytes: &[u8]) -> Result<usize, BackupError> {
     let entries = verify(path, bytes)?.len();
-    let io = |source| BackupError::Io {
+    crate::atomic_file::replace(path, bytes).map_err(|source| BackupError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
+    })?;
     Ok(entries)
 }
 

@@ -2,6 +2,7 @@
 //! and systemd integration. `run` is the whole daemon, top to bottom.
 
 pub mod api;
+pub mod atomic_file;
 pub mod backup;
 pub mod cli;
 pub mod config;

@@ -9,7 +9,6 @@ use membership::NodeId;
 use rand::TryRng;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Errors reading or writing the node file.
@@ -141,25 +140,17 @@ impl NodeFile {
 
     /// Durably records `generation` (write to a temporary file, fsync, rename, fsync the dir).
     pub fn store(&mut self, generation: u64) -> Result<(), NodeFileError> {
-        let tmp = self.path.with_extension("json.tmp");
         let body = serde_json::to_string_pretty(&OnDisk {
             id: self.id.to_string(),
             generation,
         })
         .expect("serialising a small struct cannot fail");
-        let err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| NodeFileError::Io { path, source }
-        };
-        let mut f = File::create(&tmp).map_err(err(&tmp))?;
-        f.write_all(body.as_bytes()).map_err(err(&tmp))?;
-        f.sync_all().map_err(err(&tmp))?;
-        fs::rename(&tmp, &self.path).map_err(err(&self.path))?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(err(dir))?;
-        }
+        crate::atomic_file::replace(&self.path, body.as_bytes()).map_err(|source| {
+            NodeFileError::Io {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
         self.generation = generation;
         Ok(())
     }

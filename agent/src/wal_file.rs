@@ -440,16 +440,8 @@ pub fn encode_snapshot(records: &[Record]) -> Vec<u8> {
 /// Puts `bytes` in place as `snap-<through>.snap` in `dir` so that it is either whole or absent:
 /// a temporary file, fsynced, renamed, and the directory fsynced.
 pub fn write_snapshot_file(dir: &Path, through: u64, bytes: &[u8]) -> std::io::Result<PathBuf> {
-    let name = format!("snap-{through:020}");
-    let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    let path = dir.join(format!("{name}.snap"));
-    std::fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()?;
+    let path = dir.join(format!("snap-{through:020}.snap"));
+    crate::atomic_file::replace(&path, bytes)?;
     Ok(path)
 }
 
