@@ -15,17 +15,18 @@ pub mod transport;
 pub mod wal_file;
 
 use crate::config::{Config, Overrides, ProcessEnv};
-use crate::driver::{Clock, Driver, Handle, StorePart};
+use crate::driver::{Clock, Driver, Handle, StoreIo};
 use crate::node_file::NodeFile;
 use crate::transport::{Outbound, TransportStats};
 use anyhow::Context;
-use membership::{Membership, MembershipConfig, SelfDescription};
+use membership::{MembershipConfig, SelfDescription};
+use node::{Node, NodeConfig};
 use rand::TryRng;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use store::{StoreConfig, StoreCore};
+use store::StoreConfig;
 use tracing::{info, warn};
 
 /// How long a graceful leave may take before the agent exits anyway.
@@ -108,7 +109,6 @@ pub async fn run(
         .try_fill_bytes(&mut seed_bytes)
         .context("reading OS randomness")?;
     let clock = Clock::new();
-    let core = Membership::new(mcfg, me, u64::from_le_bytes(seed_bytes), clock.now());
     info!(
         id = %me.id, generation = me.generation, gossip = %advertise, api = %api_local,
         cluster = %config.cluster, profile = config.profile.name(), "chorus agent starting"
@@ -140,51 +140,52 @@ pub async fn run(
     let log_dir = config.data_dir.join("store");
     let recovered = wal_file::recover(&log_dir, repair)
         .with_context(|| format!("reading the store log in {}", log_dir.display()))?;
-    let wall_ms = clock.now().as_millis() as u64;
-    let store_seed = u64::from_le_bytes(seed_bytes).rotate_left(17);
     let fsync = scfg
         .stores
         .iter()
         .map(|(n, s)| (n.clone(), s.fsync))
         .collect();
-    // A node that may have lost writes it acknowledged must not vote before it has caught up:
-    // repair discarded records, or the store log vanished under an identity that already ran,
-    // or an earlier start found either and has not caught up since (the marker file says so).
-    let lost =
-        recovered.marked_lost || recovered.repaired || (!recovered.existed && !node_file.created());
-    if lost {
-        wal_file::mark_lost(&log_dir)
-            .with_context(|| format!("writing the catch-up marker in {}", log_dir.display()))?;
-        warn!(
-            marker = %log_dir.join(wal_file::LOST_MARKER).display(),
-            "this node may have lost acknowledged writes: it takes no part in quorum votes until \
-             peers holding a quorum of votes have brought it up to date"
-        );
-    }
-    let mut store_core = StoreCore::new(me.id, scfg, store_seed, clock.now(), wall_ms);
-    store_core.restore(recovered.records);
-    store_core.begin_catch_up(lost);
+    let disk = node::Recovered {
+        records: recovered.records,
+        log_existed: recovered.existed,
+        identity_created: node_file.created(),
+        marked_lost: recovered.marked_lost,
+        repaired: recovered.repaired,
+    };
+    let ncfg = NodeConfig {
+        membership: mcfg,
+        store: Some(scfg),
+        snapshot_min_records: config.snapshot_min_records,
+        faults: node::Faults::default(),
+    };
+    let node = Node::recover(
+        ncfg,
+        me,
+        u64::from_le_bytes(seed_bytes),
+        clock.now(),
+        clock.now().as_millis() as u64,
+        disk,
+    );
     let (log_tx, log_reports) = tokio::sync::mpsc::unbounded_channel();
-    let store_part = StorePart {
-        core: store_core,
+    let io = StoreIo {
         log: wal_file::Writer::start(log_dir.clone(), fsync, log_tx),
         log_dir,
-        snapshot_min_records: config.snapshot_min_records,
         log_reports,
         outbound: Outbound::new(me.id, sealer, tstats.clone()),
         frames: frames_rx,
         stats: tstats,
     };
 
-    let (driver, handle) = Driver::new(
-        core,
+    let (mut driver, handle) = Driver::new(
+        node,
         clock,
         gossip,
         beacon,
         config.seeds.clone(),
         node_file,
-        store_part,
+        io,
     );
+    driver.start().await?;
     let driver_task = tokio::spawn(driver.run());
 
     let (stop_api_tx, stop_api_rx) = tokio::sync::oneshot::channel::<()>();

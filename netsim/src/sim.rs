@@ -13,6 +13,7 @@ use membership::{
     ClusterKey, Destination, Event, MemberState, Membership, MembershipConfig, NodeId, Peer,
     Profile, QuorumRule, SelfDescription,
 };
+use node::{Node, NodeConfig, Output, Recovered};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use std::cmp::Reverse;
@@ -20,8 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
-use store::view::StoreView;
-use store::{OpId, Reply, Request, StoreConfig, StoreCore, StoreError, StoreMsg};
+use store::{Reply, Request, StoreConfig, StoreCore, StoreError, StoreMsg};
 
 /// Unix milliseconds that virtual time zero maps to on a node's wall clock (before its skew).
 pub const WALL_BASE_MS: u64 = 1_700_000_000_000;
@@ -55,6 +55,9 @@ pub struct SimConfig {
     pub fsync: (Duration, Duration),
     /// Nodes start one after another over this span (zero: all at once), as in a rolling start.
     pub start_spread: Duration,
+    /// Fewest log records between two snapshots (the node's snapshot policy; small in scenarios
+    /// so that restarts read a snapshot and the log after it).
+    pub snapshot_min_records: usize,
 }
 
 impl SimConfig {
@@ -73,6 +76,7 @@ impl SimConfig {
             durable: false,
             fsync: (Duration::from_micros(100), Duration::from_millis(2)),
             start_spread: Duration::ZERO,
+            snapshot_min_records: 100_000,
         }
     }
 }
@@ -155,15 +159,6 @@ impl Skew {
     }
 }
 
-/// The cores one node runs.
-pub struct Node {
-    /// Membership core.
-    pub membership: Membership,
-    /// Store core, when the simulation runs stores.
-    pub store: Option<StoreCore>,
-    view_dirty: bool,
-}
-
 struct Slot {
     node: Option<Node>,
     addr: SocketAddr,
@@ -176,32 +171,47 @@ struct Slot {
     store_faults: Vec<store::Fault>,
     armed: Option<Duration>,
     disk: Disk,
-    /// The node may have lost what it acknowledged (wiped disk) and has not caught up since:
-    /// the agent keeps this as a marker file.
-    lost: bool,
     /// Index into the catch-up records while the node catches up.
     catching: Option<usize>,
 }
 
-/// A node's simulated disk: one log segment in memory that survives crashes up to what was
-/// synced (plus, after a crash, a random part of what was not, as a real disk may keep).
+/// A node's simulated disk: the newest snapshot, one log segment after it that survives
+/// crashes up to what was synced (plus, after a crash, a random part of what was not, as a real
+/// disk may keep), and the catch-up marker.
+///
+/// A snapshot is written whole and durable at once, as the agent's temp file, fsync and rename
+/// make it; the log it covers goes with it.
 #[derive(Debug, Clone)]
 struct Disk {
+    /// The store directory exists (a node's first start creates it; a wipe removes it).
+    exists: bool,
+    snapshot: Vec<store::wal::Record>,
     bytes: Vec<u8>,
     synced_len: usize,
     written_lsn: u64,
     synced_lsn: u64,
     sync_pending: bool,
+    /// Bumped by every snapshot: an fsync begun before it speaks for a log that is gone.
+    epoch: u32,
+    /// The catch-up marker file.
+    marker: bool,
+    /// Snapshots written so far.
+    snapshots: u64,
 }
 
 impl Default for Disk {
     fn default() -> Self {
         Disk {
+            exists: false,
+            snapshot: Vec::new(),
             bytes: store::wal::file_header().to_vec(),
             synced_len: store::wal::FILE_HEADER_LEN,
             written_lsn: 0,
             synced_lsn: 0,
             sync_pending: false,
+            epoch: 0,
+            marker: false,
+            snapshots: 0,
         }
     }
 }
@@ -231,7 +241,9 @@ enum What {
         node: usize,
     },
     Synced {
-        node: usize,
+        node: u32,
+        // Which disk epoch the fsync began in (see `Disk::epoch`).
+        epoch: u32,
         incarnation: u64,
         len: usize,
         lsn: u64,
@@ -325,7 +337,8 @@ pub struct Sim {
     workload: Option<Workload>,
     clients: Vec<ClientState>,
     clients_on: bool,
-    in_flight: HashMap<(usize, OpId), usize>,
+    /// Client operations in flight, by the node coordinating them (the token is the op index).
+    in_flight: BTreeSet<(usize, u64)>,
     history: History,
     torn_tails: u64,
     catch_ups: Vec<CatchUpRecord>,
@@ -358,7 +371,6 @@ impl Sim {
                 store_faults: vec![],
                 armed: None,
                 disk: Disk::default(),
-                lost: false,
                 catching: None,
             });
         }
@@ -384,7 +396,7 @@ impl Sim {
             workload: None,
             clients: Vec::new(),
             clients_on: false,
-            in_flight: HashMap::new(),
+            in_flight: BTreeSet::new(),
             history: History::default(),
             torn_tails: 0,
             catch_ups: Vec::new(),
@@ -458,8 +470,15 @@ impl Sim {
     }
 
     fn start(&mut self, i: usize) {
-        let cfg = self.node_config(i);
-        let store_cfg = self.store_config();
+        let cfg = NodeConfig {
+            membership: self.node_config(i),
+            store: self.cfg.store.then(|| self.store_config()),
+            snapshot_min_records: self.cfg.snapshot_min_records,
+            faults: node::Faults {
+                membership: self.slots[i].membership_faults.clone(),
+                store: self.slots[i].store_faults.clone(),
+            },
+        };
         let now = self.now;
         let slot = &self.slots[i];
         let local = slot.skew.local(now);
@@ -470,32 +489,26 @@ impl Sim {
             generation: slot.generation,
         };
         let seed = self.rng.random::<u64>();
-        let mut membership = Membership::new(cfg, peer, seed, local);
-        for f in &slot.membership_faults {
-            membership.inject_fault(*f);
-        }
+        // Recovery as the agent does it: the snapshot, then the log after it, a torn tail dropped.
+        let durable = self.cfg.store && self.cfg.durable;
+        let mut disk = Recovered {
+            log_existed: durable && slot.disk.exists,
+            identity_created: slot.incarnation == 0,
+            marked_lost: slot.disk.marker,
+            ..Recovered::default()
+        };
         let mut torn = None;
-        let mut last_lsn = 0;
-        let store = self.cfg.store.then(|| {
-            let mut s = StoreCore::new(slot.id, store_cfg, seed ^ 0x5eed, local, wall);
-            for f in &slot.store_faults {
-                s.inject_fault(*f);
+        if durable {
+            let d = store::wal::decode_file(&slot.disk.bytes).expect("the sim writes headers");
+            if let Some(damage) = &d.damage {
+                torn = Some((d.good_len, damage.clone()));
             }
-            if self.cfg.durable {
-                // Recovery as the agent does it: read the log back, drop a torn tail.
-                let d = store::wal::decode_file(&slot.disk.bytes).expect("the sim writes headers");
-                if let Some(damage) = &d.damage {
-                    torn = Some((d.good_len, damage.clone()));
-                }
-                last_lsn = d.records.last().map_or(0, |r| r.lsn);
-                s.restore(d.records);
-            }
-            // Without a log, a restart forgets everything, including what it acknowledged.
-            let restarted = slot.incarnation > 0;
-            s.begin_catch_up(slot.lost || !self.cfg.durable && restarted);
-            s
-        });
-        if store.is_some() {
+            disk.records = slot.disk.snapshot.clone();
+            disk.records.extend(d.records);
+        }
+        let last_lsn = disk.records.iter().map(|r| r.lsn).max().unwrap_or(0);
+        let node = Node::recover(cfg, peer, seed, local, wall, disk);
+        if node.store().is_some() {
             self.slots[i].catching = Some(self.catch_ups.len());
             self.catch_ups.push(CatchUpRecord {
                 node: i,
@@ -514,16 +527,13 @@ impl Sim {
             self.torn_tails += 1;
         }
         let slot = &mut self.slots[i];
+        slot.disk.exists = true;
         slot.disk.synced_len = slot.disk.bytes.len();
         slot.disk.sync_pending = false;
         slot.disk.written_lsn = last_lsn;
         slot.disk.synced_lsn = last_lsn;
         slot.incarnation += 1;
-        slot.node = Some(Node {
-            membership,
-            store,
-            view_dirty: true,
-        });
+        slot.node = Some(node);
         self.flush(i);
     }
 
@@ -534,17 +544,27 @@ impl Sim {
 
     /// The membership core of node `i`, unless it is crashed.
     pub fn core(&self, i: usize) -> Option<&Membership> {
-        self.slots[i].node.as_ref().map(|n| &n.membership)
+        self.slots[i].node.as_ref().map(|n| n.membership())
     }
 
     /// Mutable access to the membership core of node `i`, unless it is crashed.
     pub fn core_mut(&mut self, i: usize) -> Option<&mut Membership> {
-        self.slots[i].node.as_mut().map(|n| &mut n.membership)
+        self.slots[i].node.as_mut().map(|n| n.membership_mut())
     }
 
     /// The store core of node `i`, unless it is crashed or the simulation runs no stores.
     pub fn store(&self, i: usize) -> Option<&StoreCore> {
-        self.slots[i].node.as_ref().and_then(|n| n.store.as_ref())
+        self.slots[i].node.as_ref().and_then(|n| n.store())
+    }
+
+    /// Node `i` as a whole, unless it is crashed.
+    pub fn node(&self, i: usize) -> Option<&Node> {
+        self.slots[i].node.as_ref()
+    }
+
+    /// Snapshots node `i` has written so far (over all its runs; a wipe starts again at zero).
+    pub fn snapshots_written(&self, i: usize) -> u64 {
+        self.slots[i].disk.snapshots
     }
 
     /// True when node `i` is running (not crashed; it may be paused).
@@ -623,14 +643,14 @@ impl Sim {
     pub fn inject_membership_fault(&mut self, i: usize, f: membership::Fault) {
         self.slots[i].membership_faults.push(f);
         if let Some(n) = self.slots[i].node.as_mut() {
-            n.membership.inject_fault(f);
+            n.membership_mut().inject_fault(f);
         }
     }
 
     /// Breaks node `i`'s store core on purpose (kept across restarts).
     pub fn inject_store_fault(&mut self, i: usize, f: store::Fault) {
         self.slots[i].store_faults.push(f);
-        if let Some(s) = self.slots[i].node.as_mut().and_then(|n| n.store.as_mut()) {
+        if let Some(s) = self.slots[i].node.as_mut().and_then(|n| n.store_mut()) {
             s.inject_fault(f);
         }
     }
@@ -670,16 +690,17 @@ impl Sim {
             }
             self.seen[i * n + s] = 0;
         }
-        let lost: Vec<(usize, OpId)> = self
+        let lost: Vec<(usize, u64)> = self
             .in_flight
-            .keys()
-            .filter(|(node, _)| *node == i)
+            .range((i, 0)..=(i, u64::MAX))
             .copied()
             .collect();
         for key in lost {
-            if let Some(h) = self.in_flight.remove(&key) {
-                self.complete(h, Outcome::Indeterminate("coordinator crashed".into()));
-            }
+            self.in_flight.remove(&key);
+            self.complete(
+                key.1 as usize,
+                Outcome::Indeterminate("coordinator crashed".into()),
+            );
         }
     }
 
@@ -698,7 +719,6 @@ impl Sim {
         assert!(self.slots[i].node.is_none(), "node {i} is running");
         self.world.push((self.now, WorldFault::Wipe(i)));
         self.slots[i].disk = Disk::default();
-        self.slots[i].lost = true;
     }
 
     /// Every catch-up so far: one per node start.
@@ -712,12 +732,9 @@ impl Sim {
         let Some(rec) = self.slots[i].catching else {
             return;
         };
-        let Some(store) = self.slots[i].node.as_ref().and_then(|n| n.store.as_ref()) else {
+        let Some(store) = self.slots[i].node.as_ref().and_then(|n| n.store()) else {
             return;
         };
-        if store.catching_up().is_some() {
-            return;
-        }
         let began = self.catch_ups[rec].began;
         let mut missing = Vec::new();
         for op in &self.history.ops {
@@ -740,7 +757,6 @@ impl Sim {
         self.catch_ups[rec].ended = Some(self.now);
         self.catch_ups[rec].missing = missing;
         self.slots[i].catching = None;
-        self.slots[i].lost = false;
     }
 
     /// Stalls node `i` for `d`: it handles nothing (timers, datagrams, requests) until then, and
@@ -761,8 +777,9 @@ impl Sim {
     pub fn leave(&mut self, i: usize, linger: Duration) {
         self.world.push((self.now, WorldFault::Leave(i)));
         let local = self.slots[i].skew.local(self.now);
+        let wall = self.slots[i].skew.wall_ms(self.now);
         if let Some(n) = self.slots[i].node.as_mut() {
-            n.membership.leave(local);
+            n.leave(local, wall);
         }
         self.flush(i);
         let limit = 10 * linger;
@@ -943,9 +960,9 @@ impl Sim {
                 let (to, from) = (to as usize, self.slots[from as usize].addr);
                 self.delivered += 1;
                 self.mix(&[1, to as u64, bytes.len() as u64, now.as_micros() as u64]);
-                let local = self.slots[to].skew.local(now);
+                let skew = self.slots[to].skew;
                 if let Some(n) = self.slots[to].node.as_mut() {
-                    n.membership.handle_datagram(local, from, &bytes);
+                    n.handle_datagram(skew.local(now), skew.wall_ms(now), from, &bytes);
                     self.flush(to);
                 }
             }
@@ -961,8 +978,8 @@ impl Sim {
                 self.delivered += 1;
                 self.mix(&[2, to as u64, now.as_micros() as u64]);
                 let skew = self.slots[to].skew;
-                if let Some(s) = self.slots[to].node.as_mut().and_then(|n| n.store.as_mut()) {
-                    s.handle_message(skew.local(now), skew.wall_ms(now), from, *msg);
+                if let Some(n) = self.slots[to].node.as_mut() {
+                    n.handle_frame(skew.local(now), skew.wall_ms(now), from, *msg);
                     self.flush(to);
                 }
             }
@@ -999,13 +1016,9 @@ impl Sim {
                     },
                 };
                 let skew = self.slots[to].skew;
-                let s = self.slots[to]
-                    .node
-                    .as_mut()
-                    .and_then(|n| n.store.as_mut())
-                    .expect("clients run only with stores");
-                let id = s.request(skew.local(now), skew.wall_ms(now), req);
-                self.in_flight.insert((to, id), op);
+                let n = self.slots[to].node.as_mut().expect("checked");
+                n.handle_request(skew.local(now), skew.wall_ms(now), op as u64, req);
+                self.in_flight.insert((to, op as u64));
                 self.flush(to);
             }
             What::Resume { node } => {
@@ -1017,26 +1030,22 @@ impl Sim {
             What::Synced {
                 node,
                 incarnation,
+                epoch,
                 len,
                 lsn,
             } => {
+                let node = node as usize;
                 if self.slots[node].incarnation != incarnation || !self.is_up(node) {
                     return; // the process died before its fsync returned
                 }
                 self.mix(&[8, node as u64, lsn, now.as_micros() as u64]);
                 let disk = &mut self.slots[node].disk;
-                disk.synced_len = disk.synced_len.max(len);
+                if disk.epoch == epoch {
+                    disk.synced_len = disk.synced_len.max(len);
+                }
                 disk.synced_lsn = disk.synced_lsn.max(lsn);
                 disk.sync_pending = false;
-                let (w, sy) = (disk.written_lsn, disk.synced_lsn);
-                let skew = self.slots[node].skew;
-                if let Some(st) = self.slots[node]
-                    .node
-                    .as_mut()
-                    .and_then(|n| n.store.as_mut())
-                {
-                    st.persisted(skew.local(now), skew.wall_ms(now), w, sy);
-                }
+                self.disk_progress(node);
                 self.flush(node);
             }
             What::Start { node } => {
@@ -1102,14 +1111,7 @@ impl Sim {
         let (local, wall) = (skew.local(now), skew.wall_ms(now));
         self.mix(&[5, i as u64, now.as_micros() as u64]);
         if let Some(n) = self.slots[i].node.as_mut() {
-            if n.membership.poll_timeout().is_some_and(|t| t <= local) {
-                n.membership.handle_timeout(local);
-            }
-            if let Some(s) = n.store.as_mut()
-                && s.poll_timeout().is_some_and(|t| t <= local)
-            {
-                s.handle_timeout(local, wall);
-            }
+            n.handle_timeout(local, wall);
         }
         self.flush(i);
     }
@@ -1127,13 +1129,7 @@ impl Sim {
         }
         let slot = &self.slots[i];
         let Some(n) = slot.node.as_ref() else { return };
-        let m = n.membership.poll_timeout();
-        let s = n.store.as_ref().and_then(|s| s.poll_timeout());
-        let next = match (m, s) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if let Some(local) = next {
+        if let Some(local) = n.poll_timeout() {
             let t = slot.skew.global(local).max(self.now);
             self.slots[i].armed = Some(t);
             self.timers.insert((t, i));
@@ -1149,66 +1145,85 @@ impl Sim {
         }
     }
 
-    /// Moves everything node `i` produced onto the network, the log and the clients.
+    /// Executes everything node `i` asked for: datagrams and store messages onto the network,
+    /// records and snapshots onto its disk, replies to the clients, events into the log.
     fn flush(&mut self, i: usize) {
+        loop {
+            let Some(node) = self.slots[i].node.as_mut() else {
+                self.disarm(i);
+                return;
+            };
+            let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+            if outputs.is_empty() {
+                break;
+            }
+            let mut wrote = false;
+            for out in outputs {
+                match out {
+                    Output::Datagram(tx) => self.send_datagram(i, tx),
+                    Output::Frame { to, msg, .. } => self.send_frame(i, to, msg),
+                    // Streams die with the process they are open to (see `What::Stream`); a
+                    // closed connection loses nothing else here.
+                    Output::CloseStreams(_) => {}
+                    Output::AppendLog(records) => {
+                        let disk = &mut self.slots[i].disk;
+                        for rec in &records {
+                            disk.written_lsn = rec.lsn;
+                            store::wal::encode(rec, &mut disk.bytes);
+                        }
+                        wrote = true;
+                    }
+                    Output::WriteSnapshot { through, records } => {
+                        let disk = &mut self.slots[i].disk;
+                        disk.snapshot = records;
+                        disk.bytes = store::wal::file_header().to_vec();
+                        disk.synced_len = disk.bytes.len();
+                        disk.written_lsn = disk.written_lsn.max(through);
+                        disk.synced_lsn = disk.synced_lsn.max(through);
+                        disk.epoch += 1;
+                        disk.snapshots += 1;
+                        wrote = true;
+                    }
+                    Output::Reply { token, result } => {
+                        if self.in_flight.remove(&(i, token)) {
+                            let op = token as usize;
+                            let outcome = outcome_of(&self.history.ops[op].kind, result);
+                            self.complete(op, outcome);
+                        }
+                    }
+                    Output::Event(ev) => self.record_event(i, ev),
+                    Output::PersistGeneration(g) => self.slots[i].generation = g,
+                    Output::MarkCatchingUp => self.slots[i].disk.marker = true,
+                    Output::CaughtUp => {
+                        self.slots[i].disk.marker = false;
+                        self.note_caught_up(i);
+                    }
+                }
+            }
+            if wrote {
+                self.disk_progress(i);
+            }
+        }
+        self.refresh_timer(i);
+    }
+
+    /// Node `i` wrote log records or an fsync returned: tell it how far the disk is, and start an
+    /// fsync of what is unsynced unless one is running (group commit: one fsync covers everything
+    /// written before it starts).
+    fn disk_progress(&mut self, i: usize) {
         let now = self.now;
         let slot = &mut self.slots[i];
         let skew = slot.skew;
         let disk = &mut slot.disk;
-        let Some(node) = slot.node.as_mut() else {
-            self.disarm(i);
-            return;
-        };
-        let mut transmits = Vec::new();
-        while let Some(tx) = node.membership.poll_transmit() {
-            transmits.push(tx);
+        let (w, sy) = (disk.written_lsn, disk.synced_lsn);
+        let sync = (w > sy && !disk.sync_pending).then(|| {
+            disk.sync_pending = true;
+            (disk.bytes.len(), w, disk.epoch)
+        });
+        if let Some(n) = slot.node.as_mut() {
+            n.handle_persisted(skew.local(now), skew.wall_ms(now), w, sy);
         }
-        let mut events = Vec::new();
-        while let Some(ev) = node.membership.poll_event() {
-            events.push(ev);
-        }
-        // Store traffic rides the stream transport, as in the agent; the datagram store channel
-        // is unused.
-        while node.membership.poll_store_inbound().is_some() {}
-        if !events.is_empty() {
-            node.view_dirty = true;
-        }
-        let mut sends = Vec::new();
-        let mut replies = Vec::new();
-        let mut sync_needed = None;
-        if let Some(store) = node.store.as_mut() {
-            if node.view_dirty {
-                let view = StoreView::of(&node.membership);
-                store.set_view(view.peers, view.has_quorum, view.reachable_votes);
-            }
-            let mut wrote = false;
-            while let Some(rec) = store.poll_log() {
-                disk.written_lsn = rec.lsn;
-                store::wal::encode(&rec, &mut disk.bytes);
-                wrote = true;
-            }
-            if wrote {
-                store.persisted(
-                    skew.local(now),
-                    skew.wall_ms(now),
-                    disk.written_lsn,
-                    disk.synced_lsn,
-                );
-            }
-            if disk.written_lsn > disk.synced_lsn && !disk.sync_pending {
-                // Group commit: one fsync covers everything written before it starts.
-                disk.sync_pending = true;
-                sync_needed = Some((disk.bytes.len(), disk.written_lsn));
-            }
-            while let Some(s) = store.poll_send() {
-                sends.push(s);
-            }
-            while let Some(r) = store.poll_reply() {
-                replies.push(r);
-            }
-        }
-        node.view_dirty = false;
-        if let Some((len, lsn)) = sync_needed {
+        if let Some((len, lsn, epoch)) = sync {
             let (lo, hi) = self.cfg.fsync;
             let span = hi.saturating_sub(lo).as_micros().max(1) as u64;
             let d = lo + Duration::from_micros(self.rng.random_range(0..span));
@@ -1216,69 +1231,63 @@ impl Sim {
             self.push(
                 now + d,
                 What::Synced {
-                    node: i,
+                    node: i as u32,
                     incarnation,
+                    epoch,
                     len,
                     lsn,
                 },
             );
         }
-        for tx in transmits {
-            self.traffic.datagrams += 1;
-            self.traffic.datagram_bytes += tx.bytes.len() as u64;
-            let bytes: Rc<[u8]> = Rc::from(tx.bytes);
-            match tx.to {
-                Destination::Unicast(addr) => {
-                    if let Some(to) = self.by_addr.get(&addr).copied() {
+    }
+
+    fn send_datagram(&mut self, i: usize, tx: membership::Transmit) {
+        self.traffic.datagrams += 1;
+        self.traffic.datagram_bytes += tx.bytes.len() as u64;
+        let bytes: Rc<[u8]> = Rc::from(tx.bytes);
+        match tx.to {
+            Destination::Unicast(addr) => {
+                if let Some(to) = self.by_addr.get(&addr).copied() {
+                    self.route_datagram(i, to, &bytes);
+                }
+            }
+            Destination::Beacon => {
+                let dc = self.net.dc_of(i);
+                for to in 0..self.slots.len() {
+                    if to != i && self.net.dc_of(to) == dc {
                         self.route_datagram(i, to, &bytes);
                     }
                 }
-                Destination::Beacon => {
-                    let dc = self.net.dc_of(i);
-                    for to in 0..self.slots.len() {
-                        if to != i && self.net.dc_of(to) == dc {
-                            self.route_datagram(i, to, &bytes);
-                        }
-                    }
-                }
             }
         }
-        for ev in events {
-            self.record_event(i, ev);
+    }
+
+    /// A store message on the stream from node `i` to the node at `addr`: ordered per pair of
+    /// nodes, lost when the link is cut either way (the connection breaks).
+    fn send_frame(&mut self, i: usize, addr: SocketAddr, msg: StoreMsg) {
+        let Some(to) = self.by_addr.get(&addr).copied() else {
+            return;
+        };
+        self.traffic.stream_msgs += 1;
+        self.traffic.stream_bytes += postcard::to_stdvec(&msg).map_or(0, |b| b.len() as u64);
+        if !self.net.reaches(i, to) || !self.net.reaches(to, i) {
+            return;
         }
-        let me = self.slots[i].id;
-        for (to_id, msg) in sends {
-            let Some(to) = self.by_id.get(&to_id).copied() else {
-                continue;
-            };
-            self.traffic.stream_msgs += 1;
-            self.traffic.stream_bytes += postcard::to_stdvec(&msg).map_or(0, |b| b.len() as u64);
-            if !self.net.reaches(i, to) || !self.net.reaches(to, i) {
-                continue; // a stream needs both directions; the connection breaks
-            }
-            let lat = self.net.latency(&mut self.rng, i, to);
-            let tail = self.stream_tail.entry((i, to)).or_default();
-            let at = (now + lat).max(*tail);
-            *tail = at;
-            let incarnation = self.slots[to].incarnation;
-            self.push(
-                at,
-                What::Stream {
-                    to,
-                    incarnation,
-                    from: me,
-                    msg: Box::new(msg),
-                },
-            );
-        }
-        for (id, reply) in replies {
-            if let Some(op) = self.in_flight.remove(&(i, id)) {
-                let outcome = outcome_of(&self.history.ops[op].kind, reply);
-                self.complete(op, outcome);
-            }
-        }
-        self.note_caught_up(i);
-        self.refresh_timer(i);
+        let lat = self.net.latency(&mut self.rng, i, to);
+        let tail = self.stream_tail.entry((i, to)).or_default();
+        let at = (self.now + lat).max(*tail);
+        *tail = at;
+        let incarnation = self.slots[to].incarnation;
+        let from = self.slots[i].id;
+        self.push(
+            at,
+            What::Stream {
+                to,
+                incarnation,
+                from,
+                msg: Box::new(msg),
+            },
+        );
     }
 
     fn route_datagram(&mut self, from_i: usize, to: usize, bytes: &Rc<[u8]>) {
@@ -1326,9 +1335,6 @@ impl Sim {
             if *cell == alive {
                 self.alive_of[s] += 1;
             }
-        }
-        if let Event::GenerationChanged { generation } = event {
-            self.slots[viewer].generation = generation;
         }
         self.log.push(Logged {
             at: now,
@@ -1398,7 +1404,7 @@ impl Sim {
         self.slots
             .iter()
             .filter_map(|s| s.node.as_ref())
-            .all(|n| n.membership.quorum().has_quorum)
+            .all(|n| n.membership().quorum().has_quorum)
     }
 }
 

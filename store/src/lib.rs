@@ -10,7 +10,6 @@ pub mod entry;
 pub mod hlc;
 pub mod limits;
 pub mod replica;
-pub mod view;
 pub mod wal;
 
 pub use crate::core::{

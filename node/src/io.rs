@@ -1,0 +1,98 @@
+//! What goes into a node and what comes out: every driver executes these and nothing else.
+
+use membership::{Event, NodeId, Transmit};
+use std::net::SocketAddr;
+use store::wal::Record;
+use store::{Reply, Request, StoreError, StoreMsg};
+
+/// Something that happened to the node. The typed `handle_*` methods of [`crate::Node`] take the
+/// same inputs one by one; this form lets a test record what a driver fed a node and replay it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A datagram arrived on the gossip or the beacon socket.
+    Datagram {
+        /// Sender's address.
+        from: SocketAddr,
+        /// The sealed bytes.
+        bytes: Vec<u8>,
+    },
+    /// A store message arrived on the stream transport (already authenticated).
+    Frame {
+        /// Sending node.
+        from: NodeId,
+        /// The message.
+        msg: StoreMsg,
+    },
+    /// The time [`crate::Node::poll_timeout`] named has come.
+    Timeout,
+    /// A client asked for something; its answer is an [`Output::Reply`] with the same token.
+    Request {
+        /// The driver's name for this request.
+        token: u64,
+        /// What it asks.
+        req: Request,
+    },
+    /// The log is written through `written` and synced through `synced` (sequence numbers).
+    Persisted {
+        /// Last record written to the file.
+        written: u64,
+        /// Last record known to be on stable storage.
+        synced: u64,
+    },
+    /// The log cannot be written (`Some(why)`), or can again (`None`).
+    LogHealth(Option<String>),
+    /// Leave the cluster gracefully.
+    Leave,
+    /// The seed addresses, resolved again.
+    Seeds(Vec<SocketAddr>),
+    /// Announce this node to `addr` now (a seed at start, an operator's join).
+    Announce(SocketAddr),
+}
+
+/// Something the driver must do. Drain [`crate::Node::poll_output`] after every input and
+/// execute each in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send a sealed datagram.
+    Datagram(Transmit),
+    /// Send a store message to a peer over the stream transport.
+    Frame {
+        /// The peer's gossip address (the stream transport listens on the same port).
+        to: SocketAddr,
+        /// The peer.
+        peer: NodeId,
+        /// The message.
+        msg: StoreMsg,
+    },
+    /// Drop the stream connections to these addresses (the peer went away or restarted); frames
+    /// queued on them may be lost, which the store's rounds tolerate.
+    CloseStreams(Vec<SocketAddr>),
+    /// Append these records to the write-ahead log, in order, then report with
+    /// [`Input::Persisted`].
+    AppendLog(Vec<Record>),
+    /// Write this snapshot of the whole replica, which covers every record through `through`,
+    /// then drop the log records it covers. Appends that follow go after it.
+    WriteSnapshot {
+        /// Last sequence number the snapshot covers.
+        through: u64,
+        /// Every entry held, tombstones included.
+        records: Vec<Record>,
+    },
+    /// Answer a client.
+    Reply {
+        /// The token of its [`Input::Request`].
+        token: u64,
+        /// The answer.
+        result: Result<Reply, StoreError>,
+    },
+    /// Report an event (log it, hand it to subscribers).
+    Event(Event),
+    /// Persist this generation with the node's identity, so the next start uses a higher one.
+    PersistGeneration(u64),
+    /// Persist the catch-up marker: this node may have lost writes it acknowledged and must not
+    /// vote until it has caught up, also across a crash before then. Executed before anything
+    /// else the node asks; a driver that cannot persist it must stop the node.
+    MarkCatchingUp,
+    /// The node has caught up with its peers: local reads are fresh. Remove the catch-up marker.
+    CaughtUp,
+}

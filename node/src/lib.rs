@@ -1,0 +1,23 @@
+//! One Chorus node as one sans-IO state machine.
+//!
+//! The membership core and the store core are composed here and nowhere else: the agent (tokio,
+//! sockets, files), netsim (a virtual clock, a simulated network and disks) and tests all feed a
+//! [`Node`] the same typed inputs and execute the same typed [`Output`]s. Every rule about how
+//! the cores talk to each other and to the outside (which peers the store may use, when to take a
+//! snapshot, when a node that may have lost writes has caught up, how long a store message waits
+//! for a peer's address) lives in this crate, so the simulator tests exactly what production runs.
+//!
+//! Like the cores, a node never reads a clock, opens a socket or spawns a thread: time comes in
+//! with every input, and randomness from the seed it was built with.
+
+mod hold;
+mod io;
+mod node;
+mod recover;
+mod snapshot;
+pub mod view;
+
+pub use crate::hold::HoldStats;
+pub use crate::io::{Input, Output};
+pub use crate::node::{Faults, Node, NodeConfig};
+pub use crate::recover::Recovered;
