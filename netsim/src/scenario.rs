@@ -71,6 +71,9 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The snapshot threshold of every scenario.
+pub const SNAPSHOT_MIN_RECORDS: usize = 20;
+
 /// Loss above which the LAN profile does not promise zero false failures.
 const TOLERATED_LOSS_PPM: u32 = 100_000;
 
@@ -182,6 +185,26 @@ impl Run {
     }
 }
 
+/// A verdict that each of `nodes` had written a snapshot before its restart, so the restart read
+/// a snapshot and the log after it (the checkers that follow judge what it rebuilt).
+fn restarted_from_snapshots(run: &mut Run, nodes: &[usize]) {
+    let without: Vec<usize> = nodes
+        .iter()
+        .copied()
+        .filter(|i| run.sim.snapshots_written(*i) == 0)
+        .collect();
+    let taken: u64 = nodes.iter().map(|i| run.sim.snapshots_written(*i)).sum();
+    run.verdict(
+        "restarts read a snapshot",
+        without.is_empty(),
+        if without.is_empty() {
+            format!("{taken} snapshots written by the restarted nodes before they restarted")
+        } else {
+            format!("nodes {without:?} restarted without ever writing a snapshot")
+        },
+    );
+}
+
 fn secs(t: Option<Duration>) -> String {
     t.map_or("not within the limit".into(), |d| {
         format!("{:.3} s", d.as_secs_f64())
@@ -218,6 +241,9 @@ pub fn run_keeping(
     let mut cfg = SimConfig::lan(n, seed);
     cfg.store = true;
     cfg.durable = true;
+    // Small, so that every node writes snapshots during the run and restarts read one back
+    // with the log after it (the agent's default is 100,000 records).
+    cfg.snapshot_min_records = SNAPSHOT_MIN_RECORDS;
     match name {
         "loss10" => cfg.link.loss_ppm = 100_000,
         "loss30" => cfg.link.loss_ppm = 300_000,
@@ -401,6 +427,7 @@ fn trouble(run: &mut Run, name: &str, n: usize) {
                 run.sim.run_for(5 * S);
                 run.sim.restart(victim);
                 run.note(format!("node {victim} restarts"));
+                restarted_from_snapshots(run, &[victim]);
             }
             run.sim.run_for(10 * S);
         }
@@ -414,6 +441,8 @@ fn trouble(run: &mut Run, name: &str, n: usize) {
                 run.sim.restart(i);
             }
             run.note("every node restarts from its log");
+            let all: Vec<usize> = (0..n).collect();
+            restarted_from_snapshots(run, &all);
             let back = run.sim.run_until_cond_every(30 * S, MS, |s| {
                 s.all_running_alive_by_events() && s.all_have_quorum()
             });

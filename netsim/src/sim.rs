@@ -13,7 +13,7 @@ use membership::{
     ClusterKey, Destination, Event, MemberState, Membership, MembershipConfig, NodeId, Peer,
     Profile, QuorumRule, SelfDescription,
 };
-use node::{Node, NodeConfig, Output, Recovered};
+use node::{Input, Node, NodeConfig, Output, Recovered};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use std::cmp::Reverse;
@@ -58,6 +58,9 @@ pub struct SimConfig {
     /// Fewest log records between two snapshots (the node's snapshot policy; small in scenarios
     /// so that restarts read a snapshot and the log after it).
     pub snapshot_min_records: usize,
+    /// Record everything one node is built from, fed and asked to do during its first run (see
+    /// [`Sim::recording`]).
+    pub record_node: Option<usize>,
 }
 
 impl SimConfig {
@@ -77,6 +80,7 @@ impl SimConfig {
             fsync: (Duration::from_micros(100), Duration::from_millis(2)),
             start_spread: Duration::ZERO,
             snapshot_min_records: 100_000,
+            record_node: None,
         }
     }
 }
@@ -118,6 +122,30 @@ pub struct CatchUpRecord {
     pub ended: Option<Duration>,
     /// Quorum writes acknowledged before it began that it did not hold when it cleared.
     pub missing: Vec<String>,
+}
+
+/// What one node was built from, fed and asked to do during its first run: a node is a pure
+/// function of these, so a harness that feeds a fresh node the same inputs gets the same outputs.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    /// The node recorded.
+    pub node: usize,
+    /// Its configuration.
+    pub cfg: NodeConfig,
+    /// Its identity.
+    pub identity: Peer,
+    /// Its seed.
+    pub seed: u64,
+    /// Its clock readings at start (core time, wall milliseconds).
+    pub started: (Duration, u64),
+    /// What its disk held.
+    pub disk: Recovered,
+    /// Every input, with the node's clock readings when it was fed.
+    pub inputs: Vec<(Duration, u64, Input)>,
+    /// Every output, in the order the node gave them.
+    pub outputs: Vec<Output>,
+    /// Still recording (the first run has not ended).
+    live: bool,
 }
 
 /// A node's clock error: its monotonic clock runs fast or slow, its wall clock is offset.
@@ -342,6 +370,8 @@ pub struct Sim {
     history: History,
     torn_tails: u64,
     catch_ups: Vec<CatchUpRecord>,
+    recording: Option<Recording>,
+    frames_received: Vec<u64>,
 }
 
 impl Sim {
@@ -400,6 +430,8 @@ impl Sim {
             history: History::default(),
             torn_tails: 0,
             catch_ups: Vec::new(),
+            recording: None,
+            frames_received: vec![0; n],
             cfg,
         };
         let spread = sim.cfg.start_spread;
@@ -507,6 +539,19 @@ impl Sim {
             disk.records.extend(d.records);
         }
         let last_lsn = disk.records.iter().map(|r| r.lsn).max().unwrap_or(0);
+        if self.cfg.record_node == Some(i) && self.recording.is_none() {
+            self.recording = Some(Recording {
+                node: i,
+                cfg: cfg.clone(),
+                identity: peer,
+                seed,
+                started: (local, wall),
+                disk: disk.clone(),
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+                live: true,
+            });
+        }
         let node = Node::recover(cfg, peer, seed, local, wall, disk);
         if node.store().is_some() {
             self.slots[i].catching = Some(self.catch_ups.len());
@@ -560,6 +605,33 @@ impl Sim {
     /// Node `i` as a whole, unless it is crashed.
     pub fn node(&self, i: usize) -> Option<&Node> {
         self.slots[i].node.as_ref()
+    }
+
+    /// What [`SimConfig::record_node`] recorded so far.
+    pub fn recording(&self) -> Option<&Recording> {
+        self.recording.as_ref()
+    }
+
+    /// Store messages delivered to node `i` so far (over all its runs).
+    pub fn frames_received(&self, i: usize) -> u64 {
+        self.frames_received[i]
+    }
+
+    /// Delivers `msg` to node `to` on the stream from node `from` now, as if `from` had sent it
+    /// (tests of what a node does with a message it cannot answer yet).
+    pub fn inject_frame(&mut self, from: usize, to: usize, msg: StoreMsg) {
+        let incarnation = self.slots[to].incarnation;
+        let from = self.slots[from].id;
+        let msg = Box::new(msg);
+        self.push(
+            self.now,
+            What::Stream {
+                to,
+                incarnation,
+                from,
+                msg,
+            },
+        );
     }
 
     /// Snapshots node `i` has written so far (over all its runs; a wipe starts again at zero).
@@ -667,6 +739,9 @@ impl Sim {
     fn halt(&mut self, i: usize) {
         if self.slots[i].node.take().is_none() {
             return;
+        }
+        if let Some(r) = self.recording.as_mut().filter(|r| r.node == i) {
+            r.live = false;
         }
         // What was written but not synced may be on the disk, in part, or not at all (a crash of
         // the machine rather than the process).
@@ -776,11 +851,7 @@ impl Sim {
     /// layer and `linger` more, then stops (what the agent does on SIGTERM).
     pub fn leave(&mut self, i: usize, linger: Duration) {
         self.world.push((self.now, WorldFault::Leave(i)));
-        let local = self.slots[i].skew.local(self.now);
-        let wall = self.slots[i].skew.wall_ms(self.now);
-        if let Some(n) = self.slots[i].node.as_mut() {
-            n.leave(local, wall);
-        }
+        self.feed(i, Input::Leave);
         self.flush(i);
         let limit = 10 * linger;
         self.run_until_cond(limit, |s| s.core(i).is_none_or(|c| c.has_left()));
@@ -960,11 +1031,9 @@ impl Sim {
                 let (to, from) = (to as usize, self.slots[from as usize].addr);
                 self.delivered += 1;
                 self.mix(&[1, to as u64, bytes.len() as u64, now.as_micros() as u64]);
-                let skew = self.slots[to].skew;
-                if let Some(n) = self.slots[to].node.as_mut() {
-                    n.handle_datagram(skew.local(now), skew.wall_ms(now), from, &bytes);
-                    self.flush(to);
-                }
+                let bytes = bytes.to_vec();
+                self.feed(to, Input::Datagram { from, bytes });
+                self.flush(to);
             }
             What::Stream {
                 to,
@@ -977,11 +1046,9 @@ impl Sim {
                 }
                 self.delivered += 1;
                 self.mix(&[2, to as u64, now.as_micros() as u64]);
-                let skew = self.slots[to].skew;
-                if let Some(n) = self.slots[to].node.as_mut() {
-                    n.handle_frame(skew.local(now), skew.wall_ms(now), from, *msg);
-                    self.flush(to);
-                }
+                self.frames_received[to] += 1;
+                self.feed(to, Input::Frame { from, msg: *msg });
+                self.flush(to);
             }
             What::Request {
                 to,
@@ -1015,10 +1082,14 @@ impl Sim {
                         consistency,
                     },
                 };
-                let skew = self.slots[to].skew;
-                let n = self.slots[to].node.as_mut().expect("checked");
-                n.handle_request(skew.local(now), skew.wall_ms(now), op as u64, req);
                 self.in_flight.insert((to, op as u64));
+                self.feed(
+                    to,
+                    Input::Request {
+                        token: op as u64,
+                        req,
+                    },
+                );
                 self.flush(to);
             }
             What::Resume { node } => {
@@ -1107,12 +1178,8 @@ impl Sim {
 
     fn fire_timers(&mut self, i: usize) {
         let now = self.now;
-        let skew = self.slots[i].skew;
-        let (local, wall) = (skew.local(now), skew.wall_ms(now));
         self.mix(&[5, i as u64, now.as_micros() as u64]);
-        if let Some(n) = self.slots[i].node.as_mut() {
-            n.handle_timeout(local, wall);
-        }
+        self.feed(i, Input::Timeout);
         self.flush(i);
     }
 
@@ -1156,6 +1223,9 @@ impl Sim {
             let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
             if outputs.is_empty() {
                 break;
+            }
+            if let Some(r) = self.recording.as_mut().filter(|r| r.node == i && r.live) {
+                r.outputs.extend(outputs.iter().cloned());
             }
             let mut wrote = false;
             for out in outputs {
@@ -1212,17 +1282,19 @@ impl Sim {
     /// written before it starts).
     fn disk_progress(&mut self, i: usize) {
         let now = self.now;
-        let slot = &mut self.slots[i];
-        let skew = slot.skew;
-        let disk = &mut slot.disk;
+        let disk = &mut self.slots[i].disk;
         let (w, sy) = (disk.written_lsn, disk.synced_lsn);
         let sync = (w > sy && !disk.sync_pending).then(|| {
             disk.sync_pending = true;
             (disk.bytes.len(), w, disk.epoch)
         });
-        if let Some(n) = slot.node.as_mut() {
-            n.handle_persisted(skew.local(now), skew.wall_ms(now), w, sy);
-        }
+        self.feed(
+            i,
+            Input::Persisted {
+                written: w,
+                synced: sy,
+            },
+        );
         if let Some((len, lsn, epoch)) = sync {
             let (lo, hi) = self.cfg.fsync;
             let span = hi.saturating_sub(lo).as_micros().max(1) as u64;
@@ -1288,6 +1360,20 @@ impl Sim {
                 msg: Box::new(msg),
             },
         );
+    }
+
+    /// Hands node `i` one input at its own clock's time (recorded when the node is being
+    /// recorded). The caller flushes.
+    fn feed(&mut self, i: usize, input: Input) {
+        let skew = self.slots[i].skew;
+        let (local, wall) = (skew.local(self.now), skew.wall_ms(self.now));
+        let Some(n) = self.slots[i].node.as_mut() else {
+            return;
+        };
+        if let Some(r) = self.recording.as_mut().filter(|r| r.node == i && r.live) {
+            r.inputs.push((local, wall, input.clone()));
+        }
+        n.handle(local, wall, input);
     }
 
     fn route_datagram(&mut self, from_i: usize, to: usize, bytes: &Rc<[u8]>) {
