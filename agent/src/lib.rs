@@ -152,12 +152,7 @@ pub async fn run(
         marked_lost: recovered.marked_lost,
         repaired: recovered.repaired,
     };
-    let ncfg = NodeConfig {
-        membership: mcfg,
-        store: Some(scfg),
-        snapshot_min_records: config.snapshot_min_records,
-        faults: node::Faults::default(),
-    };
+    let ncfg = NodeConfig::new(mcfg, Some(scfg), config.snapshot_min_records);
     let node = Node::recover(
         ncfg,
         me,

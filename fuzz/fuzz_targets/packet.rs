@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    membership::core::fuzz_datagram(data);
+    membership::fuzz_datagram(data);
 });

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    store::core::fuzz_messages(data);
+    store::fuzz_messages(data);
 });

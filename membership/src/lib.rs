@@ -8,17 +8,25 @@
 
 pub mod config;
 pub mod core;
+mod discovery;
 pub mod envelope;
+mod fault;
 pub mod identity;
 pub mod meta;
+mod meta_sync;
 pub mod quorum;
 mod reach;
+pub mod report;
+mod suspicion;
+mod swim;
 
 pub use crate::config::{MembershipConfig, Profile, SelfDescription, Timings};
-pub use crate::core::{
-    Destination, Event, Fault, MemberRef, MemberState, MemberView, Membership, Stats, Transmit,
-};
+pub use crate::core::{Destination, Membership, Stats, Transmit};
 pub use crate::envelope::{Channel, ClusterKey, DropReason, Sealer};
+pub use crate::fault::Fault;
+#[cfg(feature = "testing")]
+pub use crate::fault::fuzz_datagram;
 pub use crate::identity::{NodeId, Peer};
 pub use crate::meta::NodeMeta;
 pub use crate::quorum::{QuorumRule, QuorumStatus};
+pub use crate::report::{Event, MemberRef, MemberState, MemberView};

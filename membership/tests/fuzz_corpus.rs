@@ -3,7 +3,7 @@
 //! (re)writes the seed inputs first: real payloads of every channel, captured from two cores
 //! joining each other.
 
-use membership::core::fuzz_datagram;
+use membership::fuzz_datagram;
 use membership::{Channel, Membership, MembershipConfig, NodeId, Peer, QuorumRule, Sealer};
 use std::net::SocketAddr;
 use std::path::PathBuf;

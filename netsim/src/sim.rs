@@ -502,15 +502,15 @@ impl Sim {
     }
 
     fn start(&mut self, i: usize) {
-        let cfg = NodeConfig {
-            membership: self.node_config(i),
-            store: self.cfg.store.then(|| self.store_config()),
-            snapshot_min_records: self.cfg.snapshot_min_records,
-            faults: node::Faults {
-                membership: self.slots[i].membership_faults.clone(),
-                store: self.slots[i].store_faults.clone(),
-            },
-        };
+        let cfg = NodeConfig::new(
+            self.node_config(i),
+            self.cfg.store.then(|| self.store_config()),
+            self.cfg.snapshot_min_records,
+        )
+        .with_faults(node::Faults {
+            membership: self.slots[i].membership_faults.clone(),
+            store: self.slots[i].store_faults.clone(),
+        });
         let now = self.now;
         let slot = &self.slots[i];
         let local = slot.skew.local(now);

@@ -28,7 +28,30 @@ pub struct NodeConfig {
     pub snapshot_min_records: usize,
     /// Deliberate defects, injected before the node starts (simulation tests only: a checker
     /// that never fails proves nothing).
-    pub faults: Faults,
+    faults: Faults,
+}
+
+impl NodeConfig {
+    /// A node of these cores' settings, with snapshots at least `snapshot_min_records` apart.
+    pub fn new(
+        membership: MembershipConfig,
+        store: Option<StoreConfig>,
+        snapshot_min_records: usize,
+    ) -> Self {
+        NodeConfig {
+            membership,
+            store,
+            snapshot_min_records,
+            faults: Faults::default(),
+        }
+    }
+
+    /// The same node with deliberate defects in its cores.
+    #[cfg(feature = "testing")]
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
 }
 
 /// Deliberate defects of each core (see [`membership::Fault`] and [`store::Fault`]).
@@ -71,15 +94,21 @@ impl Node {
         disk: Recovered,
     ) -> Node {
         let lost = disk.lost_writes();
+        #[cfg_attr(not(feature = "testing"), allow(unused_mut))]
         let mut membership = Membership::new(cfg.membership, identity, seed, now);
+        #[cfg(feature = "testing")]
         for f in &cfg.faults.membership {
             membership.inject_fault(*f);
         }
+        let faults = cfg.faults.store;
         let store = cfg.store.map(|scfg| {
             let mut s = StoreCore::new(identity.id, scfg, seed.rotate_left(17), now, wall_ms);
-            for f in &cfg.faults.store {
+            #[cfg(feature = "testing")]
+            for f in &faults {
                 s.inject_fault(*f);
             }
+            #[cfg(not(feature = "testing"))]
+            let _ = &faults;
             s.restore(disk.records);
             s.begin_catch_up(lost);
             s

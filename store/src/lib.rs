@@ -5,17 +5,29 @@
 //! traffic and anti-entropy live in [`core::StoreCore`], a sans-IO state machine like the
 //! membership core: it never reads a clock, opens a socket or spawns a thread.
 
+mod anti_entropy;
+mod catch_up;
+pub mod config;
+mod coordinator;
 pub mod core;
 pub mod entry;
+mod fault;
 pub mod hlc;
 pub mod limits;
+mod log_gate;
+pub mod msg;
 pub mod replica;
+pub mod request;
 pub mod wal;
 
-pub use crate::core::{
-    CatchUpStatus, Consistency, Fault, Fsync, MinorityReads, OpId, Reply, Request, StoreConfig,
-    StoreCore, StoreMsg, StoreSettings,
-};
+pub use crate::catch_up::CatchUpStatus;
+pub use crate::config::{Fsync, MinorityReads, StoreConfig, StoreSettings};
+pub use crate::core::StoreCore;
 pub use crate::entry::{Entry, Version};
+pub use crate::fault::Fault;
+#[cfg(feature = "testing")]
+pub use crate::fault::fuzz_messages;
 pub use crate::limits::StoreError;
+pub use crate::msg::StoreMsg;
 pub use crate::replica::{Replica, StoreMap};
+pub use crate::request::{Consistency, OpId, Reply, Request};

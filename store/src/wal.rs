@@ -250,6 +250,7 @@ fn framed(bytes: &[u8], at: usize) -> Result<(&[u8], usize), Damage> {
 
 /// The property the fuzz target and its corpus replay check on any bytes: decoding never
 /// panics, and the records it accepts re-encode to exactly the accepted prefix of the input.
+#[cfg(feature = "testing")]
 pub fn fuzz_check(data: &[u8]) {
     if let Ok(d) = decode_file(data) {
         let mut again = file_header().to_vec();

@@ -173,5 +173,5 @@ fn message_seeds() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn the_store_message_corpus_replays_cleanly() {
-    replay("store_msg", message_seeds(), store::core::fuzz_messages);
+    replay("store_msg", message_seeds(), store::fuzz_messages);
 }

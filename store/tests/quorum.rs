@@ -295,7 +295,7 @@ fn a_minority_coordinator_behind_an_undetected_partition_writes_nowhere() {
 #[test]
 fn the_fault_switch_shows_the_minority_check_can_fail() {
     let mut net = Net::new(5);
-    net.nodes[0].fault_skip_learn_phase = true;
+    net.nodes[0].inject_fault(store::Fault::SkipLearnPhase);
     net.partition(&[&[0, 1], &[2, 3, 4]]);
     let _ = net.call(0, put("k", "lost"));
     // Without the learn phase the minority write lands on node 1: exactly what the guarantee forbids.

@@ -1,0 +1,224 @@
+//! Per-node metadata: this node's record on foca broadcasts, and a pull-based digest exchange
+//! (Scuttlebutt's idea) that repairs whatever the broadcasts missed.
+
+use crate::core::{Destination, Due, Membership};
+use crate::envelope::{Channel, DropReason, MAX_PAYLOAD, fnv1a64};
+use crate::identity::Peer;
+use crate::meta::{DigestEntry, MAX_META_BYTES, MetaMsg, NodeMeta};
+use rand::RngExt;
+use std::net::SocketAddr;
+use tracing::{debug, info, warn};
+
+/// Most members asked directly for their missing record in one metadata sync round.
+const MAX_DIRECT_PULLS: usize = 8;
+
+impl Membership {
+    pub(crate) fn publish_own_meta(&mut self) {
+        let encoded = self.own_meta.encode();
+        if encoded.len() > MAX_META_BYTES {
+            // The agent validates tags against this limit at start; reaching here is a bug there.
+            warn!(bytes = encoded.len(), "own metadata too large to broadcast");
+        }
+        match self.foca.add_broadcast(&encoded) {
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "add_broadcast"),
+        }
+        if self.foca.num_members() > 0
+            && let Err(e) = self.foca.broadcast(&mut self.rt)
+        {
+            debug!(error = %e, "broadcast");
+        }
+        self.drain_foca();
+    }
+
+    pub(crate) fn on_meta(&mut self, from: SocketAddr, payload: &[u8]) {
+        let Ok(msg) = postcard::from_bytes::<MetaMsg>(payload) else {
+            self.drop_packet(DropReason::Malformed, from);
+            return;
+        };
+        match msg {
+            MetaMsg::Summary(hash) => {
+                if hash != self.meta_hash() {
+                    let digest = self.table().digest();
+                    self.send_digest(from, digest);
+                }
+            }
+            MetaMsg::Suspected {
+                peer,
+                incarnation,
+                by,
+            } => {
+                if peer == self.identity && !self.left_swim {
+                    let update = foca::Member::new(peer, incarnation, foca::State::Suspect);
+                    if let Err(e) =
+                        self.foca
+                            .apply_many(std::iter::once(update), true, &mut self.rt)
+                    {
+                        debug!(error = %e, "refuting suspicion");
+                    }
+                    // Any SWIM message carries our new incarnation in its header: an announce to
+                    // the suspecter refutes there at once.
+                    if by.addr != self.identity.addr
+                        && let Err(e) = self.foca.announce(by, &mut self.rt)
+                    {
+                        debug!(error = %e, "answering a suspicion");
+                    }
+                    // Spread the refutation now rather than at the next gossip tick.
+                    if let Err(e) = self.foca.gossip(&mut self.rt) {
+                        debug!(error = %e, "gossip refutation");
+                    }
+                    self.drain_foca();
+                }
+            }
+            MetaMsg::Down { peer, by } => {
+                if peer == self.identity && !self.left_swim {
+                    info!("peers hold this node as down: rejoining with a new generation");
+                    let update = foca::Member::new(peer, 0, foca::State::Down);
+                    if let Err(e) =
+                        self.foca
+                            .apply_many(std::iter::once(update), true, &mut self.rt)
+                    {
+                        debug!(error = %e, "rejoin after down hint");
+                    }
+                    self.drain_foca();
+                    // Introduce the new identity to the node that told us, which is across
+                    // whatever cut just healed; gossip carries it to the rest. If we hold that
+                    // node down too, tell it, so both sides renew within one round trip.
+                    if self.held_down(by) {
+                        self.send_down_hint(by);
+                    }
+                    self.announce(by.addr);
+                }
+            }
+            MetaMsg::Digest(theirs) => {
+                let (newer_here, newer_there) = self.table().compare(&theirs);
+                self.send_records(from, newer_here, newer_there);
+            }
+            MetaMsg::Records { records, want } => {
+                for r in records {
+                    if r.id == self.identity.id {
+                        self.refute_own_record(&r);
+                        continue;
+                    }
+                    self.broadcasts.accept(r);
+                }
+                if !want.is_empty() {
+                    let table = self.table();
+                    let send: Vec<NodeMeta> = want
+                        .iter()
+                        .filter_map(|w| {
+                            table
+                                .get(w.id)
+                                .filter(|m| m.stamp() >= (w.generation, w.version))
+                        })
+                        .cloned()
+                        .collect();
+                    drop(table);
+                    self.send_records(from, send, Vec::new());
+                }
+            }
+        }
+    }
+
+    /// Someone holds a record of this node at least as new as ours (we lost state, or a stale
+    /// instance wrote it): jump past it so our own record wins everywhere.
+    pub(crate) fn refute_own_record(&mut self, r: &NodeMeta) {
+        if r.stamp() >= self.own_meta.stamp() && *r != self.own_meta {
+            self.own_meta.generation = self.own_meta.generation.max(r.generation);
+            self.own_meta.version = r.version + 1;
+            self.publish_own_meta();
+        }
+    }
+
+    pub(crate) fn meta_hash(&self) -> u64 {
+        let digest = self.table().digest();
+        let mut bytes = Vec::with_capacity(digest.len() * 24);
+        for e in digest {
+            bytes.extend_from_slice(&e.id.0.to_be_bytes());
+            bytes.extend_from_slice(&e.generation.to_be_bytes());
+            bytes.extend_from_slice(&e.version.to_be_bytes());
+        }
+        fnv1a64(&[&bytes])
+    }
+
+    pub(crate) fn send_digest(&mut self, to: SocketAddr, digest: Vec<DigestEntry>) {
+        // A digest too large for one datagram goes in several; each is answered on its own, and
+        // the receiver only compares the entries it is given, so nothing is lost by splitting.
+        const ENTRY_MAX: usize = 8 + 10 + 10;
+        let per_packet = (MAX_PAYLOAD - 16) / ENTRY_MAX;
+        for chunk in digest.chunks(per_packet.max(1)) {
+            let payload = postcard::to_stdvec(&MetaMsg::Digest(chunk.to_vec())).expect("encode");
+            self.push_transmit(Destination::Unicast(to), Channel::Meta, &payload);
+        }
+    }
+
+    pub(crate) fn send_records(
+        &mut self,
+        to: SocketAddr,
+        records: Vec<NodeMeta>,
+        mut want: Vec<DigestEntry>,
+    ) {
+        // Greedy packing by encoded size; a record never exceeds MAX_META_BYTES so one always fits.
+        let mut batch: Vec<NodeMeta> = Vec::new();
+        let mut size = 16 + want.len() * 28;
+        let mut out: Vec<MetaMsg> = Vec::new();
+        for r in records {
+            let len = r.encode().len() + 2;
+            if !batch.is_empty() && size + len > MAX_PAYLOAD {
+                out.push(MetaMsg::Records {
+                    records: std::mem::take(&mut batch),
+                    want: std::mem::take(&mut want),
+                });
+                size = 16;
+            }
+            size += len;
+            batch.push(r);
+        }
+        if !batch.is_empty() || !want.is_empty() {
+            out.push(MetaMsg::Records {
+                records: batch,
+                want,
+            });
+        }
+        for msg in out {
+            let payload = postcard::to_stdvec(&msg).expect("encode");
+            self.push_transmit(Destination::Unicast(to), Channel::Meta, &payload);
+        }
+    }
+
+    pub(crate) fn on_meta_sync_timer(&mut self) {
+        if self.leaving {
+            return;
+        }
+        let members: Vec<Peer> = self.foca.iter_members().map(|m| *m.id()).collect();
+        if !members.is_empty() {
+            let target = members[self.rng.random_range(0..members.len())].addr;
+            let payload = postcard::to_stdvec(&MetaMsg::Summary(self.meta_hash())).expect("encode");
+            self.push_transmit(Destination::Unicast(target), Channel::Meta, &payload);
+        }
+        // Members whose record of their current generation never arrived: ask each of them
+        // directly (two datagrams instead of the summary exchange's four, which matters under
+        // heavy loss), and come back sooner until every record is here.
+        let missing: Vec<Peer> = {
+            let table = self.table();
+            members
+                .into_iter()
+                .filter(|p| table.get(p.id).is_none_or(|m| m.generation < p.generation))
+                .take(MAX_DIRECT_PULLS)
+                .collect()
+        };
+        for p in &missing {
+            let want = vec![DigestEntry {
+                id: p.id,
+                generation: p.generation,
+                version: 0,
+            }];
+            self.send_records(p.addr, Vec::new(), want);
+        }
+        let mut every = self.jitter(self.timings.meta_sync_every);
+        if !missing.is_empty() {
+            every /= 5;
+        }
+        self.schedule(every, Due::MetaSync);
+    }
+}

@@ -1,0 +1,357 @@
+//! What the core reports: the member list, events, and the quorum view, recomputed after every
+//! input from what foca and the metadata say.
+
+use crate::core::{Known, Membership};
+use crate::identity::{NodeId, Peer};
+use crate::meta::NodeMeta;
+use crate::quorum::QuorumStatus;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use tracing::{info, warn};
+
+/// How a member is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Answering probes.
+    Alive,
+    /// Missed a probe; will be declared failed unless it refutes.
+    Suspect,
+    /// Declared down without having announced a leave.
+    Failed,
+    /// Announced a graceful leave.
+    Left,
+}
+
+impl MemberState {
+    /// All states, for metrics.
+    pub const ALL: [MemberState; 4] = [
+        MemberState::Alive,
+        MemberState::Suspect,
+        MemberState::Failed,
+        MemberState::Left,
+    ];
+
+    /// Stable lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Failed => "failed",
+            MemberState::Left => "left",
+        }
+    }
+}
+
+/// One member as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberView {
+    /// Stable node id.
+    pub id: NodeId,
+    /// Node name (empty until its metadata arrives).
+    pub name: String,
+    /// Reported state.
+    pub state: MemberState,
+    /// Datacenter (empty until its metadata arrives).
+    pub datacenter: String,
+    /// Gossip address.
+    pub gossip_addr: SocketAddr,
+    /// HTTP API address, if known.
+    pub api_addr: Option<SocketAddr>,
+    /// Generation of the incarnation seen.
+    pub generation: u64,
+    /// Operator tags.
+    pub tags: BTreeMap<String, String>,
+    /// Quorum votes (1 until metadata arrives).
+    pub votes: u32,
+    /// True for the node itself.
+    pub is_self: bool,
+}
+
+/// A member named in an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberRef {
+    /// Stable node id.
+    pub id: NodeId,
+    /// Node name, if its metadata is known.
+    pub name: String,
+    /// Gossip address.
+    pub addr: SocketAddr,
+    /// Generation of the incarnation concerned.
+    pub generation: u64,
+}
+
+/// Something the operator or an application should hear about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A node joined for the first time (or after a graceful leave).
+    MemberJoined {
+        /// Who.
+        member: MemberRef,
+    },
+    /// A node stopped answering and did not announce a leave.
+    MemberFailed {
+        /// Who.
+        member: MemberRef,
+    },
+    /// A node left gracefully.
+    MemberLeft {
+        /// Who.
+        member: MemberRef,
+    },
+    /// A node reported failed is alive again.
+    MemberRecovered {
+        /// Who.
+        member: MemberRef,
+    },
+    /// A node restarted (a new generation) before anyone declared it failed.
+    MemberRestarted {
+        /// Who, with the new generation.
+        member: MemberRef,
+    },
+    /// This node can no longer reach a quorum of votes.
+    QuorumLost {
+        /// The quorum view at the change.
+        quorum: QuorumStatus,
+    },
+    /// This node reaches a quorum of votes again (or for the first time).
+    QuorumRegained {
+        /// The quorum view at the change.
+        quorum: QuorumStatus,
+    },
+    /// This node took a new generation (it was declared down and rejoined); the driver persists it
+    /// so that the next start uses a higher one.
+    GenerationChanged {
+        /// The new generation.
+        generation: u64,
+    },
+}
+
+/// The vote tally is checked against a full recount once per this many probe periods.
+pub(crate) const RECOUNT_EVERY_PROBES: u64 = 20;
+
+impl Membership {
+    /// Every member this node knows, itself included, ordered by node id.
+    pub fn members(&self) -> Vec<MemberView> {
+        let table = self.table();
+        let mut newest: BTreeMap<NodeId, (Peer, foca::State)> = BTreeMap::new();
+        for m in self.foca.iter_membership_state() {
+            let p = *m.id();
+            if p.id == self.identity.id {
+                continue;
+            }
+            match newest.get(&p.id) {
+                Some((q, _)) if q.generation >= p.generation => {}
+                _ => {
+                    newest.insert(p.id, (p, m.state()));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(newest.len() + 1);
+        out.push(self.view_of(
+            self.identity,
+            MemberState::Alive,
+            Some(&self.own_meta),
+            true,
+        ));
+        for (id, (peer, state)) in newest {
+            let meta = table.get(id);
+            let state = match state {
+                foca::State::Alive => MemberState::Alive,
+                foca::State::Suspect => MemberState::Suspect,
+                foca::State::Down => {
+                    if meta.is_some_and(|m| m.leaving && m.generation == peer.generation) {
+                        MemberState::Left
+                    } else {
+                        MemberState::Failed
+                    }
+                }
+            };
+            out.push(self.view_of(peer, state, meta, false));
+        }
+        out.sort_by_key(|m| m.id);
+        out
+    }
+
+    /// How many members (itself included) are in each state.
+    pub fn member_counts(&self) -> BTreeMap<MemberState, usize> {
+        let mut counts: BTreeMap<MemberState, usize> =
+            MemberState::ALL.iter().map(|s| (*s, 0)).collect();
+        for m in self.members() {
+            *counts.entry(m.state).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Number of nodes whose metadata this node holds (itself included).
+    pub fn known_metadata(&self) -> usize {
+        self.table().len()
+    }
+
+    pub(crate) fn view_of(
+        &self,
+        peer: Peer,
+        state: MemberState,
+        meta: Option<&NodeMeta>,
+        is_self: bool,
+    ) -> MemberView {
+        // Only metadata of the same incarnation or newer describes this peer.
+        let meta = meta.filter(|m| m.generation >= peer.generation || is_self);
+        MemberView {
+            id: peer.id,
+            name: meta.map(|m| m.name.clone()).unwrap_or_default(),
+            state,
+            datacenter: meta.map(|m| m.datacenter.clone()).unwrap_or_default(),
+            gossip_addr: peer.addr,
+            api_addr: meta.and_then(|m| m.api_addr),
+            generation: peer.generation,
+            tags: meta.map(|m| m.tags.clone()).unwrap_or_default(),
+            votes: meta.map_or(1, |m| m.votes),
+            is_self,
+        }
+    }
+
+    pub(crate) fn member_ref(&self, p: Peer) -> MemberRef {
+        let name = self
+            .table()
+            .get(p.id)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        MemberRef {
+            id: p.id,
+            name,
+            addr: p.addr,
+            generation: p.generation,
+        }
+    }
+
+    /// Recomputes the quorum view after any input.
+    pub(crate) fn after_input(&mut self) {
+        let fresh = self.broadcasts.take_fresh();
+        let strangers = self.apply_fresh_records(fresh);
+        self.introduce_to(strangers);
+        self.update_quorum();
+    }
+
+    /// Metadata records that arrived since the last input: their votes count at once, and a
+    /// leaving record that arrives after the down update (reordered, or lost and repaired by a
+    /// digest exchange) turns a reported failure into a leave. Returns the records' nodes that
+    /// SWIM has not shown us (to be introduced to).
+    fn apply_fresh_records(&mut self, fresh: Vec<NodeId>) -> Vec<NodeId> {
+        for id in &fresh {
+            let votes = self.votes_of(*id);
+            self.reach.set_votes(*id, votes);
+        }
+        let mut strangers = Vec::new();
+        for id in fresh {
+            let Some(k) = self.known.get(&id).copied() else {
+                strangers.push(id);
+                continue;
+            };
+            if k.state != MemberState::Failed {
+                continue;
+            }
+            let meta = self.table().get(id).cloned();
+            if let Some(m) = meta
+                && m.leaving
+                && m.generation == k.generation
+            {
+                self.known.insert(
+                    id,
+                    Known {
+                        generation: k.generation,
+                        state: MemberState::Left,
+                    },
+                );
+                let member = MemberRef {
+                    id,
+                    name: m.name.clone(),
+                    addr: m.gossip_addr,
+                    generation: m.generation,
+                };
+                let ev = Event::MemberLeft { member };
+                info!(event = ?ev, "membership: a failure turned out to be a leave");
+                self.events.push_back(ev);
+            }
+        }
+        strangers
+    }
+
+    /// Recomputes the quorum view from the reachable votes; a change is an event.
+    fn update_quorum(&mut self) {
+        let reachable = self.own_meta.votes + self.reach.total();
+        let has = self.cfg.quorum.is_met(reachable) && !self.leaving;
+        self.quorum.reachable_votes = reachable;
+        if has != self.quorum.has_quorum {
+            self.quorum.has_quorum = has;
+            self.quorum.since = self.now;
+            let ev = if has {
+                info!(
+                    reachable,
+                    required = self.quorum.required_votes,
+                    "quorum regained"
+                );
+                Event::QuorumRegained {
+                    quorum: self.quorum,
+                }
+            } else if self.leaving {
+                info!("leaving: this node no longer counts towards a quorum");
+                Event::QuorumLost {
+                    quorum: self.quorum,
+                }
+            } else {
+                warn!(
+                    reachable,
+                    required = self.quorum.required_votes,
+                    "quorum lost"
+                );
+                Event::QuorumLost {
+                    quorum: self.quorum,
+                }
+            };
+            self.events.push_back(ev);
+        }
+    }
+
+    /// The votes of node `id` by its metadata (1 until its record arrives).
+    pub(crate) fn votes_of(&self, id: NodeId) -> u32 {
+        let table = self.table();
+        table.get(id).map_or(1, |meta| meta.votes)
+    }
+
+    /// Recounts reachable votes from foca's member list and rebuilds the incremental tally if
+    /// it drifted (it should not; this is a safety net run every few seconds).
+    pub(crate) fn recount_reach(&mut self) {
+        let mut members: Vec<(NodeId, u32)> = {
+            let table = self.table();
+            self.foca
+                .iter_members()
+                .map(|m| m.id().id)
+                .filter(|id| *id != self.identity.id)
+                .map(|id| (id, table.get(id).map_or(1, |meta| meta.votes)))
+                .collect()
+        };
+        members.sort_unstable();
+        members.dedup_by_key(|(id, _)| *id);
+        let counted: u32 = members.iter().map(|(_, v)| v).sum();
+        if counted != self.reach.total() {
+            warn!(
+                counted,
+                tallied = self.reach.total(),
+                "reachable votes drifted; recounted"
+            );
+            let peers: Vec<(Peer, u32)> = {
+                let table = self.table();
+                self.foca
+                    .iter_members()
+                    .map(|m| *m.id())
+                    .filter(|p| p.id != self.identity.id)
+                    .map(|p| (p, table.get(p.id).map_or(1, |meta| meta.votes)))
+                    .collect()
+            };
+            self.reach.rebuild(peers.into_iter());
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Anti-entropy: bucket digests exchanged with a peer, then the versions of the buckets that
+//! differ, so each side pushes what the other lacks and fetches what it lacks itself; only
+//! differing entries travel.
+
+use crate::catch_up::key_hash;
+use crate::core::StoreCore;
+use crate::entry::{Entry, Version};
+use crate::limits::check_store_name;
+use crate::msg::StoreMsg;
+use crate::replica::{BUCKETS, bucket_of};
+use membership::NodeId;
+use std::collections::{BTreeMap, BTreeSet};
+
+impl StoreCore {
+    pub(crate) fn send_digest(&mut self, to: NodeId, round: u64) {
+        let stores = self
+            .replica
+            .store_names()
+            .map(|n| {
+                (
+                    n.clone(),
+                    self.replica
+                        .store(n)
+                        .map(|s| s.digest().to_vec())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        self.outbox
+            .push_back((to, StoreMsg::Digest { stores, round }));
+    }
+
+    /// Answers a digest with our versions of the buckets that differ; returns how many
+    /// `(key, version)` pairs went out.
+    pub(crate) fn on_digest(
+        &mut self,
+        from: NodeId,
+        theirs: Vec<(String, Vec<u64>)>,
+        round: u64,
+    ) -> u64 {
+        let mut sent = 0;
+        let theirs: BTreeMap<String, Vec<u64>> = theirs.into_iter().collect();
+        let mut names: BTreeSet<String> = self.replica.store_names().cloned().collect();
+        names.extend(
+            theirs
+                .keys()
+                .filter(|n| check_store_name(n).is_ok())
+                .cloned(),
+        );
+        for name in names {
+            let mine = self
+                .replica
+                .store(&name)
+                .map(|s| s.digest().to_vec())
+                .unwrap_or_else(|| vec![0; BUCKETS]);
+            let other = theirs
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| vec![0; BUCKETS]);
+            let differ: Vec<usize> = (0..BUCKETS)
+                .filter(|b| mine.get(*b) != other.get(*b))
+                .collect();
+            if differ.is_empty() {
+                continue;
+            }
+            // Send our versions of those buckets; the peer works out which entries go which way.
+            let set: BTreeSet<usize> = differ.iter().copied().collect();
+            let versions: Vec<(String, Version)> = self
+                .replica
+                .store(&name)
+                .map(|s| {
+                    s.iter()
+                        .filter(|(k, _)| set.contains(&bucket_of(k)))
+                        .map(|(k, e)| (k.clone(), e.version))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let buckets: Vec<u16> = differ.iter().map(|b| *b as u16).collect();
+            sent += versions.len() as u64;
+            for (lo, hi, chunk) in chunk_versions(versions, self.cfg.sync_versions_per_message) {
+                let msg = StoreMsg::Versions {
+                    store: name.clone(),
+                    buckets: buckets.clone(),
+                    versions: chunk,
+                    from: lo,
+                    until: hi,
+                    round,
+                };
+                self.outbox.push_back((from, msg));
+            }
+        }
+        sent
+    }
+
+    pub(crate) fn on_versions(
+        &mut self,
+        from: NodeId,
+        store: String,
+        buckets: Vec<u16>,
+        versions: Vec<(String, Version)>,
+        range: (Option<String>, Option<String>),
+        round: u64,
+    ) {
+        if check_store_name(&store).is_err() {
+            return;
+        }
+        let listed = versions.len() as u64;
+        let theirs: BTreeMap<String, Version> = versions.into_iter().collect();
+        let set: BTreeSet<usize> = buckets.iter().map(|b| *b as usize % BUCKETS).collect();
+        let mut push = Vec::new();
+        let mut fetch = Vec::new();
+        if let Some(s) = self.replica.store(&store) {
+            // Only keys inside this message's range: the rest is another message's business.
+            let keys = s.range(range.0.as_deref(), range.1.as_deref());
+            for (k, e) in keys.filter(|(k, _)| set.contains(&bucket_of(k))) {
+                match theirs.get(k) {
+                    Some(v) if *v >= e.version => {}
+                    _ => push.push((k.clone(), e.clone())),
+                }
+            }
+        }
+        for (k, v) in &theirs {
+            let mine = self
+                .replica
+                .store(&store)
+                .map_or(Version::ZERO, |s| s.version(k));
+            if mine < *v {
+                fetch.push(k.clone());
+            }
+        }
+        // In our catch-up round with this peer, note what this message owes us.
+        if let Some(r) = self
+            .catch_up
+            .as_mut()
+            .and_then(|c| c.round.as_mut())
+            .filter(|r| r.peer == from && r.id == round && round != 0)
+        {
+            r.versions_seen += listed;
+            for k in &fetch {
+                r.pending.insert(key_hash(&store, k), theirs[k]);
+            }
+        }
+        self.send_entries(from, &store, push);
+        for keys in fetch.chunks(self.cfg.sync_versions_per_message.max(1)) {
+            self.outbox.push_back((
+                from,
+                StoreMsg::Fetch {
+                    store: store.clone(),
+                    keys: keys.to_vec(),
+                },
+            ));
+        }
+    }
+
+    /// Sends entries in chunks of bounded size.
+    pub(crate) fn send_entries(&mut self, to: NodeId, store: &str, entries: Vec<(String, Entry)>) {
+        let mut chunk: Vec<(String, Entry)> = Vec::new();
+        let mut bytes = 0usize;
+        for (k, e) in entries {
+            let size = k.len() + e.value.as_ref().map_or(0, |v| v.len()) + 64;
+            if !chunk.is_empty() && bytes + size > self.cfg.sync_chunk_bytes {
+                let msg = StoreMsg::Entries {
+                    store: store.into(),
+                    entries: std::mem::take(&mut chunk),
+                };
+                self.outbox.push_back((to, msg));
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push((k, e));
+        }
+        if !chunk.is_empty() {
+            self.outbox.push_back((
+                to,
+                StoreMsg::Entries {
+                    store: store.into(),
+                    entries: chunk,
+                },
+            ));
+        }
+    }
+}
+
+/// Splits a key-ordered version list into messages, each with the key range it speaks for:
+/// `[first key of this chunk, first key of the next)`, unbounded below for the first and above for
+/// the last, so that together they cover every key, also keys only the receiver holds.
+type VersionChunk = (Option<String>, Option<String>, Vec<(String, Version)>);
+
+fn chunk_versions(versions: Vec<(String, Version)>, per: usize) -> Vec<VersionChunk> {
+    let chunks: Vec<Vec<(String, Version)>> =
+        versions.chunks(per.max(1)).map(|c| c.to_vec()).collect();
+    if chunks.is_empty() {
+        return vec![(None, None, Vec::new())];
+    }
+    let starts: Vec<String> = chunks.iter().map(|c| c[0].0.clone()).collect();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let lo = (i > 0).then(|| starts[i].clone());
+            let hi = starts.get(i + 1).cloned();
+            (lo, hi, c)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_chunks_cover_every_key() {
+        let v = |k: &str| (k.to_string(), Version::ZERO);
+        let chunks = chunk_versions(vec![v("b"), v("d"), v("f"), v("h"), v("j")], 2);
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(
+            (chunks[0].0.clone(), chunks[0].1.clone()),
+            (None, Some("f".to_string()))
+        );
+        assert_eq!(
+            (chunks[1].0.clone(), chunks[1].1.clone()),
+            (Some("f".to_string()), Some("j".to_string()))
+        );
+        assert_eq!(
+            (chunks[2].0.clone(), chunks[2].1.clone()),
+            (Some("j".to_string()), None)
+        );
+        assert_eq!(chunk_versions(vec![], 2), vec![(None, None, vec![])]);
+    }
+}

@@ -1,0 +1,247 @@
+//! Catching up after a start: until a node has synced with peers that, with itself, hold a
+//! quorum of votes, its local reads are stale; a node that may have lost writes it acknowledged
+//! also abstains from votes until then. One round at a time, with one peer: digest, versions and
+//! fetches, then a barrier; a round that loses a message or goes quiet starts again.
+
+use crate::core::StoreCore;
+use crate::entry::Version;
+use crate::fault::Fault;
+use crate::log_gate::Held;
+use crate::msg::StoreMsg;
+use membership::NodeId;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// A node catching up after a start: whom it has fully synced with so far.
+#[derive(Debug, Default)]
+pub(crate) struct CatchUp {
+    /// The node may have lost writes it acknowledged (a wiped or repaired log): it does not vote
+    /// in quorum rounds until it has caught up and the log holds what catching up brought.
+    pub(crate) lost: bool,
+    /// Peers whose whole replica (as of the round) this node now holds.
+    pub(crate) synced: BTreeSet<NodeId>,
+    /// The round in progress. One at a time: the first round brings nearly everything, and the
+    /// next peer's then differs in little, where rounds in parallel would fetch it all twice.
+    pub(crate) round: Option<SyncRound>,
+    /// When a round with each peer last began (the least recently tried peer goes next).
+    pub(crate) tried: BTreeMap<NodeId, Duration>,
+    pub(crate) next_round: u64,
+    /// Rounds begun so far.
+    pub(crate) rounds_started: u64,
+    /// Synced with enough peers; waiting for the log (only when `lost`).
+    pub(crate) draining: bool,
+}
+
+/// One catch-up round with one peer: digest, versions and fetches, then a barrier.
+#[derive(Debug)]
+pub(crate) struct SyncRound {
+    pub(crate) peer: NodeId,
+    pub(crate) id: u64,
+    /// The peer has answered the digest; the barrier behind our fetches is out.
+    pub(crate) fetching: bool,
+    /// `(key, version)` pairs received in this round's versions.
+    pub(crate) versions_seen: u64,
+    /// Entries fetched and not yet held at the version the peer listed, by a hash of store and
+    /// key. A lost message leaves some here (or the count above short): the round is then not
+    /// trusted and starts again, whatever the transport did.
+    pub(crate) pending: BTreeMap<u64, Version>,
+    /// When the peer last sent anything for it (a round that goes quiet is started again).
+    pub(crate) heard: Duration,
+}
+
+/// Where a catch-up stands (see [`StoreCore::catching_up`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CatchUpStatus {
+    /// The node may have lost acknowledged writes and does not vote until caught up.
+    pub lost: bool,
+    /// Peers fully synced with so far.
+    pub synced_peers: usize,
+    /// Their votes, plus this node's own unless `lost`.
+    pub votes: u32,
+    /// Votes needed: a quorum, so that every acknowledged write is among them.
+    pub needed_votes: u32,
+    /// Sync rounds begun so far (more than the peers needed means rounds were cut short).
+    pub rounds: u64,
+}
+
+impl StoreCore {
+    /// Starts catching up, as a node does whenever it starts: until it has synced with peers that,
+    /// with itself, hold a quorum of votes, its local reads are answered as stale. Any write
+    /// acknowledged before the start is on a quorum, which meets that set, so once it clears the
+    /// replica holds every such write. `lost` says the node may have lost writes it acknowledged
+    /// (its log was wiped or repaired): then its own copy does not count, it does not vote in
+    /// quorum rounds meanwhile, and it clears only once the log holds what catching up brought.
+    pub fn begin_catch_up(&mut self, lost: bool) {
+        self.catch_up = Some(CatchUp {
+            lost,
+            next_round: 1,
+            ..CatchUp::default()
+        });
+        if self.faults.contains(&Fault::SkipCatchUp) {
+            self.catch_up = None;
+            return;
+        }
+        self.advance_catch_up();
+    }
+
+    /// Where the catch-up stands; `None` once the node is current.
+    pub fn catching_up(&self) -> Option<CatchUpStatus> {
+        let c = self.catch_up.as_ref()?;
+        Some(CatchUpStatus {
+            lost: c.lost,
+            synced_peers: c.synced.len(),
+            votes: self.catch_up_votes(c),
+            needed_votes: self.cfg.required_votes,
+            rounds: c.rounds_started,
+        })
+    }
+
+    pub(crate) fn catch_up_votes(&self, c: &CatchUp) -> u32 {
+        let own = if c.lost { 0 } else { self.cfg.my_votes };
+        own + self.votes(c.synced.iter())
+    }
+
+    /// Whether this node's replica may be missing writes it acknowledged, so it must not vote.
+    pub(crate) fn abstains(&self) -> bool {
+        self.catch_up.as_ref().is_some_and(|c| c.lost)
+            && !self.faults.contains(&Fault::VoteWhileCatchingUp)
+    }
+
+    /// Ends the catch-up once enough peers are synced; otherwise begins a round with the least
+    /// recently tried peer not yet synced, unless a live round is under way.
+    pub(crate) fn advance_catch_up(&mut self) {
+        let Some(c) = self.catch_up.as_ref() else {
+            return;
+        };
+        if c.draining {
+            return;
+        }
+        // Enough synced, or nobody could ever help (a one-node cluster): done.
+        let enough = self.catch_up_votes(c) >= self.cfg.required_votes;
+        let alone = c.lost && self.cfg.my_votes >= self.cfg.required_votes;
+        if enough || alone {
+            let lost = c.lost;
+            if let Some(c) = self.catch_up.as_mut() {
+                c.draining = true;
+                c.round = None;
+            }
+            if lost {
+                self.hold_until(true, Held::CaughtUp);
+            } else {
+                self.catch_up = None;
+            }
+            return;
+        }
+        // A round stalls only when a message was lost with a broken connection: the peer keeps
+        // sending while a round is live (versions, then entries), so silence this long ends it.
+        let quiet = 3 * self.cfg.anti_entropy_every.max(self.cfg.round_timeout);
+        let now = self.now;
+        if let Some(r) = &c.round
+            && self.peers.contains_key(&r.peer)
+            && now < r.heard + quiet
+        {
+            return;
+        }
+        let next = self
+            .peers
+            .keys()
+            .filter(|p| !c.synced.contains(p))
+            .min_by_key(|p| (c.tried.get(p).copied(), **p))
+            .copied();
+        let Some(c) = self.catch_up.as_mut() else {
+            return;
+        };
+        c.round = None;
+        let Some(peer) = next else { return };
+        let id = c.next_round;
+        c.next_round += 1;
+        c.rounds_started += 1;
+        c.tried.insert(peer, now);
+        c.round = Some(SyncRound {
+            peer,
+            id,
+            fetching: false,
+            versions_seen: 0,
+            pending: BTreeMap::new(),
+            heard: now,
+        });
+        self.send_digest(peer, id);
+    }
+
+    /// A [`StoreMsg::SyncMark`] from `from` for our round `round`.
+    pub(crate) fn on_sync_mark(&mut self, from: NodeId, round: u64, lost: bool, versions: u64) {
+        let now = self.now;
+        let Some(c) = self.catch_up.as_mut() else {
+            return;
+        };
+        let Some(r) = c.round.as_mut().filter(|r| r.peer == from && r.id == round) else {
+            return; // an old round's mark
+        };
+        r.heard = now;
+        if !r.fetching {
+            if r.versions_seen != versions {
+                // Some versions were lost: start again (with the least recently tried peer).
+                c.round = None;
+                self.advance_catch_up();
+                return;
+            }
+            // The versions are in and our fetches are out; a barrier follows them.
+            r.fetching = true;
+            self.outbox
+                .push_back((from, StoreMsg::SyncBarrier { round }));
+            return;
+        }
+        let complete = r.pending.is_empty();
+        c.round = None;
+        if !complete {
+            self.advance_catch_up(); // fetched entries were lost
+            return;
+        }
+        if lost {
+            // Its replica may lack what it acknowledged; another peer (or it, later) next tick.
+            return;
+        }
+        c.synced.insert(from);
+        self.advance_catch_up();
+    }
+
+    /// Notes that `from` sent something, so a round with it is alive.
+    pub(crate) fn heard_from(&mut self, from: NodeId) {
+        let now = self.now;
+        if let Some(r) = self
+            .catch_up
+            .as_mut()
+            .and_then(|c| c.round.as_mut())
+            .filter(|r| r.peer == from)
+        {
+            r.heard = now;
+        }
+    }
+
+    /// An entry arrived for `store`/`key`: a fetch of the current round it satisfies is done.
+    pub(crate) fn fetched(&mut self, store: &str, key: &str) {
+        let Some(r) = self.catch_up.as_mut().and_then(|c| c.round.as_mut()) else {
+            return;
+        };
+        let h = key_hash(store, key);
+        if let Some(want) = r.pending.get(&h) {
+            let held = self
+                .replica
+                .store(store)
+                .map_or(Version::ZERO, |s| s.version(key));
+            if held >= *want {
+                r.pending.remove(&h);
+            }
+        }
+    }
+}
+
+/// A stable 64-bit hash of a store and key (the same in every process, for determinism).
+pub(crate) fn key_hash(store: &str, key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    store.hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
+}

@@ -1,0 +1,100 @@
+//! Messages between store replicas.
+
+use crate::entry::{Entry, Version};
+use crate::request::OpId;
+use serde::{Deserialize, Serialize};
+
+/// Messages between store replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreMsg {
+    /// Phase one of a write, or a quorum read: "what do you hold for this key?"
+    ReadReq {
+        /// Coordinator's operation.
+        op: OpId,
+        /// Store.
+        store: String,
+        /// Key.
+        key: String,
+    },
+    /// The answer to [`StoreMsg::ReadReq`].
+    ReadResp {
+        /// Coordinator's operation.
+        op: OpId,
+        /// The entry held, if any.
+        entry: Option<Entry>,
+    },
+    /// Store this entry (phase two of a write, a write-back, or a background push).
+    WriteReq {
+        /// Coordinator's operation (0 for a push nobody waits on).
+        op: OpId,
+        /// Store.
+        store: String,
+        /// Key.
+        key: String,
+        /// The entry.
+        entry: Entry,
+    },
+    /// The entry is stored (durably, once the store has a log).
+    WriteAck {
+        /// Coordinator's operation.
+        op: OpId,
+    },
+    /// Anti-entropy: the sender's bucket digests of every store.
+    Digest {
+        /// `(store, digest per bucket)`.
+        stores: Vec<(String, Vec<u64>)>,
+        /// A catch-up round the sender tracks (0: a periodic round nobody tracks); the receiver
+        /// ends its answer with [`StoreMsg::SyncMark`] for it.
+        round: u64,
+    },
+    /// Catch-up: everything owed for `round` has been sent, either the versions answering a
+    /// digest or the entries answering the fetches before a [`StoreMsg::SyncBarrier`]. Streams
+    /// are ordered, so whatever the mark follows has arrived when it does.
+    SyncMark {
+        /// The round of the receiver's digest or barrier.
+        round: u64,
+        /// The sender may itself have lost acknowledged writes (see
+        /// [`StoreCore::begin_catch_up`]), so syncing with it proves nothing.
+        lost: bool,
+        /// After a digest: how many `(key, version)` pairs the versions carried, so the receiver
+        /// can tell whether a message was lost on the way (0 after a barrier).
+        versions: u64,
+    },
+    /// Catch-up: "answer with a [`StoreMsg::SyncMark`] once everything before this is answered".
+    SyncBarrier {
+        /// The round.
+        round: u64,
+    },
+    /// Anti-entropy: the sender's `(key, version)` for every key of the buckets that differ.
+    /// The receiver pushes the entries the sender lacks and fetches the ones it lacks itself, so
+    /// one exchange repairs both sides and only differing entries travel.
+    Versions {
+        /// Store.
+        store: String,
+        /// The buckets these versions cover (keys of other buckets are not compared).
+        buckets: Vec<u16>,
+        /// Every key of those buckets with its version, in key order, for keys in
+        /// `[from, until)` (`None`: unbounded); a long list is split into consecutive ranges.
+        versions: Vec<(String, Version)>,
+        /// First key this message speaks for (inclusive).
+        from: Option<String>,
+        /// Key this message's range ends before (exclusive).
+        until: Option<String>,
+        /// The catch-up round of the digest this answers (0: a periodic one).
+        round: u64,
+    },
+    /// Anti-entropy: "send me these entries".
+    Fetch {
+        /// Store.
+        store: String,
+        /// Keys wanted.
+        keys: Vec<String>,
+    },
+    /// Anti-entropy: entries the receiver lacks or holds older.
+    Entries {
+        /// Store.
+        store: String,
+        /// Entries.
+        entries: Vec<(String, Entry)>,
+    },
+}
