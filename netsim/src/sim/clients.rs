@@ -1,0 +1,133 @@
+//! Simulated clients: each calls one operation at a time on a node the workload picks, and the
+//! history records what it asked and what came back.
+
+use super::Sim;
+use super::queue::What;
+use crate::history::{OpKind, OpRecord, Outcome};
+use crate::workload::{Workload, WorkloadConfig};
+use node::Input;
+use store::{Reply, Request, StoreError};
+
+pub(super) struct ClientState {
+    pub(super) pending: Option<usize>,
+}
+
+pub(super) fn outcome_of(kind: &OpKind, reply: Result<Reply, StoreError>) -> Outcome {
+    match reply {
+        Ok(Reply::Written { version }) => Outcome::Written(version),
+        Ok(Reply::Value { value, .. }) => Outcome::Read(Some(value)),
+        Ok(Reply::Keys { .. }) => Outcome::Failed("unexpected list reply".into()),
+        Err(StoreError::NotFound { .. }) if matches!(kind, OpKind::Get) => Outcome::Read(None),
+        Err(StoreError::Indeterminate) => Outcome::Indeterminate("round timed out".into()),
+        Err(e) => Outcome::Failed(e.code().to_string()),
+    }
+}
+
+impl Sim {
+    /// Client operation `op` reaches node `to`, which is running: it becomes a request.
+    pub(super) fn client_request(&mut self, to: usize, op: usize) {
+        let rec = &self.history.ops[op];
+        let (store, key) = ("default".to_string(), rec.key.clone());
+        let consistency = Some(rec.consistency);
+        let req = match &rec.kind {
+            OpKind::Put(v) => Request::Put {
+                store,
+                key,
+                value: v.clone(),
+                ttl: None,
+                consistency,
+            },
+            OpKind::Delete => Request::Delete {
+                store,
+                key,
+                consistency,
+            },
+            OpKind::Get => Request::Get {
+                store,
+                key,
+                consistency,
+            },
+        };
+        self.in_flight.insert((to, op as u64));
+        self.feed(
+            to,
+            Input::Request {
+                token: op as u64,
+                req,
+            },
+        );
+        self.flush(to);
+    }
+
+    /// Starts simulated clients (the simulation must run stores).
+    pub fn start_clients(&mut self, cfg: WorkloadConfig) {
+        assert!(self.cfg.store, "clients need stores: set SimConfig::store");
+        let n = cfg.clients;
+        self.workload = Some(Workload::new(cfg));
+        self.clients_on = true;
+        self.clients = (0..n).map(|_| ClientState { pending: None }).collect();
+        for c in 0..n {
+            let wait = self.workload.as_ref().expect("set").think(&mut self.rng);
+            let at = self.now + wait;
+            self.push(at, What::Client { client: c });
+        }
+    }
+
+    /// Clients make no new calls; calls in flight still complete.
+    pub fn stop_clients(&mut self) {
+        self.clients_on = false;
+    }
+
+    /// Number of client operations without an answer yet.
+    pub fn pending_ops(&self) -> usize {
+        self.clients.iter().filter(|c| c.pending.is_some()).count()
+    }
+
+    pub(super) fn client_call(&mut self, client: usize) {
+        if !self.clients_on || self.clients[client].pending.is_some() {
+            return;
+        }
+        let n = self.slots.len();
+        let call =
+            self.workload
+                .as_mut()
+                .expect("clients started")
+                .next_call(&mut self.rng, client, n);
+        let op = self.history.ops.len();
+        self.history.ops.push(OpRecord {
+            client,
+            node: call.node,
+            key: call.key,
+            kind: call.kind,
+            consistency: call.consistency,
+            invoked: self.now,
+            completed: None,
+            outcome: Outcome::Pending,
+        });
+        self.clients[client].pending = Some(op);
+        let incarnation = self.slots[call.node].incarnation;
+        self.push(
+            self.now,
+            What::Request {
+                to: call.node,
+                incarnation,
+                op,
+            },
+        );
+    }
+
+    pub(super) fn complete(&mut self, op: usize, outcome: Outcome) {
+        let rec = &mut self.history.ops[op];
+        rec.completed = Some(self.now);
+        rec.outcome = outcome;
+        let client = rec.client;
+        self.clients[client].pending = None;
+        let wait = self
+            .workload
+            .as_ref()
+            .expect("clients")
+            .think(&mut self.rng);
+        let at = self.now + wait;
+        self.push(at, What::Client { client });
+    }
+}

@@ -1,0 +1,259 @@
+//! A node's inputs and outputs in the simulation: queue items delivered to it (datagrams,
+//! store messages, requests, fsyncs) and everything it asks for executed (datagrams and store
+//! messages onto the network, records and snapshots onto its disk, replies, events).
+
+use super::Sim;
+use super::clients::outcome_of;
+use super::queue::What;
+use crate::history::Outcome;
+use membership::Destination;
+use node::{Input, Output};
+use rand::RngExt;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+use store::StoreMsg;
+
+impl Sim {
+    pub(super) fn handle_item(&mut self, what: What) {
+        let target = match &what {
+            What::Datagram { to, .. } => Some(*to as usize),
+            What::Stream { to, .. } | What::Request { to, .. } => Some(*to),
+            _ => None,
+        };
+        if let Some(to) = target
+            && self.paused(to)
+        {
+            let at = self.slots[to].paused_until.expect("paused");
+            self.push(at, what);
+            return;
+        }
+        let now = self.now;
+        match what {
+            What::Datagram { to, from, bytes } => {
+                let (to, from) = (to as usize, self.slots[from as usize].addr);
+                self.delivered += 1;
+                self.mix(&[1, to as u64, bytes.len() as u64, now.as_micros() as u64]);
+                let bytes = bytes.to_vec();
+                self.feed(to, Input::Datagram { from, bytes });
+                self.flush(to);
+            }
+            What::Stream {
+                to,
+                incarnation,
+                from,
+                msg,
+            } => {
+                if self.slots[to].incarnation != incarnation {
+                    return; // the connection died with the process it was open to
+                }
+                self.delivered += 1;
+                self.mix(&[2, to as u64, now.as_micros() as u64]);
+                self.frames_received[to] += 1;
+                self.feed(to, Input::Frame { from, msg: *msg });
+                self.flush(to);
+            }
+            What::Request {
+                to,
+                incarnation,
+                op,
+            } => {
+                self.mix(&[3, to as u64, op as u64, now.as_micros() as u64]);
+                if self.slots[to].incarnation != incarnation || !self.is_up(to) {
+                    self.complete(op, Outcome::Failed("node down".into()));
+                    return;
+                }
+                self.client_request(to, op);
+            }
+            What::Resume { node } => {
+                self.mix(&[4, node as u64, now.as_micros() as u64]);
+                self.slots[node].paused_until = None;
+                self.refresh_timer(node);
+            }
+            What::Client { client } => self.client_call(client),
+            What::Synced {
+                node,
+                incarnation,
+                sync,
+            } => {
+                let node = node as usize;
+                if self.slots[node].incarnation != incarnation || !self.is_up(node) {
+                    return; // the process died before its fsync returned
+                }
+                self.mix(&[8, node as u64, sync.lsn, now.as_micros() as u64]);
+                self.slots[node].disk.synced(sync);
+                self.disk_progress(node);
+                self.flush(node);
+            }
+            What::Start { node } => {
+                self.mix(&[7, node as u64, now.as_micros() as u64]);
+                if !self.is_up(node) {
+                    self.start(node);
+                }
+            }
+        }
+    }
+
+    /// Hands node `i` one input at its own clock's time (recorded when the node is being
+    /// recorded). The caller flushes.
+    pub(super) fn feed(&mut self, i: usize, input: Input) {
+        let skew = self.slots[i].skew;
+        let (local, wall) = (skew.local(self.now), skew.wall_ms(self.now));
+        let Some(n) = self.slots[i].node.as_mut() else {
+            return;
+        };
+        if let Some(r) = self.recording.as_mut().filter(|r| r.node == i && r.live) {
+            r.inputs.push((local, wall, input.clone()));
+        }
+        n.handle(local, wall, input);
+    }
+
+    /// Executes everything node `i` asked for: datagrams and store messages onto the network,
+    /// records and snapshots onto its disk, replies to the clients, events into the log.
+    pub(super) fn flush(&mut self, i: usize) {
+        loop {
+            let Some(node) = self.slots[i].node.as_mut() else {
+                self.disarm(i);
+                return;
+            };
+            let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+            if outputs.is_empty() {
+                break;
+            }
+            if let Some(r) = self.recording.as_mut().filter(|r| r.node == i && r.live) {
+                r.outputs.extend(outputs.iter().cloned());
+            }
+            let mut wrote = false;
+            for out in outputs {
+                match out {
+                    Output::Datagram(tx) => self.send_datagram(i, tx),
+                    Output::Frame { to, msg, .. } => self.send_frame(i, to, msg),
+                    // Streams die with the process they are open to (see `What::Stream`); a
+                    // closed connection loses nothing else here.
+                    Output::CloseStreams(_) => {}
+                    Output::AppendLog(records) => {
+                        self.slots[i].disk.append(&records);
+                        wrote = true;
+                    }
+                    Output::WriteSnapshot { through, records } => {
+                        self.slots[i].disk.write_snapshot(through, records);
+                        wrote = true;
+                    }
+                    Output::Reply { token, result } => {
+                        if self.in_flight.remove(&(i, token)) {
+                            let op = token as usize;
+                            let outcome = outcome_of(&self.history.ops[op].kind, result);
+                            self.complete(op, outcome);
+                        }
+                    }
+                    Output::Event(ev) => self.record_event(i, ev),
+                    Output::PersistGeneration(g) => self.slots[i].generation = g,
+                    Output::MarkCatchingUp => self.slots[i].disk.marker = true,
+                    Output::CaughtUp => {
+                        self.slots[i].disk.marker = false;
+                        self.note_caught_up(i);
+                    }
+                }
+            }
+            if wrote {
+                self.disk_progress(i);
+            }
+        }
+        self.refresh_timer(i);
+    }
+
+    /// Node `i` wrote log records or an fsync returned: tell it how far the disk is, and start an
+    /// fsync of what is unsynced unless one is running (group commit: one fsync covers everything
+    /// written before it starts).
+    pub(super) fn disk_progress(&mut self, i: usize) {
+        let now = self.now;
+        let disk = &mut self.slots[i].disk;
+        let (w, sy) = (disk.written_lsn, disk.synced_lsn);
+        let sync = disk.start_sync();
+        self.feed(
+            i,
+            Input::Persisted {
+                written: w,
+                synced: sy,
+            },
+        );
+        if let Some(sync) = sync {
+            let (lo, hi) = self.cfg.fsync;
+            let span = hi.saturating_sub(lo).as_micros().max(1) as u64;
+            let d = lo + Duration::from_micros(self.rng.random_range(0..span));
+            let incarnation = self.slots[i].incarnation;
+            self.push(
+                now + d,
+                What::Synced {
+                    node: i as u32,
+                    incarnation,
+                    sync,
+                },
+            );
+        }
+    }
+
+    pub(super) fn send_datagram(&mut self, i: usize, tx: membership::Transmit) {
+        self.traffic.datagrams += 1;
+        self.traffic.datagram_bytes += tx.bytes.len() as u64;
+        let bytes: Rc<[u8]> = Rc::from(tx.bytes);
+        match tx.to {
+            Destination::Unicast(addr) => {
+                if let Some(to) = self.by_addr.get(&addr).copied() {
+                    self.route_datagram(i, to, &bytes);
+                }
+            }
+            Destination::Beacon => {
+                let dc = self.net.dc_of(i);
+                for to in 0..self.slots.len() {
+                    if to != i && self.net.dc_of(to) == dc {
+                        self.route_datagram(i, to, &bytes);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A store message on the stream from node `i` to the node at `addr`: ordered per pair of
+    /// nodes, lost when the link is cut either way (the connection breaks).
+    pub(super) fn send_frame(&mut self, i: usize, addr: SocketAddr, msg: StoreMsg) {
+        let Some(to) = self.by_addr.get(&addr).copied() else {
+            return;
+        };
+        self.traffic.stream_msgs += 1;
+        self.traffic.stream_bytes += postcard::to_stdvec(&msg).map_or(0, |b| b.len() as u64);
+        if !self.net.reaches(i, to) || !self.net.reaches(to, i) {
+            return;
+        }
+        let lat = self.net.latency(&mut self.rng, i, to);
+        let tail = self.stream_tail.entry((i, to)).or_default();
+        let at = (self.now + lat).max(*tail);
+        *tail = at;
+        let incarnation = self.slots[to].incarnation;
+        let from = self.slots[i].id;
+        self.push(
+            at,
+            What::Stream {
+                to,
+                incarnation,
+                from,
+                msg: Box::new(msg),
+            },
+        );
+    }
+
+    pub(super) fn route_datagram(&mut self, from_i: usize, to: usize, bytes: &Rc<[u8]>) {
+        let fate = self.net.datagram_fate(&mut self.rng, from_i, to);
+        for d in fate.as_slice() {
+            let at = self.now + *d;
+            self.push(
+                at,
+                What::Datagram {
+                    to: to as u32,
+                    from: from_i as u32,
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+    }
+}
