@@ -9,199 +9,199 @@
 //!   with detection, dissemination and traffic per node, optionally drawn as SVG charts.
 //! - `netsim list`: the scenarios and the faults that can be injected.
 
+use clap::builder::PossibleValuesParser;
+use clap::{Args as ClapArgs, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use netsim::scale::{self, ScaleResult};
-use netsim::scenario::{self, Faults, SCENARIOS};
+use netsim::scenario::{self, FAULTS, Faults, SCENARIOS};
 use std::process::ExitCode;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-const USAGE: &str = "usage:
-  netsim run --scenario NAME [--nodes N] [--seed S] [--fault F]...
-  netsim sweep --scenario NAME|all --seeds A..B [--nodes N] [--jobs J] [--fault F]...
-  netsim scale --nodes N[,N...] [--secs S] [--seed S] [--start-spread-ms MS] [--svg DIR]
-  netsim list";
-
-const FAULTS: &[&str] = &[
-    "store:ack-without-storing",
-    "store:quorum-of-one",
-    "store:read-local-only",
-    "store:no-anti-entropy",
-    "store:ack-before-durable",
-    "store:skip-catch-up",
-    "store:vote-while-catching-up",
-    "membership:deaf-to-metadata",
-    "membership:ignore-down-peers",
-    "membership:hasty-failure-detector",
-    "membership:silent-failures",
-];
-
-struct Args {
-    cmd: String,
-    scenario: Option<String>,
-    nodes: Vec<usize>,
-    seed: u64,
-    seeds: (u64, u64),
-    jobs: usize,
-    faults: Faults,
-    secs: u64,
-    spread_ms: u64,
-    svg: Option<String>,
+/// Deterministic simulation of Chorus clusters: scenarios with faults and checkers, seed sweeps,
+/// and membership at scale.
+#[derive(Parser)]
+#[command(name = "netsim", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
 }
 
-fn parse_fault(s: &str, f: &mut Faults) -> Result<(), String> {
-    match s {
-        "store:ack-without-storing" => f.store.push(store::Fault::AckWithoutStoring),
-        "store:quorum-of-one" => f.store.push(store::Fault::QuorumOfOne),
-        "store:read-local-only" => f.store.push(store::Fault::ReadLocalOnly),
-        "store:no-anti-entropy" => f.store.push(store::Fault::NoAntiEntropy),
-        "store:ack-before-durable" => f.store.push(store::Fault::AckBeforeDurable),
-        "store:skip-catch-up" => f.store.push(store::Fault::SkipCatchUp),
-        "store:vote-while-catching-up" => f.store.push(store::Fault::VoteWhileCatchingUp),
-        "membership:deaf-to-metadata" => f.membership.push(membership::Fault::DeafToMetadata),
-        "membership:ignore-down-peers" => f.membership.push(membership::Fault::IgnoreDownPeers),
-        "membership:hasty-failure-detector" => {
-            f.membership.push(membership::Fault::HastyFailureDetector)
-        }
-        "membership:silent-failures" => f.membership.push(membership::Fault::SilentFailures),
-        other => {
-            return Err(format!(
-                "unknown fault {other:?}; known: {}",
-                FAULTS.join(", ")
-            ));
-        }
-    }
-    Ok(())
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one scenario and print its report (timeline, measures, traffic, checker verdicts);
+    /// the same arguments replay it exactly. Exits 1 when a checker fails.
+    Run {
+        /// The scenario (`netsim list` describes each).
+        #[arg(long, value_parser = scenario_names(false))]
+        scenario: String,
+        /// Cluster size (at least 3).
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// The seed every random draw derives from.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        faults: FaultArgs,
+    },
+    /// Run many seeds of one scenario (or all) in parallel; print every failing seed with the
+    /// command that replays it. Exits 1 when any run fails.
+    Sweep {
+        /// The scenario, or `all`.
+        #[arg(long, value_parser = scenario_names(true))]
+        scenario: String,
+        /// Seeds to run, inclusive: A..B.
+        #[arg(long, default_value = "1..100", value_parser = parse_seeds)]
+        seeds: (u64, u64),
+        /// Cluster size (at least 3).
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Runs in parallel (default: the number of CPUs).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
+        #[command(flatten)]
+        faults: FaultArgs,
+    },
+    /// Membership alone at scale: join, detection and dissemination times and traffic per node.
+    Scale {
+        /// Cluster sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,100")]
+        nodes: Vec<usize>,
+        /// Simulated seconds after the join.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// The seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Nodes start one after another over this many milliseconds.
+        #[arg(long = "start-spread-ms", default_value_t = 0)]
+        spread_ms: u64,
+        /// Draw the figures as SVG charts into this directory.
+        #[arg(long)]
+        svg: Option<String>,
+    },
+    /// List the scenarios and the defects `--fault` can inject.
+    List,
 }
 
-fn parse() -> Result<Args, String> {
-    let v: Vec<String> = std::env::args().skip(1).collect();
-    let cmd = v.first().cloned().ok_or("no command")?;
-    let mut a = Args {
-        cmd,
-        scenario: None,
-        nodes: vec![5],
-        seed: 1,
-        seeds: (1, 100),
-        jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        faults: Faults::default(),
-        secs: 60,
-        spread_ms: 0,
-        svg: None,
-    };
-    let mut i = 1;
-    while i < v.len() {
-        let flag = v[i].as_str();
-        let val = v
-            .get(i + 1)
-            .ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |what: &str| format!("{flag} {val:?}: {what}");
-        match flag {
-            "--scenario" => a.scenario = Some(val.clone()),
-            "--nodes" => {
-                a.nodes = val
-                    .split(',')
-                    .map(|x| x.trim().parse::<usize>())
-                    .collect::<Result<_, _>>()
-                    .map_err(|_| bad("expected a number or a comma-separated list"))?;
-            }
-            "--seed" => a.seed = val.parse().map_err(|_| bad("expected a number"))?,
-            "--seeds" => {
-                let (lo, hi) = val
-                    .split_once("..")
-                    .ok_or_else(|| bad("expected A..B, e.g. 1..500"))?;
-                let lo: u64 = lo.parse().map_err(|_| bad("bad start"))?;
-                let hi: u64 = hi.parse().map_err(|_| bad("bad end"))?;
-                if hi < lo {
-                    return Err(bad("the end is before the start"));
-                }
-                a.seeds = (lo, hi);
-            }
-            "--jobs" => {
-                a.jobs = val
-                    .parse()
-                    .ok()
-                    .filter(|j| *j > 0)
-                    .ok_or_else(|| bad("expected a positive number"))?
-            }
-            "--fault" => parse_fault(val, &mut a.faults)?,
-            "--secs" => a.secs = val.parse().map_err(|_| bad("expected seconds"))?,
-            "--svg" => a.svg = Some(val.clone()),
-            "--start-spread-ms" => {
-                a.spread_ms = val.parse().map_err(|_| bad("expected milliseconds"))?
-            }
-            other => return Err(format!("unknown argument {other}")),
+#[derive(ClapArgs)]
+struct FaultArgs {
+    /// Inject a defect into every node, to show that a checker catches it (repeatable).
+    #[arg(long = "fault", value_parser = fault_names())]
+    fault: Vec<String>,
+}
+
+impl FaultArgs {
+    fn faults(&self) -> Faults {
+        let mut f = Faults::default();
+        for name in &self.fault {
+            let (_, fault) = FAULTS
+                .iter()
+                .find(|(n, _)| n == name)
+                .expect("clap checked");
+            f.add(*fault);
         }
-        i += 2;
+        f
     }
-    Ok(a)
+}
+
+fn scenario_names(with_all: bool) -> PossibleValuesParser {
+    let mut names: Vec<&'static str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
+    if with_all {
+        names.push("all");
+    }
+    PossibleValuesParser::new(names)
+}
+
+fn fault_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(FAULTS.iter().map(|(n, _)| *n))
+}
+
+fn parse_seeds(s: &str) -> Result<(u64, u64), String> {
+    let (lo, hi) = s
+        .split_once("..")
+        .ok_or("expected A..B, for example 1..500")?;
+    let lo: u64 = lo.parse().map_err(|_| format!("bad start {lo:?}"))?;
+    let hi: u64 = hi.parse().map_err(|_| format!("bad end {hi:?}"))?;
+    if hi < lo {
+        return Err("the end is before the start".into());
+    }
+    Ok((lo, hi))
 }
 
 fn main() -> ExitCode {
-    let a = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}\n{USAGE}");
-            return ExitCode::from(2);
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run {
+            scenario,
+            nodes,
+            seed,
+            faults,
+        } => cmd_run(&scenario, nodes, seed, &faults.faults()),
+        Cmd::Sweep {
+            scenario,
+            seeds,
+            nodes,
+            jobs,
+            faults,
+        } => {
+            let jobs = jobs.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                |j| j as usize,
+            );
+            cmd_sweep(&scenario, seeds, nodes, jobs, &faults.faults())
         }
-    };
-    let result = match a.cmd.as_str() {
-        "run" => cmd_run(&a),
-        "sweep" => cmd_sweep(&a),
-        "scale" => cmd_scale(&a),
-        "list" => {
+        Cmd::Scale {
+            nodes,
+            secs,
+            seed,
+            spread_ms,
+            svg,
+        } => cmd_scale(&nodes, secs, seed, spread_ms, svg.as_deref()),
+        Cmd::List => {
             println!("scenarios:");
             for (name, about) in SCENARIOS {
                 println!("  {name:<11} {about}");
             }
             println!("faults (--fault, for showing that checkers catch broken cores):");
-            for f in FAULTS {
+            for (f, _) in FAULTS {
                 println!("  {f}");
             }
             Ok(true)
         }
-        other => Err(format!("unknown command {other:?}")),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {e}\n{USAGE}");
+            eprintln!("error: {e}");
             ExitCode::from(2)
         }
     }
 }
 
-fn scenario_arg(a: &Args) -> Result<String, String> {
-    a.scenario
-        .clone()
-        .ok_or_else(|| "--scenario is required".into())
-}
-
-fn cmd_run(a: &Args) -> Result<bool, String> {
-    let name = scenario_arg(a)?;
-    let report = scenario::run(&name, a.nodes[0], a.seed, &a.faults)?;
+fn cmd_run(name: &str, nodes: usize, seed: u64, faults: &Faults) -> Result<bool, String> {
+    let report = scenario::run(name, nodes, seed, faults)?;
     print!("{}", report.render());
     Ok(report.ok())
 }
 
-fn cmd_sweep(a: &Args) -> Result<bool, String> {
-    let name = scenario_arg(a)?;
+fn cmd_sweep(
+    name: &str,
+    seeds: (u64, u64),
+    nodes: usize,
+    jobs: usize,
+    faults: &Faults,
+) -> Result<bool, String> {
     let names: Vec<String> = if name == "all" {
         SCENARIOS.iter().map(|(n, _)| n.to_string()).collect()
     } else {
-        if !SCENARIOS.iter().any(|(n, _)| *n == name) {
-            return Err(format!(
-                "unknown scenario {name:?}; `netsim list` shows them"
-            ));
-        }
-        vec![name]
+        vec![name.to_string()]
     };
-    let nodes = a.nodes[0];
     let work: Vec<(String, u64)> = names
         .iter()
-        .flat_map(|n| (a.seeds.0..=a.seeds.1).map(move |s| (n.clone(), s)))
+        .flat_map(|n| (seeds.0..=seeds.1).map(move |s| (n.clone(), s)))
         .collect();
     let bar = ProgressBar::new(work.len() as u64);
     bar.set_style(
@@ -213,14 +213,14 @@ fn cmd_sweep(a: &Args) -> Result<bool, String> {
     let next = AtomicUsize::new(0);
     let failed: Mutex<Vec<String>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
-        for _ in 0..a.jobs {
+        for _ in 0..jobs {
             scope.spawn(|| {
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some((name, seed)) = work.get(k) else {
                         break;
                     };
-                    match scenario::run(name, nodes, *seed, &a.faults) {
+                    match scenario::run(name, nodes, *seed, faults) {
                         Ok(r) if r.ok() => {}
                         Ok(r) => {
                             let why: Vec<String> = r
@@ -251,8 +251,8 @@ fn cmd_sweep(a: &Args) -> Result<bool, String> {
         "sweep: {} runs ({} scenario(s) x seeds {}..{} on {nodes} nodes), {} failing",
         work.len(),
         names.len(),
-        a.seeds.0,
-        a.seeds.1,
+        seeds.0,
+        seeds.1,
         failed.len()
     );
     for f in &failed {
@@ -261,24 +261,30 @@ fn cmd_sweep(a: &Args) -> Result<bool, String> {
     Ok(failed.is_empty())
 }
 
-fn cmd_scale(a: &Args) -> Result<bool, String> {
+fn cmd_scale(
+    sizes: &[usize],
+    secs: u64,
+    seed: u64,
+    spread_ms: u64,
+    svg: Option<&str>,
+) -> Result<bool, String> {
     let mut results: Vec<ScaleResult> = Vec::new();
     println!(
         "{:>7} {:>9} {:>12} {:>10} {:>14} {:>11} {:>12}",
         "nodes", "join s", "wall s/60s", "detect s", "disseminate s", "B/node/s", "msgs/node/s"
     );
-    for n in &a.nodes {
+    for n in sizes {
         let r = scale::run(
             *n,
-            a.seed,
-            Duration::from_secs(a.secs),
-            Duration::from_millis(a.spread_ms),
+            seed,
+            Duration::from_secs(secs),
+            Duration::from_millis(spread_ms),
         );
         println!(
             "{:>7} {:>9} {:>12.1} {:>10} {:>14} {:>11.0} {:>12.2}",
             r.nodes,
             opt(r.join),
-            r.wall_base.as_secs_f64() * 60.0 / a.secs as f64,
+            r.wall_base.as_secs_f64() * 60.0 / secs as f64,
             opt(r.detect_first),
             opt(r.disseminate),
             r.bytes_per_node_sec,
@@ -286,7 +292,7 @@ fn cmd_scale(a: &Args) -> Result<bool, String> {
         );
         results.push(r);
     }
-    if let Some(dir) = &a.svg {
+    if let Some(dir) = svg {
         let files = scale::plot(&results, std::path::Path::new(dir))?;
         for f in files {
             println!("wrote {}", f.display());
