@@ -19,14 +19,12 @@ use crate::driver::{Clock, Driver, Handle, StoreIo};
 use crate::node_file::NodeFile;
 use crate::transport::{Outbound, TransportStats};
 use anyhow::Context;
-use membership::{MembershipConfig, SelfDescription};
 use node::{Node, NodeConfig};
 use rand::TryRng;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use store::StoreConfig;
 use tracing::{info, warn};
 
 /// How long a graceful leave may take before the agent exits anyway.
@@ -88,22 +86,7 @@ pub async fn run(
     };
 
     let me = driver::identity(&node_file, advertise);
-    let mcfg = MembershipConfig {
-        cluster: config.cluster.clone(),
-        key: config.key.clone(),
-        profile: config.profile,
-        expected_nodes: config.expected_nodes,
-        quorum: config.quorum,
-        me: SelfDescription {
-            name: config.name.clone(),
-            datacenter: config.datacenter.clone(),
-            api_addr: Some(api_advertised),
-            tags: config.tags.clone(),
-            votes: config.votes,
-        },
-        beacons: beacon.is_some(),
-        seeds: Vec::new(),
-    };
+    let mcfg = config.membership_config(api_advertised, beacon.is_some());
     let mut seed_bytes = [0u8; 8];
     rand::rngs::SysRng
         .try_fill_bytes(&mut seed_bytes)
@@ -127,15 +110,7 @@ pub async fn run(
         frames_tx,
         tstats.clone(),
     ));
-    let mut scfg = StoreConfig::new(config.quorum.required());
-    scfg.my_votes = config.votes;
-    scfg.round_timeout = config.round_timeout;
-    scfg.max_value_bytes = config.max_value_bytes;
-    scfg.gc_grace = config.tombstone_grace;
-    scfg.anti_entropy_every = config.anti_entropy_interval;
-    scfg.minority_reads = config.minority_reads;
-    scfg.stores = config.stores.clone();
-    scfg.durable = true;
+    let scfg = config.store_config();
     // The store log: read it back before serving anything; damage stops the start here.
     let log_dir = config.data_dir.join("store");
     let recovered = wal_file::recover(&log_dir, repair)

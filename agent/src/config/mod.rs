@@ -1,0 +1,243 @@
+//! Agent configuration: a TOML file, overridden by `CHORUS_*` environment variables, overridden by
+//! command-line flags. Every value is validated at start, and an error names the key at fault.
+//!
+//! `file` is the file's layout; `layers` applies the one rule (flag, else environment, else file)
+//! to any key; `sections` resolves and validates each section; this file holds the result and
+//! builds each core's configuration from it, in one place.
+
+mod file;
+mod layers;
+mod sections;
+#[cfg(test)]
+mod tests;
+
+pub use self::file::*;
+pub use self::sections::parse_addr;
+use membership::{ClusterKey, MembershipConfig, Profile, QuorumRule, SelfDescription};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+/// Default gossip port.
+pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
+/// Default HTTP API port.
+pub const DEFAULT_API_PORT: u16 = 7947;
+/// Default multicast discovery group.
+pub const DEFAULT_MULTICAST_GROUP: &str = "239.255.79.46:7948";
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key or a wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// File path.
+        path: PathBuf,
+        /// What the TOML parser said (it names the key and line).
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid {
+        /// Dotted key, e.g. `cluster.quorum`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Values given on the command line; each wins over the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--name`
+    pub name: Option<String>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--bind`
+    pub bind: Option<String>,
+    /// `--advertise`
+    pub advertise: Option<String>,
+    /// `--api`
+    pub api: Option<String>,
+    /// `--seed` (repeatable)
+    pub seeds: Vec<String>,
+    /// `--expected-nodes`
+    pub expected_nodes: Option<u32>,
+    /// `--cluster`
+    pub cluster: Option<String>,
+    /// `--profile`
+    pub profile: Option<String>,
+    /// `--multicast` / `--no-multicast`
+    pub multicast: Option<bool>,
+}
+
+/// Multicast discovery settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Multicast {
+    /// Group address and port.
+    pub group: SocketAddrV4,
+    /// Outgoing interface: an interface name or an IPv4 address; `None` lets the routing table
+    /// decide (which needs a multicast route).
+    pub interface: Option<String>,
+    /// IP TTL of beacons (1 keeps them on the local link).
+    pub ttl: u32,
+}
+
+/// The validated configuration the agent runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Node name.
+    pub name: String,
+    /// Datacenter.
+    pub datacenter: String,
+    /// Data directory (node identity, later the store).
+    pub data_dir: PathBuf,
+    /// Operator tags.
+    pub tags: BTreeMap<String, String>,
+    /// Votes of this node.
+    pub votes: u32,
+    /// Gossip socket address.
+    pub gossip_bind: SocketAddr,
+    /// Address peers reach us at; `None` means "derive from bind or the route to the group".
+    pub gossip_advertise: Option<SocketAddr>,
+    /// Timing profile.
+    pub profile: Profile,
+    /// Multicast discovery, if on.
+    pub multicast: Option<Multicast>,
+    /// Seed addresses as written (`host:port`), re-resolved periodically.
+    pub seeds: Vec<String>,
+    /// Cluster name.
+    pub cluster: String,
+    /// Cluster key.
+    pub key: ClusterKey,
+    /// False when no key was configured and the insecure name-derived key is used.
+    pub key_configured: bool,
+    /// Expected cluster size.
+    pub expected_nodes: u32,
+    /// The quorum rule.
+    pub quorum: QuorumRule,
+    /// HTTP API address.
+    pub api_bind: SocketAddr,
+    /// Log filter (tracing-subscriber syntax).
+    pub log_level: String,
+    /// Largest value a store accepts.
+    pub max_value_bytes: usize,
+    /// Reads on a node without quorum.
+    pub minority_reads: store::MinorityReads,
+    /// How long a quorum round may take.
+    pub round_timeout: std::time::Duration,
+    /// Anti-entropy period.
+    pub anti_entropy_interval: std::time::Duration,
+    /// How long tombstones are kept.
+    pub tombstone_grace: std::time::Duration,
+    /// Fewest log records between two snapshots (a snapshot also waits for twice the live
+    /// entries).
+    pub snapshot_min_records: usize,
+    /// The stores, with their default consistency and fsync policy (`default` always exists).
+    pub stores: BTreeMap<String, store::StoreSettings>,
+}
+
+/// Where environment values come from; a trait so tests need not touch the process environment.
+pub trait Env {
+    /// The value of `name`, if set.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        BTreeMap::get(self, name).cloned()
+    }
+}
+
+impl Config {
+    /// Loads `path` (if any), applies the environment and `overrides`, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: &dyn Env,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Self::parse_file(p, &text)?
+            }
+            None => FileConfig::default(),
+        };
+        Self::resolve(file, env, overrides)
+    }
+
+    /// Parses TOML text; `path` is only used in messages.
+    pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Merges file, environment and flags (flags win) and validates every value.
+    pub fn resolve(file: FileConfig, env: &dyn Env, o: &Overrides) -> Result<Config, ConfigError> {
+        sections::resolve(file, &layers::Layers::new(env), o)
+    }
+
+    /// The membership core's configuration: this node as described here, reachable for API
+    /// calls at `api_addr`, with multicast beacons when `beacons`.
+    pub fn membership_config(&self, api_addr: SocketAddr, beacons: bool) -> MembershipConfig {
+        MembershipConfig {
+            cluster: self.cluster.clone(),
+            key: self.key.clone(),
+            profile: self.profile,
+            expected_nodes: self.expected_nodes,
+            quorum: self.quorum,
+            me: SelfDescription {
+                name: self.name.clone(),
+                datacenter: self.datacenter.clone(),
+                api_addr: Some(api_addr),
+                tags: self.tags.clone(),
+                votes: self.votes,
+            },
+            beacons,
+            seeds: Vec::new(),
+        }
+    }
+
+    /// The store core's configuration: durable, with every store and its settings.
+    pub fn store_config(&self) -> store::StoreConfig {
+        let mut c = store::StoreConfig::new(self.quorum.required());
+        c.my_votes = self.votes;
+        c.round_timeout = self.round_timeout;
+        c.max_value_bytes = self.max_value_bytes;
+        c.gc_grace = self.tombstone_grace;
+        c.anti_entropy_every = self.anti_entropy_interval;
+        c.minority_reads = self.minority_reads;
+        c.stores = self.stores.clone();
+        c.durable = true;
+        c
+    }
+}
