@@ -3,6 +3,7 @@
 //! test runs for hundreds of seeds.
 
 use crate::check::{self, Verdict};
+pub use crate::faults::{AnyFault, FAULTS, Faults};
 use crate::sim::{Seen, Sim, SimConfig, Skew};
 use crate::workload::WorkloadConfig;
 use rand::rngs::Xoshiro256PlusPlus;
@@ -76,98 +77,6 @@ pub const SNAPSHOT_MIN_RECORDS: usize = 20;
 
 /// Loss above which the LAN profile does not promise zero false failures.
 const TOLERATED_LOSS_PPM: u32 = 100_000;
-
-/// One deliberate defect of one core.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AnyFault {
-    /// A store core defect.
-    Store(store::Fault),
-    /// A membership core defect.
-    Membership(membership::Fault),
-}
-
-/// Every defect `--fault` can inject, by name.
-pub const FAULTS: &[(&str, AnyFault)] = &[
-    (
-        "store:ack-without-storing",
-        AnyFault::Store(store::Fault::AckWithoutStoring),
-    ),
-    (
-        "store:quorum-of-one",
-        AnyFault::Store(store::Fault::QuorumOfOne),
-    ),
-    (
-        "store:read-local-only",
-        AnyFault::Store(store::Fault::ReadLocalOnly),
-    ),
-    (
-        "store:no-anti-entropy",
-        AnyFault::Store(store::Fault::NoAntiEntropy),
-    ),
-    (
-        "store:ack-before-durable",
-        AnyFault::Store(store::Fault::AckBeforeDurable),
-    ),
-    (
-        "store:skip-catch-up",
-        AnyFault::Store(store::Fault::SkipCatchUp),
-    ),
-    (
-        "store:vote-while-catching-up",
-        AnyFault::Store(store::Fault::VoteWhileCatchingUp),
-    ),
-    (
-        "store:skip-learn-phase",
-        AnyFault::Store(store::Fault::SkipLearnPhase),
-    ),
-    (
-        "membership:deaf-to-metadata",
-        AnyFault::Membership(membership::Fault::DeafToMetadata),
-    ),
-    (
-        "membership:ignore-down-peers",
-        AnyFault::Membership(membership::Fault::IgnoreDownPeers),
-    ),
-    (
-        "membership:hasty-failure-detector",
-        AnyFault::Membership(membership::Fault::HastyFailureDetector),
-    ),
-    (
-        "membership:silent-failures",
-        AnyFault::Membership(membership::Fault::SilentFailures),
-    ),
-];
-
-/// Deliberate defects to inject into every node (to show that checkers catch them).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Faults {
-    /// Membership defects.
-    pub membership: Vec<membership::Fault>,
-    /// Store defects.
-    pub store: Vec<store::Fault>,
-}
-
-impl Faults {
-    /// Adds one defect.
-    pub fn add(&mut self, f: AnyFault) {
-        match f {
-            AnyFault::Store(f) => self.store.push(f),
-            AnyFault::Membership(f) => self.membership.push(f),
-        }
-    }
-
-    /// The names of the defects held, as `--fault` takes them.
-    pub fn names(&self) -> Vec<&'static str> {
-        FAULTS
-            .iter()
-            .filter(|(_, f)| match f {
-                AnyFault::Store(f) => self.store.contains(f),
-                AnyFault::Membership(f) => self.membership.contains(f),
-            })
-            .map(|(n, _)| *n)
-            .collect()
-    }
-}
 
 /// What a scenario run found.
 #[derive(Debug, Clone)]
