@@ -41,6 +41,10 @@ pub const FAULTS: &[(&str, AnyFault)] = &[
         AnyFault::Store(store::Fault::VoteWhileCatchingUp),
     ),
     (
+        "store:snapshot-drops-keys",
+        AnyFault::Store(store::Fault::SnapshotDropsKeys),
+    ),
+    (
         "store:skip-learn-phase",
         AnyFault::Store(store::Fault::SkipLearnPhase),
     ),

@@ -267,3 +267,49 @@ fn acknowledging_before_the_log_is_synced_loses_writes_when_every_node_crashes()
         "{broken:?}"
     );
 }
+
+#[test]
+fn a_snapshot_that_loses_keys_is_caught_when_every_node_restarts_from_it() {
+    let run = |fault: Option<store::Fault>| {
+        let mut cfg = SimConfig::lan(5, 21);
+        cfg.store = true;
+        cfg.durable = true;
+        cfg.snapshot_min_records = 20;
+        let mut sim = Sim::new(cfg);
+        if let Some(f) = fault {
+            for i in 0..5 {
+                sim.inject_store_fault(i, f);
+            }
+        }
+        assert!(
+            sim.run_until_cond(5 * S, |s| s.all_running_alive_by_events())
+                .is_some()
+        );
+        sim.start_clients(WorkloadConfig {
+            clients: 8,
+            keys: 300,
+            think: (Duration::from_millis(1), Duration::from_millis(5)),
+            local_ppm: 0,
+            read_ppm: 200_000,
+        });
+        sim.run_for(3 * S);
+        for i in 0..5 {
+            sim.crash(i);
+        }
+        sim.run_for(S / 2);
+        for i in 0..5 {
+            sim.restart(i);
+        }
+        finish(&mut sim);
+        let snapshots: u64 = (0..5).map(|i| sim.snapshots_written(i)).sum();
+        assert!(snapshots >= 5, "every node wrote a snapshot: {snapshots}");
+        check::no_acknowledged_write_lost(&sim)
+    };
+    let ok = run(None);
+    assert!(ok.ok, "correct cores: {ok:?}");
+    let broken = run(Some(store::Fault::SnapshotDropsKeys));
+    assert!(
+        !broken.ok,
+        "restarts from snapshots that lost keys went unnoticed: {broken:?}"
+    );
+}

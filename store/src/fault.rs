@@ -10,6 +10,8 @@ pub enum Fault {
     /// A coordinator writes without the first (learn) phase: its version need not exceed the
     /// quorum's.
     SkipLearnPhase,
+    /// A snapshot leaves out every eighth key: a restart from it loses them.
+    SnapshotDropsKeys,
     /// Replicas acknowledge a write without storing it: only the coordinator holds it.
     AckWithoutStoring,
     /// A coordinator ignores the quorum view and counts itself as a quorum for writes.
