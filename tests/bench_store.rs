@@ -234,7 +234,7 @@ fn main() {
         max_ops_per_client: 5_000_000,
         op: op.into(),
         value_bytes: 100,
-        consistency: consistency.into(),
+        consistency: consistency.parse().expect("quorum or local"),
         store: "default".into(),
         keys: 1000,
     };

@@ -275,14 +275,13 @@ async fn prometheus(State(h): State<Handle>) -> Result<Response, ApiError> {
 type Params = Query<BTreeMap<String, String>>;
 
 fn consistency(q: &BTreeMap<String, String>) -> Result<Option<Consistency>, ApiError> {
-    match q.get("consistency").map(String::as_str) {
-        None => Ok(None),
-        Some("quorum") => Ok(Some(Consistency::Quorum)),
-        Some("local") => Ok(Some(Consistency::Local)),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "consistency={other:?}: use quorum or local"
-        ))),
-    }
+    q.get("consistency")
+        .map(|v| {
+            v.parse::<Consistency>().map_err(|_| {
+                ApiError::bad_request(format!("consistency={v:?}: use quorum or local"))
+            })
+        })
+        .transpose()
 }
 
 /// The answer to a write or delete: its version.

@@ -292,7 +292,6 @@ impl Driver {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let (now, wall) = (self.clock.now(), self.wall_ms());
             tokio::select! {
                 biased;
                 cmd = self.cmds.recv() => match cmd {
@@ -300,7 +299,7 @@ impl Driver {
                     Some(Command::Leave) => {
                         if !self.node.membership().is_leaving() {
                             info!("leaving the cluster");
-                            self.node.leave(now, wall);
+                            self.node.leave(self.clock.now(), self.wall_ms());
                             leave_deadline = Some(Instant::now() + Duration::from_secs(5));
                         }
                     }
@@ -322,31 +321,31 @@ impl Driver {
                         let token = self.next_token;
                         self.next_token += 1;
                         self.pending.insert(token, tx);
-                        self.node.handle_request(now, wall, token, req);
+                        self.node.handle_request(self.clock.now(), self.wall_ms(), token, req);
                     }
                     Some(Command::Metrics(tx)) => { let _ = tx.send(self.metrics()); }
                 },
                 r = self.gossip.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => self.node.handle_datagram(now, wall, from, &buf[..n]),
+                    Ok((n, from)) => self.node.handle_datagram(self.clock.now(), self.wall_ms(), from, &buf[..n]),
                     Err(e) => debug!(error = %e, "gossip recv"),
                 },
                 r = recv_beacon(&self.beacon, &mut bbuf) => match r {
-                    Ok((n, from)) => self.node.handle_datagram(now, wall, from, &bbuf[..n]),
+                    Ok((n, from)) => self.node.handle_datagram(self.clock.now(), self.wall_ms(), from, &bbuf[..n]),
                     Err(e) => debug!(error = %e, "beacon recv"),
                 },
                 Some(frame) = self.io.frames.recv() => {
-                    self.node.handle_frame(now, wall, frame.from, frame.msg);
+                    self.node.handle_frame(self.clock.now(), self.wall_ms(), frame.from, frame.msg);
                 }
                 Some(report) = self.io.log_reports.recv() => match report {
                     crate::wal_file::Report::Durable(written, synced) => {
                         if self.node.store().is_some_and(|s| s.log_failure().is_some()) {
                             info!("store log writable again");
-                            self.node.handle_log_health(now, wall, None);
+                            self.node.handle_log_health(self.clock.now(), self.wall_ms(), None);
                         }
-                        self.node.handle_persisted(now, wall, written, synced);
+                        self.node.handle_persisted(self.clock.now(), self.wall_ms(), written, synced);
                     }
                     crate::wal_file::Report::Failed(why) => {
-                        self.node.handle_log_health(now, wall, Some(why));
+                        self.node.handle_log_health(self.clock.now(), self.wall_ms(), Some(why));
                     }
                 },
                 Some(addrs) = resolved_rx.recv() => {

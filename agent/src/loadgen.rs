@@ -24,8 +24,8 @@ pub struct LoadSpec {
     pub op: String,
     /// Value size in bytes.
     pub value_bytes: usize,
-    /// `quorum` or `local`.
-    pub consistency: String,
+    /// Quorum or local.
+    pub consistency: store::Consistency,
     /// Store name.
     pub store: String,
     /// Distinct keys per client.
@@ -153,7 +153,7 @@ fn client(
             "http://{api}/v1/kv/{}/{}?consistency={}",
             encode_segment(&spec.store),
             encode_segment(&key),
-            spec.consistency
+            spec.consistency.name()
         );
         let t = Instant::now();
         let r = if spec.op == "get" {

@@ -18,6 +18,29 @@ pub enum Consistency {
     Local,
 }
 
+impl Consistency {
+    /// The name the API, the CLI and the configuration use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Consistency::Quorum => "quorum",
+            Consistency::Local => "local",
+        }
+    }
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = String;
+
+    /// `quorum` or `local`; anything else is refused with what to write instead.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "quorum" => Ok(Consistency::Quorum),
+            "local" => Ok(Consistency::Local),
+            other => Err(format!("{other:?} is not one of quorum, local")),
+        }
+    }
+}
+
 /// A client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {

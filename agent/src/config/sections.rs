@@ -412,16 +412,12 @@ fn resolve_store(
     for (name, decl) in decls {
         let key = format!("stores.{name}");
         store::limits::check_store_name(&name).map_err(|e| invalid(&key, e.to_string()))?;
-        let c = match decl.consistency.as_deref().unwrap_or("quorum") {
-            "quorum" => store::Consistency::Quorum,
-            "local" => store::Consistency::Local,
-            other => {
-                return Err(invalid(
-                    &format!("{key}.consistency"),
-                    format!("{other:?} is not one of quorum, local"),
-                ));
-            }
-        };
+        let c = decl
+            .consistency
+            .as_deref()
+            .unwrap_or("quorum")
+            .parse::<store::Consistency>()
+            .map_err(|why| invalid(&format!("{key}.consistency"), why))?;
         let f = match decl.fsync.as_deref() {
             Some(v) => parse_fsync(&format!("{key}.fsync"), v)?,
             None => fsync,
