@@ -214,31 +214,38 @@ fn events_that_disagree_with_member_lists_are_caught() {
     assert!(!v.ok, "{v:?}");
 }
 
+/// `cfg` with stores logging to disks, `fault` in every node, joined, and 8 busy clients writing
+/// `keys` keys at quorum.
+fn busy_durable_cluster(mut cfg: SimConfig, fault: Option<store::Fault>, keys: usize) -> Sim {
+    cfg.store = true;
+    cfg.durable = true;
+    let mut sim = Sim::new(cfg);
+    if let Some(f) = fault {
+        for i in 0..5 {
+            sim.inject_store_fault(i, f);
+        }
+    }
+    assert!(
+        sim.run_until_cond(5 * S, |s| s.all_running_alive_by_events())
+            .is_some()
+    );
+    sim.start_clients(WorkloadConfig {
+        clients: 8,
+        keys,
+        think: (Duration::from_millis(1), Duration::from_millis(5)),
+        local_ppm: 0,
+        read_ppm: 200_000,
+    });
+    sim
+}
+
 #[test]
 fn acknowledging_before_the_log_is_synced_loses_writes_when_every_node_crashes() {
     let run = |fault: Option<store::Fault>| {
         let mut cfg = SimConfig::lan(5, 11);
-        cfg.store = true;
-        cfg.durable = true;
         // A slow disk widens the window between a write and its fsync.
         cfg.fsync = (Duration::from_millis(20), Duration::from_millis(50));
-        let mut sim = Sim::new(cfg);
-        if let Some(f) = fault {
-            for i in 0..5 {
-                sim.inject_store_fault(i, f);
-            }
-        }
-        assert!(
-            sim.run_until_cond(5 * S, |s| s.all_running_alive_by_events())
-                .is_some()
-        );
-        sim.start_clients(WorkloadConfig {
-            clients: 8,
-            keys: 1000,
-            think: (Duration::from_millis(1), Duration::from_millis(5)),
-            local_ppm: 0,
-            read_ppm: 200_000,
-        });
+        let mut sim = busy_durable_cluster(cfg, fault, 1000);
         for round in 0..10u32 {
             sim.run_for(S / 4 + S / 10 * round);
             for i in 0..5 {
@@ -272,26 +279,8 @@ fn acknowledging_before_the_log_is_synced_loses_writes_when_every_node_crashes()
 fn a_snapshot_that_loses_keys_is_caught_when_every_node_restarts_from_it() {
     let run = |fault: Option<store::Fault>| {
         let mut cfg = SimConfig::lan(5, 21);
-        cfg.store = true;
-        cfg.durable = true;
         cfg.snapshot_min_records = 20;
-        let mut sim = Sim::new(cfg);
-        if let Some(f) = fault {
-            for i in 0..5 {
-                sim.inject_store_fault(i, f);
-            }
-        }
-        assert!(
-            sim.run_until_cond(5 * S, |s| s.all_running_alive_by_events())
-                .is_some()
-        );
-        sim.start_clients(WorkloadConfig {
-            clients: 8,
-            keys: 300,
-            think: (Duration::from_millis(1), Duration::from_millis(5)),
-            local_ppm: 0,
-            read_ppm: 200_000,
-        });
+        let mut sim = busy_durable_cluster(cfg, fault, 300);
         sim.run_for(3 * S);
         for i in 0..5 {
             sim.crash(i);
