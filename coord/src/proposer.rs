@@ -1,0 +1,236 @@
+//! The proposer: one proposal per request. Phase 1 gathers promises from a quorum of votes;
+//! the change is applied to the register with the highest accepted ballot among them; phase 2
+//! has a quorum accept the result. A proposal that meets a higher ballot in phase 1 tries again
+//! with a higher one after a random backoff (dueling proposers); one that meets it in phase 2
+//! stops with `indeterminate`, because its accept may already be chosen and applying the change
+//! again would apply it twice.
+
+use crate::ballot::Ballot;
+use crate::core::{CoordCore, Due, Request};
+use crate::error::CoordError;
+use crate::fault::Fault;
+use crate::msg::{CoordMsg, OpId};
+use crate::register::{Change, Outcome, Register};
+use membership::NodeId;
+use rand::RngExt;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Where a proposal stands.
+#[derive(Debug)]
+pub(crate) enum Phase {
+    /// Waiting for promises.
+    Prepare {
+        promises: BTreeMap<NodeId, (Ballot, Register)>,
+    },
+    /// Waiting for accepts of `register`; `outcome` goes to the client once a quorum has it.
+    Accept {
+        outcome: Outcome,
+        acks: BTreeSet<NodeId>,
+        rejects: BTreeSet<NodeId>,
+    },
+    /// Lost to a higher ballot in phase 1; a retry is scheduled.
+    Backoff,
+}
+
+/// One request's proposal.
+#[derive(Debug)]
+pub(crate) struct Proposal {
+    key: String,
+    change: Change,
+    ballot: Ballot,
+    phase: Phase,
+    /// An accept went out: the change may be chosen, so the proposal never starts again.
+    accept_sent: bool,
+    /// A higher ballot was met at least once.
+    contended: bool,
+    attempts: u32,
+    deadline: Duration,
+}
+
+/// Longest backoff between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
+
+impl CoordCore {
+    pub(crate) fn propose(&mut self, op: OpId, req: Request) {
+        let deadline = self.now + self.cfg.round_timeout;
+        self.proposals.insert(
+            op,
+            Proposal {
+                key: req.key,
+                change: req.change,
+                ballot: Ballot::ZERO,
+                phase: Phase::Backoff,
+                accept_sent: false,
+                contended: false,
+                attempts: 0,
+                deadline,
+            },
+        );
+        self.schedule(self.cfg.round_timeout, Due::Deadline(op));
+        self.attempt(op);
+    }
+
+    /// A ballot above every one this node has used or seen.
+    fn next_ballot(&mut self) -> Ballot {
+        self.counter += 1;
+        let generation = if self.faults.contains(&Fault::ReuseBallots) {
+            0
+        } else {
+            self.generation
+        };
+        Ballot {
+            counter: self.counter,
+            generation,
+            node: self.me,
+        }
+    }
+
+    /// Phase 1 with a fresh ballot.
+    fn attempt(&mut self, op: OpId) {
+        let ballot = self.next_ballot();
+        let Some(p) = self.proposals.get_mut(&op) else {
+            return;
+        };
+        p.ballot = ballot;
+        p.attempts += 1;
+        p.phase = Phase::Prepare {
+            promises: BTreeMap::new(),
+        };
+        let key = p.key.clone();
+        self.broadcast(CoordMsg::Prepare { op, key, ballot });
+    }
+
+    pub(crate) fn on_promise(
+        &mut self,
+        from: NodeId,
+        op: OpId,
+        ballot: Ballot,
+        accepted: Ballot,
+        register: Register,
+    ) {
+        let required = self.cfg.required_votes;
+        let Some(p) = self.proposals.get_mut(&op).filter(|p| p.ballot == ballot) else {
+            return;
+        };
+        let Phase::Prepare { promises } = &mut p.phase else {
+            return;
+        };
+        promises.insert(from, (accepted, register));
+        let voters: Vec<NodeId> = promises.keys().copied().collect();
+        if self.votes(voters.iter()) < required {
+            return;
+        }
+        let p = self.proposals.get_mut(&op).expect("checked");
+        let Phase::Prepare { promises } = &p.phase else {
+            return;
+        };
+        // The register accepted at the highest ballot is the current one: any value chosen
+        // before was accepted by a quorum, which meets this one.
+        let current = promises
+            .values()
+            .max_by_key(|(b, _)| *b)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default();
+        let (register, outcome) = p.change.apply(&current);
+        p.phase = Phase::Accept {
+            outcome,
+            acks: BTreeSet::new(),
+            rejects: BTreeSet::new(),
+        };
+        p.accept_sent = true;
+        let key = p.key.clone();
+        self.broadcast(CoordMsg::Accept {
+            op,
+            key,
+            ballot,
+            register,
+        });
+    }
+
+    pub(crate) fn on_accepted(&mut self, from: NodeId, op: OpId, ballot: Ballot) {
+        let required = self.cfg.required_votes;
+        let Some(p) = self.proposals.get_mut(&op).filter(|p| p.ballot == ballot) else {
+            return;
+        };
+        let Phase::Accept { acks, .. } = &mut p.phase else {
+            return;
+        };
+        acks.insert(from);
+        let voters: Vec<NodeId> = acks.iter().copied().collect();
+        if self.votes(voters.iter()) < required {
+            return;
+        }
+        let p = self.proposals.remove(&op).expect("checked");
+        self.unschedule(Due::Deadline(op));
+        if let Phase::Accept { outcome, .. } = p.phase {
+            self.replies.push_back((op, Ok(outcome)));
+        }
+    }
+
+    pub(crate) fn on_reject(&mut self, from: NodeId, op: OpId, ballot: Ballot, seen: Ballot) {
+        self.counter = self.counter.max(seen.counter);
+        let reachable = self.cfg.my_votes + self.peers.values().sum::<u32>();
+        let required = self.cfg.required_votes;
+        let Some(p) = self.proposals.get_mut(&op).filter(|p| p.ballot == ballot) else {
+            return;
+        };
+        if let Phase::Accept { rejects, .. } = &mut p.phase {
+            // The others may still make a quorum; only when they cannot is the outcome known
+            // to be out of reach (but not known to have failed: a quorum may yet accept a
+            // later proposal's read of it).
+            rejects.insert(from);
+            let refused: Vec<NodeId> = rejects.iter().copied().collect();
+            if reachable.saturating_sub(self.votes(refused.iter())) < required {
+                self.finish(op, Err(CoordError::Indeterminate));
+            }
+            return;
+        }
+        if matches!(p.phase, Phase::Backoff) {
+            return;
+        }
+        p.contended = true;
+        p.phase = Phase::Backoff;
+        // Randomised, growing backoff: two proposers that keep preempting each other soon
+        // stop colliding.
+        let cap = (MAX_BACKOFF.as_micros() as u64).min(1000 << p.attempts.min(10));
+        let wait = Duration::from_micros(self.rng.random_range(0..=cap));
+        self.schedule(wait, Due::Retry(op));
+    }
+
+    pub(crate) fn retry(&mut self, op: OpId) {
+        if self
+            .proposals
+            .get(&op)
+            .is_some_and(|p| matches!(p.phase, Phase::Backoff))
+        {
+            self.attempt(op);
+        }
+    }
+
+    /// The deadline passed: nothing applied unless an accept went out.
+    pub(crate) fn expire(&mut self, op: OpId) {
+        let Some(p) = self.proposals.get(&op) else {
+            return;
+        };
+        if p.deadline > self.now {
+            return;
+        }
+        let err = if p.accept_sent {
+            CoordError::Indeterminate
+        } else if p.contended {
+            CoordError::Contended
+        } else {
+            self.no_quorum()
+        };
+        self.finish(op, Err(err));
+    }
+
+    fn finish(&mut self, op: OpId, reply: Result<Outcome, CoordError>) {
+        if self.proposals.remove(&op).is_some() {
+            self.unschedule(Due::Deadline(op));
+            self.unschedule(Due::Retry(op));
+            self.replies.push_back((op, reply));
+        }
+    }
+}

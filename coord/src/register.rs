@@ -1,0 +1,172 @@
+//! The value each strong key holds, and the named changes a proposer applies to it.
+
+use serde::{Deserialize, Serialize};
+
+/// A strong key's register: a value (or none) and the number of changes made to it. The version
+/// grows by exactly one on every successful change, so it names one value of the key forever (a
+/// compare-and-set names the version it expects).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    /// Changes made so far (0: never written).
+    pub version: u64,
+    /// The value; `None` when never written or deleted.
+    pub value: Option<Vec<u8>>,
+}
+
+/// What a write expects of the register before it applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expect {
+    /// Whatever it holds.
+    Any,
+    /// It holds a value at this version (`If-Match`).
+    Version(u64),
+    /// It holds no value (`If-None-Match: *`).
+    Absent,
+}
+
+impl Expect {
+    fn holds(self, r: &Register) -> bool {
+        match self {
+            Expect::Any => true,
+            Expect::Version(v) => r.value.is_some() && r.version == v,
+            Expect::Absent => r.value.is_none(),
+        }
+    }
+}
+
+/// A named change function. The proposer applies it to the value with the highest accepted
+/// ballot among a quorum of promises, then writes the result back (also when nothing changed:
+/// a read or a failed compare-and-set is written back too, or it would not be linearizable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Read the register.
+    Read,
+    /// Set a value.
+    Put {
+        /// The new value.
+        value: Vec<u8>,
+        /// The condition.
+        expect: Expect,
+    },
+    /// Remove the value (the register keeps its version: a tombstone).
+    Delete {
+        /// The condition.
+        expect: Expect,
+    },
+}
+
+/// What a change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The register as read.
+    Value(Register),
+    /// The change applied; the register now has this version.
+    Written {
+        /// The new version.
+        version: u64,
+    },
+    /// The condition did not hold; nothing changed. The register as it is.
+    Conflict(Register),
+    /// A delete of a key that holds no value; nothing changed.
+    Absent(Register),
+}
+
+impl Change {
+    /// The register after the change, and what to tell the client.
+    pub fn apply(&self, r: &Register) -> (Register, Outcome) {
+        match self {
+            Change::Read => (r.clone(), Outcome::Value(r.clone())),
+            Change::Put { value, expect } => {
+                if !expect.holds(r) {
+                    return (r.clone(), Outcome::Conflict(r.clone()));
+                }
+                let next = Register {
+                    version: r.version + 1,
+                    value: Some(value.clone()),
+                };
+                let version = next.version;
+                (next, Outcome::Written { version })
+            }
+            Change::Delete { expect } => {
+                if !expect.holds(r) {
+                    return (r.clone(), Outcome::Conflict(r.clone()));
+                }
+                if r.value.is_none() {
+                    return (r.clone(), Outcome::Absent(r.clone()));
+                }
+                let next = Register {
+                    version: r.version + 1,
+                    value: None,
+                };
+                let version = next.version;
+                (next, Outcome::Written { version })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(version: u64, value: Option<&str>) -> Register {
+        Register {
+            version,
+            value: value.map(|v| v.as_bytes().to_vec()),
+        }
+    }
+
+    fn put(v: &str, expect: Expect) -> Change {
+        Change::Put {
+            value: v.as_bytes().to_vec(),
+            expect,
+        }
+    }
+
+    #[test]
+    fn a_change_grows_the_version_by_one_and_a_failed_condition_changes_nothing() {
+        let empty = Register::default();
+        assert_eq!(put("a", Expect::Absent).apply(&empty).0, reg(1, Some("a")));
+        assert_eq!(
+            put("b", Expect::Version(1)).apply(&reg(1, Some("a"))),
+            (reg(2, Some("b")), Outcome::Written { version: 2 })
+        );
+        let held = reg(2, Some("b"));
+        assert_eq!(
+            put("c", Expect::Version(1)).apply(&held),
+            (held.clone(), Outcome::Conflict(held.clone())),
+            "a stale version"
+        );
+        assert_eq!(
+            put("c", Expect::Absent).apply(&held).1,
+            Outcome::Conflict(held.clone())
+        );
+        assert_eq!(
+            put("c", Expect::Version(0)).apply(&empty).1,
+            Outcome::Conflict(empty.clone()),
+            "compare-and-set on a missing key"
+        );
+        let gone = Change::Delete {
+            expect: Expect::Any,
+        }
+        .apply(&held);
+        assert_eq!(gone, (reg(3, None), Outcome::Written { version: 3 }));
+        assert_eq!(
+            Change::Delete {
+                expect: Expect::Any
+            }
+            .apply(&gone.0)
+            .1,
+            Outcome::Absent(gone.0.clone())
+        );
+        assert_eq!(
+            put("d", Expect::Absent).apply(&gone.0).0,
+            reg(4, Some("d")),
+            "a deleted key can be created again, and its version keeps growing"
+        );
+        assert_eq!(
+            Change::Read.apply(&held),
+            (held.clone(), Outcome::Value(held))
+        );
+    }
+}
