@@ -36,8 +36,32 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// A bug in the agent (an answer that cannot happen).
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// A structured field next to the code and the message.
+    pub(crate) fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extra.insert(key.to_string(), value);
+        self
+    }
+
+    /// A request body that could not be read: too large, or broken off.
+    pub(crate) fn from_body(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the value is larger than store.max_value_bytes",
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {r}"))
+        }
     }
 }
 
@@ -90,6 +114,12 @@ pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
         .route(
             "/v1/kv/{store}/{*key}",
             get(kv_get).put(kv_put).delete(kv_delete),
+        )
+        .route(
+            "/v1/strong/{*key}",
+            get(crate::strong_api::get)
+                .put(crate::strong_api::put)
+                .delete(crate::strong_api::delete),
         )
         .layer(DefaultBodyLimit::max(max_value_bytes + 1))
         .route("/v1/status", get(status))
@@ -310,17 +340,7 @@ async fn kv_put(
     Query(q): Params,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                "the value is larger than store.max_value_bytes",
-            )
-        } else {
-            ApiError::bad_request(format!("cannot read the request body: {r}"))
-        }
-    })?;
+    let body = body.map_err(ApiError::from_body)?;
     let ttl = match q.get("ttl") {
         None => None,
         Some(t) => Some(humantime::parse_duration(t).map_err(|e| {

@@ -115,9 +115,14 @@ pub enum Command {
     SetSeeds(Vec<String>),
     /// A key/value request.
     Kv(Request, oneshot::Sender<Result<Reply, StoreError>>),
+    /// A request on the strong keyspace.
+    Strong(coord::Request, oneshot::Sender<StrongResult>),
     /// The whole replica, for a backup.
     Snapshot(oneshot::Sender<Backup>),
 }
+
+/// The answer to a strong-keyspace request.
+pub type StrongResult = Result<coord::Outcome, coord::CoordError>;
 
 /// The whole replica as log records, for `chorus snapshot save`.
 #[derive(Debug)]
@@ -177,6 +182,11 @@ impl Handle {
         self.ask(|tx| Command::Kv(req, tx)).await
     }
 
+    /// Runs a request on the strong keyspace.
+    pub async fn strong(&self, req: coord::Request) -> Result<StrongResult, Gone> {
+        self.ask(|tx| Command::Strong(req, tx)).await
+    }
+
     /// Replaces the seed list.
     pub async fn set_seeds(&self, seeds: Vec<String>) -> Result<(), Gone> {
         self.tx
@@ -221,6 +231,7 @@ pub struct Driver {
     send_errors: u64,
     io: StoreIo,
     pending: BTreeMap<u64, oneshot::Sender<Result<Reply, StoreError>>>,
+    pending_strong: BTreeMap<u64, oneshot::Sender<StrongResult>>,
     next_token: u64,
 }
 
@@ -256,6 +267,7 @@ impl Driver {
             send_errors: 0,
             io,
             pending: BTreeMap::new(),
+            pending_strong: BTreeMap::new(),
             next_token: 1,
         };
         (driver, handle)
@@ -322,6 +334,12 @@ impl Driver {
                         self.next_token += 1;
                         self.pending.insert(token, tx);
                         self.node.handle_request(self.clock.now(), self.wall_ms(), token, req);
+                    }
+                    Some(Command::Strong(req, tx)) => {
+                        let token = self.next_token;
+                        self.next_token += 1;
+                        self.pending_strong.insert(token, tx);
+                        self.node.handle_strong_request(self.clock.now(), self.wall_ms(), token, req);
                     }
                     Some(Command::Metrics(tx)) => { let _ = tx.send(self.metrics()); }
                 },
@@ -462,6 +480,11 @@ impl Driver {
                 }
                 Output::Reply { token, result } => {
                     if let Some(tx) = self.pending.remove(&token) {
+                        let _ = tx.send(result);
+                    }
+                }
+                Output::StrongReply { token, result } => {
+                    if let Some(tx) = self.pending_strong.remove(&token) {
                         let _ = tx.send(result);
                     }
                 }

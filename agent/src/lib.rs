@@ -11,6 +11,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod net;
 pub mod node_file;
+pub mod strong_api;
 pub mod transport;
 pub mod wal_file;
 

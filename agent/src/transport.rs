@@ -9,6 +9,7 @@
 //! (quorum rounds time out as `indeterminate`, anti-entropy repairs what pushes missed).
 
 use membership::{Channel, DropReason, NodeId, Sealer};
+use node::PeerMsg;
 use rand::TryRng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+#[cfg(test)]
 use store::StoreMsg;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,7 +44,7 @@ pub struct Frame {
     /// The sending node.
     pub from: NodeId,
     /// The message.
-    pub msg: StoreMsg,
+    pub msg: PeerMsg,
 }
 
 /// Counters of the transport, shared with the metrics endpoint.
@@ -78,7 +80,7 @@ impl Outbound {
     }
 
     /// Queues `msg` for the peer at `addr`, connecting if needed. Never blocks.
-    pub fn send(&mut self, addr: SocketAddr, msg: StoreMsg) {
+    pub fn send(&mut self, addr: SocketAddr, msg: PeerMsg) {
         let payload = postcard::to_stdvec(&Frame { from: self.me, msg })
             .expect("encoding a frame cannot fail");
         let mut nonce = [0u8; 12];
@@ -265,16 +267,16 @@ mod tests {
     use membership::ClusterKey;
     use store::{Entry, Version};
 
-    fn big_message(i: usize) -> StoreMsg {
+    fn big_message(i: usize) -> PeerMsg {
         let entry = Entry {
             version: Version::ZERO,
             value: Some(vec![7; 1 << 20]),
             expires_at: None,
         };
-        StoreMsg::Entries {
+        PeerMsg::Store(StoreMsg::Entries {
             store: "default".into(),
             entries: vec![(format!("k{i}"), entry)],
-        }
+        })
     }
 
     #[tokio::test]
@@ -306,13 +308,13 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         tokio::spawn(serve(listener, sealer.clone(), tx, stats.clone()));
         let mut out = Outbound::new(NodeId(9), sealer, stats.clone());
-        out.send(addr, StoreMsg::WriteAck { op: 42 });
+        out.send(addr, PeerMsg::Store(StoreMsg::WriteAck { op: 42 }));
         let f = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(f.from, NodeId(9));
-        assert_eq!(f.msg, StoreMsg::WriteAck { op: 42 });
+        assert_eq!(f.msg, PeerMsg::Store(StoreMsg::WriteAck { op: 42 }));
     }
 
     #[tokio::test]
@@ -329,7 +331,7 @@ mod tests {
         ));
         let wrong = Arc::new(Sealer::new("t", &ClusterKey::new([2; 32])));
         let mut out = Outbound::new(NodeId(9), wrong, Arc::new(TransportStats::default()));
-        out.send(addr, StoreMsg::WriteAck { op: 1 });
+        out.send(addr, PeerMsg::Store(StoreMsg::WriteAck { op: 1 }));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while stats.frames_rejected.load(Ordering::Relaxed) == 0 {
             assert!(

@@ -21,7 +21,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn from(name: &'static str, violations: Vec<String>, summary: String) -> Self {
+    pub(crate) fn from(name: &'static str, violations: Vec<String>, summary: String) -> Self {
         let ok = violations.is_empty();
         let detail = if ok {
             summary

@@ -8,6 +8,8 @@ pub enum AnyFault {
     Store(store::Fault),
     /// A membership core defect.
     Membership(membership::Fault),
+    /// A coordination core defect.
+    Coord(coord::Fault),
 }
 
 /// Every defect `--fault` can inject, by name.
@@ -64,6 +66,18 @@ pub const FAULTS: &[(&str, AnyFault)] = &[
         "membership:silent-failures",
         AnyFault::Membership(membership::Fault::SilentFailures),
     ),
+    (
+        "coord:skip-promise",
+        AnyFault::Coord(coord::Fault::SkipPromise),
+    ),
+    (
+        "coord:reuse-ballots",
+        AnyFault::Coord(coord::Fault::ReuseBallots),
+    ),
+    (
+        "coord:reply-before-durable",
+        AnyFault::Coord(coord::Fault::ReplyBeforeDurable),
+    ),
 ];
 
 /// Deliberate defects to inject into every node (to show that checkers catch them).
@@ -73,6 +87,8 @@ pub struct Faults {
     pub membership: Vec<membership::Fault>,
     /// Store defects.
     pub store: Vec<store::Fault>,
+    /// Coordination defects.
+    pub coord: Vec<coord::Fault>,
 }
 
 impl Faults {
@@ -81,6 +97,7 @@ impl Faults {
         match f {
             AnyFault::Store(f) => self.store.push(f),
             AnyFault::Membership(f) => self.membership.push(f),
+            AnyFault::Coord(f) => self.coord.push(f),
         }
     }
 
@@ -91,6 +108,7 @@ impl Faults {
             .filter(|(_, f)| match f {
                 AnyFault::Store(f) => self.store.contains(f),
                 AnyFault::Membership(f) => self.membership.contains(f),
+                AnyFault::Coord(f) => self.coord.contains(f),
             })
             .map(|(n, _)| *n)
             .collect()

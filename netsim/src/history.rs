@@ -78,8 +78,44 @@ impl OpRecord {
 /// Every operation of a run, in invocation order.
 #[derive(Debug, Clone, Default)]
 pub struct History {
-    /// The operations.
+    /// The operations on the object store.
     pub ops: Vec<OpRecord>,
+    /// The operations on the strong keyspace.
+    pub strong: Vec<StrongOp>,
+}
+
+/// How a strong-keyspace operation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StrongOutcome {
+    /// No answer yet.
+    Pending,
+    /// The proposal completed: the register as read, a write's new version, or a condition that
+    /// did not hold.
+    Done(coord::Outcome),
+    /// A definite failure: nothing was applied (`no_quorum`, `contended`, `bad_request`, or the
+    /// node was down when the client called).
+    Failed(String),
+    /// The change may or may not have taken effect.
+    Indeterminate(String),
+}
+
+/// One client operation on the strong keyspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrongOp {
+    /// Which simulated client.
+    pub client: usize,
+    /// The node it asked (the proposer).
+    pub node: usize,
+    /// Key.
+    pub key: String,
+    /// What it asked.
+    pub change: coord::Change,
+    /// When it was called.
+    pub invoked: Duration,
+    /// When it answered (`None` while pending).
+    pub completed: Option<Duration>,
+    /// How it ended.
+    pub outcome: StrongOutcome,
 }
 
 impl History {
@@ -92,6 +128,14 @@ impl History {
                 Outcome::Failed(_) => t.1 += 1,
                 Outcome::Indeterminate(_) => t.2 += 1,
                 Outcome::Pending => t.3 += 1,
+            }
+        }
+        for o in &self.strong {
+            match o.outcome {
+                StrongOutcome::Done(_) => t.0 += 1,
+                StrongOutcome::Failed(_) => t.1 += 1,
+                StrongOutcome::Indeterminate(_) => t.2 += 1,
+                StrongOutcome::Pending => t.3 += 1,
             }
         }
         t

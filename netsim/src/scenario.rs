@@ -72,6 +72,9 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Share of client operations (per million) on the strong keyspace in every scenario.
+pub const STRONG_PPM: u32 = 300_000;
+
 /// The snapshot threshold of every scenario.
 pub const SNAPSHOT_MIN_RECORDS: usize = 20;
 
@@ -259,15 +262,12 @@ pub fn run_keeping(
         _ => {}
     }
     let loss = cfg.link.loss_ppm;
-    let mut sim = Sim::new(cfg);
-    for i in 0..n {
-        for f in &faults.membership {
-            sim.inject_membership_fault(i, *f);
-        }
-        for f in &faults.store {
-            sim.inject_store_fault(i, *f);
-        }
-    }
+    cfg.faults = node::Faults {
+        membership: faults.membership.clone(),
+        store: faults.store.clone(),
+        coord: faults.coord.clone(),
+    };
+    let sim = Sim::new(cfg);
     let mut run = Run {
         sim,
         report: Report {
@@ -304,7 +304,10 @@ pub fn run_keeping(
         format!("in {}", secs(joined)),
     );
 
-    run.sim.start_clients(WorkloadConfig::default());
+    run.sim.start_clients(WorkloadConfig {
+        strong_ppm: STRONG_PPM,
+        ..WorkloadConfig::default()
+    });
     run.note("clients start");
     run.sim.run_for(3 * S);
     let t0 = run.sim.now();
@@ -363,8 +366,10 @@ pub fn run_keeping(
     run.measure(
         "client operations",
         format!(
-            "{} in all: {ok} ok, {failed} failed, {indeterminate} indeterminate, {pending} pending",
-            run.sim.history().ops.len()
+            "{} in all ({} on the strong keyspace): {ok} ok, {failed} failed, \
+             {indeterminate} indeterminate, {pending} pending",
+            run.sim.history().ops.len() + run.sim.history().strong.len(),
+            run.sim.history().strong.len()
         ),
     );
 
@@ -375,6 +380,7 @@ pub fn run_keeping(
         check::linearizable(sim),
         check::replicas_identical(sim),
         check::caught_up_means_current(sim),
+        crate::check_strong::strong_linearizable(sim),
     ];
     let failures = check::no_false_failures(sim, 30 * S);
     if loss <= TOLERATED_LOSS_PPM {

@@ -6,8 +6,10 @@
 //! left in a replica names the operation that wrote it.
 
 use crate::history::OpKind;
+use coord::{Change, Expect};
 use rand::RngExt;
 use rand::rngs::Xoshiro256PlusPlus;
+use std::collections::BTreeMap;
 use std::time::Duration;
 use store::Consistency;
 
@@ -25,6 +27,9 @@ pub struct WorkloadConfig {
     /// Share of quorum and local operations (per million) that are reads; of the rest, one in
     /// five is a delete.
     pub read_ppm: u32,
+    /// Share of operations (per million) on the strong keyspace: reads, puts, compare-and-sets
+    /// on the version the client saw last, creates and deletes.
+    pub strong_ppm: u32,
 }
 
 impl Default for WorkloadConfig {
@@ -35,6 +40,7 @@ impl Default for WorkloadConfig {
             think: (Duration::from_millis(10), Duration::from_millis(120)),
             local_ppm: 100_000,
             read_ppm: 450_000,
+            strong_ppm: 0,
         }
     }
 }
@@ -58,12 +64,38 @@ pub struct Workload {
     /// Settings.
     pub cfg: WorkloadConfig,
     counter: u64,
+    /// The version each client last saw of each strong key (what its compare-and-sets expect).
+    seen: BTreeMap<(usize, String), u64>,
+}
+
+/// The next strong-keyspace operation a client calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrongCall {
+    /// Which node to ask.
+    pub node: usize,
+    /// Key.
+    pub key: String,
+    /// What to do.
+    pub change: coord::Change,
+}
+
+/// A client's next call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// On the object store.
+    Kv(Call),
+    /// On the strong keyspace.
+    Strong(StrongCall),
 }
 
 impl Workload {
     /// Clients doing `cfg`.
     pub fn new(cfg: WorkloadConfig) -> Self {
-        Workload { cfg, counter: 0 }
+        Workload {
+            cfg,
+            counter: 0,
+            seen: BTreeMap::new(),
+        }
     }
 
     /// How long client waits before its next call.
@@ -71,6 +103,43 @@ impl Workload {
         let (lo, hi) = self.cfg.think;
         let span = hi.saturating_sub(lo).as_micros().max(1) as u64;
         lo + Duration::from_micros(rng.random_range(0..span))
+    }
+
+    /// The next call of `client` in a cluster of `nodes`: on the strong keyspace with
+    /// [`WorkloadConfig::strong_ppm`], else on the object store.
+    pub fn next(&mut self, rng: &mut Xoshiro256PlusPlus, client: usize, nodes: usize) -> Next {
+        if rng.random_range(0..1_000_000) >= self.cfg.strong_ppm {
+            return Next::Kv(self.next_call(rng, client, nodes));
+        }
+        self.counter += 1;
+        let node = rng.random_range(0..nodes);
+        let key = format!("s{}", rng.random_range(0..self.cfg.keys.max(1)));
+        let seen = self.seen.get(&(client, key.clone())).copied().unwrap_or(0);
+        let value = format!("c{client}-{}", self.counter).into_bytes();
+        let change = match rng.random_range(0..20) {
+            0..8 => Change::Read,
+            8..11 => Change::Put {
+                value,
+                expect: Expect::Any,
+            },
+            11..17 => Change::Put {
+                value,
+                expect: Expect::Version(seen),
+            },
+            17..19 => Change::Put {
+                value,
+                expect: Expect::Absent,
+            },
+            _ => Change::Delete {
+                expect: Expect::Any,
+            },
+        };
+        Next::Strong(StrongCall { node, key, change })
+    }
+
+    /// `client` saw `key` at `version` (its next compare-and-set expects it).
+    pub fn saw(&mut self, client: usize, key: &str, version: u64) {
+        self.seen.insert((client, key.to_string()), version);
     }
 
     /// The next call of `client` in a cluster of `nodes`.

@@ -216,7 +216,17 @@ fn events_that_disagree_with_member_lists_are_caught() {
 
 /// `cfg` with stores logging to disks, `fault` in every node, joined, and 8 busy clients writing
 /// `keys` keys at quorum.
-fn busy_durable_cluster(mut cfg: SimConfig, fault: Option<store::Fault>, keys: usize) -> Sim {
+fn busy_durable_cluster(cfg: SimConfig, fault: Option<store::Fault>, keys: usize) -> Sim {
+    busy_durable_cluster_with(cfg, fault, keys, 0)
+}
+
+/// Like [`busy_durable_cluster`], with `strong_ppm` of the operations on the strong keyspace.
+fn busy_durable_cluster_with(
+    mut cfg: SimConfig,
+    fault: Option<store::Fault>,
+    keys: usize,
+    strong_ppm: u32,
+) -> Sim {
     cfg.store = true;
     cfg.durable = true;
     let mut sim = Sim::new(cfg);
@@ -235,6 +245,7 @@ fn busy_durable_cluster(mut cfg: SimConfig, fault: Option<store::Fault>, keys: u
         think: (Duration::from_millis(1), Duration::from_millis(5)),
         local_ppm: 0,
         read_ppm: 200_000,
+        strong_ppm,
     });
     sim
 }
@@ -301,4 +312,55 @@ fn a_snapshot_that_loses_keys_is_caught_when_every_node_restarts_from_it() {
         !broken.ok,
         "restarts from snapshots that lost keys went unnoticed: {broken:?}"
     );
+}
+
+/// Many crashes of every node during busy compare-and-sets on a slow disk, with `faults` in
+/// every coordination core; the strong-keyspace checker's verdict.
+fn strong_crash_loop(faults: &[coord::Fault], seed: u64) -> Verdict {
+    let mut cfg = SimConfig::lan(5, seed);
+    cfg.fsync = (Duration::from_millis(20), Duration::from_millis(50));
+    cfg.faults.coord = faults.to_vec();
+    let mut sim = busy_durable_cluster_with(cfg, None, 3, 900_000);
+    for round in 0..10u32 {
+        sim.run_for(S / 4 + S / 10 * round);
+        for i in 0..5 {
+            sim.crash(i);
+        }
+        sim.run_for(S / 2);
+        for i in 0..5 {
+            sim.restart(i);
+        }
+        assert!(
+            sim.run_until_cond(10 * S, |s| s.all_have_quorum())
+                .is_some()
+        );
+    }
+    finish(&mut sim);
+    netsim::check_strong::strong_linearizable(&sim)
+}
+
+#[test]
+fn answering_before_the_acceptor_state_is_synced_is_caught_when_every_node_crashes() {
+    let ok = strong_crash_loop(&[], 11);
+    assert!(ok.ok, "correct cores: {ok:?}");
+    let broken = (11..14)
+        .map(|seed| strong_crash_loop(&[coord::Fault::ReplyBeforeDurable], seed))
+        .find(|v| !v.ok);
+    assert!(
+        broken.is_some(),
+        "acceptors that answer before their state is durable went unnoticed"
+    );
+}
+
+#[test]
+fn acceptors_that_forget_promises_are_caught() {
+    let v = first_failure(
+        "steady",
+        &Faults {
+            coord: vec![coord::Fault::SkipPromise],
+            ..Faults::default()
+        },
+        "strong operations linearizable",
+    );
+    assert!(!v.ok, "promises that were not kept went unnoticed: {v:?}");
 }

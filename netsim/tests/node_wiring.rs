@@ -5,7 +5,7 @@
 use netsim::sim::{Sim, SimConfig};
 use netsim::workload::WorkloadConfig;
 use netsim::{Seen, WorldFault};
-use node::{Node, Output};
+use node::{Node, Output, PeerMsg};
 use std::time::Duration;
 use store::StoreMsg;
 
@@ -88,11 +88,11 @@ fn answer_a_peer_held_failed(seed: u64) -> Sim {
     let failed = sim.run_until_cond(10 * S, |s| s.count_reporting(2, Seen::Failed) == 2);
     assert!(failed.is_some(), "seed {seed}: the crash went unnoticed");
     let before = sim.node(0).expect("up").hold_stats();
-    let read = StoreMsg::ReadReq {
+    let read = PeerMsg::Store(StoreMsg::ReadReq {
         op: 77,
         store: "default".into(),
         key: "k".into(),
-    };
+    });
     sim.inject_frame(2, 0, read);
     sim.run_for(MS);
     let after = sim.node(0).expect("up").hold_stats();
@@ -113,7 +113,7 @@ fn answers_sent(sim: &Sim) -> usize {
     rec.outputs
         .iter()
         .filter(|o| {
-            matches!(o, Output::Frame { to: a, msg: StoreMsg::ReadResp { op: 77, .. }, .. } if *a == to)
+            matches!(o, Output::Frame { to: a, msg: PeerMsg::Store(StoreMsg::ReadResp { op: 77, .. }), .. } if *a == to)
         })
         .count()
 }

@@ -4,11 +4,11 @@
 //! taken it back from `failed`; their answers would otherwise be dropped and its requests and
 //! catch-up rounds would wait for a timeout.
 
+use crate::io::PeerMsg;
 use membership::NodeId;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
-use store::StoreMsg;
 
 /// How long a message waits for its peer's address.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -29,13 +29,13 @@ pub struct HoldStats {
 /// The hold itself.
 #[derive(Debug, Default)]
 pub struct Hold {
-    held: BTreeMap<NodeId, VecDeque<(Duration, StoreMsg)>>,
+    held: BTreeMap<NodeId, VecDeque<(Duration, PeerMsg)>>,
     stats: HoldStats,
 }
 
 impl Hold {
     /// Holds `msg` for `to` at core time `now`.
-    pub fn hold(&mut self, to: NodeId, msg: StoreMsg, now: Duration) {
+    pub fn hold(&mut self, to: NodeId, msg: PeerMsg, now: Duration) {
         self.stats.held += 1;
         let q = self.held.entry(to).or_default();
         q.push_back((now, msg));
@@ -74,7 +74,7 @@ impl Hold {
     pub fn routable(
         &mut self,
         addrs: &BTreeMap<NodeId, SocketAddr>,
-    ) -> Vec<(NodeId, SocketAddr, StoreMsg)> {
+    ) -> Vec<(NodeId, SocketAddr, PeerMsg)> {
         let ready: Vec<NodeId> = self
             .held
             .keys()
@@ -106,8 +106,8 @@ impl Hold {
 mod tests {
     use super::*;
 
-    fn msg(op: u64) -> StoreMsg {
-        StoreMsg::WriteAck { op }
+    fn msg(op: u64) -> PeerMsg {
+        PeerMsg::Store(store::StoreMsg::WriteAck { op })
     }
 
     #[test]

@@ -1,9 +1,19 @@
 //! What goes into a node and what comes out: every driver executes these and nothing else.
 
 use membership::{Event, NodeId, Transmit};
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use store::wal::Record;
 use store::{Reply, Request, StoreError, StoreMsg};
+
+/// A message between nodes on the stream transport, for one of the cores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMsg {
+    /// For the store cores.
+    Store(StoreMsg),
+    /// For the coordination cores.
+    Coord(coord::CoordMsg),
+}
 
 /// Something that happened to the node. The typed `handle_*` methods of [`crate::Node`] take the
 /// same inputs one by one; this form lets a test record what a driver fed a node and replay it.
@@ -21,7 +31,7 @@ pub enum Input {
         /// Sending node.
         from: NodeId,
         /// The message.
-        msg: StoreMsg,
+        msg: PeerMsg,
     },
     /// The time [`crate::Node::poll_timeout`] named has come.
     Timeout,
@@ -31,6 +41,14 @@ pub enum Input {
         token: u64,
         /// What it asks.
         req: Request,
+    },
+    /// A client asked something of the strong keyspace; its answer is an
+    /// [`Output::StrongReply`] with the same token.
+    StrongRequest {
+        /// The driver's name for this request.
+        token: u64,
+        /// What it asks.
+        req: coord::Request,
     },
     /// The log is written through `written` and synced through `synced` (sequence numbers).
     Persisted {
@@ -62,7 +80,7 @@ pub enum Output {
         /// The peer.
         peer: NodeId,
         /// The message.
-        msg: StoreMsg,
+        msg: PeerMsg,
     },
     /// Drop the stream connections to these addresses (the peer went away or restarted); frames
     /// queued on them may be lost, which the store's rounds tolerate.
@@ -84,6 +102,13 @@ pub enum Output {
         token: u64,
         /// The answer.
         result: Result<Reply, StoreError>,
+    },
+    /// Answer a client of the strong keyspace.
+    StrongReply {
+        /// The token of its [`Input::StrongRequest`].
+        token: u64,
+        /// The answer.
+        result: Result<coord::Outcome, coord::CoordError>,
     },
     /// Report an event (log it, hand it to subscribers).
     Event(Event),

@@ -15,9 +15,10 @@ mod io;
 mod node;
 mod recover;
 mod snapshot;
+mod strong;
 pub mod view;
 
 pub use crate::hold::HoldStats;
-pub use crate::io::{Input, Output};
+pub use crate::io::{Input, Output, PeerMsg};
 pub use crate::node::{Faults, Node, NodeConfig};
 pub use crate::recover::Recovered;

@@ -6,15 +6,17 @@
 //! a catch-up. The cores never call back into the node.
 
 use crate::hold::{Hold, HoldStats};
-use crate::io::{Input, Output};
+use crate::io::{Input, Output, PeerMsg};
 use crate::recover::Recovered;
 use crate::snapshot::SnapshotPolicy;
+use crate::strong::{self, StrongLog};
 use crate::view::StoreView;
+use coord::{CoordConfig, CoordCore};
 use membership::{Event, Membership, MembershipConfig, Peer};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
-use store::{OpId, Request, StoreConfig, StoreCore, StoreMsg};
+use store::{OpId, Request, StoreConfig, StoreCore};
 use tracing::debug;
 
 /// How a node is built.
@@ -54,13 +56,16 @@ impl NodeConfig {
     }
 }
 
-/// Deliberate defects of each core (see [`membership::Fault`] and [`store::Fault`]).
+/// Deliberate defects of each core (see [`membership::Fault`], [`store::Fault`] and
+/// [`coord::Fault`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Faults {
     /// Membership defects.
     pub membership: Vec<membership::Fault>,
     /// Store defects.
     pub store: Vec<store::Fault>,
+    /// Coordination defects.
+    pub coord: Vec<coord::Fault>,
 }
 
 /// One node: every core of it, composed here and nowhere else.
@@ -68,6 +73,11 @@ pub struct Faults {
 pub struct Node {
     membership: Membership,
     store: Option<StoreCore>,
+    /// The coordination core: runs beside a store, whose log carries its acceptor state.
+    coord: Option<CoordCore>,
+    strong_log: StrongLog,
+    /// Coordination operation to the driver's token.
+    strong_tokens: BTreeMap<coord::OpId, u64>,
     now: Duration,
     wall_ms: u64,
     outputs: VecDeque<Output>,
@@ -100,21 +110,44 @@ impl Node {
         for f in &cfg.faults.membership {
             membership.inject_fault(*f);
         }
-        let faults = cfg.faults.store;
+        let faults = cfg.faults;
+        // The coordination core shares the store's quorum, timeouts, limits and log.
+        let ccfg = cfg.store.as_ref().map(|s| CoordConfig {
+            required_votes: s.required_votes,
+            my_votes: s.my_votes,
+            round_timeout: s.round_timeout,
+            max_value_bytes: s.max_value_bytes,
+            durable: s.durable,
+        });
+        let coord = ccfg.map(|c| {
+            let seed = seed.rotate_left(31);
+            #[cfg_attr(not(feature = "testing"), allow(unused_mut))]
+            let mut core = CoordCore::new(identity.id, identity.generation, c, seed, now);
+            #[cfg(feature = "testing")]
+            for f in &faults.coord {
+                core.inject_fault(*f);
+            }
+            let whole = strong::restore(&mut core, &disk.records);
+            core.begin(lost || !whole);
+            core
+        });
         let store = cfg.store.map(|scfg| {
             let mut s = StoreCore::new(identity.id, scfg, seed.rotate_left(17), now, wall_ms);
             #[cfg(feature = "testing")]
-            for f in &faults {
+            for f in &faults.store {
                 s.inject_fault(*f);
             }
-            #[cfg(not(feature = "testing"))]
-            let _ = &faults;
             s.restore(disk.records);
             s.begin_catch_up(lost);
             s
         });
+        #[cfg(not(feature = "testing"))]
+        let _ = &faults;
         let mut node = Node {
             membership,
+            coord,
+            strong_log: StrongLog::default(),
+            strong_tokens: BTreeMap::new(),
             catching_up: store.is_some(),
             store,
             now,
@@ -140,6 +173,9 @@ impl Node {
             Input::Frame { from, msg } => self.handle_frame(now, wall_ms, from, msg),
             Input::Timeout => self.handle_timeout(now, wall_ms),
             Input::Request { token, req } => self.handle_request(now, wall_ms, token, req),
+            Input::StrongRequest { token, req } => {
+                self.handle_strong_request(now, wall_ms, token, req)
+            }
             Input::Persisted { written, synced } => {
                 self.handle_persisted(now, wall_ms, written, synced)
             }
@@ -157,17 +193,26 @@ impl Node {
         self.collect();
     }
 
-    /// A store message arrived from peer `from`.
+    /// A message arrived from peer `from` on the stream transport.
     pub fn handle_frame(
         &mut self,
         now: Duration,
         wall_ms: u64,
         from: membership::NodeId,
-        msg: StoreMsg,
+        msg: PeerMsg,
     ) {
         self.advance(now, wall_ms);
-        if let Some(s) = self.store.as_mut() {
-            s.handle_message(self.now, self.wall_ms, from, msg);
+        match msg {
+            PeerMsg::Store(m) => {
+                if let Some(s) = self.store.as_mut() {
+                    s.handle_message(self.now, self.wall_ms, from, m);
+                }
+            }
+            PeerMsg::Coord(m) => {
+                if let Some(c) = self.coord.as_mut() {
+                    c.handle_message(self.now, from, m);
+                }
+            }
         }
         self.collect();
     }
@@ -184,7 +229,37 @@ impl Node {
         {
             s.handle_timeout(now, self.wall_ms);
         }
+        if let Some(c) = self.coord.as_mut()
+            && c.poll_timeout().is_some_and(|t| t <= now)
+        {
+            c.handle_timeout(now);
+        }
         self.hold.expire(now);
+        self.collect();
+    }
+
+    /// A request on the strong keyspace; its answer comes out as [`Output::StrongReply`] with
+    /// `token`. A node without a store (and so without a log for acceptors) refuses it.
+    pub fn handle_strong_request(
+        &mut self,
+        now: Duration,
+        wall_ms: u64,
+        token: u64,
+        req: coord::Request,
+    ) {
+        self.advance(now, wall_ms);
+        match self.coord.as_mut() {
+            Some(c) => {
+                let op = c.request(self.now, req);
+                self.strong_tokens.insert(op, token);
+            }
+            None => self.outputs.push_back(Output::StrongReply {
+                token,
+                result: Err(coord::CoordError::BadRequest {
+                    message: "this node runs no store, so no strong keyspace".into(),
+                }),
+            }),
+        }
         self.collect();
     }
 
@@ -249,6 +324,7 @@ impl Node {
         [
             self.membership.poll_timeout(),
             self.store.as_ref().and_then(|s| s.poll_timeout()),
+            self.coord.as_ref().and_then(|c| c.poll_timeout()),
             self.hold.next_expiry(),
         ]
         .into_iter()
@@ -279,6 +355,11 @@ impl Node {
     /// The store core, to break it on purpose in simulation tests.
     pub fn store_mut(&mut self) -> Option<&mut StoreCore> {
         self.store.as_mut()
+    }
+
+    /// The coordination core, when the node runs one.
+    pub fn coord(&self) -> Option<&CoordCore> {
+        self.coord.as_ref()
     }
 
     /// What the hold for peers without an address did so far.
@@ -333,11 +414,18 @@ impl Node {
         }
         let s = self.store.as_mut().expect("checked by the caller");
         s.set_view(view.peers.clone(), view.has_quorum, view.reachable_votes);
+        if let Some(c) = self.coord.as_mut() {
+            c.set_view(view.peers.clone(), view.has_quorum, view.reachable_votes);
+        }
         self.view = view;
     }
 
     fn collect_store(&mut self) {
         let Some(s) = self.store.as_mut() else { return };
+        if let Some(c) = self.coord.as_mut() {
+            self.strong_log.release(s, c);
+            self.strong_log.issue(s, c);
+        }
         let mut records = Vec::new();
         while let Some(r) = s.poll_log() {
             records.push(r);
@@ -345,21 +433,41 @@ impl Node {
         if !records.is_empty() {
             let n = records.len();
             self.outputs.push_back(Output::AppendLog(records));
-            if self.snapshots.appended(n, s.entries()) {
-                let (through, records) = s.snapshot();
+            let strong = self.coord.as_ref().map_or(0, |c| c.len());
+            if self.snapshots.appended(n, s.entries() + strong) {
+                let (through, mut records) = s.snapshot();
+                if let Some(c) = self.coord.as_ref() {
+                    records.extend(strong::snapshot(c, through));
+                }
                 self.outputs
                     .push_back(Output::WriteSnapshot { through, records });
             }
         }
+        let mut sends = Vec::new();
         while let Some((peer, msg)) = s.poll_send() {
+            sends.push((peer, PeerMsg::Store(msg)));
+        }
+        if let Some(c) = self.coord.as_mut() {
+            while let Some((peer, msg)) = c.poll_send() {
+                sends.push((peer, PeerMsg::Coord(msg)));
+            }
+            while let Some((op, result)) = c.poll_reply() {
+                if let Some(token) = self.strong_tokens.remove(&op) {
+                    self.outputs
+                        .push_back(Output::StrongReply { token, result });
+                }
+            }
+        }
+        for (peer, msg) in sends {
             match self.view.addrs.get(&peer) {
                 Some(to) => self.outputs.push_back(Output::Frame { to: *to, peer, msg }),
                 None => {
-                    debug!(%peer, "store message for a node not reachable yet: held");
+                    debug!(%peer, "message for a node not reachable yet: held");
                     self.hold.hold(peer, msg, self.now);
                 }
             }
         }
+        let s = self.store.as_mut().expect("checked above");
         while let Some((op, result)) = s.poll_reply() {
             if let Some(token) = self.tokens.remove(&op) {
                 self.outputs.push_back(Output::Reply { token, result });

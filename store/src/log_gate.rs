@@ -114,6 +114,30 @@ impl StoreCore {
         (through, out)
     }
 
+    /// Hands a record of another core to the log (the coordination core's acceptor state rides
+    /// the store's log under a store name clients cannot use); returns its sequence number, or
+    /// `None` without a log. Recovery skips such records ([`StoreCore::restore`] takes only valid
+    /// store names); the node routes them.
+    pub fn log_record(&mut self, store: &str, key: &str, entry: Entry) -> Option<u64> {
+        if !self.cfg.durable {
+            return None;
+        }
+        let lsn = self.log.next_lsn;
+        self.log.next_lsn += 1;
+        self.log.out.push_back(Record {
+            lsn,
+            store: store.to_string(),
+            key: key.to_string(),
+            entry,
+        });
+        Some(lsn)
+    }
+
+    /// The last sequence number known to be on stable storage.
+    pub fn log_synced(&self) -> u64 {
+        self.log.synced
+    }
+
     /// Number of entries held over all stores (tombstones included).
     pub fn entries(&self) -> usize {
         self.replica

@@ -3,13 +3,31 @@
 
 use super::Sim;
 use super::queue::What;
-use crate::history::{OpKind, OpRecord, Outcome};
-use crate::workload::{Workload, WorkloadConfig};
+use crate::history::{OpKind, OpRecord, Outcome, StrongOp, StrongOutcome};
+use crate::workload::{Next, Workload, WorkloadConfig};
 use node::Input;
 use store::{Reply, Request, StoreError};
 
 pub(super) struct ClientState {
-    pub(super) pending: Option<usize>,
+    pub(super) pending: Option<Pending>,
+}
+
+/// The operation a client waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pending {
+    /// On the object store (an index into the history's `ops`).
+    Kv(usize),
+    /// On the strong keyspace (an index into the history's `strong`).
+    Strong(usize),
+}
+
+/// A strong-keyspace answer as the history records it.
+pub(super) fn strong_outcome(r: Result<coord::Outcome, coord::CoordError>) -> StrongOutcome {
+    match r {
+        Ok(o) => StrongOutcome::Done(o),
+        Err(coord::CoordError::Indeterminate) => StrongOutcome::Indeterminate("timed out".into()),
+        Err(e) => StrongOutcome::Failed(e.code().to_string()),
+    }
 }
 
 pub(super) fn outcome_of(kind: &OpKind, reply: Result<Reply, StoreError>) -> Outcome {
@@ -88,11 +106,38 @@ impl Sim {
             return;
         }
         let n = self.slots.len();
-        let call =
-            self.workload
-                .as_mut()
-                .expect("clients started")
-                .next_call(&mut self.rng, client, n);
+        let next = self
+            .workload
+            .as_mut()
+            .expect("clients started")
+            .next(&mut self.rng, client, n);
+        let call = match next {
+            Next::Kv(call) => call,
+            Next::Strong(call) => {
+                let op = self.history.strong.len();
+                self.history.strong.push(StrongOp {
+                    client,
+                    node: call.node,
+                    key: call.key,
+                    change: call.change,
+                    invoked: self.now,
+                    completed: None,
+                    outcome: StrongOutcome::Pending,
+                });
+                self.clients[client].pending = Some(Pending::Strong(op));
+                let incarnation = self.slots[call.node].incarnation;
+                let to = call.node;
+                self.push(
+                    self.now,
+                    What::StrongRequest {
+                        to,
+                        incarnation,
+                        op,
+                    },
+                );
+                return;
+            }
+        };
         let op = self.history.ops.len();
         self.history.ops.push(OpRecord {
             client,
@@ -104,7 +149,7 @@ impl Sim {
             completed: None,
             outcome: Outcome::Pending,
         });
-        self.clients[client].pending = Some(op);
+        self.clients[client].pending = Some(Pending::Kv(op));
         let incarnation = self.slots[call.node].incarnation;
         self.push(
             self.now,
@@ -116,11 +161,55 @@ impl Sim {
         );
     }
 
+    /// Strong operation `op` reaches node `to`, which is running: it becomes a request.
+    pub(super) fn strong_request(&mut self, to: usize, op: usize) {
+        let rec = &self.history.strong[op];
+        let req = coord::Request {
+            key: rec.key.clone(),
+            change: rec.change.clone(),
+        };
+        self.in_flight_strong.insert((to, op as u64));
+        self.feed(
+            to,
+            Input::StrongRequest {
+                token: op as u64,
+                req,
+            },
+        );
+        self.flush(to);
+    }
+
+    pub(super) fn complete_strong(&mut self, op: usize, outcome: StrongOutcome) {
+        let rec = &mut self.history.strong[op];
+        rec.completed = Some(self.now);
+        if let StrongOutcome::Done(o) = &outcome {
+            let version = match o {
+                coord::Outcome::Written { version } => *version,
+                coord::Outcome::Value(r)
+                | coord::Outcome::Conflict(r)
+                | coord::Outcome::Absent(r) => r.version,
+            };
+            let (client, key) = (rec.client, rec.key.clone());
+            if let Some(w) = self.workload.as_mut() {
+                w.saw(client, &key, version);
+            }
+        }
+        let rec = &mut self.history.strong[op];
+        rec.outcome = outcome;
+        let client = rec.client;
+        self.after_answer(client);
+    }
+
     pub(super) fn complete(&mut self, op: usize, outcome: Outcome) {
         let rec = &mut self.history.ops[op];
         rec.completed = Some(self.now);
         rec.outcome = outcome;
         let client = rec.client;
+        self.after_answer(client);
+    }
+
+    /// The client got its answer: it thinks, then calls again.
+    fn after_answer(&mut self, client: usize) {
         self.clients[client].pending = None;
         let wait = self
             .workload

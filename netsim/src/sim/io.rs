@@ -3,22 +3,25 @@
 //! messages onto the network, records and snapshots onto its disk, replies, events).
 
 use super::Sim;
-use super::clients::outcome_of;
+use super::clients::{outcome_of, strong_outcome};
 use super::queue::What;
 use crate::history::Outcome;
+use crate::history::StrongOutcome;
 use membership::Destination;
+use node::PeerMsg;
 use node::{Input, Output};
 use rand::RngExt;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
-use store::StoreMsg;
 
 impl Sim {
     pub(super) fn handle_item(&mut self, what: What) {
         let target = match &what {
             What::Datagram { to, .. } => Some(*to as usize),
-            What::Stream { to, .. } | What::Request { to, .. } => Some(*to),
+            What::Stream { to, .. } | What::Request { to, .. } | What::StrongRequest { to, .. } => {
+                Some(*to)
+            }
             _ => None,
         };
         if let Some(to) = target
@@ -64,6 +67,18 @@ impl Sim {
                     return;
                 }
                 self.client_request(to, op);
+            }
+            What::StrongRequest {
+                to,
+                incarnation,
+                op,
+            } => {
+                self.mix(&[9, to as u64, op as u64, now.as_micros() as u64]);
+                if self.slots[to].incarnation != incarnation || !self.is_up(to) {
+                    self.complete_strong(op, StrongOutcome::Failed("node down".into()));
+                    return;
+                }
+                self.strong_request(to, op);
             }
             What::Resume { node } => {
                 self.mix(&[4, node as u64, now.as_micros() as u64]);
@@ -146,6 +161,11 @@ impl Sim {
                             self.complete(op, outcome);
                         }
                     }
+                    Output::StrongReply { token, result } => {
+                        if self.in_flight_strong.remove(&(i, token)) {
+                            self.complete_strong(token as usize, strong_outcome(result));
+                        }
+                    }
                     Output::Event(ev) => self.record_event(i, ev),
                     Output::PersistGeneration(g) => self.slots[i].generation = g,
                     Output::MarkCatchingUp => self.slots[i].disk.marker = true,
@@ -216,7 +236,7 @@ impl Sim {
 
     /// A store message on the stream from node `i` to the node at `addr`: ordered per pair of
     /// nodes, lost when the link is cut either way (the connection breaks).
-    pub(super) fn send_frame(&mut self, i: usize, addr: SocketAddr, msg: StoreMsg) {
+    pub(super) fn send_frame(&mut self, i: usize, addr: SocketAddr, msg: PeerMsg) {
         let Some(to) = self.by_addr.get(&addr).copied() else {
             return;
         };

@@ -10,12 +10,13 @@
 //! every random draw comes from one Xoshiro256++ seeded by [`SimConfig::seed`], so a run is a pure
 //! function of its configuration and the calls made on it.
 
-use crate::history::{History, Outcome};
+use crate::history::{History, Outcome, StrongOutcome};
 use crate::net::{LinkModel, Network};
 use crate::workload::Workload;
 use membership::{
     ClusterKey, Membership, MembershipConfig, NodeId, Peer, Profile, QuorumRule, SelfDescription,
 };
+use node::PeerMsg;
 use node::{Input, Node, NodeConfig, Recovered};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -23,7 +24,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
-use store::{StoreConfig, StoreCore, StoreMsg};
+use store::{StoreConfig, StoreCore};
 
 mod clients;
 mod clock;
@@ -71,6 +72,8 @@ pub struct SimConfig {
     /// Fewest log records between two snapshots (the node's snapshot policy; small in scenarios
     /// so that restarts read a snapshot and the log after it).
     pub snapshot_min_records: usize,
+    /// Deliberate defects every node has from its first start on.
+    pub faults: node::Faults,
     /// Record everything one node is built from, fed and asked to do during its first run (see
     /// [`Sim::recording`]).
     pub record_node: Option<usize>,
@@ -94,6 +97,7 @@ impl SimConfig {
             start_spread: Duration::ZERO,
             snapshot_min_records: 100_000,
             record_node: None,
+            faults: node::Faults::default(),
         }
     }
 }
@@ -108,6 +112,7 @@ struct Slot {
     skew: Skew,
     membership_faults: Vec<membership::Fault>,
     store_faults: Vec<store::Fault>,
+    coord_faults: Vec<coord::Fault>,
     armed: Option<Duration>,
     disk: Disk,
     /// Index into the catch-up records while the node catches up.
@@ -140,6 +145,8 @@ pub struct Sim {
     clients_on: bool,
     /// Client operations in flight, by the node coordinating them (the token is the op index).
     in_flight: BTreeSet<(usize, u64)>,
+    /// Strong-keyspace operations in flight, by proposer (the token is the op index).
+    in_flight_strong: BTreeSet<(usize, u64)>,
     history: History,
     torn_tails: u64,
     catch_ups: Vec<CatchUpRecord>,
@@ -170,8 +177,9 @@ impl Sim {
                 incarnation: 0,
                 paused_until: None,
                 skew: Skew::default(),
-                membership_faults: vec![],
-                store_faults: vec![],
+                membership_faults: cfg.faults.membership.clone(),
+                store_faults: cfg.faults.store.clone(),
+                coord_faults: cfg.faults.coord.clone(),
                 armed: None,
                 disk: Disk::default(),
                 catching: None,
@@ -200,6 +208,7 @@ impl Sim {
             clients: Vec::new(),
             clients_on: false,
             in_flight: BTreeSet::new(),
+            in_flight_strong: BTreeSet::new(),
             history: History::default(),
             torn_tails: 0,
             catch_ups: Vec::new(),
@@ -278,6 +287,7 @@ impl Sim {
         .with_faults(node::Faults {
             membership: self.slots[i].membership_faults.clone(),
             store: self.slots[i].store_faults.clone(),
+            coord: self.slots[i].coord_faults.clone(),
         });
         let now = self.now;
         let slot = &self.slots[i];
@@ -359,7 +369,7 @@ impl Sim {
 
     /// Delivers `msg` to node `to` on the stream from node `from` now, as if `from` had sent it
     /// (tests of what a node does with a message it cannot answer yet).
-    pub fn inject_frame(&mut self, from: usize, to: usize, msg: StoreMsg) {
+    pub fn inject_frame(&mut self, from: usize, to: usize, msg: PeerMsg) {
         let incarnation = self.slots[to].incarnation;
         let from = self.slots[from].id;
         let msg = Box::new(msg);
@@ -436,6 +446,12 @@ impl Sim {
         }
     }
 
+    /// Breaks node `i`'s coordination core on purpose (from its next start on, and kept across
+    /// restarts; a fault must be in place before the core reads its log).
+    pub fn inject_coord_fault(&mut self, i: usize, f: coord::Fault) {
+        self.slots[i].coord_faults.push(f);
+    }
+
     /// Kills node `i` at once: it loses all memory and sends nothing more; operations it was
     /// coordinating become indeterminate.
     pub fn crash(&mut self, i: usize) {
@@ -473,6 +489,18 @@ impl Sim {
             self.complete(
                 key.1 as usize,
                 Outcome::Indeterminate("coordinator crashed".into()),
+            );
+        }
+        let lost: Vec<(usize, u64)> = self
+            .in_flight_strong
+            .range((i, 0)..=(i, u64::MAX))
+            .copied()
+            .collect();
+        for key in lost {
+            self.in_flight_strong.remove(&key);
+            self.complete_strong(
+                key.1 as usize,
+                StrongOutcome::Indeterminate("proposer crashed".into()),
             );
         }
     }

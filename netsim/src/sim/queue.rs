@@ -4,10 +4,10 @@
 use super::Sim;
 use membership::NodeId;
 use node::Input;
+use node::PeerMsg;
 use std::cmp::Reverse;
 use std::rc::Rc;
 use std::time::Duration;
-use store::StoreMsg;
 
 pub(super) enum What {
     Datagram {
@@ -20,9 +20,14 @@ pub(super) enum What {
         incarnation: u64,
         from: NodeId,
         // Boxed: the queue moves items around on every push and pop, so they must stay small.
-        msg: Box<StoreMsg>,
+        msg: Box<PeerMsg>,
     },
     Request {
+        to: usize,
+        incarnation: u64,
+        op: usize,
+    },
+    StrongRequest {
         to: usize,
         incarnation: u64,
         op: usize,
