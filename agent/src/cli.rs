@@ -40,9 +40,10 @@ impl CliError {
             CliError::NoAgent { .. } | CliError::Protocol(_) | CliError::Stdin(_) => 1,
             CliError::Api { code, .. } => match code.as_str() {
                 "not_found" => 3,
-                "no_quorum" => 4,
+                "no_quorum" | "contended" => 4,
                 "indeterminate" => 5,
                 "bad_request" | "too_large" => 6,
+                "conflict" => 7,
                 _ => 1,
             },
         }
@@ -91,14 +92,37 @@ impl Client {
 
     /// Sends `method` to `path` with an optional body; returns the raw answer or the API's error.
     pub fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Raw, CliError> {
+        self.call_with(method, path, body, &[])
+    }
+
+    /// Like [`Client::call`], with request headers.
+    pub fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, String)],
+    ) -> Result<Raw, CliError> {
         let url = format!("{}{}", self.base, path);
         let no_agent = |e: ureq::Error| CliError::NoAgent {
             api: self.api.clone(),
             reason: e.to_string(),
         };
         let mut resp = match (method, body) {
-            ("PUT", Some(b)) => self.agent.put(&url).send(&b[..]).map_err(no_agent)?,
-            ("DELETE", _) => self.agent.delete(&url).call().map_err(no_agent)?,
+            ("PUT", Some(b)) => {
+                let mut req = self.agent.put(&url);
+                for (k, v) in headers {
+                    req = req.header(*k, v.as_str());
+                }
+                req.send(&b[..]).map_err(no_agent)?
+            }
+            ("DELETE", _) => {
+                let mut req = self.agent.delete(&url);
+                for (k, v) in headers {
+                    req = req.header(*k, v.as_str());
+                }
+                req.call().map_err(no_agent)?
+            }
             _ => self.agent.get(&url).call().map_err(no_agent)?,
         };
         let status = resp.status().as_u16();

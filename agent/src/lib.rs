@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod net;
 pub mod node_file;
 pub mod strong_api;
+pub mod strong_cli;
 pub mod transport;
 pub mod wal_file;
 

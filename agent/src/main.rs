@@ -32,6 +32,9 @@ enum Cmd {
     /// Read and write the replicated key/value store.
     #[command(subcommand)]
     Kv(KvCmd),
+    /// The strong keyspace: linearizable compare-and-set registers (`chorus strong --help`).
+    #[command(subcommand)]
+    Strong(agent::strong_cli::StrongCmd),
     /// Load-test running agents' key/value API (bounded in time and operations).
     Bench(BenchArgs),
     /// Back up a node's store, or restore a backup onto an empty node.
@@ -221,6 +224,7 @@ fn main() -> ExitCode {
         Cmd::Members(c) => client(&c, "/v1/members", cli::members_table),
         Cmd::Status(c) => client(&c, "/v1/status", cli::status_text),
         Cmd::Kv(k) => kv(k),
+        Cmd::Strong(s) => agent::strong_cli::run(s),
         Cmd::Bench(b) => bench(b),
         Cmd::Snapshot(s) => snapshot(s),
         Cmd::Keygen => {

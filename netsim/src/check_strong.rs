@@ -77,23 +77,23 @@ fn check_key(ops: &[StrongOp], on_key: &[usize], violations: &mut Vec<String>) {
     let mut at: BTreeMap<u64, (Option<Vec<u8>>, usize)> = BTreeMap::new();
     let mut made_by: BTreeMap<u64, usize> = BTreeMap::new();
     let mut points = Vec::new();
-    let mut note =
-        |version: u64, value: Option<Vec<u8>>, i: usize, violations: &mut Vec<String>| match at
-            .get(&version)
-        {
-            Some((v, j)) if *v != value => violations.push(format!(
-                "version {version} of {} holds two values: {} says {:?}, {} says {:?}",
-                ops[i].key,
-                describe(&ops[*j], *j),
-                v.as_deref().map(String::from_utf8_lossy),
-                describe(&ops[i], i),
-                value.as_deref().map(String::from_utf8_lossy)
-            )),
-            Some(_) => {}
-            None => {
-                at.insert(version, (value, i));
-            }
-        };
+    let mut note = |version: u64,
+                    value: Option<Vec<u8>>,
+                    i: usize,
+                    violations: &mut Vec<String>| match at.get(&version) {
+        Some((v, j)) if *v != value => violations.push(format!(
+            "version {version} of {} holds two values: {} says {:?}, {} says {:?}",
+            ops[i].key,
+            describe(&ops[*j], *j),
+            v.as_deref().map(String::from_utf8_lossy),
+            describe(&ops[i], i),
+            value.as_deref().map(String::from_utf8_lossy)
+        )),
+        Some(_) => {}
+        None => {
+            at.insert(version, (value, i));
+        }
+    };
     for &i in on_key {
         let o = &ops[i];
         let StrongOutcome::Done(outcome) = &o.outcome else {

@@ -405,7 +405,19 @@ impl Lab {
     /// Runs `chorus kv ARGS...` against agent `a`, inside its namespace; returns (exit code,
     /// stdout, stderr).
     pub fn kv(&self, a: usize, args: &[&str]) -> (i32, String, String) {
-        let mut full = vec![CHORUS, "kv"];
+        self.cli(a, "kv", args)
+    }
+
+    /// Runs `chorus strong ARGS...` against agent `a`, inside its namespace.
+    #[allow(dead_code)] // used by some test targets only
+    pub fn strong(&self, a: usize, args: &[&str]) -> (i32, String, String) {
+        self.cli(a, "strong", args)
+    }
+
+    /// Runs `chorus SUB ARGS...` against agent `a`, inside its namespace; returns (exit code,
+    /// stdout, stderr).
+    pub fn cli(&self, a: usize, sub: &str, args: &[&str]) -> (i32, String, String) {
+        let mut full = vec![CHORUS, sub];
         full.extend_from_slice(args);
         let out = self.exec(self.agents[a].host, &full);
         (

@@ -1,0 +1,108 @@
+//! End-to-end tests of the strong keyspace: real agents in network namespaces, compare-and-sets
+//! through the `chorus strong` command line, kill -9 of every agent, a partition, and bad input.
+
+mod support;
+
+use std::time::Duration;
+use support::Lab;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// `chorus strong put KEY VALUE [flags]` on agent `a`: (exit code, stdout trimmed, stderr).
+fn put(lab: &Lab, a: usize, key: &str, value: &str, flags: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["put", key, value];
+    args.extend_from_slice(flags);
+    let (code, out, err) = lab.strong(a, &args);
+    (code, out.trim().to_string(), err)
+}
+
+fn get(lab: &Lab, a: usize, key: &str) -> (i32, String) {
+    let (code, out, _) = lab.strong(a, &["get", key]);
+    (code, out)
+}
+
+#[test]
+fn compare_and_set_holds_across_agents_and_survives_kill_9_of_every_agent() {
+    let mut lab = lab_or_skip!(3);
+    let agents = lab.start_cluster(3);
+    assert_eq!(
+        put(&lab, 0, "job", "a", &["--if-absent"]).1,
+        "1",
+        "{}",
+        lab.all_logs()
+    );
+    let (code, _, err) = put(&lab, 1, "job", "x", &["--if-absent"]);
+    assert_eq!(code, 7, "create over an existing value: {err}");
+    assert!(
+        err.contains("conflict") && err.contains("version 1"),
+        "{err}"
+    );
+    assert_eq!(put(&lab, 1, "job", "b", &["--if-version", "1"]).1, "2");
+    let (code, _, err) = put(&lab, 2, "job", "stale", &["--if-version", "1"]);
+    assert_eq!(code, 7, "a stale compare-and-set: {err}");
+    assert_eq!(get(&lab, 2, "job"), (0, "b".to_string()));
+
+    for a in &agents {
+        lab.kill9(*a);
+    }
+    for a in &agents {
+        lab.restart(*a);
+    }
+    lab.wait_whole(&agents);
+    lab.wait_for(
+        SECS(20),
+        "the strong key reads back after kill -9 of every agent",
+        |l| get(l, 0, "job") == (0, "b".to_string()),
+    );
+    assert_eq!(put(&lab, 2, "job", "c", &["--if-version", "2"]).1, "3");
+    let (code, _, err) = put(&lab, 0, "job", "d", &["--if-version", "2"]);
+    assert_eq!(
+        code, 7,
+        "the version taken before the crash is stale now: {err}"
+    );
+    for a in &agents {
+        assert_eq!(get(&lab, *a, "job"), (0, "c".to_string()));
+    }
+}
+
+#[test]
+fn a_minority_cannot_change_a_strong_key() {
+    let mut lab = lab_or_skip!(5);
+    let _agents = lab.start_cluster(5);
+    assert_eq!(put(&lab, 4, "leader", "n5", &[]).1, "1");
+    lab.partition(&[&[0, 1], &[2, 3, 4]]);
+    lab.wait_for(SECS(20), "the minority refuses with no_quorum", |l| {
+        let (code, out, err) = put(l, 0, "leader", "n1", &[]);
+        assert_ne!(code, 0, "the minority changed a strong key: {out}");
+        code == 4 && err.contains("no_quorum")
+    });
+    lab.wait_for(SECS(20), "the majority changes it", |l| {
+        put(l, 2, "leader", "n3", &["--if-version", "1"]).0 == 0
+    });
+    lab.heal();
+    lab.wait_for(SECS(20), "every agent reads the majority's value", |l| {
+        (0..5).all(|a| get(l, a, "leader") == (0, "n3".to_string()))
+    });
+}
+
+#[test]
+fn bad_strong_requests_get_documented_errors_and_change_nothing() {
+    let mut lab = lab_or_skip!(3);
+    let _agents = lab.start_cluster(3);
+    let (code, _, err) = put(&lab, 0, "absent", "v", &["--if-version", "4"]);
+    assert_eq!(code, 7, "compare-and-set on a missing key: {err}");
+    assert!(err.contains("version 0 with no value"), "{err}");
+    let (code, _, err) = lab.strong(0, &["del", "absent"]);
+    assert_eq!(code, 3, "delete of a key without a value: {err}");
+    assert_eq!(get(&lab, 1, "absent").0, 3, "nothing was created");
+    let (code, _, err) = lab.strong(0, &["put", "k", "v", "--if-version", "x"]);
+    assert_eq!(code, 2, "a version that is not a number: {err}");
+    let long = "k".repeat(coord_max_key() + 1);
+    let (code, _, err) = put(&lab, 0, &long, "v", &[]);
+    assert_eq!(code, 6, "an oversized key: {err}");
+    assert!(err.contains("bad_request"), "{err}");
+}
+
+fn coord_max_key() -> usize {
+    coord::MAX_KEY_BYTES
+}
