@@ -249,10 +249,13 @@ fn main() {
         ("get", "quorum", 32),
         ("put", "local", 1),
         ("put", "local", 32),
+        ("cas", "quorum", 1),
+        ("cas", "quorum", 32),
+        ("strong-get", "quorum", 1),
     ] {
         let r = run(&spec(op, c, clients), &|_, _| {});
         println!(
-            "{op:<4} {c:<6} {clients:>2} clients: {:>7.0} ops/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ({})",
+            "{op:<10} {c:<6} {clients:>2} clients: {:>7.0} ops/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ({})",
             r.rate(),
             r.p50.as_secs_f64() * 1e3,
             r.p99.as_secs_f64() * 1e3,

@@ -20,7 +20,8 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// Upper bound on operations per client.
     pub max_ops_per_client: u64,
-    /// `put` or `get`.
+    /// `put` or `get` (the object store), `cas` (a compare-and-set on the strong key's version
+    /// this client saw last; a client's keys are its own) or `strong-get`.
     pub op: String,
     /// Value size in bytes.
     pub value_bytes: usize,
@@ -147,26 +148,61 @@ fn client(
     let mut lat = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut i = 0u64;
+    // For `cas`: the version each of this client's strong keys is at (its keys are its own, so
+    // every compare-and-set should succeed).
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
     while Instant::now() < deadline && i < spec.max_ops_per_client {
-        let key = format!("bench-{c}-{}", i % spec.keys.max(1));
-        let url = format!(
-            "http://{api}/v1/kv/{}/{}?consistency={}",
-            encode_segment(&spec.store),
-            encode_segment(&key),
-            spec.consistency.name()
-        );
-        let t = Instant::now();
-        let r = if spec.op == "get" {
-            agent.get(&url).call()
+        let key = if spec.op == "cas" {
+            // Apart from other runs' keys, so that the first write of each key creates it.
+            format!("cas-{}-{c}-{}", spec.clients, i % spec.keys.max(1))
+        } else if spec.op == "strong-get" {
+            // The keys a 32-client `cas` run wrote.
+            format!("cas-32-{}-{}", c % 32, i % spec.keys.max(1))
         } else {
-            agent.put(&url).send(&value[..])
+            format!("bench-{c}-{}", i % spec.keys.max(1))
+        };
+        let url = match spec.op.as_str() {
+            "cas" | "strong-get" => format!("http://{api}/v1/strong/{}", encode_segment(&key)),
+            _ => format!(
+                "http://{api}/v1/kv/{}/{}?consistency={}",
+                encode_segment(&spec.store),
+                encode_segment(&key),
+                spec.consistency.name()
+            ),
+        };
+        let t = Instant::now();
+        let r = match spec.op.as_str() {
+            "get" | "strong-get" => agent.get(&url).call(),
+            "cas" => match versions.get(&key) {
+                Some(v) => agent
+                    .put(&url)
+                    .header("if-match", v.to_string())
+                    .send(&value[..]),
+                None => agent
+                    .put(&url)
+                    .header("if-none-match", "*")
+                    .send(&value[..]),
+            },
+            _ => agent.put(&url).send(&value[..]),
         }
         .map(|mut r| (r.status().as_u16(), r.body_mut().read_to_vec().ok()));
         let failed = match r {
-            Ok((200, Some(_))) => {
+            Ok((200, Some(body))) => {
                 lat.push(t.elapsed());
                 done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if spec.op == "cas"
+                    && let Some(v) = version_of(&body)
+                {
+                    versions.insert(key, v);
+                }
                 None
+            }
+            // The key was left by an earlier run: take its version and go on from there.
+            Ok((409, Some(body))) if spec.op == "cas" => {
+                if let Some(v) = version_of(&body) {
+                    versions.insert(key, v);
+                }
+                Some("conflict".to_string())
             }
             Ok((status, Some(body))) => Some(error_code(status, &body)),
             Ok((_, None)) | Err(_) => Some("transport".to_string()),
@@ -177,6 +213,15 @@ fn client(
         i += 1;
     }
     (lat, errors)
+}
+
+/// The `version` of a strong-key answer: `{"version": N}`, or a conflict's
+/// `{"error": {"version": N, ...}}`.
+fn version_of(body: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v["version"]
+        .as_u64()
+        .or_else(|| v["error"]["version"].as_u64())
 }
 
 /// The API's error code from an error answer (docs/http-api.md), or the HTTP status.

@@ -77,7 +77,8 @@ struct BenchArgs {
     /// How long to run, e.g. 10s.
     #[arg(long, default_value = "10s")]
     duration: String,
-    /// put or get.
+    /// put or get (the object store), cas (compare-and-sets on each client's own strong keys)
+    /// or strong-get.
     #[arg(long, default_value = "put")]
     op: String,
     /// Value size in bytes.
@@ -495,8 +496,8 @@ fn bench(b: BenchArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !matches!(b.op.as_str(), "put" | "get") || b.clients == 0 {
-        eprintln!("error: --op is put or get, --clients at least 1");
+    if !matches!(b.op.as_str(), "put" | "get" | "cas" | "strong-get") || b.clients == 0 {
+        eprintln!("error: --op is put, get, cas or strong-get, --clients at least 1");
         return ExitCode::from(2);
     }
     let spec = agent::loadgen::LoadSpec {
