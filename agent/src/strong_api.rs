@@ -111,9 +111,9 @@ fn written(outcome: Outcome) -> Result<Response, ApiError> {
         }
         Outcome::Conflict(r) => Err(conflict(&r)),
         Outcome::Absent(r) => Err(absent(&r)),
-        Outcome::Value(r) => Err(ApiError::internal(format!(
-            "a write answered a read: {r:?}"
-        ))),
+        other @ (Outcome::Value(_) | Outcome::Lock(_)) => {
+            Err(ApiError::internal(format!("a write answered {other:?}")))
+        }
     }
 }
 

@@ -17,6 +17,11 @@ pub struct CoordConfig {
     /// Whether acceptor state goes to the log ([`crate::CoordCore::poll_persist`]) and answers
     /// wait for it ([`crate::CoordCore::persisted`]); off, acceptors live in memory only.
     pub durable: bool,
+    /// The bound on any node's clock-rate error, in parts per million: a lock holder acts for
+    /// its lease shortened by it (see [`crate::acting_window`]).
+    pub lease_rho_ppm: u32,
+    /// The time a lock holder needs to stop acting; its window ends this much early.
+    pub lease_margin: Duration,
 }
 
 impl CoordConfig {
@@ -28,6 +33,8 @@ impl CoordConfig {
             round_timeout: Duration::from_secs(2),
             max_value_bytes: 1 << 20,
             durable: false,
+            lease_rho_ppm: 10_000,
+            lease_margin: Duration::from_millis(200),
         }
     }
 }

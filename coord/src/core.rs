@@ -80,6 +80,10 @@ pub struct CoordCore {
     pub(crate) view_quorum: bool,
     pub(crate) view_reachable: u32,
     pub(crate) acceptors: BTreeMap<String, AcceptorState>,
+    /// When (core time) each key's register last changed here: lock leases are judged by it.
+    /// Kept in memory only; after a restart every key counts as changed at the start, which
+    /// only makes leases look younger (safe).
+    pub(crate) accepted_at: BTreeMap<String, Duration>,
     /// The highest ballot counter this node has used or seen.
     pub(crate) counter: u64,
     pub(crate) proposals: BTreeMap<OpId, Proposal>,
@@ -110,6 +114,7 @@ impl CoordCore {
             now,
             peers: BTreeMap::new(),
             acceptors: BTreeMap::new(),
+            accepted_at: BTreeMap::new(),
             counter: 0,
             proposals: BTreeMap::new(),
             next_op: 1,
@@ -129,6 +134,9 @@ impl CoordCore {
     pub fn restore(&mut self, key: String, state: AcceptorState) {
         if !self.faults.contains(&Fault::ReuseBallots) {
             self.counter = self.counter.max(state.seen().counter);
+        }
+        if state.accepted != Ballot::ZERO {
+            self.accepted_at.insert(key.clone(), self.now);
         }
         self.acceptors.insert(key, state);
     }
@@ -192,6 +200,9 @@ impl CoordCore {
                 max: self.cfg.max_value_bytes,
             });
         }
+        if let Change::Lock(op) = &req.change {
+            crate::lock::check(op).map_err(|message| CoordError::BadRequest { message })?;
+        }
         Ok(())
     }
 
@@ -216,7 +227,11 @@ impl CoordCore {
                 ballot,
                 accepted,
                 register,
-            } => self.on_promise(from, op, ballot, accepted, register),
+                age_us,
+            } => {
+                let age = age_us.map(Duration::from_micros);
+                self.on_promise(from, op, ballot, accepted, register, age)
+            }
             CoordMsg::Accepted { op, ballot } => self.on_accepted(from, op, ballot),
             CoordMsg::Reject { op, ballot, seen } => self.on_reject(from, op, ballot, seen),
             CoordMsg::SyncRequest { round } => self.on_sync_request(from, round),
@@ -356,6 +371,10 @@ impl CoordCore {
         }
         self.counter = self.counter.max(ballot.counter);
         let forget = self.faults.contains(&Fault::SkipPromise);
+        let age_us = self
+            .accepted_at
+            .get(&key)
+            .map(|t| self.now.saturating_sub(*t).as_micros() as u64);
         let st = self.acceptors.entry(key.clone()).or_default();
         let (vote, changed) = st.prepare(ballot, forget);
         let msg = match vote {
@@ -364,6 +383,7 @@ impl CoordCore {
                 ballot,
                 accepted,
                 register,
+                age_us,
             },
             Vote::Reject { seen } => CoordMsg::Reject { op, ballot, seen },
             Vote::Accepted => unreachable!("prepare never accepts"),
@@ -384,7 +404,11 @@ impl CoordCore {
         }
         self.counter = self.counter.max(ballot.counter);
         let st = self.acceptors.entry(key.clone()).or_default();
+        let before = st.register.version;
         let (vote, changed) = st.accept(ballot, register);
+        if st.register.version != before {
+            self.accepted_at.insert(key.clone(), self.now);
+        }
         let msg = match vote {
             Vote::Accepted => CoordMsg::Accepted { op, ballot },
             Vote::Reject { seen } => CoordMsg::Reject { op, ballot, seen },

@@ -30,6 +30,9 @@ pub enum CoordMsg {
         accepted: Ballot,
         /// The register accepted last.
         register: Register,
+        /// How long ago, by the acceptor's monotonic clock, it accepted a change of the
+        /// register, in microseconds (`None`: never, or not since it started).
+        age_us: Option<u64>,
     },
     /// Phase 2: "accept `register` at `ballot`".
     Accept {

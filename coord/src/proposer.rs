@@ -9,6 +9,7 @@ use crate::ballot::Ballot;
 use crate::core::{CoordCore, Due, Request};
 use crate::error::CoordError;
 use crate::fault::Fault;
+use crate::lock::{LockOutcome, acting_window};
 use crate::msg::{CoordMsg, OpId};
 use crate::register::{Change, Outcome, Register};
 use membership::NodeId;
@@ -21,7 +22,7 @@ use std::time::Duration;
 pub(crate) enum Phase {
     /// Waiting for promises.
     Prepare {
-        promises: BTreeMap<NodeId, (Ballot, Register)>,
+        promises: BTreeMap<NodeId, (Ballot, Register, Option<Duration>)>,
     },
     /// Waiting for accepts of `register`; `outcome` goes to the client once a quorum has it.
     Accept {
@@ -46,6 +47,8 @@ pub(crate) struct Proposal {
     contended: bool,
     attempts: u32,
     deadline: Duration,
+    /// When the request arrived (a lock holder's acting window counts from here).
+    started: Duration,
 }
 
 /// Longest backoff between two attempts.
@@ -65,6 +68,7 @@ impl CoordCore {
                 contended: false,
                 attempts: 0,
                 deadline,
+                started: self.now,
             },
         );
         self.schedule(self.cfg.round_timeout, Due::Deadline(op));
@@ -108,6 +112,7 @@ impl CoordCore {
         ballot: Ballot,
         accepted: Ballot,
         register: Register,
+        age: Option<Duration>,
     ) {
         let required = self.cfg.required_votes;
         let Some(p) = self.proposals.get_mut(&op).filter(|p| p.ballot == ballot) else {
@@ -116,7 +121,7 @@ impl CoordCore {
         let Phase::Prepare { promises } = &mut p.phase else {
             return;
         };
-        promises.insert(from, (accepted, register));
+        promises.insert(from, (accepted, register, age));
         let voters: Vec<NodeId> = promises.keys().copied().collect();
         if self.votes(voters.iter()) < required {
             return;
@@ -129,10 +134,17 @@ impl CoordCore {
         // before was accepted by a quorum, which meets this one.
         let current = promises
             .values()
-            .max_by_key(|(b, _)| *b)
-            .map(|(_, r)| r.clone())
+            .max_by_key(|(b, _, _)| *b)
+            .map(|(_, r, _)| r.clone())
             .unwrap_or_default();
-        let (register, outcome) = p.change.apply(&current);
+        // The youngest last change over the quorum: it never overstates the time since the last
+        // change chosen (a quorum accepted that one, and it meets this quorum).
+        let age = promises.values().filter_map(|(_, _, a)| *a).min();
+        let (register, mut outcome) = p.change.apply(&current, age);
+        if let Outcome::Lock(LockOutcome::Holding { ttl, act_for, .. }) = &mut outcome {
+            let window = acting_window(*ttl, self.cfg.lease_rho_ppm, self.cfg.lease_margin);
+            *act_for = window.saturating_sub(self.now.saturating_sub(p.started));
+        }
         p.phase = Phase::Accept {
             outcome,
             acks: BTreeSet::new(),

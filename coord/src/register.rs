@@ -1,6 +1,8 @@
 //! The value each strong key holds, and the named changes a proposer applies to it.
 
+use crate::lock::{LockOp, LockOutcome, LockState};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 /// A strong key's register: a value (or none) and the number of changes made to it. The version
 /// grows by exactly one on every successful change, so it names one value of the key forever (a
@@ -53,6 +55,8 @@ pub enum Change {
         /// The condition.
         expect: Expect,
     },
+    /// A change to a lock held in the register (see [`crate::lock`]).
+    Lock(LockOp),
 }
 
 /// What a change did.
@@ -69,12 +73,33 @@ pub enum Outcome {
     Conflict(Register),
     /// A delete of a key that holds no value; nothing changed.
     Absent(Register),
+    /// What a lock change did.
+    Lock(LockOutcome),
 }
 
 impl Change {
-    /// The register after the change, and what to tell the client.
-    pub fn apply(&self, r: &Register) -> (Register, Outcome) {
+    /// The register after the change, and what to tell the client; `age` is the smallest age of
+    /// the register's last change over the quorum of promises (locks judge expiry by it).
+    pub fn apply(&self, r: &Register, age: Option<Duration>) -> (Register, Outcome) {
         match self {
+            Change::Lock(op) => {
+                let cur: LockState = r
+                    .value
+                    .as_deref()
+                    .and_then(|v| postcard::from_bytes(v).ok())
+                    .unwrap_or_default();
+                let (next, outcome) = op.apply(&cur, age);
+                let reg = match next {
+                    // Every change of a lock makes a new version, so the acceptors restart the
+                    // lease's clock; an unchanged lock is written back as it was and does not.
+                    Some(s) => Register {
+                        version: r.version + 1,
+                        value: Some(postcard::to_stdvec(&s).expect("encoding a lock cannot fail")),
+                    },
+                    None => r.clone(),
+                };
+                (reg, Outcome::Lock(outcome))
+            }
             Change::Read => (r.clone(), Outcome::Value(r.clone())),
             Change::Put { value, expect } => {
                 if !expect.holds(r) {
@@ -126,46 +151,49 @@ mod tests {
     #[test]
     fn a_change_grows_the_version_by_one_and_a_failed_condition_changes_nothing() {
         let empty = Register::default();
-        assert_eq!(put("a", Expect::Absent).apply(&empty).0, reg(1, Some("a")));
         assert_eq!(
-            put("b", Expect::Version(1)).apply(&reg(1, Some("a"))),
+            put("a", Expect::Absent).apply(&empty, None).0,
+            reg(1, Some("a"))
+        );
+        assert_eq!(
+            put("b", Expect::Version(1)).apply(&reg(1, Some("a")), None),
             (reg(2, Some("b")), Outcome::Written { version: 2 })
         );
         let held = reg(2, Some("b"));
         assert_eq!(
-            put("c", Expect::Version(1)).apply(&held),
+            put("c", Expect::Version(1)).apply(&held, None),
             (held.clone(), Outcome::Conflict(held.clone())),
             "a stale version"
         );
         assert_eq!(
-            put("c", Expect::Absent).apply(&held).1,
+            put("c", Expect::Absent).apply(&held, None).1,
             Outcome::Conflict(held.clone())
         );
         assert_eq!(
-            put("c", Expect::Version(0)).apply(&empty).1,
+            put("c", Expect::Version(0)).apply(&empty, None).1,
             Outcome::Conflict(empty.clone()),
             "compare-and-set on a missing key"
         );
         let gone = Change::Delete {
             expect: Expect::Any,
         }
-        .apply(&held);
+        .apply(&held, None);
         assert_eq!(gone, (reg(3, None), Outcome::Written { version: 3 }));
         assert_eq!(
             Change::Delete {
                 expect: Expect::Any
             }
-            .apply(&gone.0)
+            .apply(&gone.0, None)
             .1,
             Outcome::Absent(gone.0.clone())
         );
         assert_eq!(
-            put("d", Expect::Absent).apply(&gone.0).0,
+            put("d", Expect::Absent).apply(&gone.0, None).0,
             reg(4, Some("d")),
             "a deleted key can be created again, and its version keeps growing"
         );
         assert_eq!(
-            Change::Read.apply(&held),
+            Change::Read.apply(&held, None),
             (held.clone(), Outcome::Value(held))
         );
     }

@@ -91,6 +91,7 @@ impl CoordCore {
             if theirs.accepted > st.accepted {
                 st.accepted = theirs.accepted;
                 st.register = theirs.register;
+                self.accepted_at.insert(key.clone(), self.now);
             }
             self.counter = self.counter.max(st.promised.counter);
             let state = st.clone();

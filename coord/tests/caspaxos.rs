@@ -422,3 +422,144 @@ fn bad_requests_are_refused_with_their_codes_and_change_nothing() {
         "an acceptor state was made"
     );
 }
+
+mod locks {
+    use super::*;
+    use coord::{LockOp, LockOutcome};
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn acquire(owner: &str) -> Change {
+        Change::Lock(LockOp::Acquire {
+            owner: owner.into(),
+            ttl: 5 * S,
+            lock_delay: S,
+        })
+    }
+
+    fn lock(r: Result<Outcome, CoordError>) -> LockOutcome {
+        match r {
+            Ok(Outcome::Lock(l)) => l,
+            other => panic!("expected a lock outcome, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lease_runs_out_by_the_grantors_clocks_and_the_next_holder_gets_the_next_term() {
+        let mut net = Net::new(3);
+        let LockOutcome::Holding { term, act_for, .. } =
+            lock(net.call(0, "#lock/job", acquire("a")))
+        else {
+            panic!("a took the free lock")
+        };
+        assert_eq!(term, 1);
+        assert!(act_for < 5 * S && act_for > 4 * S, "acts for {act_for:?}");
+        // b keeps asking; its failed acquires are written back without restarting the lease.
+        let t0 = net.now;
+        let taken = loop {
+            match lock(net.call(1, "#lock/job", acquire("b"))) {
+                LockOutcome::Busy { holder, term, .. } => {
+                    assert_eq!((holder.as_str(), term), ("a", 1));
+                    net.run_for(100 * MS);
+                }
+                LockOutcome::Holding { term, .. } => break (net.now - t0, term),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            taken.1, 2,
+            "the fencing token grows with the change of holder"
+        );
+        assert!(
+            taken.0 >= 6 * S && taken.0 < 6 * S + 500 * MS,
+            "taken over after ttl + lock delay, not before and not much later: {:?}",
+            taken.0
+        );
+        // a's renew comes too late: it lost the lock and learns who has it.
+        let renew = Change::Lock(LockOp::Renew {
+            owner: "a".into(),
+            term: 1,
+        });
+        assert_eq!(
+            lock(net.call(2, "#lock/job", renew)),
+            LockOutcome::Lost {
+                holder: Some("b".into()),
+                term: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_renewing_holder_keeps_the_lock_and_a_release_frees_it_at_once() {
+        let mut net = Net::new(3);
+        lock(net.call(0, "#lock/job", acquire("a")));
+        for _ in 0..10 {
+            net.run_for(1500 * MS);
+            let renew = Change::Lock(LockOp::Renew {
+                owner: "a".into(),
+                term: 1,
+            });
+            assert!(matches!(
+                lock(net.call(2, "#lock/job", renew)),
+                LockOutcome::Holding { term: 1, .. }
+            ));
+            assert!(matches!(
+                lock(net.call(1, "#lock/job", acquire("b"))),
+                LockOutcome::Busy { .. }
+            ));
+        }
+        let release = Change::Lock(LockOp::Release {
+            owner: "a".into(),
+            term: 1,
+        });
+        assert_eq!(
+            lock(net.call(0, "#lock/job", release)),
+            LockOutcome::Released { term: 1 }
+        );
+        assert!(matches!(
+            lock(net.call(1, "#lock/job", acquire("b"))),
+            LockOutcome::Holding { term: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn a_minority_never_acquires() {
+        let mut net = Net::new(3);
+        net.isolate(2);
+        assert!(matches!(
+            net.call(2, "#lock/job", acquire("m")),
+            Err(CoordError::NoQuorum { .. })
+        ));
+        net.cut.clear();
+        let st = lock(net.call(0, "#lock/job", Change::Lock(LockOp::Inspect)));
+        assert!(
+            matches!(&st, LockOutcome::State { state, .. } if state.holder.is_none()),
+            "{st:?}"
+        );
+    }
+
+    #[test]
+    fn lock_arguments_out_of_range_are_refused() {
+        let mut net = Net::new(3);
+        let bad = |ttl, delay, owner: &str| {
+            Change::Lock(LockOp::Acquire {
+                owner: owner.into(),
+                ttl,
+                lock_delay: delay,
+            })
+        };
+        for change in [
+            bad(Duration::from_millis(500), S, "a"),
+            bad(Duration::from_secs(25 * 3600), S, "a"),
+            bad(5 * S, Duration::from_secs(7200), "a"),
+            bad(5 * S, S, ""),
+        ] {
+            let e = net.call(0, "#lock/job", change).unwrap_err();
+            assert_eq!(e.code(), "bad_request", "{e}");
+        }
+        assert!(
+            net.cores.iter().all(|c| c.is_empty()),
+            "nothing was proposed"
+        );
+    }
+}

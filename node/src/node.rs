@@ -118,6 +118,7 @@ impl Node {
             round_timeout: s.round_timeout,
             max_value_bytes: s.max_value_bytes,
             durable: s.durable,
+            ..CoordConfig::new(s.required_votes)
         });
         let coord = ccfg.map(|c| {
             let seed = seed.rotate_left(31);

@@ -184,13 +184,14 @@ impl Sim {
         rec.completed = Some(self.now);
         if let StrongOutcome::Done(o) = &outcome {
             let version = match o {
-                coord::Outcome::Written { version } => *version,
+                coord::Outcome::Written { version } => Some(*version),
                 coord::Outcome::Value(r)
                 | coord::Outcome::Conflict(r)
-                | coord::Outcome::Absent(r) => r.version,
+                | coord::Outcome::Absent(r) => Some(r.version),
+                coord::Outcome::Lock(_) => None,
             };
             let (client, key) = (rec.client, rec.key.clone());
-            if let Some(w) = self.workload.as_mut() {
+            if let (Some(w), Some(version)) = (self.workload.as_mut(), version) {
                 w.saw(client, &key, version);
             }
         }
