@@ -106,3 +106,99 @@ fn bad_strong_requests_get_documented_errors_and_change_nothing() {
 fn coord_max_key() -> usize {
     coord::MAX_KEY_BYTES
 }
+
+#[test]
+fn a_lock_passes_to_the_next_owner_with_a_higher_token_only_after_the_lease_and_delay() {
+    let mut lab = lab_or_skip!(3);
+    let agents = lab.start_cluster(3);
+    let t0 = std::time::Instant::now();
+    let (code, a) = lab.http(0, "PUT", "/v1/lock/job?owner=a&ttl=2s&lock_delay=1s");
+    assert_eq!(code, 200, "{a} {}", lab.all_logs());
+    assert_eq!(a["fencing_token"], 1);
+    let act_for = a["act_for_ms"].as_u64().unwrap();
+    assert!(
+        act_for > 1500 && act_for < 2000,
+        "acts for {act_for} ms of a 2 s lease"
+    );
+    let (code, busy) = lab.http(1, "PUT", "/v1/lock/job?owner=b&ttl=2s");
+    assert_eq!(
+        (code, busy["error"]["code"].as_str()),
+        (409, Some("locked")),
+        "{busy}"
+    );
+    assert_eq!(busy["error"]["holder"], "a");
+    // a stops renewing (it hung); b waits and gets the lock, with the next token, no sooner
+    // than the lease and the lock delay (3 s) after a got it.
+    let (code, b) = lab.http(
+        1,
+        "PUT",
+        "/v1/lock/job?owner=b&ttl=2s&lock_delay=0s&wait=20s",
+    );
+    assert_eq!(code, 200, "{b}");
+    assert_eq!(b["fencing_token"], 2);
+    // The grantors' clocks are this machine's: their lease began after t0.
+    let took = t0.elapsed();
+    assert!(
+        took >= SECS(3),
+        "taken over {took:?} after a got it: before the lease and delay"
+    );
+    assert!(took < SECS(6), "taken over only {took:?} after a got it");
+    let (code, lost) = lab.http(2, "POST", "/v1/lock/job/renew?owner=a&token=1");
+    assert_eq!(
+        (code, lost["error"]["code"].as_str()),
+        (409, Some("lost")),
+        "{lost}"
+    );
+    // The lock survives kill -9 of every agent: the holder and its token are durable.
+    for a in &agents {
+        lab.kill9(*a);
+    }
+    for a in &agents {
+        lab.restart(*a);
+    }
+    lab.wait_whole(&agents);
+    lab.wait_for(
+        SECS(20),
+        "the lock reads back after kill -9 of every agent",
+        |l| {
+            let (code, st) = l.http(2, "GET", "/v1/lock/job");
+            code == 200 && st["holder"] == "b" && st["fencing_token"] == 2
+        },
+    );
+    let (code, rel) = lab.http(0, "DELETE", "/v1/lock/job?owner=b&token=2");
+    assert_eq!((code, rel["released"].as_u64()), (200, Some(2)), "{rel}");
+    let (code, c) = lab.http(2, "PUT", "/v1/lock/job?owner=c&ttl=5s");
+    assert_eq!((code, c["fencing_token"].as_u64()), (200, Some(3)), "{c}");
+}
+
+#[test]
+fn bad_lock_requests_get_documented_errors() {
+    let mut lab = lab_or_skip!(3);
+    let _agents = lab.start_cluster(3);
+    for (path, method) in [
+        ("/v1/lock/job?owner=a&ttl=100ms", "PUT"),
+        ("/v1/lock/job?ttl=5s", "PUT"),
+        ("/v1/lock/job?owner=a&ttl=soon", "PUT"),
+        ("/v1/lock/job?owner=a&wait=1h", "PUT"),
+        ("/v1/lock/job/renew?owner=a&token=x", "POST"),
+    ] {
+        let (code, e) = lab.http(0, method, path);
+        assert_eq!(
+            (code, e["error"]["code"].as_str()),
+            (400, Some("bad_request")),
+            "{method} {path}: {e}"
+        );
+    }
+    let (code, e) = lab.http(0, "DELETE", "/v1/lock/job?owner=a&token=7");
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (409, Some("lost")),
+        "{e}"
+    );
+    let (code, st) = lab.http(1, "GET", "/v1/lock/job");
+    assert_eq!(
+        (code, st["holder"].clone()),
+        (200, serde_json::Value::Null),
+        "nothing changed"
+    );
+}

@@ -116,6 +116,16 @@ pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
             get(kv_get).put(kv_put).delete(kv_delete),
         )
         .route(
+            "/v1/lock/{name}",
+            get(crate::lock_api::inspect)
+                .put(crate::lock_api::acquire)
+                .delete(crate::lock_api::release),
+        )
+        .route(
+            "/v1/lock/{name}/renew",
+            axum::routing::post(crate::lock_api::renew),
+        )
+        .route(
             "/v1/strong/{*key}",
             get(crate::strong_api::get)
                 .put(crate::strong_api::put)

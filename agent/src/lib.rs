@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod loadgen;
+pub mod lock_api;
 pub mod metrics;
 pub mod net;
 pub mod node_file;

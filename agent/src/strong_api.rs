@@ -70,6 +70,12 @@ fn expect(headers: &HeaderMap) -> Result<Expect, ApiError> {
 }
 
 async fn run(h: &Handle, key: String, change: Change) -> Result<Outcome, ApiError> {
+    if key.starts_with('#') {
+        return Err(ApiError::bad_request(format!(
+            "strong keys starting with '#' are reserved (locks live under {:?})",
+            crate::lock_api::LOCK_PREFIX
+        )));
+    }
     Ok(h.strong(Request { key, change }).await??)
 }
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 #[serde(tag = "code", rename_all = "snake_case")]
 pub enum CoordError {
     /// The request is malformed (empty or oversized key, ...); nothing changed.
-    #[error("bad request: {message}")]
+    #[error("{message}")]
     BadRequest {
         /// What is wrong.
         message: String,

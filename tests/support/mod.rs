@@ -467,6 +467,30 @@ impl Lab {
         self.agents[a] = agent;
     }
 
+    /// Sends `method path` to agent `a`'s API from inside its namespace (Python's urllib, so the
+    /// test needs no HTTP client of its own); returns the status and the JSON body.
+    #[allow(dead_code)] // used by some test targets only
+    pub fn http(&self, a: usize, method: &str, path: &str) -> (u16, Value) {
+        let script = format!(
+            "import urllib.request, urllib.error, sys\n\
+             req = urllib.request.Request('http://127.0.0.1:7947{path}', method='{method}', data=b'' if '{method}' in ('PUT', 'POST') else None)\n\
+             try:\n    r = urllib.request.urlopen(req, timeout=30); print(r.status); print(r.read().decode())\n\
+             except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n"
+        );
+        let out = self.exec(self.agents[a].host, &["python3", "-c", &script]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.splitn(2, '\n');
+        let status = lines
+            .next()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let body = lines
+            .next()
+            .and_then(|b| serde_json::from_str(b.trim()).ok())
+            .unwrap_or(Value::Null);
+        (status, body)
+    }
+
     /// Asks agent `a` for `chorus <what> --json` through the CLI, inside its namespace.
     pub fn query(&self, a: usize, what: &str) -> Option<Value> {
         let out = self.exec(

@@ -1,0 +1,222 @@
+//! Locks over HTTP: leases with fencing tokens, on the strong keyspace (docs/coordination.md).
+//!
+//! - `PUT /v1/lock/{name}?owner=O&ttl=15s&lock_delay=5s&wait=10s`: acquire (or, for the
+//!   holder, extend); with `wait`, keeps trying until it gets the lock or the wait ends.
+//!   200 `{"holder", "fencing_token", "ttl_ms", "act_for_ms"}`; 409 `locked` with the holder, its
+//!   token and `retry_after_ms`.
+//! - `POST /v1/lock/{name}/renew?owner=O&token=T`: extend the lease; 409 `lost` when `O` no longer
+//!   holds the lock at `T` (it must stop acting).
+//! - `DELETE /v1/lock/{name}?owner=O&token=T`: release; 409 `lost` as above.
+//! - `GET /v1/lock/{name}`: the holder, its token, its lease, and how long ago (by the grantors'
+//!   clocks) the lock last changed.
+//!
+//! The agent never renews on an application's behalf: a hung application must lose its lock.
+
+use crate::api::ApiError;
+use crate::driver::Handle;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use coord::{Change, LockOp, LockOutcome, Outcome, Request};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Strong keys of locks start with this; clients' own strong keys may not.
+pub const LOCK_PREFIX: &str = "#lock/";
+
+/// Longest lock name, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Longest `wait` of a blocking acquire.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+type Params = Query<BTreeMap<String, String>>;
+
+fn key(name: &str) -> Result<String, ApiError> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "a lock name is 1 to {MAX_NAME_BYTES} bytes, got {}",
+            name.len()
+        )));
+    }
+    Ok(format!("{LOCK_PREFIX}{name}"))
+}
+
+fn param<'a>(q: &'a BTreeMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
+    q.get(name)
+        .map(String::as_str)
+        .ok_or_else(|| ApiError::bad_request(format!("the query parameter {name} is required")))
+}
+
+fn duration(q: &BTreeMap<String, String>, name: &str, default: &str) -> Result<Duration, ApiError> {
+    let v = q.get(name).map_or(default, String::as_str);
+    humantime::parse_duration(v)
+        .map_err(|e| ApiError::bad_request(format!("{name}={v:?}: {e} (write e.g. 15s, 500ms)")))
+}
+
+fn token(q: &BTreeMap<String, String>) -> Result<u64, ApiError> {
+    let t = param(q, "token")?;
+    t.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "token={t:?} is not a fencing token (a whole number)"
+        ))
+    })
+}
+
+async fn run(h: &Handle, key: String, op: LockOp) -> Result<LockOutcome, ApiError> {
+    match h
+        .strong(Request {
+            key,
+            change: Change::Lock(op),
+        })
+        .await??
+    {
+        Outcome::Lock(l) => Ok(l),
+        other => Err(ApiError::internal(format!(
+            "a lock change answered {other:?}"
+        ))),
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// The answer to a successful acquire or renew, or the error for the others.
+fn answer(owner: &str, outcome: LockOutcome) -> Result<Json<Value>, ApiError> {
+    match outcome {
+        LockOutcome::Holding { term, ttl, act_for } => Ok(Json(json!({
+            "holder": owner,
+            "fencing_token": term,
+            "ttl_ms": ms(ttl),
+            "act_for_ms": ms(act_for),
+        }))),
+        LockOutcome::Busy {
+            holder,
+            term,
+            remaining,
+        } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "locked",
+            format!("the lock is held by {holder:?} (fencing token {term})"),
+        )
+        .with("holder", json!(holder))
+        .with("fencing_token", json!(term))
+        .with("retry_after_ms", json!(ms(remaining)))),
+        LockOutcome::Lost { holder, term } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "lost",
+            format!(
+                "{owner:?} does not hold the lock at that token (now {}, fencing token {term}): stop acting",
+                holder.as_deref().map_or("free".to_string(), |h| format!("held by {h:?}"))
+            ),
+        )
+        .with("holder", json!(holder))
+        .with("fencing_token", json!(term))),
+        other => Err(ApiError::internal(format!("unexpected lock answer {other:?}"))),
+    }
+}
+
+/// `PUT /v1/lock/{name}`: acquire, optionally waiting.
+pub async fn acquire(
+    State(h): State<Handle>,
+    Path(name): Path<String>,
+    Query(q): Params,
+) -> Result<Json<Value>, ApiError> {
+    let key = key(&name)?;
+    let owner = param(&q, "owner")?.to_string();
+    let ttl = duration(&q, "ttl", "15s")?;
+    let lock_delay = duration(&q, "lock_delay", "5s")?;
+    let wait = duration(&q, "wait", "0s")?;
+    if wait > MAX_WAIT {
+        return Err(ApiError::bad_request(format!(
+            "wait={wait:?} is over the limit of {MAX_WAIT:?}"
+        )));
+    }
+    let until = Instant::now() + wait;
+    loop {
+        let op = LockOp::Acquire {
+            owner: owner.clone(),
+            ttl,
+            lock_delay,
+        };
+        let outcome = run(&h, key.clone(), op).await?;
+        let retry = match &outcome {
+            LockOutcome::Busy { remaining, .. } => *remaining,
+            _ => return answer(&owner, outcome),
+        };
+        let now = Instant::now();
+        if now >= until {
+            return answer(&owner, outcome);
+        }
+        // Ask again when the lease may have run out (or sooner, if it was released meanwhile).
+        let nap = retry.clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::time::sleep(nap.min(until - now)).await;
+    }
+}
+
+/// `POST /v1/lock/{name}/renew`.
+pub async fn renew(
+    State(h): State<Handle>,
+    Path(name): Path<String>,
+    Query(q): Params,
+) -> Result<Json<Value>, ApiError> {
+    let key = key(&name)?;
+    let owner = param(&q, "owner")?.to_string();
+    let term = token(&q)?;
+    let outcome = run(
+        &h,
+        key,
+        LockOp::Renew {
+            owner: owner.clone(),
+            term,
+        },
+    )
+    .await?;
+    answer(&owner, outcome)
+}
+
+/// `DELETE /v1/lock/{name}`.
+pub async fn release(
+    State(h): State<Handle>,
+    Path(name): Path<String>,
+    Query(q): Params,
+) -> Result<Json<Value>, ApiError> {
+    let key = key(&name)?;
+    let owner = param(&q, "owner")?.to_string();
+    let term = token(&q)?;
+    match run(
+        &h,
+        key,
+        LockOp::Release {
+            owner: owner.clone(),
+            term,
+        },
+    )
+    .await?
+    {
+        LockOutcome::Released { term } => Ok(Json(json!({ "released": term }))),
+        other => answer(&owner, other),
+    }
+}
+
+/// `GET /v1/lock/{name}`.
+pub async fn inspect(
+    State(h): State<Handle>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let key = key(&name)?;
+    match run(&h, key, LockOp::Inspect).await? {
+        LockOutcome::State { state, age } => Ok(Json(json!({
+            "holder": state.holder,
+            "fencing_token": state.term,
+            "ttl_ms": state.ttl_ms,
+            "lock_delay_ms": state.lock_delay_ms,
+            "changed_ms_ago": age.map(ms),
+        }))),
+        other => Err(ApiError::internal(format!(
+            "unexpected lock answer {other:?}"
+        ))),
+    }
+}
