@@ -14,6 +14,9 @@ pub enum Fault {
     ReuseBallots,
     /// Acceptors answer before their state is durable.
     ReplyBeforeDurable,
+    /// A lock holder is told to act for its whole lease, as the grantors count it, without the
+    /// clock-rate bound and the margin.
+    FullLeaseWindow,
 }
 
 #[cfg(feature = "testing")]

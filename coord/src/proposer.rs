@@ -142,7 +142,11 @@ impl CoordCore {
         let age = promises.values().filter_map(|(_, _, a)| *a).min();
         let (register, mut outcome) = p.change.apply(&current, age);
         if let Outcome::Lock(LockOutcome::Holding { ttl, act_for, .. }) = &mut outcome {
-            let window = acting_window(*ttl, self.cfg.lease_rho_ppm, self.cfg.lease_margin);
+            let window = if self.faults.contains(&Fault::FullLeaseWindow) {
+                *ttl
+            } else {
+                acting_window(*ttl, self.cfg.lease_rho_ppm, self.cfg.lease_margin)
+            };
             *act_for = window.saturating_sub(self.now.saturating_sub(p.started));
         }
         p.phase = Phase::Accept {

@@ -82,6 +82,25 @@ pub struct History {
     pub ops: Vec<OpRecord>,
     /// The operations on the strong keyspace.
     pub strong: Vec<StrongOp>,
+    /// Every lock grant a lock client got, and how long it acted on it.
+    pub grants: Vec<Grant>,
+}
+
+/// A lock client acting as holder: from the answer to its acquire or renew until it stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The owner (one per lock client).
+    pub owner: String,
+    /// The node it asked.
+    pub node: usize,
+    /// The fencing token.
+    pub term: u64,
+    /// When it asked (global time).
+    pub invoked: Duration,
+    /// When the grant came back: it acts from here (global time).
+    pub from: Duration,
+    /// When it stops acting (global time): its deadline, or when it released.
+    pub until: Duration,
 }
 
 /// How a strong-keyspace operation ended.

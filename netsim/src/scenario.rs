@@ -75,6 +75,9 @@ pub const SCENARIOS: &[(&str, &str)] = &[
 /// Share of client operations (per million) on the strong keyspace in every scenario.
 pub const STRONG_PPM: u32 = 300_000;
 
+/// Lock clients contending for one lock in every scenario.
+pub const LOCK_CLIENTS: usize = 3;
+
 /// The snapshot threshold of every scenario.
 pub const SNAPSHOT_MIN_RECORDS: usize = 20;
 
@@ -306,6 +309,7 @@ pub fn run_keeping(
 
     run.sim.start_clients(WorkloadConfig {
         strong_ppm: STRONG_PPM,
+        lock_clients: LOCK_CLIENTS,
         ..WorkloadConfig::default()
     });
     run.note("clients start");
@@ -381,6 +385,7 @@ pub fn run_keeping(
         check::replicas_identical(sim),
         check::caught_up_means_current(sim),
         crate::check_strong::strong_linearizable(sim),
+        crate::check_locks::locks_exclusive(sim),
     ];
     let failures = check::no_false_failures(sim, 30 * S);
     if loss <= TOLERATED_LOSS_PPM {

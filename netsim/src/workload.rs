@@ -30,6 +30,9 @@ pub struct WorkloadConfig {
     /// Share of operations (per million) on the strong keyspace: reads, puts, compare-and-sets
     /// on the version the client saw last, creates and deletes.
     pub strong_ppm: u32,
+    /// Clients beyond `clients` that contend for one lock: acquire, renew a few times, release,
+    /// acting as holder only within the window each grant gives them.
+    pub lock_clients: usize,
 }
 
 impl Default for WorkloadConfig {
@@ -41,6 +44,7 @@ impl Default for WorkloadConfig {
             local_ppm: 100_000,
             read_ppm: 450_000,
             strong_ppm: 0,
+            lock_clients: 0,
         }
     }
 }

@@ -10,6 +10,8 @@ use store::{Reply, Request, StoreError};
 
 pub(super) struct ClientState {
     pub(super) pending: Option<Pending>,
+    /// Set for a lock client (see `locks.rs`).
+    pub(super) lock: Option<super::locks::LockRole>,
 }
 
 /// The operation a client waits for.
@@ -81,10 +83,26 @@ impl Sim {
     pub fn start_clients(&mut self, cfg: WorkloadConfig) {
         assert!(self.cfg.store, "clients need stores: set SimConfig::store");
         let n = cfg.clients;
+        let locks = cfg.lock_clients;
         self.workload = Some(Workload::new(cfg));
         self.clients_on = true;
-        self.clients = (0..n).map(|_| ClientState { pending: None }).collect();
-        for c in 0..n {
+        self.clients = (0..n)
+            .map(|_| ClientState {
+                pending: None,
+                lock: None,
+            })
+            .collect();
+        // Lock clients beside nodes spread over the cluster.
+        let nodes = self.slots.len();
+        for k in 0..locks {
+            let c = n + k;
+            let node = (k * nodes / locks.max(1)) % nodes;
+            self.clients.push(ClientState {
+                pending: None,
+                lock: Some(super::locks::LockRole::new(c, node)),
+            });
+        }
+        for c in 0..n + locks {
             let wait = self.workload.as_ref().expect("set").think(&mut self.rng);
             let at = self.now + wait;
             self.push(at, What::Client { client: c });
@@ -103,6 +121,10 @@ impl Sim {
 
     pub(super) fn client_call(&mut self, client: usize) {
         if !self.clients_on || self.clients[client].pending.is_some() {
+            return;
+        }
+        if self.clients[client].lock.is_some() {
+            self.lock_call(client);
             return;
         }
         let n = self.slots.len();
@@ -198,6 +220,10 @@ impl Sim {
         let rec = &mut self.history.strong[op];
         rec.outcome = outcome;
         let client = rec.client;
+        if self.clients[client].lock.is_some() {
+            self.lock_answer(client, op);
+            return;
+        }
         self.after_answer(client);
     }
 

@@ -30,6 +30,7 @@ mod clients;
 mod clock;
 mod disk;
 mod io;
+mod locks;
 mod observe;
 mod queue;
 
