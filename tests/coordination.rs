@@ -202,3 +202,82 @@ fn bad_lock_requests_get_documented_errors() {
         "nothing changed"
     );
 }
+
+/// The times (ns since the epoch, one clock: the hosts share this machine's) of the lines of
+/// `log` that start with `what`.
+fn times(log: &std::path::Path, what: &str) -> Vec<u128> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix(what))
+        .filter_map(|t| t.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_holder_cut_off_in_a_minority_stops_its_command_before_the_majority_starts_one() {
+    let mut lab = lab_or_skip!(5);
+    let _agents = lab.start_cluster(5);
+    let log = lab.dir().join("lock.log");
+    let log_s = log.to_string_lossy().into_owned();
+    let job = |who: &str| {
+        format!(
+            "echo start-{who} $(date +%s%N) >> {log_s}; \
+             trap 'echo term-{who} $(date +%s%N) >> {log_s}; exit 0' TERM; \
+             while :; do sleep 0.02; done"
+        )
+    };
+    let (a_job, b_job) = (job("a"), job("b"));
+    let lock = |job: &str| {
+        vec![
+            support::CHORUS.to_string(),
+            "lock".into(),
+            "job".into(),
+            "--ttl".into(),
+            "3s".into(),
+            "--lock-delay".into(),
+            "1s".into(),
+            "--".into(),
+            "sh".into(),
+            "-c".into(),
+            job.to_string(),
+        ]
+    };
+    let a_args = lock(&a_job);
+    let a_refs: Vec<&str> = a_args.iter().map(String::as_str).collect();
+    let _a = lab.spawn_in(0, &a_refs);
+    lab.wait_for(SECS(20), "the first holder's command starts", |_| {
+        !times(&log, "start-a ").is_empty()
+    });
+    let b_args = lock(&b_job);
+    let b_refs: Vec<&str> = b_args.iter().map(String::as_str).collect();
+    let _b = lab.spawn_in(3, &b_refs);
+    // While the network is whole a's renewals keep the lock past its lease and delay: b waits.
+    let watch = std::time::Instant::now();
+    while watch.elapsed() < SECS(5) {
+        assert!(
+            times(&log, "start-b ").is_empty(),
+            "b started while a held the lock"
+        );
+        let (code, st) = lab.http(2, "GET", "/v1/lock/job");
+        assert_eq!((code, st["fencing_token"].as_u64()), (200, Some(1)), "{st}");
+    }
+    lab.partition(&[&[0, 1], &[2, 3, 4]]);
+    lab.wait_for(SECS(30), "the majority's command starts", |_| {
+        !times(&log, "start-b ").is_empty()
+    });
+    let term_a = times(&log, "term-a ");
+    let start_b = times(&log, "start-b ");
+    assert_eq!(term_a.len(), 1, "a's command got SIGTERM once: {term_a:?}");
+    assert!(
+        term_a[0] < start_b[0],
+        "a's command was stopped at {} ns, after b's started at {} ns",
+        term_a[0],
+        start_b[0]
+    );
+    eprintln!(
+        "a stopped {:.3} s before b started",
+        (start_b[0] - term_a[0]) as f64 / 1e9
+    );
+    lab.heal();
+}

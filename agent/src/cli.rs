@@ -116,6 +116,13 @@ impl Client {
                 }
                 req.send(&b[..]).map_err(no_agent)?
             }
+            ("POST", b) => {
+                let mut req = self.agent.post(&url);
+                for (k, v) in headers {
+                    req = req.header(*k, v.as_str());
+                }
+                req.send(&b.unwrap_or_default()[..]).map_err(no_agent)?
+            }
             ("DELETE", _) => {
                 let mut req = self.agent.delete(&url);
                 for (k, v) in headers {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod driver;
 pub mod loadgen;
 pub mod lock_api;
+pub mod lock_cli;
 pub mod metrics;
 pub mod net;
 pub mod node_file;

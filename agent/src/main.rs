@@ -35,6 +35,8 @@ enum Cmd {
     /// The strong keyspace: linearizable compare-and-set registers (`chorus strong --help`).
     #[command(subcommand)]
     Strong(agent::strong_cli::StrongCmd),
+    /// Run a command only while holding a lock: `chorus lock NAME -- COMMAND...`
+    Lock(agent::lock_cli::LockArgs),
     /// Load-test running agents' key/value API (bounded in time and operations).
     Bench(BenchArgs),
     /// Back up a node's store, or restore a backup onto an empty node.
@@ -226,6 +228,7 @@ fn main() -> ExitCode {
         Cmd::Status(c) => client(&c, "/v1/status", cli::status_text),
         Cmd::Kv(k) => kv(k),
         Cmd::Strong(s) => agent::strong_cli::run(s),
+        Cmd::Lock(l) => agent::lock_cli::run(l),
         Cmd::Bench(b) => bench(b),
         Cmd::Snapshot(s) => snapshot(s),
         Cmd::Keygen => {

@@ -253,6 +253,20 @@ impl Lab {
             .unwrap_or_else(|e| panic!("cannot run {args:?} in {}: {e}", self.hosts[i]))
     }
 
+    /// Starts a command inside host `i`'s namespace without waiting for it; the caller stops it
+    /// (a `Background` kills it when dropped, also on a panic).
+    #[allow(dead_code)] // used by some test targets only
+    pub fn spawn_in(&self, i: usize, args: &[&str]) -> Background {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.hosts[i]])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {args:?} in {}: {e}", self.hosts[i]));
+        Background(child)
+    }
+
     /// Splits the hosts into groups, each on its own bridge; hosts in no group stay on br0.
     pub fn partition(&mut self, groups: &[&[usize]]) {
         while self.bridges < groups.len() + 1 {
@@ -646,5 +660,25 @@ impl Drop for Lab {
             }
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
+    }
+}
+
+/// A process started in a namespace; killed (SIGTERM, then SIGKILL) and reaped when dropped.
+#[allow(dead_code)] // used by some test targets only
+pub struct Background(pub std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
