@@ -281,3 +281,57 @@ fn a_holder_cut_off_in_a_minority_stops_its_command_before_the_majority_starts_o
     );
     lab.heal();
 }
+
+#[test]
+fn a_new_leader_with_a_higher_token_follows_kill_9_of_the_leader_within_ttl_plus_1s() {
+    let mut lab = lab_or_skip!(5);
+    let agents: Vec<usize> = (0..5)
+        .map(|i| {
+            let mut spec = support::AgentSpec::new(&format!("n{}", i + 1), 5);
+            spec.extra_toml =
+                "[leader]\ncandidate = true\nttl = \"3s\"\nlock_delay = \"0s\"\n".into();
+            lab.start(i, spec)
+        })
+        .collect();
+    lab.wait_whole(&agents);
+    let leader_of = |l: &Lab, a: usize| {
+        let (code, v) = l.http(a, "GET", "/v1/leader");
+        (code == 200)
+            .then(|| {
+                Some((
+                    v["leader"].as_str()?.to_string(),
+                    v["fencing_token"].as_u64()?,
+                ))
+            })
+            .flatten()
+    };
+    let mut first = None;
+    lab.wait_for(SECS(20), "a leader is elected", |l| {
+        first = leader_of(l, 0);
+        first.is_some()
+    });
+    let (name, token) = first.expect("elected");
+    let old: usize = name.trim_start_matches('n').parse::<usize>().expect("nN") - 1;
+    // It knows it leads; nobody else thinks it does.
+    let leading: Vec<usize> = (0..5)
+        .filter(|a| {
+            lab.status(*a)
+                .is_some_and(|s| s["leader"]["leading"] == true)
+        })
+        .collect();
+    assert_eq!(leading, vec![old], "exactly the elected node leads");
+    let t = std::time::Instant::now();
+    lab.kill9(old);
+    let other = (old + 1) % 5;
+    let mut next = None;
+    lab.wait_for(SECS(15), "a new leader with a higher token", |l| {
+        next = leader_of(l, other).filter(|(n, t)| *n != name && *t > token);
+        next.is_some()
+    });
+    let took = t.elapsed();
+    assert!(
+        took <= SECS(4),
+        "a new leader {next:?} only {took:?} after kill -9 of {name} (ttl 3 s + 1 s)"
+    );
+    eprintln!("new leader {next:?} {took:?} after kill -9 of the leader");
+}

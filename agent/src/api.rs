@@ -121,6 +121,7 @@ pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
                 .put(crate::lock_api::acquire)
                 .delete(crate::lock_api::release),
         )
+        .route("/v1/leader", get(crate::lock_api::leader))
         .route(
             "/v1/lock/{name}/renew",
             axum::routing::post(crate::lock_api::renew),
@@ -176,6 +177,7 @@ struct StatusJson {
     stores: BTreeMap<String, serde_json::Value>,
     catching_up: bool,
     catch_up: Option<serde_json::Value>,
+    leader: serde_json::Value,
 }
 
 /// One member as the API shows it.
@@ -227,6 +229,11 @@ fn status_json(s: StatusReport) -> StatusJson {
         unreachable: s.unreachable,
         leaving: s.leaving,
         catching_up: s.catch_up.is_some(),
+        leader: json!({
+            "candidate": s.leader_candidate,
+            "leading": s.leading.is_some(),
+            "fencing_token": s.leading,
+        }),
         catch_up: s.catch_up.map(|c| {
             json!({
                 "lost_writes": c.lost,

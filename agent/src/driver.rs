@@ -79,6 +79,10 @@ pub struct StatusReport {
     pub stores: BTreeMap<String, (usize, u64)>,
     /// Where the catch-up after start stands; `None` once local reads are fresh.
     pub catch_up: Option<store::CatchUpStatus>,
+    /// Whether this node campaigns for the cluster leader.
+    pub leader_candidate: bool,
+    /// This node's fencing token while it is the cluster leader.
+    pub leading: Option<u64>,
 }
 
 /// Counters for `/metrics`.
@@ -464,6 +468,8 @@ impl Driver {
             leaving: core.is_leaving(),
             stores,
             catch_up: store.catching_up(),
+            leader_candidate: self.node.is_candidate(),
+            leading: self.node.leading().map(|l| l.token),
         }
     }
 

@@ -131,7 +131,8 @@ pub async fn run(
         marked_lost: recovered.marked_lost,
         repaired: recovered.repaired,
     };
-    let ncfg = NodeConfig::new(mcfg, Some(scfg), config.snapshot_min_records);
+    let mut ncfg = NodeConfig::new(mcfg, Some(scfg), config.snapshot_min_records);
+    ncfg.leader = config.leader.clone();
     let node = Node::recover(
         ncfg,
         me,

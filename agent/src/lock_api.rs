@@ -220,3 +220,31 @@ pub async fn inspect(
         ))),
     }
 }
+
+/// `GET /v1/leader`: the cluster leader, read linearizably from its lock, and whether this node
+/// is it (by its own acting window, which ends before the grantors' lease).
+pub async fn leader(State(h): State<Handle>) -> Result<Json<Value>, ApiError> {
+    let status = h.status().await?;
+    match run(&h, node::LEADER_LOCK.to_string(), LockOp::Inspect).await? {
+        LockOutcome::State { state, age } => {
+            // The owner is "NAME/ID"; a lease that ran out by the grantors' clocks has no leader.
+            let lease = Duration::from_millis(state.ttl_ms);
+            let live = state.holder.is_some() && age.is_some_and(|a| a < lease);
+            let holder = state.holder.filter(|_| live);
+            let name = holder
+                .as_deref()
+                .map(|h| h.rsplit_once('/').map_or(h, |(n, _)| n).to_string());
+            Ok(Json(json!({
+                "leader": name,
+                "owner": holder,
+                "fencing_token": state.term,
+                "changed_ms_ago": age.map(ms),
+                "this_node": status.leading.is_some(),
+                "candidate": status.leader_candidate,
+            })))
+        }
+        other => Err(ApiError::internal(format!(
+            "unexpected lock answer {other:?}"
+        ))),
+    }
+}

@@ -289,3 +289,64 @@ fn release(c: &Client, a: &LockArgs, owner: &str, token: u64) {
         eprintln!("chorus lock: release: {e} (the lease runs out by itself)");
     }
 }
+
+/// The arguments of `chorus leader`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LeaderArgs {
+    /// Print the API's JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep watching: print a line whenever the leader or its token changes.
+    #[arg(long)]
+    pub watch: bool,
+    /// The agent's API address.
+    #[arg(long, env = "CHORUS_API", default_value = "127.0.0.1:7947")]
+    pub api: String,
+}
+
+/// Runs `chorus leader`: who leads the cluster, read linearizably (exit 3 when nobody does).
+pub fn leader(a: LeaderArgs) -> ExitCode {
+    let c = Client::new(&a.api);
+    let mut last: Option<(serde_json::Value, serde_json::Value)> = None;
+    loop {
+        let v = match c.get_json("/v1/leader") {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("error: {e}");
+                if !a.watch {
+                    return ExitCode::from(e.exit_code());
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let now = (v["leader"].clone(), v["fencing_token"].clone());
+        if last.as_ref() != Some(&now) {
+            if a.json {
+                println!("{v}");
+            } else {
+                match v["leader"].as_str() {
+                    Some(name) => println!(
+                        "{name} (fencing token {}){}",
+                        v["fencing_token"],
+                        if v["this_node"] == true {
+                            ", this node"
+                        } else {
+                            ""
+                        }
+                    ),
+                    None => println!("no leader"),
+                }
+            }
+            last = Some(now);
+        }
+        if !a.watch {
+            return if v["leader"].is_null() {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}

@@ -37,6 +37,8 @@ enum Cmd {
     Strong(agent::strong_cli::StrongCmd),
     /// Run a command only while holding a lock: `chorus lock NAME -- COMMAND...`
     Lock(agent::lock_cli::LockArgs),
+    /// Who leads the cluster (exit 3 when nobody does); `--watch` follows changes.
+    Leader(agent::lock_cli::LeaderArgs),
     /// Load-test running agents' key/value API (bounded in time and operations).
     Bench(BenchArgs),
     /// Back up a node's store, or restore a backup onto an empty node.
@@ -229,6 +231,7 @@ fn main() -> ExitCode {
         Cmd::Kv(k) => kv(k),
         Cmd::Strong(s) => agent::strong_cli::run(s),
         Cmd::Lock(l) => agent::lock_cli::run(l),
+        Cmd::Leader(l) => agent::lock_cli::leader(l),
         Cmd::Bench(b) => bench(b),
         Cmd::Snapshot(s) => snapshot(s),
         Cmd::Keygen => {

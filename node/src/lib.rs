@@ -12,6 +12,7 @@
 
 mod hold;
 mod io;
+pub mod leader;
 mod node;
 mod recover;
 mod snapshot;
@@ -20,5 +21,6 @@ pub mod view;
 
 pub use crate::hold::HoldStats;
 pub use crate::io::{Input, Output, PeerMsg};
+pub use crate::leader::{LEADER_LOCK, LeaderConfig, Leadership};
 pub use crate::node::{Faults, Node, NodeConfig};
 pub use crate::recover::Recovered;

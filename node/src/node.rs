@@ -7,6 +7,7 @@
 
 use crate::hold::{Hold, HoldStats};
 use crate::io::{Input, Output, PeerMsg};
+use crate::leader::{Campaign, LeaderConfig, Leadership};
 use crate::recover::Recovered;
 use crate::snapshot::SnapshotPolicy;
 use crate::strong::{self, StrongLog};
@@ -31,6 +32,8 @@ pub struct NodeConfig {
     /// Deliberate defects, injected before the node starts (simulation tests only: a checker
     /// that never fails proves nothing).
     faults: Faults,
+    /// Campaign for the cluster leader with these settings (`None`: not a candidate).
+    pub leader: Option<LeaderConfig>,
 }
 
 impl NodeConfig {
@@ -45,6 +48,7 @@ impl NodeConfig {
             store,
             snapshot_min_records,
             faults: Faults::default(),
+            leader: None,
         }
     }
 
@@ -78,6 +82,7 @@ pub struct Node {
     strong_log: StrongLog,
     /// Coordination operation to the driver's token.
     strong_tokens: BTreeMap<coord::OpId, u64>,
+    campaign: Option<Campaign>,
     now: Duration,
     wall_ms: u64,
     outputs: VecDeque<Output>,
@@ -149,6 +154,7 @@ impl Node {
             coord,
             strong_log: StrongLog::default(),
             strong_tokens: BTreeMap::new(),
+            campaign: None,
             catching_up: store.is_some(),
             store,
             now,
@@ -160,6 +166,10 @@ impl Node {
             snapshots: SnapshotPolicy::new(cfg.snapshot_min_records),
             tokens: BTreeMap::new(),
         };
+        if let Some(lcfg) = cfg.leader.filter(|_| node.coord.is_some()) {
+            let owner = format!("{}/{}", node.membership.config().me.name, identity.id);
+            node.campaign = Some(Campaign::new(lcfg, owner, now));
+        }
         if lost && node.store.is_some() {
             node.outputs.push_back(Output::MarkCatchingUp);
         }
@@ -234,6 +244,9 @@ impl Node {
             && c.poll_timeout().is_some_and(|t| t <= now)
         {
             c.handle_timeout(now);
+        }
+        if let (Some(camp), Some(c)) = (self.campaign.as_mut(), self.coord.as_mut()) {
+            camp.tick(c, now);
         }
         self.hold.expire(now);
         self.collect();
@@ -326,6 +339,7 @@ impl Node {
             self.membership.poll_timeout(),
             self.store.as_ref().and_then(|s| s.poll_timeout()),
             self.coord.as_ref().and_then(|c| c.poll_timeout()),
+            self.campaign.as_ref().and_then(|c| c.next_deadline()),
             self.hold.next_expiry(),
         ]
         .into_iter()
@@ -356,6 +370,16 @@ impl Node {
     /// The store core, to break it on purpose in simulation tests.
     pub fn store_mut(&mut self) -> Option<&mut StoreCore> {
         self.store.as_mut()
+    }
+
+    /// This node's leadership, while it is the cluster leader (a candidate only).
+    pub fn leading(&self) -> Option<Leadership> {
+        self.campaign.as_ref().and_then(|c| c.leading(self.now))
+    }
+
+    /// True when this node campaigns for the cluster leader.
+    pub fn is_candidate(&self) -> bool {
+        self.campaign.is_some()
     }
 
     /// The coordination core, when the node runs one.
@@ -453,6 +477,10 @@ impl Node {
                 sends.push((peer, PeerMsg::Coord(msg)));
             }
             while let Some((op, result)) = c.poll_reply() {
+                if let Some(camp) = self.campaign.as_mut().filter(|camp| camp.owns(op)) {
+                    camp.answered(result, self.now);
+                    continue;
+                }
                 if let Some(token) = self.strong_tokens.remove(&op) {
                     self.outputs
                         .push_back(Output::StrongReply { token, result });

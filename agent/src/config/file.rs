@@ -32,6 +32,21 @@ pub struct FileConfig {
     /// `[stores.NAME]`
     #[serde(default)]
     pub stores: BTreeMap<String, StoreDecl>,
+    /// `[leader]`
+    #[serde(default)]
+    pub leader: LeaderSection,
+}
+
+/// `[leader]` keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderSection {
+    /// `leader.candidate`
+    pub candidate: Option<bool>,
+    /// `leader.ttl`
+    pub ttl: Option<String>,
+    /// `leader.lock_delay`
+    pub lock_delay: Option<String>,
 }
 
 /// `[store]` keys.

@@ -135,6 +135,8 @@ pub struct Config {
     pub api_bind: SocketAddr,
     /// Log filter (tracing-subscriber syntax).
     pub log_level: String,
+    /// Campaign for the cluster leader with this lease and lock delay (`None`: not a candidate).
+    pub leader: Option<node::LeaderConfig>,
     /// Largest value a store accepts.
     pub max_value_bytes: usize,
     /// Reads on a node without quorum.

@@ -28,6 +28,7 @@ pub(super) fn resolve(
         log,
         store: store_section,
         stores: store_decls,
+        leader,
     } = file;
     let node = resolve_node(node, l, o)?;
     let gossip = resolve_gossip(gossip, l, o)?;
@@ -43,6 +44,38 @@ pub(super) fn resolve(
     tracing_subscriber::EnvFilter::try_new(&log_level)
         .map_err(|e| invalid("log.level", format!("{log_level:?}: {e}")))?;
     let store = resolve_store(store_section, store_decls, l)?;
+    let candidate = l
+        .get(
+            "leader.candidate",
+            "CHORUS_LEADER_CANDIDATE",
+            None,
+            leader.candidate,
+            boolean,
+        )?
+        .unwrap_or(false);
+    let leader_ttl = duration("leader.ttl", leader.ttl, "10s")?;
+    let lock_delay = leader.lock_delay.unwrap_or_else(|| "2s".into());
+    let lock_delay = if lock_delay.trim() == "0" || lock_delay.trim() == "0s" {
+        Duration::ZERO
+    } else {
+        duration("leader.lock_delay", Some(lock_delay), "2s")?
+    };
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&leader_ttl) {
+        return Err(invalid(
+            "leader.ttl",
+            format!("{leader_ttl:?} is not in 1s..=1h"),
+        ));
+    }
+    if lock_delay > Duration::from_secs(3600) {
+        return Err(invalid(
+            "leader.lock_delay",
+            format!("{lock_delay:?} is over 1h"),
+        ));
+    }
+    let leader = candidate.then_some(node::LeaderConfig {
+        ttl: leader_ttl,
+        lock_delay,
+    });
     Ok(Config {
         name: node.name,
         datacenter: node.datacenter,
@@ -61,6 +94,7 @@ pub(super) fn resolve(
         quorum: cluster.quorum,
         api_bind,
         log_level,
+        leader,
         max_value_bytes: store.max_value_bytes,
         minority_reads: store.minority_reads,
         round_timeout: store.round_timeout,
