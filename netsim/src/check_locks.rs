@@ -95,3 +95,47 @@ pub fn locks_exclusive(sim: &Sim) -> Verdict {
         ),
     )
 }
+
+/// At most one node leads at any true time, each by its own account, and every new leader's
+/// token is higher than the last one's.
+pub fn one_leader_at_a_time(sim: &Sim) -> Verdict {
+    let spans = sim.leader_spans();
+    let mut violations = Vec::new();
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            if a.node == b.node {
+                continue;
+            }
+            if a.from < b.until && b.from < a.until {
+                violations.push(format!(
+                    "nodes {} (token {}, {:.3}-{:.3} s) and {} (token {}, {:.3}-{:.3} s) led at once",
+                    a.node,
+                    a.token,
+                    a.from.as_secs_f64(),
+                    a.until.as_secs_f64(),
+                    b.node,
+                    b.token,
+                    b.from.as_secs_f64(),
+                    b.until.as_secs_f64()
+                ));
+            }
+            let (first, second) = if a.from <= b.from { (a, b) } else { (b, a) };
+            if second.token <= first.token {
+                violations.push(format!(
+                    "node {} led with token {} after node {} had led with token {}",
+                    second.node, second.token, first.node, first.token
+                ));
+            }
+        }
+    }
+    let leaders: std::collections::BTreeSet<usize> = spans.iter().map(|s| s.node).collect();
+    Verdict::from(
+        "one leader at a time",
+        violations,
+        format!(
+            "{} terms of leadership by {} nodes, none overlapping",
+            spans.len(),
+            leaders.len()
+        ),
+    )
+}

@@ -75,6 +75,14 @@ pub const SCENARIOS: &[(&str, &str)] = &[
 /// Share of client operations (per million) on the strong keyspace in every scenario.
 pub const STRONG_PPM: u32 = 300_000;
 
+/// Every node is a candidate for the cluster leader, with this lease and lock delay.
+pub const LEADER_TTL: Duration = Duration::from_secs(2);
+/// See [`LEADER_TTL`].
+pub const LEADER_DELAY: Duration = Duration::from_millis(500);
+/// How long after the merge a leader must exist beyond its lease and lock delay: a candidate asks
+/// again within 1 s, and its rounds take milliseconds.
+pub const LEADER_BOUND: Duration = Duration::from_secs(2);
+
 /// Lock clients contending for one lock in every scenario.
 pub const LOCK_CLIENTS: usize = 3;
 
@@ -265,6 +273,10 @@ pub fn run_keeping(
         _ => {}
     }
     let loss = cfg.link.loss_ppm;
+    cfg.leader = Some(node::LeaderConfig {
+        ttl: LEADER_TTL,
+        lock_delay: LEADER_DELAY,
+    });
     cfg.faults = node::Faults {
         membership: faults.membership.clone(),
         store: faults.store.clone(),
@@ -333,6 +345,21 @@ pub fn run_keeping(
         merged.is_some(),
         format!("within {}", secs(merged)),
     );
+    let bound = LEADER_TTL + LEADER_DELAY + LEADER_BOUND;
+    let led = run
+        .sim
+        .run_until_cond_every(bound, MS, |s| s.leader_now().is_some());
+    run.measure("a leader after the merge", secs(led));
+    run.verdict(
+        "a leader after the heal",
+        led.is_some(),
+        format!(
+            "after {} (bound: lease + lock delay + {} = {})",
+            secs(led),
+            secs(Some(LEADER_BOUND)),
+            secs(Some(bound))
+        ),
+    );
     run.sim.run_for(5 * S);
     run.sim.stop_clients();
     run.note("clients stop");
@@ -386,6 +413,7 @@ pub fn run_keeping(
         check::caught_up_means_current(sim),
         crate::check_strong::strong_linearizable(sim),
         crate::check_locks::locks_exclusive(sim),
+        crate::check_locks::one_leader_at_a_time(sim),
     ];
     let failures = check::no_false_failures(sim, 30 * S);
     if loss <= TOLERATED_LOSS_PPM {

@@ -5,6 +5,8 @@
 //! grantors let a new leader in.
 
 use coord::{Change, CoordCore, LockOp, LockOutcome, OpId, Outcome, Request};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
 use std::time::Duration;
 
 /// The lock the cluster leader holds.
@@ -46,17 +48,27 @@ pub(crate) struct Campaign {
     asking: Option<(OpId, Duration)>,
     held: Option<Leadership>,
     next_at: Duration,
+    /// Spreads the candidates' requests: candidates that started together (after a heal, or a
+    /// cluster start) would otherwise keep asking in step and preempt each other's rounds
+    /// (netsim: six candidates after an even split went 4.5 s without a leader).
+    rng: Xoshiro256PlusPlus,
 }
 
 impl Campaign {
-    pub(crate) fn new(cfg: LeaderConfig, owner: String, now: Duration) -> Self {
+    pub(crate) fn new(cfg: LeaderConfig, owner: String, now: Duration, seed: u64) -> Self {
         Campaign {
             cfg,
             owner,
             asking: None,
             held: None,
             next_at: now,
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x1ead_e500),
         }
+    }
+
+    /// `d` scaled by a random factor in [0.5, 1.5).
+    fn jitter(&mut self, d: Duration) -> Duration {
+        d * self.rng.random_range(500u32..1500) / 1000
     }
 
     /// This node's leadership at `now`, if it leads.
@@ -108,14 +120,16 @@ impl Campaign {
         let Some((_, sent)) = self.asking.take() else {
             return;
         };
-        self.next_at = now + Duration::from_millis(500);
+        self.next_at = now + self.jitter(Duration::from_millis(500));
         match result {
             Ok(Outcome::Lock(LockOutcome::Holding { term, act_for, .. })) => {
                 self.held = Some(Leadership {
                     token: term,
                     until: sent + act_for,
                 });
-                self.next_at = sent + self.cfg.ttl / 3;
+                // Renew a third of the way through (never later than half-way).
+                let third = self.cfg.ttl / 3;
+                self.next_at = sent + self.jitter(third).min(self.cfg.ttl / 2);
             }
             Ok(Outcome::Lock(LockOutcome::Busy { remaining, .. })) => {
                 self.held = None;

@@ -168,7 +168,7 @@ impl Node {
         };
         if let Some(lcfg) = cfg.leader.filter(|_| node.coord.is_some()) {
             let owner = format!("{}/{}", node.membership.config().me.name, identity.id);
-            node.campaign = Some(Campaign::new(lcfg, owner, now));
+            node.campaign = Some(Campaign::new(lcfg, owner, now, seed));
         }
         if lost && node.store.is_some() {
             node.outputs.push_back(Output::MarkCatchingUp);

@@ -179,6 +179,7 @@ impl Sim {
                 self.disk_progress(i);
             }
         }
+        self.note_leader(i);
         self.refresh_timer(i);
     }
 

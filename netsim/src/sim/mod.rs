@@ -38,7 +38,7 @@ use self::clients::ClientState;
 pub use self::clock::{Skew, WALL_BASE_MS};
 use self::disk::Disk;
 use self::observe::seen_code;
-pub use self::observe::{CatchUpRecord, Logged, Recording, Seen, Traffic, WorldFault};
+pub use self::observe::{CatchUpRecord, LeaderSpan, Logged, Recording, Seen, Traffic, WorldFault};
 use self::queue::{Item, What};
 
 /// Options for a simulated cluster.
@@ -75,6 +75,8 @@ pub struct SimConfig {
     pub snapshot_min_records: usize,
     /// Deliberate defects every node has from its first start on.
     pub faults: node::Faults,
+    /// Every node campaigns for the cluster leader with these settings (`None`: none does).
+    pub leader: Option<node::LeaderConfig>,
     /// Record everything one node is built from, fed and asked to do during its first run (see
     /// [`Sim::recording`]).
     pub record_node: Option<usize>,
@@ -99,6 +101,7 @@ impl SimConfig {
             snapshot_min_records: 100_000,
             record_node: None,
             faults: node::Faults::default(),
+            leader: None,
         }
     }
 }
@@ -152,6 +155,8 @@ pub struct Sim {
     torn_tails: u64,
     catch_ups: Vec<CatchUpRecord>,
     recording: Option<Recording>,
+    /// Every stretch of time a node led the cluster, by its own account.
+    leaders: Vec<observe::LeaderSpan>,
     frames_received: Vec<u64>,
 }
 
@@ -214,6 +219,7 @@ impl Sim {
             torn_tails: 0,
             catch_ups: Vec::new(),
             recording: None,
+            leaders: Vec::new(),
             frames_received: vec![0; n],
             cfg,
         };
@@ -280,7 +286,7 @@ impl Sim {
     }
 
     fn start(&mut self, i: usize) {
-        let cfg = NodeConfig::new(
+        let mut cfg = NodeConfig::new(
             self.node_config(i),
             self.cfg.store.then(|| self.store_config()),
             self.cfg.snapshot_min_records,
@@ -290,6 +296,7 @@ impl Sim {
             store: self.slots[i].store_faults.clone(),
             coord: self.slots[i].coord_faults.clone(),
         });
+        cfg.leader = self.cfg.leader.clone();
         let now = self.now;
         let slot = &self.slots[i];
         let local = slot.skew.local(now);
@@ -468,6 +475,11 @@ impl Sim {
         }
         if let Some(r) = self.recording.as_mut().filter(|r| r.node == i) {
             r.live = false;
+        }
+        // A crashed leader stops leading at once.
+        let now = self.now;
+        for s in self.leaders.iter_mut().filter(|s| s.node == i) {
+            s.until = s.until.min(now);
         }
         self.slots[i].disk.crash(&mut self.rng);
         self.slots[i].paused_until = None;

@@ -7,6 +7,20 @@ use membership::{Event, MemberState, Peer};
 use node::{Input, NodeConfig, Output, Recovered};
 use std::time::Duration;
 
+/// A stretch of (true) time during which a node led the cluster by its own account: from the
+/// grant until the acting window of its last renewal ran out, or it crashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderSpan {
+    /// The node.
+    pub node: usize,
+    /// Its fencing token.
+    pub token: u64,
+    /// From (global time).
+    pub from: Duration,
+    /// Until (global time).
+    pub until: Duration,
+}
+
 /// A record of something a node reported, for checkers and traces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Logged {
@@ -288,5 +302,44 @@ impl Sim {
             .iter()
             .filter_map(|s| s.node.as_ref())
             .all(|n| n.membership().quorum().has_quorum)
+    }
+}
+
+impl Sim {
+    /// Notes node `i`'s leadership after it handled something.
+    pub(super) fn note_leader(&mut self, i: usize) {
+        let Some(l) = self.slots[i].node.as_ref().and_then(|n| n.leading()) else {
+            return;
+        };
+        let until = self.slots[i].skew.global(l.until);
+        let now = self.now;
+        match self
+            .leaders
+            .iter_mut()
+            .rev()
+            .find(|s| s.node == i && s.token == l.token && s.until >= now)
+        {
+            Some(s) => s.until = s.until.max(until),
+            None => self.leaders.push(LeaderSpan {
+                node: i,
+                token: l.token,
+                from: now,
+                until,
+            }),
+        }
+    }
+
+    /// Every stretch of time a node led, by its own account.
+    pub fn leader_spans(&self) -> &[LeaderSpan] {
+        &self.leaders
+    }
+
+    /// The running node that leads now, by its own account, if any.
+    pub fn leader_now(&self) -> Option<usize> {
+        let now = self.now;
+        self.leaders
+            .iter()
+            .find(|s| s.from <= now && now < s.until && self.is_up(s.node))
+            .map(|s| s.node)
     }
 }
