@@ -263,6 +263,10 @@ fn a_holder_cut_off_in_a_minority_stops_its_command_before_the_majority_starts_o
         assert_eq!((code, st["fencing_token"].as_u64()), (200, Some(1)), "{st}");
     }
     lab.partition(&[&[0, 1], &[2, 3, 4]]);
+    let cut = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos();
     lab.wait_for(SECS(30), "the majority's command starts", |_| {
         !times(&log, "start-b ").is_empty()
     });
@@ -276,8 +280,10 @@ fn a_holder_cut_off_in_a_minority_stops_its_command_before_the_majority_starts_o
         start_b[0]
     );
     eprintln!(
-        "a stopped {:.3} s before b started",
-        (start_b[0] - term_a[0]) as f64 / 1e9
+        "a stopped {:.3} s before b started; b started {:.3} s after the partition (ttl 3 s, \
+         lock delay 1 s)",
+        (start_b[0] - term_a[0]) as f64 / 1e9,
+        (start_b[0] - cut) as f64 / 1e9
     );
     lab.heal();
 }

@@ -258,21 +258,7 @@ fn acknowledging_before_the_log_is_synced_loses_writes_when_every_node_crashes()
         // A slow disk widens the window between a write and its fsync.
         cfg.fsync = (Duration::from_millis(20), Duration::from_millis(50));
         let mut sim = busy_durable_cluster(cfg, fault, 1000);
-        for round in 0..10u32 {
-            sim.run_for(S / 4 + S / 10 * round);
-            for i in 0..5 {
-                sim.crash(i);
-            }
-            sim.run_for(S / 2);
-            for i in 0..5 {
-                sim.restart(i);
-            }
-            assert!(
-                sim.run_until_cond(10 * S, |s| s.all_have_quorum())
-                    .is_some()
-            );
-        }
-        finish(&mut sim);
+        crash_every_node_ten_times(&mut sim);
         check::no_acknowledged_write_lost(&sim)
     };
     let ok = run(None);
@@ -315,13 +301,9 @@ fn a_snapshot_that_loses_keys_is_caught_when_every_node_restarts_from_it() {
     );
 }
 
-/// Many crashes of every node during busy compare-and-sets on a slow disk, with `faults` in
-/// every coordination core; the strong-keyspace checker's verdict.
-fn strong_crash_loop(faults: &[coord::Fault], seed: u64) -> Verdict {
-    let mut cfg = SimConfig::lan(5, seed);
-    cfg.fsync = (Duration::from_millis(20), Duration::from_millis(50));
-    cfg.faults.coord = faults.to_vec();
-    let mut sim = busy_durable_cluster_with(cfg, None, 3, 900_000);
+/// Crashes every node ten times, at growing intervals, restarting them each time, then lets
+/// every operation finish.
+fn crash_every_node_ten_times(sim: &mut Sim) {
     for round in 0..10u32 {
         sim.run_for(S / 4 + S / 10 * round);
         for i in 0..5 {
@@ -336,7 +318,17 @@ fn strong_crash_loop(faults: &[coord::Fault], seed: u64) -> Verdict {
                 .is_some()
         );
     }
-    finish(&mut sim);
+    finish(sim);
+}
+
+/// Many crashes of every node during busy compare-and-sets on a slow disk, with `faults` in
+/// every coordination core; the strong-keyspace checker's verdict.
+fn strong_crash_loop(faults: &[coord::Fault], seed: u64) -> Verdict {
+    let mut cfg = SimConfig::lan(5, seed);
+    cfg.fsync = (Duration::from_millis(20), Duration::from_millis(50));
+    cfg.faults.coord = faults.to_vec();
+    let mut sim = busy_durable_cluster_with(cfg, None, 3, 900_000);
+    crash_every_node_ten_times(&mut sim);
     netsim::check_strong::strong_linearizable(&sim)
 }
 
