@@ -76,13 +76,24 @@ fn events(lab: &Lab, a: usize) -> Vec<Ev> {
         let Ok(at) = humantime::parse_rfc3339(ts) else {
             continue;
         };
-        if let Some(rest) = line.split("event=").nth(1) {
-            let kind = rest.split([' ', '{']).next().unwrap_or("").to_string();
+        // Event lines carry fields: `event="member_failed" seq=7 name=n3 id=... addr=10.77.0.3:7946`.
+        if let Some(rest) = line.split("event=\"").nth(1) {
+            let name = rest.split('"').next().unwrap_or("");
+            // MemberFailed, QuorumLost, ... as the bench's checks name them.
+            let kind: String = name
+                .split('_')
+                .map(|w| {
+                    let mut c = w.chars();
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                        .unwrap_or_default()
+                })
+                .collect();
             // Events name the member by gossip address (its name may not be known yet at join).
             let subject = rest
-                .split("addr: ")
+                .split(" addr=")
                 .nth(1)
-                .and_then(|r| r.split([',', ' ']).next())
+                .and_then(|r| r.split(' ').next())
                 .unwrap_or("")
                 .to_string();
             out.push(Ev { at, kind, subject });

@@ -122,6 +122,7 @@ pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
                 .delete(crate::lock_api::release),
         )
         .route("/v1/leader", get(crate::lock_api::leader))
+        .route("/v1/events", get(crate::events_api::events))
         .route(
             "/v1/lock/{name}/renew",
             axum::routing::post(crate::lock_api::renew),

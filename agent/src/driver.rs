@@ -9,7 +9,7 @@ use crate::node_file::NodeFile;
 use crate::transport::{Frame, Outbound, TransportStats};
 use anyhow::Context;
 use membership::{
-    Channel, Destination, DropReason, Event, MemberState, MemberView, Peer, QuorumStatus, Stats,
+    Channel, Destination, DropReason, MemberState, MemberView, Peer, QuorumStatus, Stats,
 };
 use node::{Node, Output};
 use serde::Serialize;
@@ -123,6 +123,8 @@ pub enum Command {
     Strong(coord::Request, oneshot::Sender<StrongResult>),
     /// The whole replica, for a backup.
     Snapshot(oneshot::Sender<Backup>),
+    /// The buffered events after a sequence number.
+    Events(u64, oneshot::Sender<crate::events::Backlog>),
 }
 
 /// The answer to a strong-keyspace request.
@@ -141,7 +143,7 @@ pub struct Backup {
 #[derive(Debug, Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Command>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Arc<serde_json::Value>>,
 }
 
 /// The driver stopped (it is shutting down or crashed).
@@ -199,9 +201,14 @@ impl Handle {
             .map_err(|_| Gone)
     }
 
-    /// Subscribes to membership and quorum events.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    /// Subscribes to events as they happen (each as JSON, with its `seq`).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<serde_json::Value>> {
         self.events.subscribe()
+    }
+
+    /// The buffered events after `since`.
+    pub async fn events_since(&self, since: u64) -> Result<crate::events::Backlog, Gone> {
+        self.ask(|tx| Command::Events(since, tx)).await
     }
 }
 
@@ -231,12 +238,13 @@ pub struct Driver {
     seeds: Vec<String>,
     node_file: NodeFile,
     cmds: mpsc::Receiver<Command>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Arc<serde_json::Value>>,
     send_errors: u64,
     io: StoreIo,
     pending: BTreeMap<u64, oneshot::Sender<Result<Reply, StoreError>>>,
     pending_strong: BTreeMap<u64, oneshot::Sender<StrongResult>>,
     next_token: u64,
+    event_log: crate::events::EventLog,
 }
 
 /// How often seed names are resolved again.
@@ -254,7 +262,7 @@ impl Driver {
         io: StoreIo,
     ) -> (Driver, Handle) {
         let (tx, cmds) = mpsc::channel(1024);
-        let (events, _) = broadcast::channel(1024);
+        let (events, _) = broadcast::channel(4096);
         let handle = Handle {
             tx,
             events: events.clone(),
@@ -272,6 +280,7 @@ impl Driver {
             io,
             pending: BTreeMap::new(),
             pending_strong: BTreeMap::new(),
+            event_log: crate::events::EventLog::default(),
             next_token: 1,
         };
         (driver, handle)
@@ -345,6 +354,7 @@ impl Driver {
                         self.pending_strong.insert(token, tx);
                         self.node.handle_strong_request(self.clock.now(), self.wall_ms(), token, req);
                     }
+                    Some(Command::Events(since, tx)) => { let _ = tx.send(self.event_log.since(since)); }
                     Some(Command::Metrics(tx)) => { let _ = tx.send(self.metrics()); }
                 },
                 r = self.gossip.recv_from(&mut buf) => match r {
@@ -361,7 +371,6 @@ impl Driver {
                 Some(report) = self.io.log_reports.recv() => match report {
                     crate::wal_file::Report::Durable(written, synced) => {
                         if self.node.store().is_some_and(|s| s.log_failure().is_some()) {
-                            info!("store log writable again");
                             self.node.handle_log_health(self.clock.now(), self.wall_ms(), None);
                         }
                         self.node.handle_persisted(self.clock.now(), self.wall_ms(), written, synced);
@@ -495,7 +504,10 @@ impl Driver {
                     }
                 }
                 Output::Event(ev) => {
-                    let _ = self.events.send(ev);
+                    crate::events::log(&ev);
+                    let v = Arc::new(ev.to_json());
+                    self.event_log.push(v.clone(), ev.seq);
+                    let _ = self.events.send(v);
                 }
                 Output::PersistGeneration(generation) => {
                     if let Err(e) = self.node_file.store(generation) {
@@ -514,7 +526,6 @@ impl Driver {
                     );
                 }
                 Output::CaughtUp => {
-                    info!("caught up with peers: local reads are fresh");
                     if let Err(e) = crate::wal_file::clear_lost(&self.io.log_dir) {
                         error!(error = %e, dir = %self.io.log_dir.display(),
                             "cannot remove the catch-up marker; the next start will catch up again");

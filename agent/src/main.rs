@@ -39,6 +39,8 @@ enum Cmd {
     Lock(agent::lock_cli::LockArgs),
     /// Who leads the cluster (exit 3 when nobody does); `--watch` follows changes.
     Leader(agent::lock_cli::LeaderArgs),
+    /// Follow the event stream (reconnects without missing anything); `--type` filters.
+    Events(agent::events_cli::EventsArgs),
     /// Load-test running agents' key/value API (bounded in time and operations).
     Bench(BenchArgs),
     /// Back up a node's store, or restore a backup onto an empty node.
@@ -232,6 +234,7 @@ fn main() -> ExitCode {
         Cmd::Strong(s) => agent::strong_cli::run(s),
         Cmd::Lock(l) => agent::lock_cli::run(l),
         Cmd::Leader(l) => agent::lock_cli::leader(l),
+        Cmd::Events(e) => agent::events_cli::run(e),
         Cmd::Bench(b) => bench(b),
         Cmd::Snapshot(s) => snapshot(s),
         Cmd::Keygen => {

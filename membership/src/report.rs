@@ -272,7 +272,6 @@ impl Membership {
                     generation: m.generation,
                 };
                 let ev = Event::MemberLeft { member };
-                info!(event = ?ev, "membership: a failure turned out to be a leave");
                 self.events.push_back(ev);
             }
         }
@@ -287,26 +286,15 @@ impl Membership {
         if has != self.quorum.has_quorum {
             self.quorum.has_quorum = has;
             self.quorum.since = self.now;
+            // The node's driver logs the event with its fields (at WARN for a loss).
             let ev = if has {
-                info!(
-                    reachable,
-                    required = self.quorum.required_votes,
-                    "quorum regained"
-                );
                 Event::QuorumRegained {
                     quorum: self.quorum,
                 }
-            } else if self.leaving {
-                info!("leaving: this node no longer counts towards a quorum");
-                Event::QuorumLost {
-                    quorum: self.quorum,
-                }
             } else {
-                warn!(
-                    reachable,
-                    required = self.quorum.required_votes,
-                    "quorum lost"
-                );
+                if self.leaving {
+                    info!("leaving: this node no longer counts towards a quorum");
+                }
                 Event::QuorumLost {
                     quorum: self.quorum,
                 }

@@ -129,7 +129,6 @@ impl Membership {
         };
         let back = matches!(event, Some(Event::MemberRecovered { .. }));
         if let Some(ev) = event {
-            info!(event = ?ev, "membership");
             self.events.push_back(ev);
         }
         if back {
@@ -189,7 +188,6 @@ impl Membership {
         if !left {
             self.last_failure = Some(self.now);
         }
-        info!(event = ?ev, "membership");
         self.events.push_back(ev);
     }
 
@@ -207,7 +205,6 @@ impl Membership {
                 if was_alive {
                     let member = self.member_ref(new);
                     let ev = Event::MemberRestarted { member };
-                    info!(event = ?ev, "membership");
                     self.events.push_back(ev);
                 }
             }

@@ -1,6 +1,7 @@
 //! What goes into a node and what comes out: every driver executes these and nothing else.
 
-use membership::{Event, NodeId, Transmit};
+use crate::events::NodeEvent;
+use membership::{NodeId, Transmit};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use store::wal::Record;
@@ -110,8 +111,8 @@ pub enum Output {
         /// The answer.
         result: Result<coord::Outcome, coord::CoordError>,
     },
-    /// Report an event (log it, hand it to subscribers).
-    Event(Event),
+    /// Report an event (log it, hand it to subscribers and handlers).
+    Event(NodeEvent),
     /// Persist this generation with the node's identity, so the next start uses a higher one.
     PersistGeneration(u64),
     /// Persist the catch-up marker: this node may have lost writes it acknowledged and must not

@@ -10,6 +10,7 @@
 //! Like the cores, a node never reads a clock, opens a socket or spawns a thread: time comes in
 //! with every input, and randomness from the seed it was built with.
 
+pub mod events;
 mod hold;
 mod io;
 pub mod leader;
@@ -19,6 +20,7 @@ mod snapshot;
 mod strong;
 pub mod view;
 
+pub use crate::events::{EVENT_TYPES, EventKind, NodeEvent};
 pub use crate::hold::HoldStats;
 pub use crate::io::{Input, Output, PeerMsg};
 pub use crate::leader::{LEADER_LOCK, LeaderConfig, Leadership};

@@ -5,6 +5,7 @@
 //! held messages it releases), log records and snapshots, store messages, replies, and the end of
 //! a catch-up. The cores never call back into the node.
 
+use crate::events::{EventKind, NodeEvent};
 use crate::hold::{Hold, HoldStats};
 use crate::io::{Input, Output, PeerMsg};
 use crate::leader::{Campaign, LeaderConfig, Leadership};
@@ -83,6 +84,10 @@ pub struct Node {
     /// Coordination operation to the driver's token.
     strong_tokens: BTreeMap<coord::OpId, u64>,
     campaign: Option<Campaign>,
+    /// The sequence number of the last event.
+    event_seq: u64,
+    /// The leadership last reported as an event.
+    reported_leading: Option<u64>,
     now: Duration,
     wall_ms: u64,
     outputs: VecDeque<Output>,
@@ -155,6 +160,8 @@ impl Node {
             strong_log: StrongLog::default(),
             strong_tokens: BTreeMap::new(),
             campaign: None,
+            event_seq: 0,
+            reported_leading: None,
             catching_up: store.is_some(),
             store,
             now,
@@ -308,8 +315,11 @@ impl Node {
     /// The log cannot be written (`Some(why)`) or can again (`None`).
     pub fn handle_log_health(&mut self, now: Duration, wall_ms: u64, why: Option<String>) {
         self.advance(now, wall_ms);
-        if let Some(s) = self.store.as_mut() {
-            s.set_log_failure(why);
+        if let Some(s) = self.store.as_mut()
+            && s.log_failure().map(str::to_string) != why
+        {
+            s.set_log_failure(why.clone());
+            self.emit(EventKind::Storage(why));
         }
         self.collect();
     }
@@ -397,6 +407,16 @@ impl Node {
         self.tokens.len()
     }
 
+    /// Queues an event with the next sequence number.
+    fn emit(&mut self, kind: EventKind) {
+        self.event_seq += 1;
+        self.outputs.push_back(Output::Event(NodeEvent {
+            seq: self.event_seq,
+            time_ms: self.wall_ms,
+            kind,
+        }));
+    }
+
     fn advance(&mut self, now: Duration, wall_ms: u64) {
         self.now = self.now.max(now);
         self.wall_ms = self.wall_ms.max(wall_ms);
@@ -413,7 +433,7 @@ impl Node {
                 self.outputs
                     .push_back(Output::PersistGeneration(generation));
             }
-            self.outputs.push_back(Output::Event(ev));
+            self.emit(EventKind::Member(ev));
         }
         if self.store.is_none() {
             return;
@@ -456,6 +476,20 @@ impl Node {
             records.push(r);
         }
         if !records.is_empty() {
+            for r in records.iter().filter(|r| r.store != strong::LOG_NAME) {
+                let kind = EventKind::KeyChanged {
+                    store: r.store.clone(),
+                    key: r.key.clone(),
+                    version: r.entry.version,
+                    deleted: r.entry.value.is_none(),
+                };
+                self.event_seq += 1;
+                self.outputs.push_back(Output::Event(NodeEvent {
+                    seq: self.event_seq,
+                    time_ms: self.wall_ms,
+                    kind,
+                }));
+            }
             let n = records.len();
             self.outputs.push_back(Output::AppendLog(records));
             let strong = self.coord.as_ref().map_or(0, |c| c.len());
@@ -505,6 +539,12 @@ impl Node {
         if self.catching_up && s.catching_up().is_none() {
             self.catching_up = false;
             self.outputs.push_back(Output::CaughtUp);
+            self.emit(EventKind::CaughtUp);
+        }
+        let leading = self.leading().map(|l| l.token);
+        if leading != self.reported_leading {
+            self.reported_leading = leading;
+            self.emit(EventKind::Leader(leading));
         }
     }
 }

@@ -166,7 +166,11 @@ impl Sim {
                             self.complete_strong(token as usize, strong_outcome(result));
                         }
                     }
-                    Output::Event(ev) => self.record_event(i, ev),
+                    Output::Event(ev) => {
+                        if let node::EventKind::Member(e) = ev.kind {
+                            self.record_event(i, e);
+                        }
+                    }
                     Output::PersistGeneration(g) => self.slots[i].generation = g,
                     Output::MarkCatchingUp => self.slots[i].disk.marker = true,
                     Output::CaughtUp => {

@@ -1,0 +1,134 @@
+//! `chorus events`: follows the agent's event stream, reconnecting with `Last-Event-ID` so that
+//! nothing is missed (or a `gap` is said).
+
+use std::io::BufRead;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The arguments of `chorus events`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EventsArgs {
+    /// Only these types (repeatable), e.g. `--type member_failed --type quorum_lost`.
+    #[arg(long = "type")]
+    pub types: Vec<String>,
+    /// Print each event's JSON, one per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Start after this sequence number (default: only new events).
+    #[arg(long)]
+    pub since: Option<u64>,
+    /// The agent's API address.
+    #[arg(long, env = "CHORUS_API", default_value = "127.0.0.1:7947")]
+    pub api: String,
+}
+
+/// One line for people.
+fn human(v: &serde_json::Value) -> String {
+    let t = v["type"].as_str().unwrap_or("event");
+    let detail = if let Some(m) = v.get("member") {
+        format!(
+            "{} {} ({})",
+            m["name"].as_str().unwrap_or(""),
+            m["id"].as_str().unwrap_or(""),
+            m["addr"].as_str().unwrap_or("")
+        )
+    } else if let Some(q) = v.get("quorum") {
+        format!(
+            "{} of {} required votes reachable",
+            q["reachable_votes"], q["required_votes"]
+        )
+    } else if t == "key_changed" {
+        format!(
+            "{}/{} {}{}",
+            v["store"].as_str().unwrap_or(""),
+            v["key"].as_str().unwrap_or(""),
+            v["version"].as_str().unwrap_or(""),
+            if v["deleted"] == true {
+                " (deleted)"
+            } else {
+                ""
+            }
+        )
+    } else if t == "gap" {
+        format!(
+            "events {} to {} were missed",
+            v["missed_from"], v["missed_to"]
+        )
+    } else {
+        let mut m = v.clone();
+        if let Some(o) = m.as_object_mut() {
+            for k in ["seq", "time_ms", "type"] {
+                o.remove(k);
+            }
+        }
+        if m.as_object().is_some_and(|o| o.is_empty()) {
+            String::new()
+        } else {
+            m.to_string()
+        }
+    };
+    format!(
+        "{:>6} {:<20} {detail}",
+        v["seq"].as_u64().map_or("-".to_string(), |s| s.to_string()),
+        t
+    )
+}
+
+/// Runs `chorus events` until interrupted.
+pub fn run(a: EventsArgs) -> ExitCode {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(None)
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut last = a.since;
+    let query = if a.types.is_empty() {
+        String::new()
+    } else {
+        format!("?type={}", a.types.join(","))
+    };
+    let url = format!("http://{}/v1/events{query}", a.api);
+    let mut warned = false;
+    loop {
+        let mut req = agent.get(&url);
+        if let Some(l) = last {
+            req = req.header("last-event-id", l.to_string());
+        }
+        match req.call() {
+            Ok(mut resp) if resp.status() == 200 => {
+                warned = false;
+                let reader = std::io::BufReader::new(resp.body_mut().as_reader());
+                let mut data = String::new();
+                for line in reader.lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.trim_start());
+                    } else if let Some(id) = line.strip_prefix("id:") {
+                        last = id.trim().parse().ok().or(last);
+                    } else if line.is_empty() && !data.is_empty() {
+                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) {
+                            if a.json {
+                                println!("{v}");
+                            } else {
+                                println!("{}", human(&v));
+                            }
+                        }
+                        data.clear();
+                    }
+                }
+            }
+            Ok(mut resp) => {
+                let body = resp.body_mut().read_to_string().unwrap_or_default();
+                eprintln!("error: {body}");
+                return ExitCode::from(6);
+            }
+            Err(e) => {
+                if !warned {
+                    eprintln!("chorus events: {e}; reconnecting");
+                    warned = true;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,116 @@
+//! End-to-end tests of the event stream: real agents in network namespaces.
+
+mod support;
+
+use std::time::Duration;
+use support::Lab;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// Reads agent `a`'s event stream as Server-Sent Events with `Last-Event-ID: after` until the
+/// event `until` arrives (at most 20 s); returns every (id, type) read, in order.
+fn sse_until(lab: &Lab, a: usize, after: u64, until: u64) -> Vec<(u64, String)> {
+    let script = format!(
+        "import urllib.request, sys, time\n\
+         req = urllib.request.Request('http://127.0.0.1:7947/v1/events', headers={{'Last-Event-ID': '{after}'}})\n\
+         r = urllib.request.urlopen(req, timeout=20)\n\
+         ev = None\n\
+         end = time.time() + 20\n\
+         while time.time() < end:\n\
+         \x20   line = r.readline().decode().rstrip('\\n')\n\
+         \x20   if line.startswith('event:'): ev = line[6:].strip()\n\
+         \x20   elif line.startswith('id:'):\n\
+         \x20       i = int(line[3:].strip()); print(i, ev); sys.stdout.flush()\n\
+         \x20       if i >= {until}: break\n"
+    );
+    let out = lab.exec(lab.agents[a].host, &["python3", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (i, t) = l.split_once(' ')?;
+            Some((i.parse().ok()?, t.to_string()))
+        })
+        .collect()
+}
+
+fn since(lab: &Lab, a: usize, seq: u64) -> (Vec<(u64, String)>, u64) {
+    let (code, v) = lab.http(a, "GET", &format!("/v1/events?since={seq}"));
+    assert_eq!(code, 200, "{v}");
+    let events = v["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap_or(0),
+                e["type"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    (events, v["last_seq"].as_u64().unwrap_or(0))
+}
+
+#[test]
+fn a_client_that_reconnects_with_last_event_id_gets_exactly_what_it_missed() {
+    let mut lab = lab_or_skip!(3);
+    let _agents = lab.start_cluster(3);
+    let (_, before) = since(&lab, 0, 0);
+    // While the client is away: writes through another node reach this one as key changes.
+    for i in 0..5 {
+        let (code, _, err) = lab.kv(1, &["put", "default", &format!("k{i}"), "v"]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let mut missed = Vec::new();
+    lab.wait_for(SECS(10), "the writes reach agent n1 as key changes", |l| {
+        missed = since(l, 0, before).0;
+        missed.iter().filter(|(_, t)| t == "key_changed").count() >= 5
+    });
+    let last = missed.last().expect("events").0;
+    let expected: Vec<u64> = (before + 1..=last).collect();
+    let seqs: Vec<u64> = missed.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs, expected,
+        "?since gives every event after it, in order"
+    );
+    let got = sse_until(&lab, 0, before, last);
+    assert_eq!(
+        got, missed,
+        "Last-Event-ID gives exactly the missed events, once each"
+    );
+}
+
+#[test]
+fn every_surviving_node_reports_a_kill_9_as_member_failed_once() {
+    let mut lab = lab_or_skip!(3);
+    let agents = lab.start_cluster(3);
+    let marks: Vec<u64> = (0..2).map(|a| since(&lab, a, 0).1).collect();
+    lab.kill9(agents[2]);
+    lab.wait_for(SECS(15), "both survivors report n3 failed", |l| {
+        (0..2).all(|a| {
+            since(l, a, marks[a])
+                .0
+                .iter()
+                .any(|(_, t)| t == "member_failed")
+        })
+    });
+    for (a, mark) in marks.iter().enumerate() {
+        let failed: Vec<(u64, String)> = since(&lab, a, *mark)
+            .0
+            .into_iter()
+            .filter(|(_, t)| t == "member_failed")
+            .collect();
+        assert_eq!(failed.len(), 1, "agent {a}: {failed:?}");
+    }
+    let (code, e) = lab.http(0, "GET", "/v1/events?type=member_failed,nope");
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{e}"
+    );
+    let (code, e) = lab.http(0, "GET", "/v1/events?since=x");
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{e}"
+    );
+}
