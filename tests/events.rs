@@ -114,3 +114,85 @@ fn every_surviving_node_reports_a_kill_9_as_member_failed_once() {
         "{e}"
     );
 }
+
+#[test]
+fn handlers_page_on_a_kill_9_with_the_right_environment_and_never_block_the_node() {
+    let mut lab = lab_or_skip!(3);
+    let dir = lab.dir().to_path_buf();
+    let agents: Vec<usize> = (0..3)
+        .map(|i| {
+            let name = format!("n{}", i + 1);
+            let out = dir.join(format!("{name}.pages"));
+            let mut spec = support::AgentSpec::new(&name, 3);
+            spec.extra_toml = format!(
+                "[[handlers]]\n\
+                 events = [\"member_failed\"]\n\
+                 command = [\"sh\", \"-c\", \"echo \\\"$CHORUS_EVENT $CHORUS_MEMBER_NAME $CHORUS_NODE_NAME $(cat)\\\" >> {out}\"]\n\
+                 [[handlers]]\n\
+                 events = [\"member_failed\"]\n\
+                 command = [\"sleep\", \"100\"]\n\
+                 timeout = \"1s\"\n\
+                 [[handlers]]\n\
+                 events = [\"*\"]\n\
+                 command = [\"/nonexistent/pager\"]\n",
+                out = out.display()
+            );
+            lab.start(i, spec)
+        })
+        .collect();
+    lab.wait_whole(&agents);
+    let t = std::time::Instant::now();
+    lab.kill9(agents[2]);
+    let pages =
+        |name: &str| std::fs::read_to_string(dir.join(format!("{name}.pages"))).unwrap_or_default();
+    lab.wait_for(SECS(15), "both survivors page about n3", |_| {
+        !pages("n1").is_empty() && !pages("n2").is_empty()
+    });
+    eprintln!("paged {:?} after kill -9", t.elapsed());
+    for name in ["n1", "n2"] {
+        let p = pages(name);
+        assert!(
+            p.starts_with(&format!("member_failed n3 {name} {{"))
+                && p.contains("\"type\":\"member_failed\""),
+            "{name} paged: {p}"
+        );
+        assert_eq!(p.lines().count(), 1, "{name} paged once: {p}");
+    }
+    lab.wait_for(
+        SECS(10),
+        "the hanging handler is killed at its timeout",
+        |l| {
+            l.log_of(0)
+                .contains("event handler timed out and was killed")
+        },
+    );
+    let log = lab.log_of(0);
+    assert!(
+        log.contains("cannot start event handler") && log.contains("/nonexistent/pager"),
+        "a missing handler command is logged with the reason"
+    );
+    // Membership was unaffected by the handlers: the survivors still see each other.
+    assert!(lab.all_alive(&[0, 1], &["n1", "n2"]), "{}", lab.all_logs());
+}
+
+#[test]
+fn an_unknown_event_type_in_a_handler_is_refused_at_start_naming_the_key() {
+    let lab = lab_or_skip!(1);
+    let cfg = lab.dir().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[[handlers]]\nevents = [\"member_exploded\"]\ncommand = [\"true\"]\n",
+    )
+    .expect("write config");
+    let cfg_s = cfg.to_string_lossy().into_owned();
+    let out = lab.exec(
+        0,
+        &[support::CHORUS, "agent", "--config", &cfg_s, "--check"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("handlers[0].events") && err.contains("member_exploded"),
+        "{err}"
+    );
+}

@@ -10,6 +10,7 @@ pub mod driver;
 pub mod events;
 pub mod events_api;
 pub mod events_cli;
+pub mod handlers;
 pub mod loadgen;
 pub mod lock_api;
 pub mod lock_cli;
@@ -162,6 +163,14 @@ pub async fn run(
         config.seeds.clone(),
         node_file,
         io,
+    );
+    handlers::spawn(
+        config.handlers.clone(),
+        handlers::Local {
+            name: config.name.clone(),
+            datacenter: config.datacenter.clone(),
+        },
+        handle.subscribe(),
     );
     driver.start().await?;
     let driver_task = tokio::spawn(driver.run());

@@ -35,6 +35,21 @@ pub struct FileConfig {
     /// `[leader]`
     #[serde(default)]
     pub leader: LeaderSection,
+    /// `[[handlers]]`
+    #[serde(default)]
+    pub handlers: Vec<HandlerDecl>,
+}
+
+/// One `[[handlers]]` entry.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerDecl {
+    /// `handlers[N].events`: the event types it runs for (`["*"]`: every type but key changes).
+    pub events: Vec<String>,
+    /// `handlers[N].command`: the program and its arguments.
+    pub command: Vec<String>,
+    /// `handlers[N].timeout`
+    pub timeout: Option<String>,
 }
 
 /// `[leader]` keys.

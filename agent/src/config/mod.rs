@@ -137,6 +137,8 @@ pub struct Config {
     pub log_level: String,
     /// Campaign for the cluster leader with this lease and lock delay (`None`: not a candidate).
     pub leader: Option<node::LeaderConfig>,
+    /// Commands run on events.
+    pub handlers: Vec<crate::handlers::Handler>,
     /// Largest value a store accepts.
     pub max_value_bytes: usize,
     /// Reads on a node without quorum.

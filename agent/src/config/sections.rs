@@ -29,6 +29,7 @@ pub(super) fn resolve(
         store: store_section,
         stores: store_decls,
         leader,
+        handlers,
     } = file;
     let node = resolve_node(node, l, o)?;
     let gossip = resolve_gossip(gossip, l, o)?;
@@ -76,6 +77,11 @@ pub(super) fn resolve(
         ttl: leader_ttl,
         lock_delay,
     });
+    let handlers = handlers
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| crate::handlers::Handler::from_decl(i, h))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Config {
         name: node.name,
         datacenter: node.datacenter,
@@ -95,6 +101,7 @@ pub(super) fn resolve(
         api_bind,
         log_level,
         leader,
+        handlers,
         max_value_bytes: store.max_value_bytes,
         minority_reads: store.minority_reads,
         round_timeout: store.round_timeout,
