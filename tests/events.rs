@@ -196,3 +196,134 @@ fn an_unknown_event_type_in_a_handler_is_refused_at_start_naming_the_key() {
         "{err}"
     );
 }
+
+/// Starts a blocking read of `default/key` on agent `a` with `index` and `wait`, from inside its
+/// namespace; the script writes `started` when its request is out and then
+/// `<status> <ns since epoch at the answer> <Chorus-Version>` to `out`.
+fn blocking_read(
+    lab: &Lab,
+    a: usize,
+    index: &str,
+    wait: &str,
+    out: &std::path::Path,
+) -> support::Background {
+    let out = out.display();
+    let script = format!(
+        "import urllib.request, urllib.error, time, threading\n\
+         open('{out}.started', 'w').close()\n\
+         req = urllib.request.Request('http://127.0.0.1:7947/v1/kv/default/key?index={index}&wait={wait}')\n\
+         try:\n\
+         \x20   r = urllib.request.urlopen(req, timeout=60); st = r.status; ver = r.headers.get('Chorus-Version')\n\
+         except urllib.error.HTTPError as e:\n\
+         \x20   st = e.code; ver = ''\n\
+         open('{out}', 'w').write('%d %d %s' % (st, time.time_ns(), ver))\n"
+    );
+    lab.spawn_in(a, &["python3", "-c", &script])
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos()
+}
+
+#[test]
+fn a_blocking_read_returns_soon_after_a_write_elsewhere_and_at_wait_otherwise() {
+    let mut lab = lab_or_skip!(3);
+    let _agents = lab.start_cluster(3);
+    let (code, out, err) = lab.kv(0, &["put", "--json", "default", "key", "v1"]);
+    assert_eq!(code, 0, "{err}");
+    let v1: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let v1 = v1["version"].as_str().expect("version").to_string();
+    let dir = lab.dir().to_path_buf();
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+
+    // Nothing changes: it answers at `wait` (1 s, plus at most 1/16 of jitter).
+    let t = std::time::Instant::now();
+    let _quiet = blocking_read(&lab, 0, &v1, "1s", &dir.join("quiet"));
+    lab.wait_for(SECS(10), "the quiet blocking read answers", |_| {
+        !read("quiet").is_empty()
+    });
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1000),
+        "answered after {took:?}, before its wait"
+    );
+    assert!(read("quiet").starts_with("200 "), "{}", read("quiet"));
+
+    // A write on another node wakes it.
+    let _woken = blocking_read(&lab, 0, &v1, "30s", &dir.join("woken"));
+    lab.wait_for(SECS(10), "the blocking read is out", |_| {
+        dir.join("woken.started").exists()
+    });
+    // Its request is out, but may not have reached the agent yet: a write that comes first is
+    // seen by its first read, which answers at once too.
+    let put_at = now_ns();
+    let (code, _, err) = lab.kv(2, &["put", "default", "key", "v2"]);
+    assert_eq!(code, 0, "{err}");
+    lab.wait_for(SECS(10), "the woken blocking read answers", |_| {
+        !read("woken").is_empty()
+    });
+    let answer = read("woken");
+    let mut parts = answer.split(' ');
+    assert_eq!(parts.next(), Some("200"), "{answer}");
+    let at: u128 = parts.next().and_then(|p| p.parse().ok()).expect("time");
+    let version = parts.next().unwrap_or("");
+    assert_ne!(version, v1, "it returned the new version: {answer}");
+    let after_ms = (at.saturating_sub(put_at)) as f64 / 1e6;
+    eprintln!("blocking read answered {after_ms:.1} ms after the write began");
+    assert!(after_ms < 100.0, "answered {after_ms} ms after the write");
+
+    for bad in ["wait=-5s", "wait=1h", "index=abc&wait=1s"] {
+        let path = if bad.starts_with("index") {
+            format!("/v1/kv/default/key?{bad}")
+        } else {
+            format!("/v1/kv/default/key?index={v1}&{bad}")
+        };
+        let (code, e) = lab.http(0, "GET", &path);
+        assert_eq!(
+            (code, e["error"]["code"].as_str()),
+            (400, Some("bad_request")),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_prefix_watch_streams_only_that_prefix() {
+    let mut lab = lab_or_skip!(3);
+    let _agents = lab.start_cluster(3);
+    let dir = lab.dir().to_path_buf();
+    let out = dir.join("watch");
+    let script = format!(
+        "import urllib.request\n\
+         r = urllib.request.urlopen('http://127.0.0.1:7947/v1/watch/default?prefix=cfg/', timeout=30)\n\
+         open('{o}.started', 'w').close()\n\
+         seen = []\n\
+         while len(seen) < 2:\n\
+         \x20   line = r.readline().decode()\n\
+         \x20   if line.startswith('data:'):\n\
+         \x20       seen.append(line[5:].strip())\n\
+         open('{o}', 'w').write('\\n'.join(seen))\n",
+        o = out.display()
+    );
+    let _w = lab.spawn_in(0, &["python3", "-c", &script]);
+    lab.wait_for(SECS(10), "the watch is open", |_| {
+        dir.join("watch.started").exists()
+    });
+    for key in ["other/x", "cfg/a", "cfgx", "cfg/b"] {
+        let (code, _, err) = lab.kv(1, &["put", "default", key, "v"]);
+        assert_eq!(code, 0, "{err}");
+    }
+    lab.wait_for(SECS(10), "two changes under cfg/ arrive", |_| out.exists());
+    let seen = std::fs::read_to_string(&out).expect("read");
+    let keys: Vec<String> = seen
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            v["key"].as_str().unwrap_or("").to_string()
+        })
+        .collect();
+    assert_eq!(keys, vec!["cfg/a", "cfg/b"], "{seen}");
+}

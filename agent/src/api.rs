@@ -123,6 +123,7 @@ pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
         )
         .route("/v1/leader", get(crate::lock_api::leader))
         .route("/v1/events", get(crate::events_api::events))
+        .route("/v1/watch/{store}", get(crate::watch_api::watch))
         .route(
             "/v1/lock/{name}/renew",
             axum::routing::post(crate::lock_api::renew),
@@ -393,12 +394,25 @@ async fn kv_get(
     Path((store, key)): Path<(String, String)>,
     Query(q): Params,
 ) -> Result<Response, ApiError> {
+    let consistency = consistency(&q)?;
+    if let Some(index) = q.get("index") {
+        let wait = crate::watch_api::wait_param(&q)?;
+        return crate::watch_api::blocking_get(&h, store, key, consistency, index, wait, |r| {
+            value_response(r?)
+        })
+        .await;
+    }
     let req = Request::Get {
         store,
         key,
-        consistency: consistency(&q)?,
+        consistency,
     };
-    match run_kv(&h, req).await? {
+    value_response(run_kv(&h, req).await?)
+}
+
+/// The answer to a read: the value with its version (and staleness) in headers.
+fn value_response(reply: Reply) -> Result<Response, ApiError> {
+    match reply {
         Reply::Value {
             value,
             version,

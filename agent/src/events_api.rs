@@ -87,6 +87,35 @@ pub async fn events(
         );
         return Ok(Json(json!({ "events": out, "last_seq": b.last_seq })).into_response());
     }
+    // Subscribe before reading the backlog, so nothing falls between the two.
+    let live = h.subscribe();
+    let backlog = backlog(&h, &headers).await?;
+    let keep: Filter = Arc::new(move |v: &Value| wanted(&filter, v));
+    Ok(stream(live, backlog, keep).into_response())
+}
+
+/// Which events a stream passes on.
+pub type Filter = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
+
+/// The backlog, then live events from `live`, as Server-Sent Events with keep-alives.
+pub fn stream(
+    mut live: tokio::sync::broadcast::Receiver<Arc<Value>>,
+    backlog: crate::events::Backlog,
+    keep: Filter,
+) -> Sse<impl futures_core::Stream<Item = Result<Event, Infallible>> + Send> {
+    let s = async_stream(backlog, keep, move || {
+        let fut = async move {
+            let r = live.recv().await;
+            (r, live)
+        };
+        Box::pin(fut)
+    });
+    Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// The backlog after `Last-Event-ID` (if the request has one), or none: the stream then starts
+/// with new events.
+pub async fn backlog(h: &Handle, headers: &HeaderMap) -> Result<crate::events::Backlog, ApiError> {
     let last_id = match headers.get("last-event-id") {
         Some(v) => Some(seq_param(
             "Last-Event-ID",
@@ -95,9 +124,7 @@ pub async fn events(
         )?),
         None => None,
     };
-    // Subscribe before reading the backlog, so nothing falls between the two.
-    let mut live = h.subscribe();
-    let backlog = match last_id {
+    Ok(match last_id {
         Some(id) => h.events_since(id).await?,
         None => {
             let b = h.events_since(u64::MAX).await?;
@@ -107,17 +134,7 @@ pub async fn events(
                 last_seq: b.last_seq,
             }
         }
-    };
-    let stream = async_stream(backlog, filter, move || {
-        let fut = async move {
-            let r = live.recv().await;
-            (r, live)
-        };
-        Box::pin(fut)
-    });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+    })
 }
 
 type Recv = std::pin::Pin<
@@ -134,14 +151,14 @@ type Recv = std::pin::Pin<
 /// The backlog, then live events after it; a `gap` event wherever some were lost.
 fn async_stream(
     backlog: crate::events::Backlog,
-    filter: Option<BTreeSet<String>>,
+    filter: Filter,
     first: impl FnOnce() -> Recv + Send + 'static,
 ) -> impl futures_core::Stream<Item = Result<Event, Infallible>> + Send {
     struct St {
         queue: std::collections::VecDeque<Value>,
         last: u64,
         next: Option<Recv>,
-        filter: Option<BTreeSet<String>>,
+        filter: Filter,
     }
     let mut queue = std::collections::VecDeque::new();
     if let Some((from, to)) = backlog.gap {
@@ -162,7 +179,7 @@ fn async_stream(
     futures_util::stream::unfold(st, |mut st| async move {
         loop {
             if let Some(v) = st.queue.pop_front() {
-                if v["type"] == "gap" || wanted(&st.filter, &v) {
+                if v["type"] == "gap" || (st.filter)(&v) {
                     return Some((Ok(sse(&v)), st));
                 }
                 continue;

@@ -21,6 +21,7 @@ pub mod strong_api;
 pub mod strong_cli;
 pub mod transport;
 pub mod wal_file;
+pub mod watch_api;
 
 use crate::config::{Config, Overrides, ProcessEnv};
 use crate::driver::{Clock, Driver, Handle, StoreIo};
