@@ -327,3 +327,27 @@ fn a_prefix_watch_streams_only_that_prefix() {
         .collect();
     assert_eq!(keys, vec!["cfg/a", "cfg/b"], "{seen}");
 }
+
+#[test]
+fn chorus_leave_stops_the_agent_and_peers_report_it_left() {
+    let mut lab = lab_or_skip!(3);
+    let agents = lab.start_cluster(3);
+    let mark = since(&lab, 0, 0).1;
+    let (code, out, err) = lab.cli(agents[2], "leave", &[]);
+    assert_eq!(code, 0, "{out} {err}");
+    let status = lab.wait_exit(agents[2], SECS(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the agent exits cleanly: {status:?}"
+    );
+    lab.wait_for(SECS(10), "n1 reports n3 left", |l| {
+        since(l, 0, mark).0.iter().any(|(_, t)| t == "member_left")
+    });
+    assert!(
+        !since(&lab, 0, mark)
+            .0
+            .iter()
+            .any(|(_, t)| t == "member_failed"),
+        "a leave is not a failure"
+    );
+}

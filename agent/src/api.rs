@@ -123,6 +123,7 @@ pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
         )
         .route("/v1/leader", get(crate::lock_api::leader))
         .route("/v1/events", get(crate::events_api::events))
+        .route("/v1/leave", axum::routing::post(leave))
         .route("/v1/watch/{store}", get(crate::watch_api::watch))
         .route(
             "/v1/lock/{name}/renew",
@@ -470,4 +471,10 @@ async fn kv_list(
         }
         other => Err(unexpected(other)),
     }
+}
+
+/// `POST /v1/leave`: leave the cluster gracefully and stop the agent, as SIGTERM does.
+async fn leave(State(h): State<Handle>) -> Result<Json<serde_json::Value>, ApiError> {
+    h.leave().await?;
+    Ok(Json(json!({ "leaving": true })))
 }

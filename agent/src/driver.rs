@@ -178,6 +178,11 @@ impl Handle {
         self.ask(Command::Metrics).await
     }
 
+    /// Resolves once the driver has stopped (after a graceful leave, or a crash).
+    pub async fn stopped(&self) {
+        self.tx.closed().await
+    }
+
     /// Starts a graceful leave; the driver stops once the leave has spread.
     pub async fn leave(&self) -> Result<(), Gone> {
         self.tx.send(Command::Leave).await.map_err(|_| Gone)

@@ -234,6 +234,7 @@ async fn wait_for_stop(
     } = signals;
     loop {
         tokio::select! {
+            _ = handle.stopped() => { info!("left the cluster (asked through the API)"); return; }
             _ = term.recv() => { info!("SIGTERM: leaving"); return; }
             _ = int.recv() => { info!("SIGINT: leaving"); return; }
             _ = hup.recv() => {

@@ -27,6 +27,9 @@ enum Cmd {
     Members(ClientArgs),
     /// Show this agent's node, quorum and member counts.
     Status(ClientArgs),
+    /// Make the agent leave the cluster gracefully and stop (as SIGTERM does), for hosts where
+    /// systemctl is not the way.
+    Leave(ClientArgs),
     /// Print a new random cluster key (base64) for `cluster.key`.
     Keygen,
     /// Read and write the replicated key/value store.
@@ -230,6 +233,16 @@ fn main() -> ExitCode {
         Cmd::Agent(a) => run_agent(a),
         Cmd::Members(c) => client(&c, "/v1/members", cli::members_table),
         Cmd::Status(c) => client(&c, "/v1/status", cli::status_text),
+        Cmd::Leave(c) => match Client::new(&c.api).call("POST", "/v1/leave", Some(Vec::new())) {
+            Ok(_) => {
+                println!("leaving: peers will report this node left, not failed");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
         Cmd::Kv(k) => kv(k),
         Cmd::Strong(s) => agent::strong_cli::run(s),
         Cmd::Lock(l) => agent::lock_cli::run(l),
@@ -306,11 +319,15 @@ fn run_agent(a: AgentArgs) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    if config.log_json {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

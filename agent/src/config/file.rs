@@ -168,4 +168,6 @@ pub struct ApiSection {
 pub struct LogSection {
     /// `log.level`
     pub level: Option<String>,
+    /// `log.format`
+    pub format: Option<String>,
 }

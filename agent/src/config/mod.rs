@@ -135,6 +135,8 @@ pub struct Config {
     pub api_bind: SocketAddr,
     /// Log filter (tracing-subscriber syntax).
     pub log_level: String,
+    /// Log lines as JSON objects (for log shippers) rather than text.
+    pub log_json: bool,
     /// Campaign for the cluster leader with this lease and lock delay (`None`: not a candidate).
     pub leader: Option<node::LeaderConfig>,
     /// Commands run on events.

@@ -44,6 +44,20 @@ pub(super) fn resolve(
         .unwrap_or_else(|| "info".into());
     tracing_subscriber::EnvFilter::try_new(&log_level)
         .map_err(|e| invalid("log.level", format!("{log_level:?}: {e}")))?;
+    let log_json = match l
+        .get("log.format", "CHORUS_LOG_FORMAT", None, log.format, text)?
+        .as_deref()
+        .unwrap_or("text")
+    {
+        "text" => false,
+        "json" => true,
+        other => {
+            return Err(invalid(
+                "log.format",
+                format!("{other:?} is not one of text, json"),
+            ));
+        }
+    };
     let store = resolve_store(store_section, store_decls, l)?;
     let candidate = l
         .get(
@@ -100,6 +114,7 @@ pub(super) fn resolve(
         quorum: cluster.quorum,
         api_bind,
         log_level,
+        log_json,
         leader,
         handlers,
         max_value_bytes: store.max_value_bytes,

@@ -195,3 +195,35 @@ fn env_overrides_file_and_flags_override_env() {
         "cluster.expected_nodes"
     );
 }
+
+#[test]
+fn log_format_and_leader_keys_are_checked() {
+    let c = from_toml(
+        "[log]\nformat = \"json\"\n[leader]\ncandidate = true\nttl = \"5s\"\nlock_delay = \"0s\"\n",
+    )
+    .unwrap();
+    assert!(c.log_json);
+    let l = c.leader.expect("a candidate");
+    assert_eq!(
+        (l.ttl, l.lock_delay),
+        (std::time::Duration::from_secs(5), std::time::Duration::ZERO)
+    );
+    assert_eq!(
+        err_key(from_toml("[log]\nformat = \"xml\"\n")),
+        "log.format"
+    );
+    assert_eq!(
+        err_key(from_toml("[leader]\nttl = \"100ms\"\n")),
+        "leader.ttl"
+    );
+    assert_eq!(
+        err_key(from_toml(
+            "[[handlers]]\nevents = [\"nope\"]\ncommand = [\"true\"]\n"
+        )),
+        "handlers[0].events"
+    );
+    assert_eq!(
+        err_key(from_toml("[[handlers]]\nevents = [\"*\"]\ncommand = []\n")),
+        "handlers[0].command"
+    );
+}
