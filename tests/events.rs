@@ -171,6 +171,18 @@ fn handlers_page_on_a_kill_9_with_the_right_environment_and_never_block_the_node
         log.contains("cannot start event handler") && log.contains("/nonexistent/pager"),
         "a missing handler command is logged with the reason"
     );
+    // The runs are counted by outcome, and every event by type.
+    assert!(
+        lab.metric(0, "chorus_handler_runs_total{outcome=\"ok\"}") >= 1,
+        "{}",
+        lab.metrics(0)
+    );
+    assert!(lab.metric(0, "chorus_handler_runs_total{outcome=\"timeout\"}") >= 1);
+    assert!(lab.metric(0, "chorus_handler_runs_total{outcome=\"not_started\"}") >= 1);
+    assert_eq!(
+        lab.metric(0, "chorus_events_total{type=\"member_failed\"}"),
+        1
+    );
     // Membership was unaffected by the handlers: the survivors still see each other.
     assert!(lab.all_alive(&[0, 1], &["n1", "n2"]), "{}", lab.all_logs());
 }

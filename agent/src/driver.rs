@@ -102,6 +102,10 @@ pub struct MetricsReport {
     pub store_entries: u64,
     /// Quorum operations waiting for answers.
     pub store_in_flight: u64,
+    /// Events emitted, by type.
+    pub events: BTreeMap<&'static str, u64>,
+    /// Live event subscribers (streams, watches, blocking reads and the handler runner).
+    pub subscribers: u64,
 }
 
 /// Requests to the driver task.
@@ -250,6 +254,7 @@ pub struct Driver {
     pending_strong: BTreeMap<u64, oneshot::Sender<StrongResult>>,
     next_token: u64,
     event_log: crate::events::EventLog,
+    events_by_type: BTreeMap<&'static str, u64>,
 }
 
 /// How often seed names are resolved again.
@@ -286,6 +291,7 @@ impl Driver {
             pending: BTreeMap::new(),
             pending_strong: BTreeMap::new(),
             event_log: crate::events::EventLog::default(),
+            events_by_type: BTreeMap::new(),
             next_token: 1,
         };
         (driver, handle)
@@ -431,6 +437,8 @@ impl Driver {
             ],
             store_entries: store.entries() as u64,
             store_in_flight: store.in_flight() as u64,
+            events: self.events_by_type.clone(),
+            subscribers: self.events.receiver_count() as u64,
         }
     }
 
@@ -510,6 +518,7 @@ impl Driver {
                 }
                 Output::Event(ev) => {
                     crate::events::log(&ev);
+                    *self.events_by_type.entry(ev.kind.name()).or_default() += 1;
                     let v = Arc::new(ev.to_json());
                     self.event_log.push(v.clone(), ev.seq);
                     let _ = self.events.send(v);

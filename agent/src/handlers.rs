@@ -105,6 +105,22 @@ impl Handler {
 /// Handler runs dropped because the queue was full.
 pub static DROPPED: AtomicU64 = AtomicU64::new(0);
 
+/// Handler runs by outcome, for `/metrics`: ok, failed (a non-zero exit), timeout, not_started.
+pub static RUNS: [AtomicU64; 4] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
+/// The outcome names of [`RUNS`], in order.
+pub const OUTCOMES: [&str; 4] = ["ok", "failed", "timeout", "not_started"];
+/// Milliseconds spent in finished handler runs, for `/metrics`.
+pub static RUN_MS: AtomicU64 = AtomicU64::new(0);
+
+fn count(outcome: usize) {
+    RUNS[outcome].fetch_add(1, Ordering::Relaxed);
+}
+
 /// What this node is, for the handlers' environment.
 #[derive(Debug, Clone)]
 pub struct Local {
@@ -210,6 +226,7 @@ async fn run_one(i: usize, h: &Handler, local: &Local, v: &Value) {
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
+            count(3);
             warn!(handler = i, command = %h.command[0], event, seq, error = %e,
                 "cannot start event handler");
             return;
@@ -224,6 +241,8 @@ async fn run_one(i: usize, h: &Handler, local: &Local, v: &Value) {
     match tokio::time::timeout(h.timeout, child.wait_with_output()).await {
         Ok(Ok(out)) => {
             let took_ms = started.elapsed().as_millis() as u64;
+            RUN_MS.fetch_add(took_ms, Ordering::Relaxed);
+            count(if out.status.success() { 0 } else { 1 });
             let stderr = String::from_utf8_lossy(&out.stderr[..out.stderr.len().min(STDERR_KEEP)])
                 .trim()
                 .to_string();
@@ -234,9 +253,16 @@ async fn run_one(i: usize, h: &Handler, local: &Local, v: &Value) {
                     status = %out.status, stderr = %stderr, "event handler failed");
             }
         }
-        Ok(Err(e)) => warn!(handler = i, command = %h.command[0], event, seq, error = %e,
-            "event handler could not be waited for"),
-        Err(_) => warn!(handler = i, command = %h.command[0], event, seq,
-            timeout = ?h.timeout, "event handler timed out and was killed"),
+        Ok(Err(e)) => {
+            count(1);
+            warn!(handler = i, command = %h.command[0], event, seq, error = %e,
+                "event handler could not be waited for")
+        }
+        Err(_) => {
+            count(2);
+            RUN_MS.fetch_add(h.timeout.as_millis() as u64, Ordering::Relaxed);
+            warn!(handler = i, command = %h.command[0], event, seq,
+                timeout = ?h.timeout, "event handler timed out and was killed")
+        }
     }
 }

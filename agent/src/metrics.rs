@@ -145,6 +145,55 @@ pub fn render(report: &MetricsReport) -> String {
     required.set(i64::from(q.required_votes));
     reg.register("quorum_required_votes", "Votes a quorum needs", required);
 
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct TypeLabel {
+        r#type: String,
+    }
+    let events = Family::<TypeLabel, Counter>::default();
+    for t in node::EVENT_TYPES {
+        events
+            .get_or_create(&TypeLabel {
+                r#type: (*t).into(),
+            })
+            .inc_by(report.events.get(t).copied().unwrap_or(0));
+    }
+    reg.register("events", "Events emitted, by type", events);
+    let subscribers = Gauge::<i64>::default();
+    subscribers.set(report.subscribers as i64);
+    reg.register(
+        "event_subscribers",
+        "Live event subscribers: streams, watches, blocking reads, and the handler runner",
+        subscribers,
+    );
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct OutcomeLabel {
+        outcome: String,
+    }
+    let runs = Family::<OutcomeLabel, Counter>::default();
+    use std::sync::atomic::Ordering::Relaxed;
+    for (name, n) in crate::handlers::OUTCOMES.iter().zip(&crate::handlers::RUNS) {
+        runs.get_or_create(&OutcomeLabel {
+            outcome: (*name).into(),
+        })
+        .inc_by(n.load(Relaxed));
+    }
+    runs.get_or_create(&OutcomeLabel {
+        outcome: "dropped".into(),
+    })
+    .inc_by(crate::handlers::DROPPED.load(Relaxed));
+    reg.register(
+        "handler_runs",
+        "Event handler runs, by outcome (ok, failed, timeout, not_started, dropped)",
+        runs,
+    );
+    let run_secs = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+    run_secs.inc_by(crate::handlers::RUN_MS.load(Relaxed) as f64 / 1000.0);
+    reg.register(
+        "handler_run_seconds",
+        "Time spent in finished event handler runs",
+        run_secs,
+    );
+
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg)
         .expect("writing to a String cannot fail");
