@@ -8,6 +8,7 @@
 //! operations are recorded in a history, and checkers judge the history and the final state.
 
 pub mod check;
+pub mod check_events;
 pub mod check_locks;
 pub mod check_strong;
 pub mod faults;

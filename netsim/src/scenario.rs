@@ -432,6 +432,7 @@ pub fn run_keeping(
     let sim = &run.sim;
     verdicts.push(check::metadata_everywhere(sim));
     verdicts.push(check::events_match_members(sim));
+    verdicts.push(crate::check_events::failures_reported_once(sim));
     run.report.verdicts.extend(verdicts);
     run.report.trace_hash = run.sim.trace_hash();
     Ok((run.report, run.sim))

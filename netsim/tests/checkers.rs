@@ -464,3 +464,16 @@ fn a_leader_told_to_act_for_its_whole_lease_is_caught_leading_beside_the_next() 
         "a leader acting for the grantors' whole lease went unnoticed: {broken:?}"
     );
 }
+
+#[test]
+fn a_crash_that_no_survivor_reports_is_caught_by_the_failure_report_checker() {
+    let v = first_failure(
+        "kill",
+        &membership_fault(membership::Fault::SilentFailures),
+        "failures reported once",
+    );
+    assert!(
+        !v.ok && v.detail.contains("0 times"),
+        "crashes reported by nobody went unnoticed: {v:?}"
+    );
+}
