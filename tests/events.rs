@@ -363,3 +363,26 @@ fn chorus_leave_stops_the_agent_and_peers_report_it_left() {
         "a leave is not a failure"
     );
 }
+
+#[test]
+fn sighup_applies_new_handlers() {
+    let mut lab = lab_or_skip!(3);
+    let agents = lab.start_cluster(3);
+    let out = lab.dir().join("n1.reloaded");
+    lab.append_config(
+        agents[0],
+        &format!(
+            "[[handlers]]\nevents = [\"member_failed\"]\n\
+             command = [\"sh\", \"-c\", \"echo $CHORUS_MEMBER_NAME >> {}\"]\n",
+            out.display()
+        ),
+    );
+    lab.sighup(agents[0]);
+    lab.wait_for(SECS(10), "the reload is logged", |l| {
+        l.log_of(agents[0]).contains("handlers=1")
+    });
+    lab.kill9(agents[2]);
+    lab.wait_for(SECS(15), "the reloaded handler runs", |_| {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.trim() == "n3")
+    });
+}

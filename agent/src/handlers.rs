@@ -130,14 +130,18 @@ pub struct Local {
     pub datacenter: String,
 }
 
-/// Runs the handlers on the events from `events` until it closes.
-pub fn spawn(handlers: Vec<Handler>, local: Local, mut events: broadcast::Receiver<Arc<Value>>) {
-    if handlers.is_empty() {
-        return;
-    }
-    let handlers = Arc::new(handlers);
-    let (tx, mut rx) = mpsc::channel::<(usize, Arc<Value>)>(QUEUE);
-    let wanted = Arc::clone(&handlers);
+/// Replaces the running handlers (a SIGHUP reload).
+pub type Reload = tokio::sync::watch::Sender<Arc<Vec<Handler>>>;
+
+/// Runs the handlers on the events from `events` until it closes; the returned sender replaces
+/// them (runs already queued or running finish with the handlers they started with).
+pub fn spawn(
+    handlers: Vec<Handler>,
+    local: Local,
+    mut events: broadcast::Receiver<Arc<Value>>,
+) -> Reload {
+    let (reload, current) = tokio::sync::watch::channel(Arc::new(handlers));
+    let (tx, mut rx) = mpsc::channel::<(usize, Handler, Arc<Value>)>(QUEUE);
     tokio::spawn(async move {
         loop {
             let v = match events.recv().await {
@@ -151,8 +155,9 @@ pub fn spawn(handlers: Vec<Handler>, local: Local, mut events: broadcast::Receiv
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             };
-            for (i, h) in wanted.iter().enumerate() {
-                if h.wants(&v) && tx.try_send((i, v.clone())).is_err() {
+            let handlers = current.borrow().clone();
+            for (i, h) in handlers.iter().enumerate() {
+                if h.wants(&v) && tx.try_send((i, h.clone(), v.clone())).is_err() {
                     DROPPED.fetch_add(1, Ordering::Relaxed);
                     warn!(handler = i, event = %v["type"], seq = %v["seq"],
                         "event handler queue full ({QUEUE}): this run is dropped");
@@ -163,15 +168,16 @@ pub fn spawn(handlers: Vec<Handler>, local: Local, mut events: broadcast::Receiv
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
     let local = Arc::new(local);
     tokio::spawn(async move {
-        while let Some((i, v)) = rx.recv().await {
+        while let Some((i, h, v)) = rx.recv().await {
             let permit = slots.clone().acquire_owned().await.expect("never closed");
-            let (h, local) = (handlers[i].clone(), local.clone());
+            let local = local.clone();
             tokio::spawn(async move {
                 run_one(i, &h, &local, &v).await;
                 drop(permit);
             });
         }
     });
+    reload
 }
 
 /// The environment a handler gets for event `v`.

@@ -165,7 +165,7 @@ pub async fn run(
         node_file,
         io,
     );
-    handlers::spawn(
+    let reload_handlers = handlers::spawn(
         config.handlers.clone(),
         handlers::Local {
             name: config.name.clone(),
@@ -190,7 +190,7 @@ pub async fn run(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     info!(api = %api_local, "ready");
 
-    wait_for_stop(signals, &handle, config_path, overrides).await;
+    wait_for_stop(signals, &handle, &reload_handlers, config_path, overrides).await;
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = handle.leave().await;
@@ -220,10 +220,12 @@ fn install_signals() -> anyhow::Result<Signals> {
     })
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP reloads what can change at run time (the seeds).
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads what can change at run time (the seeds and the
+/// event handlers).
 async fn wait_for_stop(
     signals: Signals,
     handle: &Handle,
+    reload_handlers: &handlers::Reload,
     config_path: Option<PathBuf>,
     overrides: Overrides,
 ) {
@@ -241,8 +243,10 @@ async fn wait_for_stop(
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
                 match Config::load(config_path.as_deref(), &ProcessEnv, &overrides) {
                     Ok(c) => {
-                        info!(seeds = ?c.seeds, "SIGHUP: configuration reloaded (seeds applied; other changes need a restart)");
+                        info!(seeds = ?c.seeds, handlers = c.handlers.len(),
+                            "SIGHUP: configuration reloaded (seeds and handlers applied; other changes need a restart)");
                         let _ = handle.set_seeds(c.seeds).await;
+                        let _ = reload_handlers.send(std::sync::Arc::new(c.handlers));
                     }
                     Err(e) => warn!(error = %e, "SIGHUP: configuration not reloaded"),
                 }

@@ -367,6 +367,26 @@ impl Lab {
         agent.child = Some(child);
     }
 
+    /// Appends `toml` to agent `a`'s config file (read again on SIGHUP or a restart).
+    #[allow(dead_code)] // used by some test targets only
+    pub fn append_config(&self, a: usize, toml: &str) {
+        let mut text = std::fs::read_to_string(&self.agents[a].config).expect("read config");
+        text.push_str(toml);
+        std::fs::write(&self.agents[a].config, text).expect("write config");
+    }
+
+    /// Sends SIGHUP to agent `a` (it reloads its configuration).
+    #[allow(dead_code)] // used by some test targets only
+    pub fn sighup(&self, a: usize) {
+        let pid = self.agents[a]
+            .child
+            .as_ref()
+            .expect("running")
+            .id()
+            .to_string();
+        run(Command::new("kill").args(["-HUP", &pid]));
+    }
+
     /// Kills agent `a` with SIGKILL.
     pub fn kill9(&mut self, a: usize) {
         if let Some(mut c) = self.agents[a].child.take() {
