@@ -76,21 +76,28 @@ fn human(v: &serde_json::Value) -> String {
 
 /// Runs `chorus events` until interrupted.
 pub fn run(a: EventsArgs) -> ExitCode {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(None)
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut last = a.since;
     let query = if a.types.is_empty() {
         String::new()
     } else {
         format!("?type={}", a.types.join(","))
     };
     let url = format!("http://{}/v1/events{query}", a.api);
+    follow(&url, a.since, a.json)
+}
+
+/// Follows the Server-Sent Events at `url` until interrupted, reconnecting with
+/// `Last-Event-ID`; prints each event as JSON or as a line for people.
+fn follow(url: &str, since: Option<u64>, json: bool) -> ExitCode {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(None)
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut last = since;
+    let a = FollowArgs { json };
     let mut warned = false;
     loop {
-        let mut req = agent.get(&url);
+        let mut req = agent.get(url);
         if let Some(l) = last {
             req = req.header("last-event-id", l.to_string());
         }
@@ -130,5 +137,78 @@ pub fn run(a: EventsArgs) -> ExitCode {
             }
         }
         std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+struct FollowArgs {
+    json: bool,
+}
+
+/// The arguments of `chorus watch`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatchArgs {
+    /// The store.
+    pub store: String,
+    /// The key to watch (prints each new value).
+    #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
+    pub key: Option<String>,
+    /// Watch every key under this prefix instead (prints each change).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Print JSON (a value in base64).
+    #[arg(long)]
+    pub json: bool,
+    /// The agent's API address.
+    #[arg(long, env = "CHORUS_API", default_value = "127.0.0.1:7947")]
+    pub api: String,
+}
+
+/// Runs `chorus watch` until interrupted: blocking reads of one key, or a prefix's changes.
+pub fn watch(a: WatchArgs) -> ExitCode {
+    use crate::cli::encode_segment as enc;
+    use base64::Engine;
+    if let Some(prefix) = &a.prefix {
+        let url = format!(
+            "http://{}/v1/watch/{}?prefix={}",
+            a.api,
+            enc(&a.store),
+            enc(prefix)
+        );
+        return follow(&url, None, a.json);
+    }
+    let key = a.key.clone().unwrap_or_default();
+    let c = crate::cli::Client::with_limits(&a.api, Duration::from_secs(400), 64 << 20);
+    let path = format!("/v1/kv/{}/{}", enc(&a.store), enc(&key));
+    let mut index: Option<String> = None;
+    loop {
+        let q = match &index {
+            None => path.clone(),
+            Some(i) => format!("{path}?index={}&wait=5m", enc(i)),
+        };
+        let (version, value) = match c.call("GET", &q, None) {
+            Ok(r) => (r.version.unwrap_or_default(), Some(r.body)),
+            Err(crate::cli::CliError::Api { code, .. }) if code == "not_found" => {
+                ("0".to_string(), None)
+            }
+            Err(e) => {
+                eprintln!("chorus watch: {e}; trying again");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if index.as_deref() != Some(version.as_str()) {
+            if a.json {
+                let v = value
+                    .as_ref()
+                    .map(|v| base64::engine::general_purpose::STANDARD.encode(v));
+                println!("{}", serde_json::json!({ "version": version, "value": v }));
+            } else {
+                match &value {
+                    Some(v) => println!("{}", String::from_utf8_lossy(v)),
+                    None => println!("(no value)"),
+                }
+            }
+            index = Some(version);
+        }
     }
 }

@@ -44,6 +44,8 @@ enum Cmd {
     Leader(agent::lock_cli::LeaderArgs),
     /// Follow the event stream (reconnects without missing anything); `--type` filters.
     Events(agent::events_cli::EventsArgs),
+    /// Watch a key (print each new value) or, with --prefix, a store's changes under a prefix.
+    Watch(agent::events_cli::WatchArgs),
     /// Load-test running agents' key/value API (bounded in time and operations).
     Bench(BenchArgs),
     /// Back up a node's store, or restore a backup onto an empty node.
@@ -248,6 +250,7 @@ fn main() -> ExitCode {
         Cmd::Lock(l) => agent::lock_cli::run(l),
         Cmd::Leader(l) => agent::lock_cli::leader(l),
         Cmd::Events(e) => agent::events_cli::run(e),
+        Cmd::Watch(w) => agent::events_cli::watch(w),
         Cmd::Bench(b) => bench(b),
         Cmd::Snapshot(s) => snapshot(s),
         Cmd::Keygen => {
