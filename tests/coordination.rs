@@ -341,3 +341,30 @@ fn a_new_leader_with_a_higher_token_follows_kill_9_of_the_leader_within_ttl_plus
     );
     eprintln!("new leader {next:?} {took:?} after kill -9 of the leader");
 }
+
+#[test]
+fn a_superseded_holder_s_fenced_write_is_refused() {
+    let mut lab = lab_or_skip!(3);
+    let _agents = lab.start_cluster(3);
+    let (code, a) = lab.http(0, "PUT", "/v1/lock/job?owner=a&ttl=1s&lock_delay=0s");
+    assert_eq!((code, a["fencing_token"].as_u64()), (200, Some(1)), "{a}");
+    assert_eq!(put(&lab, 0, "out", "from-a", &["--fence", "job:1"]).0, 0);
+    // a stalls past its lease; b takes over and writes with its newer token.
+    let (code, b) = lab.http(
+        1,
+        "PUT",
+        "/v1/lock/job?owner=b&ttl=5s&lock_delay=0s&wait=10s",
+    );
+    assert_eq!((code, b["fencing_token"].as_u64()), (200, Some(2)), "{b}");
+    assert_eq!(put(&lab, 1, "out", "from-b", &["--fence", "job:2"]).0, 0);
+    // a wakes up and writes with its old token: refused, nothing changes.
+    let (code, _, err) = put(&lab, 0, "out", "late-a", &["--fence", "job:1"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("stale_token") && err.contains("token 2"),
+        "{err}"
+    );
+    assert_eq!(get(&lab, 2, "out"), (0, "from-b".to_string()));
+    let (code, _, err) = put(&lab, 0, "out", "x", &["--fence", "job"]);
+    assert_eq!(code, 6, "a fence without a token: {err}");
+}

@@ -43,7 +43,7 @@ impl CliError {
                 "no_quorum" | "contended" => 4,
                 "indeterminate" => 5,
                 "bad_request" | "too_large" => 6,
-                "conflict" => 7,
+                "conflict" | "stale_token" => 7,
                 _ => 1,
             },
         }

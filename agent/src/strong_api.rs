@@ -15,12 +15,13 @@ use crate::api::ApiError;
 use crate::driver::Handle;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use coord::{Change, CoordError, Expect, Outcome, Register, Request};
 use serde_json::json;
+use std::collections::BTreeMap;
 
 impl From<CoordError> for ApiError {
     fn from(e: CoordError) -> Self {
@@ -117,6 +118,16 @@ fn written(outcome: Outcome) -> Result<Response, ApiError> {
         }
         Outcome::Conflict(r) => Err(conflict(&r)),
         Outcome::Absent(r) => Err(absent(&r)),
+        Outcome::StaleToken { lock, token, seen } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stale_token",
+            format!(
+                "fencing token {token} of lock {lock:?} is stale: a write of this key already carried token {seen}"
+            ),
+        )
+        .with("lock", json!(lock))
+        .with("token", json!(token))
+        .with("seen", json!(seen))),
         other @ (Outcome::Value(_) | Outcome::Lock(_)) => {
             Err(ApiError::internal(format!("a write answered {other:?}")))
         }
@@ -146,6 +157,7 @@ pub async fn get(State(h): State<Handle>, Path(key): Path<String>) -> Result<Res
 pub async fn put(
     State(h): State<Handle>,
     Path(key): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -154,17 +166,40 @@ pub async fn put(
         value: body.to_vec(),
         expect: expect(&headers)?,
     };
-    written(run(&h, key, change).await?)
+    written(run(&h, key, fenced(&q, change)?).await?)
 }
 
 /// `DELETE /v1/strong/{key}`.
 pub async fn delete(
     State(h): State<Handle>,
     Path(key): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let change = Change::Delete {
         expect: expect(&headers)?,
     };
-    written(run(&h, key, change).await?)
+    written(run(&h, key, fenced(&q, change)?).await?)
+}
+
+/// The change, fenced when the request carries `?fence=LOCK:TOKEN`.
+fn fenced(q: &BTreeMap<String, String>, change: Change) -> Result<Change, ApiError> {
+    let Some(f) = q.get("fence") else {
+        return Ok(change);
+    };
+    let bad = || {
+        ApiError::bad_request(format!(
+            "fence={f:?}: write LOCK:TOKEN, with the fencing token the lock's holder was given"
+        ))
+    };
+    let (lock, token) = f.rsplit_once(':').ok_or_else(bad)?;
+    let token = token.parse::<u64>().map_err(|_| bad())?;
+    if lock.is_empty() || lock.len() > crate::lock_api::MAX_NAME_BYTES {
+        return Err(bad());
+    }
+    Ok(Change::Fenced {
+        lock: lock.to_string(),
+        token,
+        change: Box::new(change),
+    })
 }

@@ -89,6 +89,7 @@ mod tests {
         Register {
             version,
             value: Some(vec![version as u8]),
+            ..Register::default()
         }
     }
 

@@ -2,6 +2,7 @@
 
 use crate::lock::{LockOp, LockOutcome, LockState};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// A strong key's register: a value (or none) and the number of changes made to it. The version
@@ -13,6 +14,9 @@ pub struct Register {
     pub version: u64,
     /// The value; `None` when never written or deleted.
     pub value: Option<Vec<u8>>,
+    /// The highest fencing token of each lock that a fenced write of this key carried: a write
+    /// with a lower one comes from a holder that has been superseded, and is refused.
+    pub fences: BTreeMap<String, u64>,
 }
 
 /// What a write expects of the register before it applies.
@@ -57,6 +61,16 @@ pub enum Change {
     },
     /// A change to a lock held in the register (see [`crate::lock`]).
     Lock(LockOp),
+    /// `change`, made by the holder of `lock` at fencing token `token`: refused when a write of
+    /// this key already carried a higher token of that lock.
+    Fenced {
+        /// The lock.
+        lock: String,
+        /// The holder's fencing token.
+        token: u64,
+        /// The change.
+        change: Box<Change>,
+    },
 }
 
 /// What a change did.
@@ -75,6 +89,16 @@ pub enum Outcome {
     Absent(Register),
     /// What a lock change did.
     Lock(LockOutcome),
+    /// A fenced change refused: a write of this key already carried fencing token `seen` of
+    /// `lock`, higher than `token`. Nothing changed.
+    StaleToken {
+        /// The lock.
+        lock: String,
+        /// The token the write carried.
+        token: u64,
+        /// The highest token seen.
+        seen: u64,
+    },
 }
 
 impl Change {
@@ -82,6 +106,26 @@ impl Change {
     /// the register's last change over the quorum of promises (locks judge expiry by it).
     pub fn apply(&self, r: &Register, age: Option<Duration>) -> (Register, Outcome) {
         match self {
+            Change::Fenced {
+                lock,
+                token,
+                change,
+            } => {
+                let seen = r.fences.get(lock).copied().unwrap_or(0);
+                if seen > *token {
+                    let out = Outcome::StaleToken {
+                        lock: lock.clone(),
+                        token: *token,
+                        seen,
+                    };
+                    return (r.clone(), out);
+                }
+                let (mut next, out) = change.apply(r, age);
+                if matches!(out, Outcome::Written { .. }) {
+                    next.fences.insert(lock.clone(), *token);
+                }
+                (next, out)
+            }
             Change::Lock(op) => {
                 let cur: LockState = r
                     .value
@@ -95,6 +139,7 @@ impl Change {
                     Some(s) => Register {
                         version: r.version + 1,
                         value: Some(postcard::to_stdvec(&s).expect("encoding a lock cannot fail")),
+                        fences: r.fences.clone(),
                     },
                     None => r.clone(),
                 };
@@ -108,6 +153,7 @@ impl Change {
                 let next = Register {
                     version: r.version + 1,
                     value: Some(value.clone()),
+                    fences: r.fences.clone(),
                 };
                 let version = next.version;
                 (next, Outcome::Written { version })
@@ -122,6 +168,7 @@ impl Change {
                 let next = Register {
                     version: r.version + 1,
                     value: None,
+                    fences: r.fences.clone(),
                 };
                 let version = next.version;
                 (next, Outcome::Written { version })
@@ -138,6 +185,7 @@ mod tests {
         Register {
             version,
             value: value.map(|v| v.as_bytes().to_vec()),
+            ..Register::default()
         }
     }
 
@@ -195,6 +243,41 @@ mod tests {
         assert_eq!(
             Change::Read.apply(&held, None),
             (held.clone(), Outcome::Value(held))
+        );
+    }
+
+    #[test]
+    fn a_fenced_write_with_an_older_token_is_refused_and_changes_nothing() {
+        let fenced = |token, v: &str| Change::Fenced {
+            lock: "job".into(),
+            token,
+            change: Box::new(put(v, Expect::Any)),
+        };
+        let (r, out) = fenced(2, "b").apply(&Register::default(), None);
+        assert_eq!(out, Outcome::Written { version: 1 });
+        assert_eq!(r.fences.get("job"), Some(&2));
+        let (same, out) = fenced(1, "stale").apply(&r, None);
+        assert_eq!(
+            out,
+            Outcome::StaleToken {
+                lock: "job".into(),
+                token: 1,
+                seen: 2
+            }
+        );
+        assert_eq!(same, r, "nothing changed");
+        let (r3, out) = fenced(3, "c").apply(&r, None);
+        assert_eq!(out, Outcome::Written { version: 2 });
+        assert_eq!(r3.fences.get("job"), Some(&3));
+        // An unfenced write keeps the fences for the next fenced one.
+        let (r4, _) = put("d", Expect::Any).apply(&r3, None);
+        assert_eq!(
+            fenced(2, "late").apply(&r4, None).1,
+            Outcome::StaleToken {
+                lock: "job".into(),
+                token: 2,
+                seen: 3
+            }
         );
     }
 }

@@ -228,7 +228,8 @@ fn compare_and_set_applies_only_on_the_expected_version() {
         net.call(1, "k", put("b", Expect::Absent)),
         Ok(Outcome::Conflict(Register {
             version: 1,
-            value: Some(b"a".to_vec())
+            value: Some(b"a".to_vec()),
+            ..Register::default()
         })),
         "create refused: the key exists"
     );

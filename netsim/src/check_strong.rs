@@ -36,6 +36,11 @@ fn describe(o: &StrongOp, i: usize) -> String {
         }
         Change::Delete { expect } => format!("delete {} {expect:?}", o.key),
         Change::Lock(op) => format!("lock {} {op:?}", o.key),
+        Change::Fenced {
+            lock,
+            token,
+            change,
+        } => format!("fenced ({lock}:{token}) {change:?}"),
     };
     format!(
         "op #{i} ({what} on node {}, {:.3}-{} s: {:?})",
@@ -45,6 +50,14 @@ fn describe(o: &StrongOp, i: usize) -> String {
             .map_or("pending".to_string(), |t| format!("{:.3}", t.as_secs_f64())),
         o.outcome
     )
+}
+
+/// The change a fenced change wraps (or the change itself).
+fn unfenced(c: &Change) -> &Change {
+    match c {
+        Change::Fenced { change, .. } => unfenced(change),
+        other => other,
+    }
 }
 
 fn holds(expect: Expect, r: &Register) -> bool {
@@ -105,7 +118,7 @@ fn check_key(ops: &[StrongOp], on_key: &[usize], violations: &mut Vec<String>) {
         };
         match (outcome, &o.change) {
             (Outcome::Written { version }, change) => {
-                let value = match change {
+                let value = match unfenced(change) {
                     Change::Put { value, .. } => Some(value.clone()),
                     _ => None,
                 };
@@ -124,12 +137,12 @@ fn check_key(ops: &[StrongOp], on_key: &[usize], violations: &mut Vec<String>) {
                     made: true,
                 });
             }
-            (Outcome::Lock(_), _) => continue,
+            (Outcome::Lock(_) | Outcome::StaleToken { .. }, _) => continue,
             (Outcome::Value(r) | Outcome::Conflict(r) | Outcome::Absent(r), change) => {
                 if let Outcome::Conflict(_) = outcome {
                     let expect = match change {
                         Change::Put { expect, .. } | Change::Delete { expect } => *expect,
-                        Change::Read | Change::Lock(_) => Expect::Any,
+                        Change::Read | Change::Lock(_) | Change::Fenced { .. } => Expect::Any,
                     };
                     if holds(expect, r) {
                         violations.push(format!(
@@ -151,13 +164,14 @@ fn check_key(ops: &[StrongOp], on_key: &[usize], violations: &mut Vec<String>) {
     for (&n, &i) in &made_by {
         let expect = match &ops[i].change {
             Change::Put { expect, .. } | Change::Delete { expect } => *expect,
-            Change::Read | Change::Lock(_) => continue,
+            Change::Read | Change::Lock(_) | Change::Fenced { .. } => continue,
         };
         let before = match n.checked_sub(1) {
             Some(0) => Some(Register::default()),
             Some(p) => at.get(&p).map(|(v, _)| Register {
                 version: p,
                 value: v.clone(),
+                ..Register::default()
             }),
             None => None,
         };

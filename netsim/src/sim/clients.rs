@@ -210,7 +210,7 @@ impl Sim {
                 coord::Outcome::Value(r)
                 | coord::Outcome::Conflict(r)
                 | coord::Outcome::Absent(r) => Some(r.version),
-                coord::Outcome::Lock(_) => None,
+                coord::Outcome::Lock(_) | coord::Outcome::StaleToken { .. } => None,
             };
             let (client, key) = (rec.client, rec.key.clone());
             if let (Some(w), Some(version)) = (self.workload.as_mut(), version) {
