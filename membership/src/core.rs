@@ -117,6 +117,8 @@ pub struct Membership {
     pub(crate) strangers: BTreeSet<NodeId>,
     /// Start of the current introduction window and announces sent in it.
     pub(crate) introduced: (Duration, usize),
+    /// Nodes whose metadata record arrived or changed, for [`Membership::poll_described`].
+    pub(crate) described: VecDeque<NodeId>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -200,6 +202,7 @@ impl Membership {
             probes: 0,
             strangers: BTreeSet::new(),
             introduced: (Duration::ZERO, 0),
+            described: VecDeque::new(),
             cfg,
         };
         core.publish_own_meta();

@@ -244,6 +244,7 @@ impl Membership {
             let votes = self.votes_of(*id);
             self.reach.set_votes(*id, votes);
         }
+        self.described.extend(fresh.iter().copied());
         let mut strangers = Vec::new();
         for id in fresh {
             let Some(k) = self.known.get(&id).copied() else {
@@ -301,6 +302,20 @@ impl Membership {
             };
             self.events.push_back(ev);
         }
+    }
+
+    /// The next node whose metadata record arrived or changed since the last call (the node
+    /// uses it to name members in events that came before their record).
+    pub fn poll_described(&mut self) -> Option<NodeId> {
+        self.described.pop_front()
+    }
+
+    /// The name node `id` gives in its metadata, once its record has arrived.
+    pub fn name_of(&self, id: NodeId) -> Option<String> {
+        self.table()
+            .get(id)
+            .map(|m| m.name.clone())
+            .filter(|n| !n.is_empty())
     }
 
     /// The votes of node `id` by its metadata (1 until its record arrives).

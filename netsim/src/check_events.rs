@@ -94,3 +94,41 @@ fn ran_through(world: &[(Duration, WorldFault)], v: usize, from: Duration, to: D
                 | WorldFault::Pause(x, _) | WorldFault::Wipe(x) if *x == v)
     })
 }
+
+/// Every `member_joined` names the member rightly, and, when `strict` (runs without faults, where
+/// the joiner's metadata follows its join within a few gossip rounds), names it at all: the node
+/// holds a join until the joiner's name arrives rather than report a nameless member.
+pub fn joins_named(sim: &Sim, strict: bool) -> Verdict {
+    let mut violations = Vec::new();
+    let (mut joins, mut unnamed) = (0, 0);
+    for l in sim.log() {
+        let Event::MemberJoined { member } = &l.event else {
+            continue;
+        };
+        joins += 1;
+        let Some(s) = sim.index_of(member.id) else {
+            continue;
+        };
+        let want = format!("node{s}");
+        if member.name.is_empty() {
+            unnamed += 1;
+            if strict {
+                violations.push(format!(
+                    "node {} reported node {s} joined at {:.3} s without its name",
+                    l.node,
+                    l.at.as_secs_f64()
+                ));
+            }
+        } else if member.name != want {
+            violations.push(format!(
+                "node {} reported node {s} joined as {:?}, its name is {want:?}",
+                l.node, member.name
+            ));
+        }
+    }
+    Verdict::from(
+        "joins named",
+        violations,
+        format!("{joins} joins reported, {unnamed} without a name (strict: {strict})"),
+    )
+}

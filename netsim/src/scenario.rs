@@ -433,6 +433,7 @@ pub fn run_keeping(
     verdicts.push(check::metadata_everywhere(sim));
     verdicts.push(check::events_match_members(sim));
     verdicts.push(crate::check_events::failures_reported_once(sim));
+    verdicts.push(crate::check_events::joins_named(sim, name == "steady"));
     run.report.verdicts.extend(verdicts);
     run.report.trace_hash = run.sim.trace_hash();
     Ok((run.report, run.sim))

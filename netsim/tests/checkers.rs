@@ -347,15 +347,22 @@ fn answering_before_the_acceptor_state_is_synced_is_caught_when_every_node_crash
 
 #[test]
 fn acceptors_that_forget_promises_are_caught() {
-    let v = first_failure(
-        "steady",
-        &Faults {
-            coord: vec![coord::Fault::SkipPromise],
-            ..Faults::default()
-        },
-        "strong operations linearizable",
+    // A forgotten promise breaks linearizability only when two proposers race on one key through
+    // the acceptor that forgot: among seeds 1-40 of `steady`, 6, 7, 13, 16 and 19 show it (any
+    // change in event timing reshuffles which), so the search runs over 20 seeds.
+    let faults = Faults {
+        coord: vec![coord::Fault::SkipPromise],
+        ..Faults::default()
+    };
+    let caught = (1..=20).find_map(|seed| {
+        let r = scenario::run("steady", 5, seed, &faults).unwrap();
+        let v = verdict(&r, "strong operations linearizable");
+        (!v.ok).then_some((seed, v))
+    });
+    assert!(
+        caught.is_some(),
+        "promises that were not kept went unnoticed in seeds 1-20"
     );
-    assert!(!v.ok, "promises that were not kept went unnoticed: {v:?}");
 }
 
 /// Two lock clients contend for a lock for a minute, one beside node 0, whose clock runs 0.9 %
@@ -475,5 +482,18 @@ fn a_crash_that_no_survivor_reports_is_caught_by_the_failure_report_checker() {
     assert!(
         !v.ok && v.detail.contains("0 times"),
         "crashes reported by nobody went unnoticed: {v:?}"
+    );
+}
+
+#[test]
+fn a_join_reported_without_the_members_name_is_caught_by_the_join_checker() {
+    let v = first_failure(
+        "steady",
+        &membership_fault(membership::Fault::DeafToMetadata),
+        "joins named",
+    );
+    assert!(
+        !v.ok && v.detail.contains("without its name"),
+        "nameless joins went unnoticed: {v:?}"
     );
 }

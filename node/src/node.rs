@@ -21,6 +21,10 @@ use std::time::Duration;
 use store::{OpId, Request, StoreConfig, StoreCore};
 use tracing::debug;
 
+/// How long a join waits for the joiner's name. Metadata rides the next gossip rounds after
+/// the join; a join still unnamed after this is reported without a name rather than late.
+const NAME_WAIT: Duration = Duration::from_secs(2);
+
 /// How a node is built.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -86,6 +90,9 @@ pub struct Node {
     campaign: Option<Campaign>,
     /// The sequence number of the last event.
     event_seq: u64,
+    /// Joins of members whose metadata (and so name) has not arrived yet, with the time each
+    /// was held: reported once the name arrives or [`NAME_WAIT`] passes, whichever is first.
+    unnamed: BTreeMap<membership::NodeId, (Event, Duration)>,
     /// The leadership last reported as an event.
     reported_leading: Option<u64>,
     now: Duration,
@@ -161,6 +168,7 @@ impl Node {
             strong_tokens: BTreeMap::new(),
             campaign: None,
             event_seq: 0,
+            unnamed: BTreeMap::new(),
             reported_leading: None,
             catching_up: store.is_some(),
             store,
@@ -351,6 +359,10 @@ impl Node {
             self.coord.as_ref().and_then(|c| c.poll_timeout()),
             self.campaign.as_ref().and_then(|c| c.next_deadline()),
             self.hold.next_expiry(),
+            self.unnamed
+                .values()
+                .map(|(_, since)| *since + NAME_WAIT)
+                .min(),
         ]
         .into_iter()
         .flatten()
@@ -417,6 +429,48 @@ impl Node {
         }));
     }
 
+    /// Queues a member event, with the member's name when its metadata has arrived. A join
+    /// seen before the joiner's metadata is held until the name comes (see `unnamed`); any later
+    /// event of that member releases the held join first, so a member's events keep their order.
+    fn emit_member(&mut self, mut ev: Event) {
+        let member = match &mut ev {
+            Event::MemberJoined { member }
+            | Event::MemberLeft { member }
+            | Event::MemberFailed { member }
+            | Event::MemberRecovered { member }
+            | Event::MemberRestarted { member } => Some(member),
+            _ => None,
+        };
+        if let Some(m) = member {
+            if m.name.is_empty()
+                && let Some(name) = self.membership.name_of(m.id)
+            {
+                m.name = name;
+            }
+            let id = m.id;
+            let unnamed_join = m.name.is_empty() && matches!(ev, Event::MemberJoined { .. });
+            if let Some((held, _)) = self.unnamed.remove(&id) {
+                self.emit_member_now(held);
+            }
+            if unnamed_join {
+                self.unnamed.insert(id, (ev, self.now));
+                return;
+            }
+        }
+        self.emit(EventKind::Member(ev));
+    }
+
+    /// Queues a held member event now, naming the member if its name is known by now.
+    fn emit_member_now(&mut self, mut ev: Event) {
+        if let Event::MemberJoined { member } = &mut ev
+            && member.name.is_empty()
+            && let Some(name) = self.membership.name_of(member.id)
+        {
+            member.name = name;
+        }
+        self.emit(EventKind::Member(ev));
+    }
+
     fn advance(&mut self, now: Duration, wall_ms: u64) {
         self.now = self.now.max(now);
         self.wall_ms = self.wall_ms.max(wall_ms);
@@ -433,7 +487,24 @@ impl Node {
                 self.outputs
                     .push_back(Output::PersistGeneration(generation));
             }
-            self.emit(EventKind::Member(ev));
+            self.emit_member(ev);
+        }
+        while let Some(id) = self.membership.poll_described() {
+            if let Some((held, _)) = self.unnamed.remove(&id) {
+                self.emit_member_now(held);
+            }
+        }
+        let now = self.now;
+        let late: Vec<_> = self
+            .unnamed
+            .iter()
+            .filter(|(_, (_, since))| *since + NAME_WAIT <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some((held, _)) = self.unnamed.remove(&id) {
+                self.emit_member_now(held);
+            }
         }
         if self.store.is_none() {
             return;
