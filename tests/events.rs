@@ -386,3 +386,46 @@ fn sighup_applies_new_handlers() {
         std::fs::read_to_string(&out).is_ok_and(|s| s.trim() == "n3")
     });
 }
+
+#[test]
+fn chorus_monitor_follows_the_agent_s_log_live() {
+    let mut lab = lab_or_skip!(3);
+    let _agents = lab.start_cluster(3);
+    let out = lab.dir().join("monitor.out");
+    let cmd = format!("exec {} monitor > {}", support::CHORUS, out.display());
+    let _m = lab.spawn_in(lab.agents[0].host, &["sh", "-c", &cmd]);
+    let read = || std::fs::read_to_string(&out).unwrap_or_default();
+    // `chorus events` beside it, on the same stream-following code.
+    let ev_out = lab.dir().join("events.out");
+    let cmd = format!(
+        "exec {} events --json --type member_failed > {}",
+        support::CHORUS,
+        ev_out.display()
+    );
+    let _e = lab.spawn_in(lab.agents[0].host, &["sh", "-c", &cmd]);
+    // The agent logs each new follower: the follower's first line travelled through the tee.
+    lab.wait_for(SECS(10), "the monitor is following", |_| {
+        read().contains("a client follows the log")
+    });
+    lab.wait_for(SECS(10), "chorus events is subscribed", |l| {
+        l.metric(0, "chorus_event_subscribers") >= 1
+    });
+    // A line logged after it started: the failure of n3, seen live, not read back from a file.
+    lab.kill9(2);
+    lab.wait_for(SECS(20), "the monitor shows n3 failed", |_| {
+        read()
+            .lines()
+            .any(|l| l.contains("member_failed") && l.contains("n3"))
+    });
+    lab.wait_for(SECS(10), "chorus events prints n3's failure", |_| {
+        std::fs::read_to_string(&ev_out)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+                v["type"] == "member_failed" && v["member"]["name"] == "n3"
+            })
+    });
+    let (code, v) = lab.http(0, "GET", "/v1/status");
+    assert_eq!(code, 200, "the agent serves on while followed: {v}");
+}

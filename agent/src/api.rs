@@ -124,6 +124,7 @@ pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
         .route("/v1/leader", get(crate::lock_api::leader))
         .route("/v1/events", get(crate::events_api::events))
         .route("/v1/leave", axum::routing::post(leave))
+        .route("/v1/monitor", get(crate::monitor::monitor))
         .route("/v1/watch/{store}", get(crate::watch_api::watch))
         .route(
             "/v1/lock/{name}/renew",

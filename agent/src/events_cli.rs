@@ -88,40 +88,59 @@ pub fn run(a: EventsArgs) -> ExitCode {
 /// Follows the Server-Sent Events at `url` until interrupted, reconnecting with
 /// `Last-Event-ID`; prints each event as JSON or as a line for people.
 fn follow(url: &str, since: Option<u64>, json: bool) -> ExitCode {
+    let mut st = (since, String::new());
+    follow_lines(
+        "chorus events",
+        url,
+        &mut st,
+        |st| st.0,
+        |(last, data), line| {
+            if let Some(d) = line.strip_prefix("data:") {
+                data.push_str(d.trim_start());
+            } else if let Some(id) = line.strip_prefix("id:") {
+                *last = id.trim().parse().ok().or(*last);
+            } else if line.is_empty() && !data.is_empty() {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(data) {
+                    if json {
+                        println!("{v}");
+                    } else {
+                        println!("{}", human(&v));
+                    }
+                }
+                data.clear();
+            }
+        },
+    )
+}
+
+/// Follows a Server-Sent Events stream at `url` until interrupted: hands each line to
+/// `on_line`, and reconnects (every 500 ms, saying so once per outage) when the agent goes away,
+/// sending `Last-Event-ID` when `last_id` gives one. An API error ends it with exit status 6.
+pub fn follow_lines<S>(
+    who: &str,
+    url: &str,
+    st: &mut S,
+    last_id: impl Fn(&S) -> Option<u64>,
+    mut on_line: impl FnMut(&mut S, &str),
+) -> ExitCode {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(None)
         .http_status_as_error(false)
         .build()
         .into();
-    let mut last = since;
-    let a = FollowArgs { json };
     let mut warned = false;
     loop {
         let mut req = agent.get(url);
-        if let Some(l) = last {
+        if let Some(l) = last_id(st) {
             req = req.header("last-event-id", l.to_string());
         }
         match req.call() {
             Ok(mut resp) if resp.status() == 200 => {
                 warned = false;
                 let reader = std::io::BufReader::new(resp.body_mut().as_reader());
-                let mut data = String::new();
                 for line in reader.lines() {
                     let Ok(line) = line else { break };
-                    if let Some(d) = line.strip_prefix("data:") {
-                        data.push_str(d.trim_start());
-                    } else if let Some(id) = line.strip_prefix("id:") {
-                        last = id.trim().parse().ok().or(last);
-                    } else if line.is_empty() && !data.is_empty() {
-                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) {
-                            if a.json {
-                                println!("{v}");
-                            } else {
-                                println!("{}", human(&v));
-                            }
-                        }
-                        data.clear();
-                    }
+                    on_line(st, &line);
                 }
             }
             Ok(mut resp) => {
@@ -131,17 +150,13 @@ fn follow(url: &str, since: Option<u64>, json: bool) -> ExitCode {
             }
             Err(e) => {
                 if !warned {
-                    eprintln!("chorus events: {e}; reconnecting");
+                    eprintln!("{who}: {e}; reconnecting");
                     warned = true;
                 }
             }
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-struct FollowArgs {
-    json: bool,
 }
 
 /// The arguments of `chorus watch`.

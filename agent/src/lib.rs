@@ -15,6 +15,7 @@ pub mod loadgen;
 pub mod lock_api;
 pub mod lock_cli;
 pub mod metrics;
+pub mod monitor;
 pub mod net;
 pub mod node_file;
 pub mod strong_api;

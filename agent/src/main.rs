@@ -46,6 +46,8 @@ enum Cmd {
     Events(agent::events_cli::EventsArgs),
     /// Watch a key (print each new value) or, with --prefix, a store's changes under a prefix.
     Watch(agent::events_cli::WatchArgs),
+    /// Follow the agent's own log through its API (as its log level and format let through).
+    Monitor(agent::monitor::MonitorArgs),
     /// Load-test running agents' key/value API (bounded in time and operations).
     Bench(BenchArgs),
     /// Back up a node's store, or restore a backup onto an empty node.
@@ -251,6 +253,7 @@ fn main() -> ExitCode {
         Cmd::Leader(l) => agent::lock_cli::leader(l),
         Cmd::Events(e) => agent::events_cli::run(e),
         Cmd::Watch(w) => agent::events_cli::watch(w),
+        Cmd::Monitor(m) => agent::monitor::run(m),
         Cmd::Bench(b) => bench(b),
         Cmd::Snapshot(s) => snapshot(s),
         Cmd::Keygen => {
@@ -324,7 +327,7 @@ fn run_agent(a: AgentArgs) -> ExitCode {
     }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
-        .with_writer(std::io::stderr);
+        .with_writer(agent::monitor::Tee);
     if config.log_json {
         logs.json().init();
     } else {
