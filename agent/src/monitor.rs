@@ -2,10 +2,11 @@
 //! journal is not at hand (a container, a colleague's machine, a support session).
 //!
 //! The log writer hands every formatted line to stderr as before and, while someone follows
-//! `GET /v1/monitor`, to a broadcast channel too: with nobody following, the cost is one atomic
-//! load per line. A follower sees the lines the agent's `log.level` lets through, in the agent's
-//! `log.format`. A follower too slow for the 1,024 lines the channel holds gets a `gap` event
-//! saying how many lines it missed, never silence.
+//! `GET /v1/monitor`, to a broadcast channel too: with nobody following, the cost is one
+//! uncontended lock (the channel's follower count) per line. A follower sees the lines the
+//! agent's `log.level` lets through, in the agent's `log.format`. A follower too slow for the
+//! 1,024 lines the channel holds gets a `gap` event saying how many lines it missed, never
+//! silence.
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use std::convert::Infallible;
