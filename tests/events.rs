@@ -429,3 +429,67 @@ fn chorus_monitor_follows_the_agent_s_log_live() {
     let (code, v) = lab.http(0, "GET", "/v1/status");
     assert_eq!(code, 200, "the agent serves on while followed: {v}");
 }
+
+/// A 2|3 split: the `quorum_lost` handler runs on the two nodes of the minority and nowhere
+/// else; after the heal `quorum_regained` runs on those two.
+#[test]
+fn a_split_runs_quorum_lost_handlers_on_the_minority_only_and_regained_after_the_heal() {
+    let mut lab = lab_or_skip!(5);
+    let dir = lab.dir().to_path_buf();
+    let names: Vec<String> = (1..=5).map(|i| format!("n{i}")).collect();
+    let agents: Vec<usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let out = dir.join(format!("{name}.quorum"));
+            let mut spec = support::AgentSpec::new(name, 5);
+            spec.extra_toml = format!(
+                "[[handlers]]\n\
+                 events = [\"quorum_lost\", \"quorum_regained\"]\n\
+                 command = [\"sh\", \"-c\", \"echo \\\"$CHORUS_EVENT\\\" >> {out}\"]\n",
+                out = out.display()
+            );
+            lab.start(i, spec)
+        })
+        .collect();
+    lab.wait_whole(&agents);
+    let runs = |i: usize| -> Vec<String> {
+        std::fs::read_to_string(dir.join(format!("{}.quorum", names[i])))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    // A node starts without a quorum and reports `quorum_regained` when it first reaches one:
+    // wait for those runs, then start the record afresh.
+    lab.wait_for(SECS(20), "every node reached its first quorum", |_| {
+        (0..5).all(|i| runs(i) == vec!["quorum_regained".to_string()])
+    });
+    for name in &names {
+        std::fs::remove_file(dir.join(format!("{name}.quorum"))).expect("remove");
+    }
+    lab.partition(&[&[0, 1], &[2, 3, 4]]);
+    lab.wait_for(SECS(20), "the minority runs quorum_lost", |_| {
+        runs(0).contains(&"quorum_lost".to_string()) && runs(1).contains(&"quorum_lost".to_string())
+    });
+    // The majority has seen the minority fail: had it lost quorum, its handler would have run.
+    lab.wait_for(SECS(20), "the majority holds n1 and n2 failed", |l| {
+        (2..5).all(|v| {
+            ["n1", "n2"]
+                .iter()
+                .all(|n| l.state_of(v, n).as_deref() == Some("failed"))
+        })
+    });
+    for (i, name) in names.iter().enumerate().skip(2) {
+        assert!(runs(i).is_empty(), "{name} ran {:?}", runs(i));
+    }
+    lab.heal();
+    lab.wait_for(SECS(30), "the minority runs quorum_regained", |_| {
+        [0, 1]
+            .iter()
+            .all(|i| runs(*i) == vec!["quorum_lost".to_string(), "quorum_regained".to_string()])
+    });
+    for (i, name) in names.iter().enumerate().skip(2) {
+        assert!(runs(i).is_empty(), "{name} ran {:?}", runs(i));
+    }
+}
