@@ -129,6 +129,32 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The member a member event is about (`None` for quorum and generation events).
+    pub fn member(&self) -> Option<&MemberRef> {
+        match self {
+            Event::MemberJoined { member }
+            | Event::MemberFailed { member }
+            | Event::MemberLeft { member }
+            | Event::MemberRecovered { member }
+            | Event::MemberRestarted { member } => Some(member),
+            _ => None,
+        }
+    }
+
+    /// The member a member event is about, to fill in (the node names members late).
+    pub fn member_mut(&mut self) -> Option<&mut MemberRef> {
+        match self {
+            Event::MemberJoined { member }
+            | Event::MemberFailed { member }
+            | Event::MemberLeft { member }
+            | Event::MemberRecovered { member }
+            | Event::MemberRestarted { member } => Some(member),
+            _ => None,
+        }
+    }
+}
+
 /// The vote tally is checked against a full recount once per this many probe periods.
 pub(crate) const RECOUNT_EVERY_PROBES: u64 = 20;
 

@@ -433,26 +433,13 @@ impl Node {
     /// seen before the joiner's metadata is held until the name comes (see `unnamed`); any later
     /// event of that member releases the held join first, so a member's events keep their order.
     fn emit_member(&mut self, mut ev: Event) {
-        let member = match &mut ev {
-            Event::MemberJoined { member }
-            | Event::MemberLeft { member }
-            | Event::MemberFailed { member }
-            | Event::MemberRecovered { member }
-            | Event::MemberRestarted { member } => Some(member),
-            _ => None,
-        };
-        if let Some(m) = member {
-            if m.name.is_empty()
-                && let Some(name) = self.membership.name_of(m.id)
-            {
-                m.name = name;
-            }
-            let id = m.id;
-            let unnamed_join = m.name.is_empty() && matches!(ev, Event::MemberJoined { .. });
+        self.name_member(&mut ev);
+        if let Some(m) = ev.member() {
+            let (id, unnamed) = (m.id, m.name.is_empty());
             if let Some((held, _)) = self.unnamed.remove(&id) {
-                self.emit_member_now(held);
+                self.emit_held(held);
             }
-            if unnamed_join {
+            if unnamed && matches!(ev, Event::MemberJoined { .. }) {
                 self.unnamed.insert(id, (ev, self.now));
                 return;
             }
@@ -460,15 +447,20 @@ impl Node {
         self.emit(EventKind::Member(ev));
     }
 
-    /// Queues a held member event now, naming the member if its name is known by now.
-    fn emit_member_now(&mut self, mut ev: Event) {
-        if let Event::MemberJoined { member } = &mut ev
-            && member.name.is_empty()
-            && let Some(name) = self.membership.name_of(member.id)
-        {
-            member.name = name;
-        }
+    /// Queues a held join now, naming the member if its name is known by now.
+    fn emit_held(&mut self, mut ev: Event) {
+        self.name_member(&mut ev);
         self.emit(EventKind::Member(ev));
+    }
+
+    /// Fills in the member's name from its metadata, when the event lacks it and it is known.
+    fn name_member(&self, ev: &mut Event) {
+        if let Some(m) = ev.member_mut()
+            && m.name.is_empty()
+            && let Some(name) = self.membership.name_of(m.id)
+        {
+            m.name = name;
+        }
     }
 
     fn advance(&mut self, now: Duration, wall_ms: u64) {
@@ -491,7 +483,7 @@ impl Node {
         }
         while let Some(id) = self.membership.poll_described() {
             if let Some((held, _)) = self.unnamed.remove(&id) {
-                self.emit_member_now(held);
+                self.emit_held(held);
             }
         }
         let now = self.now;
@@ -503,7 +495,7 @@ impl Node {
             .collect();
         for id in late {
             if let Some((held, _)) = self.unnamed.remove(&id) {
-                self.emit_member_now(held);
+                self.emit_held(held);
             }
         }
         if self.store.is_none() {

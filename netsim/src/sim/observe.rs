@@ -206,14 +206,7 @@ impl Sim {
         let now = self.now;
         self.mix(&[6, viewer as u64, now.as_micros() as u64]);
         let n = self.slots.len();
-        let subject = match &event {
-            Event::MemberJoined { member }
-            | Event::MemberFailed { member }
-            | Event::MemberLeft { member }
-            | Event::MemberRecovered { member }
-            | Event::MemberRestarted { member } => self.by_id.get(&member.id).copied(),
-            _ => None,
-        };
+        let subject = event.member().and_then(|m| self.by_id.get(&m.id).copied());
         let seen = match &event {
             Event::MemberJoined { .. }
             | Event::MemberRecovered { .. }
