@@ -98,6 +98,8 @@ pub struct MetricsReport {
     pub send_errors: u64,
     /// Store transport: frames sent, received, rejected, and messages dropped before sending.
     pub store_frames: [u64; 4],
+    /// Store connections replaced because they stalled in retransmission.
+    pub store_reconnects_stalled: u64,
     /// Store: entries held over all stores (tombstones included) and operations in flight.
     pub store_entries: u64,
     /// Quorum operations waiting for answers.
@@ -435,6 +437,7 @@ impl Driver {
                 get(&t.frames_rejected),
                 get(&t.send_dropped) + self.node.hold_stats().dropped,
             ],
+            store_reconnects_stalled: get(&t.reconnects_stalled),
             store_entries: store.entries() as u64,
             store_in_flight: store.in_flight() as u64,
             events: self.events_by_type.clone(),

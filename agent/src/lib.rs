@@ -152,7 +152,15 @@ pub async fn run(
         log: wal_file::Writer::start(log_dir.clone(), fsync, log_tx),
         log_dir,
         log_reports,
-        outbound: Outbound::new(me.id, sealer, tstats.clone()),
+        outbound: Outbound::new(
+            me.id,
+            sealer,
+            tstats.clone(),
+            match config.profile {
+                membership::Profile::Wan => transport::WAN_CONNECT_TIMEOUT,
+                _ => transport::LAN_CONNECT_TIMEOUT,
+            },
+        ),
         frames: frames_rx,
         stats: tstats,
     };

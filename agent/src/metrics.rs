@@ -111,6 +111,13 @@ pub fn render(report: &MetricsReport) -> String {
         "Store transport frames: sent, received, rejected (failed to open), dropped (queue full or peer unreachable)",
         frames,
     );
+    let reconnects = Counter::<u64>::default();
+    reconnects.inc_by(report.store_reconnects_stalled);
+    reg.register(
+        "store_reconnects_stalled",
+        "Store connections replaced because they were stalled in TCP retransmission (a link a partition cut)",
+        reconnects,
+    );
     let entries = Gauge::<i64>::default();
     entries.set(report.store_entries as i64);
     reg.register(

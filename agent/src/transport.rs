@@ -58,6 +58,8 @@ pub struct TransportStats {
     pub frames_rejected: AtomicU64,
     /// Messages dropped because a peer's queue was full or it could not be reached.
     pub send_dropped: AtomicU64,
+    /// Connections replaced because they were stalled in retransmission.
+    pub reconnects_stalled: AtomicU64,
 }
 
 /// Sends store messages to peers by address.
@@ -66,16 +68,37 @@ pub struct Outbound {
     sealer: Arc<Sealer>,
     peers: BTreeMap<SocketAddr, PeerQueue>,
     stats: Arc<TransportStats>,
+    connect_timeout: Duration,
 }
 
+/// How long a connection attempt may take on a LAN before it is given up (and the messages
+/// queued for it dropped; quorum rounds ask again). Linux retransmits a lost SYN only after 1 s,
+/// then 3 s: an attempt started while a partition cut the link would otherwise hold the peer's
+/// queue for a second or more after the link is back (issue 18).
+pub const LAN_CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
+/// The same over WAN links, where a round trip alone may take 100-300 ms.
+pub const WAN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pauses between failed connection attempts to a peer, doubling from the shortest to the
+/// longest (attempts are only made when there is something to send). Short, because a healed
+/// link waits for the next attempt.
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_millis(50);
+
 impl Outbound {
-    /// An outbound side for node `me`.
-    pub fn new(me: NodeId, sealer: Arc<Sealer>, stats: Arc<TransportStats>) -> Self {
+    /// An outbound side for node `me`; connection attempts are given up after
+    /// `connect_timeout`.
+    pub fn new(
+        me: NodeId,
+        sealer: Arc<Sealer>,
+        stats: Arc<TransportStats>,
+        connect_timeout: Duration,
+    ) -> Self {
         Outbound {
             me,
             sealer,
             peers: BTreeMap::new(),
             stats,
+            connect_timeout,
         }
     }
 
@@ -92,7 +115,13 @@ impl Outbound {
         let q = self.peers.entry(addr).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
             let queued = Arc::new(AtomicUsize::new(0));
-            tokio::spawn(peer_writer(addr, rx, queued.clone(), self.stats.clone()));
+            tokio::spawn(peer_writer(
+                addr,
+                rx,
+                queued.clone(),
+                self.stats.clone(),
+                self.connect_timeout,
+            ));
             PeerQueue { tx, queued }
         });
         let len = sealed.len();
@@ -116,18 +145,74 @@ impl Outbound {
     }
 }
 
-/// Drains one peer's queue onto a TCP connection, reconnecting with a short backoff.
+/// Whether the kernel is retransmitting on this connection after a retransmission timeout: data
+/// is unacknowledged and at least one RTO fired (not a fast retransmit). After a partition, such a
+/// connection resends only when its backed-off timer fires (200 ms, 400 ms, ... 1.6 s and more),
+/// while a new connection gets through at once; issue 18 measured 0.3-1.5 s stalls from it.
+fn stalled(fd: std::os::fd::RawFd) -> bool {
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it, and the
+    // descriptor belongs to a TCP socket that the caller keeps open for the call.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        r == 0 && info.tcpi_unacked > 0 && (info.tcpi_retransmits > 0 || info.tcpi_backoff > 0)
+    }
+}
+
+/// How often a write that waits (the socket's send buffer is full) checks whether the
+/// connection is stalled.
+const STALL_CHECK: Duration = Duration::from_millis(50);
+
+/// Why a connection was given up.
+enum Broken {
+    Io,
+    Stalled,
+}
+
+/// Runs a write on the connection `fd`, giving up if the connection stalls meanwhile: a write
+/// into a full send buffer of a connection a partition cut would otherwise wait for the kernel's
+/// backed-off retransmission, however long the link has been back.
+async fn guarded(
+    fd: std::os::fd::RawFd,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> Result<(), Broken> {
+    tokio::pin!(write);
+    loop {
+        match tokio::time::timeout(STALL_CHECK, &mut write).await {
+            Ok(r) => return r.map_err(|_| Broken::Io),
+            Err(_) if stalled(fd) => return Err(Broken::Stalled),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Drops a connection at once (RST) rather than leaving the kernel to deliver what it holds:
+/// whatever was queued on a stalled connection is stale, and rounds ask again.
+fn abort(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// Drains one peer's queue onto a TCP connection, reconnecting with a short backoff. A connection
+/// found stalled (see [`stalled`]) when there is something new to send is replaced by a new one.
 async fn peer_writer(
     addr: SocketAddr,
     mut rx: mpsc::Receiver<Vec<u8>>,
     queued: Arc<AtomicUsize>,
     stats: Arc<TransportStats>,
+    connect_timeout: Duration,
 ) {
     let taken = |f: Vec<u8>| {
         queued.fetch_sub(f.len(), Ordering::Relaxed);
         f
     };
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = MIN_BACKOFF;
     // A frame whose write failed on a connection that turned out dead (the peer restarted) is
     // sent again on the next connection rather than dropped.
     let mut carry: Option<Vec<u8>> = None;
@@ -139,28 +224,41 @@ async fn peer_writer(
                 None => break,
             },
         };
-        let stream =
-            match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => s,
-                _ => {
-                    // Unreachable: drop what is queued (the protocol copes) and retry on the next message.
-                    stats
-                        .send_dropped
-                        .fetch_add(1 + rx.len() as u64, Ordering::Relaxed);
-                    while let Ok(f) = rx.try_recv() {
-                        taken(f);
+        // Messages queued before this attempt go if it fails; those queued during it get the
+        // next attempt (a partition may heal meanwhile, and quorum rounds ask again anyway).
+        let older = rx.len();
+        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                stats
+                    .send_dropped
+                    .fetch_add(1 + older as u64, Ordering::Relaxed);
+                for _ in 0..older {
+                    match rx.try_recv() {
+                        Ok(f) => drop(taken(f)),
+                        Err(_) => break,
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
                 }
-            };
-        backoff = Duration::from_millis(50);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = MIN_BACKOFF;
         let _ = stream.set_nodelay(true);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let mut w = BufWriter::new(stream);
+        let give_up = |w: &BufWriter<TcpStream>, why: Broken| {
+            if let Broken::Stalled = why {
+                debug!(%addr, "store connection stalled in retransmission; reconnecting");
+                stats.reconnects_stalled.fetch_add(1, Ordering::Relaxed);
+                abort(w.get_ref());
+            }
+        };
         let mut next = Some(first);
         while let Some(frame) = next.take() {
-            if write_frame(&mut w, &frame).await.is_err() {
+            if let Err(why) = guarded(fd, write_frame(&mut w, &frame)).await {
+                give_up(&w, why);
                 carry = Some(frame);
                 continue 'outer;
             }
@@ -169,10 +267,16 @@ async fn peer_writer(
             next = match rx.try_recv() {
                 Ok(f) => Some(taken(f)),
                 Err(_) => {
-                    if w.flush().await.is_err() {
+                    if let Err(why) = guarded(fd, w.flush()).await {
+                        give_up(&w, why);
                         continue 'outer;
                     }
                     match rx.recv().await {
+                        Some(f) if stalled(fd) => {
+                            give_up(&w, Broken::Stalled);
+                            carry = Some(taken(f));
+                            continue 'outer;
+                        }
                         Some(f) => Some(taken(f)),
                         None => break 'outer,
                     }
@@ -204,6 +308,14 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        // A sender that replaced a stalled connection may never close the old one cleanly (its
+        // RST can be lost in the partition): keepalive ends such a reader in about a minute.
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(30))
+                .with_interval(Duration::from_secs(10))
+                .with_retries(3),
+        );
         tokio::spawn(read_frames(
             stream,
             peer,
@@ -286,7 +398,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let stats = Arc::new(TransportStats::default());
         let sealer = Arc::new(Sealer::new("t", &ClusterKey::new([1; 32])));
-        let mut out = Outbound::new(NodeId(1), sealer, stats.clone());
+        let mut out = Outbound::new(NodeId(1), sealer, stats.clone(), LAN_CONNECT_TIMEOUT);
         for i in 0..48 {
             out.send(addr, big_message(i));
         }
@@ -307,7 +419,7 @@ mod tests {
         let stats = Arc::new(TransportStats::default());
         let (tx, mut rx) = mpsc::channel(8);
         tokio::spawn(serve(listener, sealer.clone(), tx, stats.clone()));
-        let mut out = Outbound::new(NodeId(9), sealer, stats.clone());
+        let mut out = Outbound::new(NodeId(9), sealer, stats.clone(), LAN_CONNECT_TIMEOUT);
         out.send(addr, PeerMsg::Store(StoreMsg::WriteAck { op: 42 }));
         let f = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
@@ -330,7 +442,12 @@ mod tests {
             stats.clone(),
         ));
         let wrong = Arc::new(Sealer::new("t", &ClusterKey::new([2; 32])));
-        let mut out = Outbound::new(NodeId(9), wrong, Arc::new(TransportStats::default()));
+        let mut out = Outbound::new(
+            NodeId(9),
+            wrong,
+            Arc::new(TransportStats::default()),
+            LAN_CONNECT_TIMEOUT,
+        );
         out.send(addr, PeerMsg::Store(StoreMsg::WriteAck { op: 1 }));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while stats.frames_rejected.load(Ordering::Relaxed) == 0 {

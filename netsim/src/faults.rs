@@ -50,6 +50,7 @@ pub const FAULTS: &[(&str, AnyFault)] = &[
         "store:skip-learn-phase",
         AnyFault::Store(store::Fault::SkipLearnPhase),
     ),
+    ("store:ask-once", AnyFault::Store(store::Fault::AskOnce)),
     (
         "membership:deaf-to-metadata",
         AnyFault::Membership(membership::Fault::DeafToMetadata),

@@ -49,6 +49,11 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "flapping",
         "one node's links go down and up every 0.5-3 s for 20 s",
     ),
+    (
+        "shapes",
+        "the partition changes shape every 2.5 s: split, bridge, split, isolate, one-way, split, \
+         isolate (issue 18's walk)",
+    ),
     ("loss10", "10 % of datagrams lost"),
     (
         "loss30",
@@ -623,6 +628,150 @@ fn trouble(run: &mut Run, name: &str, n: usize) {
             }
             run.sim.run_for(5 * S);
         }
+        "shapes" => shapes(run, n),
         other => unreachable!("scenario {other} is listed but has no trouble"),
     }
+}
+
+/// One network shape of the `shapes` walk.
+enum Shape {
+    Split(Vec<Vec<usize>>),
+    /// Cut between the two sets both ways; the nodes in neither reach both.
+    Bridge(Vec<usize>, Vec<usize>),
+    /// The first cannot send to the second.
+    OneWay(usize, usize),
+}
+
+/// How long after a change of shape a quorum write on a node that reaches a quorum may take
+/// (issue 18's target).
+const SHAPE_BOUND: Duration = Duration::from_millis(300);
+
+/// Walks the network through the shapes of the e2e test `tests/availability.rs` (nodes 0-4; more
+/// nodes go with node 0), then checks that every quorum write started on a node that reaches a
+/// quorum (with the nodes it reaches both ways) was acknowledged within [`SHAPE_BOUND`] of the
+/// later of its start and the change. Store rounds are modelled here (a round that waits asks
+/// again, also peers the view holds failed); TCP's retransmission backoff is not (netsim delivers
+/// messages, not segments), so the e2e test covers the transport.
+fn shapes(run: &mut Run, n: usize) {
+    if n < 5 {
+        run.verdict("shapes need 5 nodes", false, format!("{n} given"));
+        return;
+    }
+    let more: Vec<usize> = (5..n).collect();
+    let with0 = |g: &[usize]| -> Vec<usize> {
+        let mut g = g.to_vec();
+        if g.contains(&0) {
+            g.extend(&more);
+        }
+        g
+    };
+    let walk = vec![
+        (
+            "split 012|34",
+            Shape::Split(vec![with0(&[0, 1, 2]), vec![3, 4]]),
+        ),
+        (
+            "bridge 01|24 over 3",
+            Shape::Bridge(with0(&[0, 1]), vec![2, 4]),
+        ),
+        (
+            "split 123|04",
+            Shape::Split(vec![vec![1, 2, 3], with0(&[0, 4])]),
+        ),
+        (
+            "isolate 1",
+            Shape::Split(vec![vec![1], with0(&[0, 2, 3, 4])]),
+        ),
+        ("one-way 2 to 3", Shape::OneWay(2, 3)),
+        (
+            "split 034|12",
+            Shape::Split(vec![with0(&[0, 3, 4]), vec![1, 2]]),
+        ),
+        (
+            "isolate 3",
+            Shape::Split(vec![vec![3], with0(&[0, 1, 2, 4])]),
+        ),
+    ];
+    let required = run.sim.store_config().required_votes as usize;
+    let mut changes: Vec<(&str, Duration, Vec<usize>)> = Vec::new();
+    for (name, shape) in walk {
+        let now = run.sim.now();
+        match shape {
+            Shape::Split(groups) => {
+                let refs: Vec<&[usize]> = groups.iter().map(|g| g.as_slice()).collect();
+                run.sim.partition(&refs);
+            }
+            Shape::Bridge(a, b) => {
+                run.sim.heal();
+                run.sim.net.cut_between(now, &a, &b);
+            }
+            Shape::OneWay(a, b) => {
+                run.sim.heal();
+                run.sim.cut_one_way(a, b);
+            }
+        }
+        run.note(format!("shape: {name}"));
+        let net = &run.sim.net;
+        let quorate: Vec<usize> = (0..n)
+            .filter(|&i| {
+                (0..n)
+                    .filter(|&j| j == i || (net.reaches(i, j) && net.reaches(j, i)))
+                    .count()
+                    >= required
+            })
+            .collect();
+        changes.push((name, now, quorate));
+        run.sim.run_for(2500 * MS);
+    }
+    let end = run.sim.now();
+    let mut worst: Option<(Duration, String)> = None;
+    let mut late = Vec::new();
+    let mut checked = 0;
+    for (k, (name, at, quorate)) in changes.iter().enumerate() {
+        let until = changes.get(k + 1).map_or(end, |c| c.1);
+        for op in run.sim.history().ops.iter().filter(|o| {
+            o.is_write()
+                && o.consistency == store::Consistency::Quorum
+                && quorate.contains(&o.node)
+                && o.invoked >= *at
+                && o.invoked + 500 * MS < until
+        }) {
+            checked += 1;
+            let ready = op.invoked.max(*at);
+            let took = match (&op.outcome, op.completed) {
+                (crate::history::Outcome::Written(_), Some(c)) => c - ready,
+                _ => until - ready,
+            };
+            if worst.as_ref().is_none_or(|w| took > w.0) {
+                worst = Some((took, format!("{name}, node {}", op.node)));
+            }
+            if took > SHAPE_BOUND {
+                late.push(format!(
+                    "{name}: node {} {:?} invoked {:.3} s after the change: {:?} after {:.3} s",
+                    op.node,
+                    op.kind,
+                    (op.invoked - *at).as_secs_f64(),
+                    op.outcome,
+                    took.as_secs_f64()
+                ));
+            }
+        }
+    }
+    let detail = match &worst {
+        Some((d, at)) => format!("{checked} writes, slowest {:.3} s ({at})", d.as_secs_f64()),
+        None => "no quorum write to check".to_string(),
+    };
+    run.measure(
+        "slowest quorum-side write after a change of shape",
+        detail.clone(),
+    );
+    run.verdict(
+        "quorum side writes soon after every change of shape",
+        late.is_empty() && checked > 0,
+        if late.is_empty() {
+            detail
+        } else {
+            format!("{} late: {}", late.len(), late.join("; "))
+        },
+    );
 }

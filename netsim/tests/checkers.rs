@@ -136,6 +136,18 @@ fn minority_writes_are_caught() {
 }
 
 #[test]
+fn rounds_that_ask_once_stall_after_a_change_of_shape_and_are_caught() {
+    let name = "quorum side writes soon after every change of shape";
+    let v = first_failure("shapes", &store_fault(store::Fault::AskOnce), name);
+    assert!(
+        !v.ok && v.detail.contains("late"),
+        "rounds that never ask again went unnoticed: {v:?}"
+    );
+    let ok = first_failure("shapes", &Faults::default(), name);
+    assert!(ok.ok, "correct cores fail the shapes checker: {ok:?}");
+}
+
+#[test]
 fn stale_quorum_reads_are_caught_by_the_linearizability_checker() {
     let v = first_failure(
         "split",

@@ -80,13 +80,14 @@ fn a_node_fed_what_netsim_fed_it_gives_the_same_outputs() {
     }
 }
 
-/// Node 2 crashes and everyone holds it failed; node 0 then gets a read from it and must answer
-/// a peer its membership does not list.
+/// Node 2 leaves and everyone holds it left; node 0 then gets a read from it and must answer a
+/// peer its membership gives no address for. (A peer held failed keeps its address for store
+/// messages: a waiting quorum round asks failed peers too, issue 18.)
 fn answer_a_peer_held_failed(seed: u64) -> Sim {
     let mut sim = cluster(3, seed, Some(0));
-    sim.crash(2);
-    let failed = sim.run_until_cond(10 * S, |s| s.count_reporting(2, Seen::Failed) == 2);
-    assert!(failed.is_some(), "seed {seed}: the crash went unnoticed");
+    sim.leave(2, S);
+    let left = sim.run_until_cond(10 * S, |s| s.count_reporting(2, Seen::Left) == 2);
+    assert!(left.is_some(), "seed {seed}: the leave went unnoticed");
     let before = sim.node(0).expect("up").hold_stats();
     let read = PeerMsg::Store(StoreMsg::ReadReq {
         op: 77,
@@ -129,7 +130,9 @@ fn a_store_message_for_a_peer_whose_address_arrives_late_is_held_then_delivered(
         assert!(back.is_some(), "seed {seed}: node 2 did not come back");
         sim.run_for(100 * MS); // the released message's way over the network
         let stats = sim.node(0).expect("up").hold_stats();
-        assert_eq!(stats.released, released + 1, "seed {seed}: {stats:?}");
+        // The answer, and whatever else node 0 held for node 2 while it had no address.
+        assert!(stats.released > released, "seed {seed}: {stats:?}");
+        assert_eq!(stats.released, stats.held, "seed {seed}: {stats:?}");
         assert_eq!(stats.dropped, 0, "seed {seed}");
         assert_eq!(
             answers_sent(&sim),

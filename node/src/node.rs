@@ -522,6 +522,7 @@ impl Node {
         }
         let s = self.store.as_mut().expect("checked by the caller");
         s.set_view(view.peers.clone(), view.has_quorum, view.reachable_votes);
+        s.set_failed_peers(view.failed.clone());
         if let Some(c) = self.coord.as_mut() {
             c.set_view(view.peers.clone(), view.has_quorum, view.reachable_votes);
         }
@@ -585,7 +586,11 @@ impl Node {
             }
         }
         for (peer, msg) in sends {
-            match self.view.addrs.get(&peer) {
+            let failed = match msg {
+                PeerMsg::Store(_) => self.view.failed_addrs.get(&peer),
+                _ => None,
+            };
+            match self.view.addrs.get(&peer).or(failed) {
                 Some(to) => self.outputs.push_back(Output::Frame { to: *to, peer, msg }),
                 None => {
                     debug!(%peer, "message for a node not reachable yet: held");

@@ -10,8 +10,14 @@ use std::net::SocketAddr;
 pub struct StoreView {
     /// Peers membership holds reachable (alive or suspect), with their votes.
     pub peers: BTreeMap<NodeId, u32>,
-    /// Where each of those peers gossips (the store's stream transport shares the port).
+    /// Peers membership holds failed (not left), with their votes: quorum rounds that wait ask
+    /// them too, since the view can lag behind a network that changed shape (issue 18).
+    pub failed: BTreeMap<NodeId, u32>,
+    /// Where each reachable peer gossips (the store's stream transport shares the port).
     pub addrs: BTreeMap<NodeId, SocketAddr>,
+    /// Where each failed peer gossips: store messages go there (a quorum round that waits asks
+    /// failed peers too, and they answer), coordination messages wait in the hold.
+    pub failed_addrs: BTreeMap<NodeId, SocketAddr>,
     /// The generation of each of those peers (a new one means the process restarted).
     pub generations: BTreeMap<NodeId, u64>,
     /// Whether this node reaches a quorum of votes.
@@ -35,10 +41,17 @@ impl StoreView {
             ..StoreView::default()
         };
         for m in members.iter().filter(|m| !m.is_self) {
-            if matches!(m.state, MemberState::Alive | MemberState::Suspect) {
-                view.peers.insert(m.id, m.votes);
-                view.addrs.insert(m.id, m.gossip_addr);
-                view.generations.insert(m.id, m.generation);
+            match m.state {
+                MemberState::Alive | MemberState::Suspect => {
+                    view.peers.insert(m.id, m.votes);
+                    view.addrs.insert(m.id, m.gossip_addr);
+                    view.generations.insert(m.id, m.generation);
+                }
+                MemberState::Failed => {
+                    view.failed.insert(m.id, m.votes);
+                    view.failed_addrs.insert(m.id, m.gossip_addr);
+                }
+                MemberState::Left => {}
             }
         }
         view

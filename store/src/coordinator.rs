@@ -51,6 +51,10 @@ pub(crate) struct Op {
     pub(crate) intent: Intent,
     pub(crate) phase: Phase,
     pub(crate) deadline: Duration,
+    /// Started although the view held no quorum (see [`StoreCore::set_failed_peers`]): it asks
+    /// the failed peers too, and answers `no_quorum` if its first phase has not reached a quorum
+    /// after [`StoreCore::probe_window`].
+    pub(crate) probe: bool,
 }
 
 impl StoreCore {
@@ -63,7 +67,12 @@ impl StoreCore {
         ttl: Option<Duration>,
         c: Consistency,
     ) -> Result<(), StoreError> {
-        if !self.view_quorum && !self.faults.contains(&Fault::QuorumOfOne) {
+        let probe = !self.view_quorum && !self.faults.contains(&Fault::QuorumOfOne);
+        if probe
+            && (c == Consistency::Local
+                || !self.could_reach_quorum()
+                || self.faults.contains(&Fault::AskOnce))
+        {
             return Err(self.no_quorum());
         }
         if let Some(why) = &self.log.failed {
@@ -96,9 +105,10 @@ impl StoreCore {
                         intent,
                         phase: Phase::Learn { answers },
                         deadline,
+                        probe,
                     },
                 );
-                self.schedule(self.cfg.round_timeout, Due::Timeout(op));
+                self.schedule_round(op, probe);
                 if self.faults.contains(&Fault::SkipLearnPhase) {
                     self.enter_store_phase(op);
                 } else {
@@ -119,7 +129,12 @@ impl StoreCore {
     ) -> Result<(), StoreError> {
         let minority = !self.view_quorum;
         let local = c == Consistency::Local || self.faults.contains(&Fault::ReadLocalOnly);
-        if local || minority {
+        let probe = minority
+            && !local
+            && self.cfg.minority_reads == MinorityReads::Refuse
+            && self.could_reach_quorum()
+            && !self.faults.contains(&Fault::AskOnce);
+        if local || (minority && !probe) {
             if minority && self.cfg.minority_reads == MinorityReads::Refuse {
                 return Err(self.no_quorum());
             }
@@ -170,9 +185,10 @@ impl StoreCore {
                 intent: Intent::Read,
                 phase: Phase::Gather { answers },
                 deadline,
+                probe,
             },
         );
-        self.schedule(self.cfg.round_timeout, Due::Timeout(op));
+        self.schedule_round(op, probe);
         self.ask_peers(op, &store, &key);
         self.progress(op);
         Ok(())
@@ -188,8 +204,35 @@ impl StoreCore {
         }
     }
 
+    /// Schedules a new round's timers: its timeout, its first retry, and for a probe the end of
+    /// its window.
+    fn schedule_round(&mut self, op: OpId, probe: bool) {
+        self.schedule(self.cfg.round_timeout, Due::Timeout(op));
+        self.schedule(self.cfg.round_retry, Due::Retry(op));
+        if probe {
+            self.schedule(self.probe_window(), Due::Timeout(op));
+        }
+    }
+
+    /// How long a round started without a quorum in the view may take to reach one in its first
+    /// phase: two retries, so a peer that missed the first request is asked once more.
+    pub(crate) fn probe_window(&self) -> Duration {
+        (self.cfg.round_retry * 2).min(self.cfg.round_timeout)
+    }
+
+    /// Whether the reachable and the failed peers together hold a quorum of votes: if not, no
+    /// round can succeed and a refusal needs no round.
+    pub(crate) fn could_reach_quorum(&self) -> bool {
+        let all: u32 = self.peers.values().chain(self.failed.values()).sum();
+        self.cfg.my_votes + all >= self.cfg.required_votes
+    }
+
+    /// Sends the first request of a round to every reachable peer, and for a probe to the
+    /// failed ones too.
     pub(crate) fn ask_peers(&mut self, op: OpId, store: &str, key: &str) {
-        let peers: Vec<NodeId> = self.peers.keys().copied().collect();
+        let probe = self.ops.get(&op).is_some_and(|o| o.probe);
+        let failed = self.failed.keys().filter(|_| probe);
+        let peers: Vec<NodeId> = self.peers.keys().chain(failed).copied().collect();
         for p in peers {
             self.outbox.push_back((
                 p,
@@ -199,6 +242,48 @@ impl StoreCore {
                     key: key.into(),
                 },
             ));
+        }
+    }
+
+    /// Asks again every peer, reachable or failed, that has not answered the operation's current
+    /// phase: its request may have been lost (a cut connection drops what was queued on it), and
+    /// a peer the view holds failed may be reachable again before SWIM says so. Every request is
+    /// idempotent (a read, or a write of the same entry), so asking twice is harmless.
+    pub(crate) fn ask_again(&mut self, op: OpId) {
+        let Some(o) = self.ops.get(&op) else { return };
+        if self.faults.contains(&Fault::AskOnce) {
+            return;
+        }
+        let (store, key) = (o.store.clone(), o.key.clone());
+        let answered: BTreeSet<NodeId> = match &o.phase {
+            Phase::Learn { answers } => answers.keys().copied().collect(),
+            Phase::Gather { answers } => answers.keys().copied().collect(),
+            Phase::Store { acks, .. } => acks.clone(),
+            Phase::WriteBack { holders, .. } => holders.clone(),
+        };
+        let entry = match &o.phase {
+            Phase::Store { entry, .. } | Phase::WriteBack { entry, .. } => Some(entry.clone()),
+            _ => None,
+        };
+        let missing: Vec<NodeId> = self
+            .peers
+            .keys()
+            .chain(self.failed.keys())
+            .filter(|p| !answered.contains(p))
+            .copied()
+            .collect();
+        for p in missing {
+            match &entry {
+                Some(e) => self.send_write(p, op, &store, &key, e),
+                None => self.outbox.push_back((
+                    p,
+                    StoreMsg::ReadReq {
+                        op,
+                        store: store.clone(),
+                        key: key.clone(),
+                    },
+                )),
+            }
         }
     }
 
@@ -323,10 +408,20 @@ impl StoreCore {
 
     pub(crate) fn enter_store_phase(&mut self, op: OpId) {
         let Some(o) = self.ops.get(&op) else { return };
-        let highest = match &o.phase {
-            Phase::Learn { answers } => answers.values().max().copied().unwrap_or(Version::ZERO),
+        let (highest, answered) = match &o.phase {
+            Phase::Learn { answers } => (
+                answers.values().max().copied().unwrap_or(Version::ZERO),
+                answers.keys().copied().collect::<Vec<_>>(),
+            ),
             _ => return,
         };
+        // The reachable peers, and whoever answered the first phase (a peer the view holds
+        // failed that answered is evidently reachable), and for a probe every failed peer.
+        let mut targets: BTreeSet<NodeId> = self.peers.keys().copied().collect();
+        targets.extend(answered.into_iter().filter(|n| *n != self.me));
+        if o.probe {
+            targets.extend(self.failed.keys().copied());
+        }
         let (store, key) = (o.store.clone(), o.key.clone());
         let (value, ttl) = match &o.intent {
             Intent::Write { value, ttl } => (value.clone(), *ttl),
@@ -335,7 +430,9 @@ impl StoreCore {
         self.hlc.observe(highest.ts);
         let entry = self.new_entry(value, ttl);
         self.apply_logged(&store, &key, entry.clone());
-        self.push_to_peers(op, &store, &key, &entry);
+        for p in targets {
+            self.send_write(p, op, &store, &key, &entry);
+        }
         if let Some(o) = self.ops.get_mut(&op) {
             o.phase = Phase::Store {
                 entry,
@@ -347,7 +444,8 @@ impl StoreCore {
 
     pub(crate) fn finish(&mut self, op: OpId, reply: Result<Reply, StoreError>) {
         if self.ops.remove(&op).is_some() {
-            self.timers.retain(|_, d| *d != Due::Timeout(op));
+            self.timers
+                .retain(|_, d| *d != Due::Timeout(op) && *d != Due::Retry(op));
             self.replies.push_back((op, reply));
         }
     }
@@ -372,7 +470,11 @@ impl StoreCore {
         if n == self.me {
             self.cfg.my_votes
         } else {
-            self.peers.get(&n).copied().unwrap_or(1)
+            self.peers
+                .get(&n)
+                .or_else(|| self.failed.get(&n))
+                .copied()
+                .unwrap_or(1)
         }
     }
 

@@ -30,6 +30,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Due {
     Timeout(OpId),
+    Retry(OpId),
     AntiEntropy,
     Collect,
 }
@@ -45,6 +46,8 @@ pub struct StoreCore {
     pub(crate) now: Duration,
     pub(crate) wall_ms: u64,
     pub(crate) peers: BTreeMap<NodeId, u32>,
+    /// Peers membership holds failed, with their votes (see [`StoreCore::set_failed_peers`]).
+    pub(crate) failed: BTreeMap<NodeId, u32>,
     pub(crate) view_quorum: bool,
     pub(crate) view_reachable: u32,
     pub(crate) ops: BTreeMap<OpId, Op>,
@@ -70,6 +73,7 @@ impl StoreCore {
             now,
             wall_ms,
             peers: BTreeMap::new(),
+            failed: BTreeMap::new(),
             view_quorum: cfg.my_votes >= cfg.required_votes,
             view_reachable: cfg.my_votes,
             ops: BTreeMap::new(),
@@ -154,6 +158,20 @@ impl StoreCore {
         for p in new {
             self.send_digest(p, 0);
         }
+    }
+
+    /// Updates the peers membership holds failed, with their votes. Rounds never count on them,
+    /// but a round that waits asks them too, and a node whose view holds no quorum tries one
+    /// short round with them before it refuses: the view lags behind a network that changed
+    /// shape (a member failed in the previous partition is reachable again well before SWIM
+    /// says so), and an answer counts whoever gives it, since quorums intersect by
+    /// configuration, never by view.
+    pub fn set_failed_peers(&mut self, mut failed: BTreeMap<NodeId, u32>) {
+        failed.remove(&self.me);
+        for p in self.peers.keys() {
+            failed.remove(p);
+        }
+        self.failed = failed;
     }
 
     pub(crate) fn advance(&mut self, now: Duration, wall_ms: u64) {
@@ -286,9 +304,24 @@ impl StoreCore {
                 break;
             }
             match entry.remove() {
-                Due::Timeout(op) => {
-                    if self.ops.get(&op).is_some_and(|o| o.deadline <= self.now) {
+                Due::Timeout(op) => match self.ops.get(&op) {
+                    // A probe whose first phase reached no quorum applied nothing anywhere.
+                    Some(o)
+                        if o.probe
+                            && matches!(o.phase, Phase::Learn { .. } | Phase::Gather { .. }) =>
+                    {
+                        let e = self.no_quorum();
+                        self.finish(op, Err(e));
+                    }
+                    Some(o) if o.deadline <= self.now => {
                         self.finish(op, Err(StoreError::Indeterminate));
+                    }
+                    _ => {}
+                },
+                Due::Retry(op) => {
+                    if self.ops.contains_key(&op) {
+                        self.ask_again(op);
+                        self.schedule(self.cfg.round_retry, Due::Retry(op));
                     }
                 }
                 Due::AntiEntropy => {

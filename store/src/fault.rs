@@ -27,6 +27,10 @@ pub enum Fault {
     SkipCatchUp,
     /// A node that lost acknowledged writes votes in quorum rounds while it catches up.
     VoteWhileCatchingUp,
+    /// Quorum rounds ask each reachable peer once, at the start, and a node whose view holds no
+    /// quorum refuses at once (the behaviour before issue 18): a round whose requests were lost,
+    /// or that needs a peer the view still holds failed, waits for its timeout.
+    AskOnce,
 }
 
 #[cfg(feature = "testing")]

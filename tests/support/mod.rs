@@ -302,6 +302,51 @@ impl Lab {
         }
     }
 
+    /// Sets the directed link cuts between hosts, replacing the previous ones: for each `(from,
+    /// to)`, packets from `from` are dropped on arrival at `to` (nftables in `to`'s namespace; one
+    /// atomic change per host). Cuts in both directions make a symmetric cut; one direction only, a
+    /// one-way cut; cuts between some pairs only, a non-transitive partition. `&[]` restores every
+    /// link. The rules go with the namespaces.
+    #[allow(dead_code)] // used by some test targets only
+    pub fn cut(&mut self, cuts: &[(usize, usize)]) {
+        use std::io::Write as _;
+        for to in 0..self.hosts.len() {
+            let from: Vec<String> = cuts
+                .iter()
+                .filter(|(_, t)| *t == to)
+                .map(|(f, _)| self.ip(*f).to_string())
+                .collect();
+            let rule = if from.is_empty() {
+                String::new()
+            } else {
+                format!("    ip saddr {{ {} }} drop\n", from.join(", "))
+            };
+            let script = format!(
+                "add table inet chorus_cut\ndelete table inet chorus_cut\n\
+                 table inet chorus_cut {{\n  chain input {{\n    type filter hook input priority 0;\n{rule}  }}\n}}\n"
+            );
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &self.hosts[to], "nft", "-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("nft (Debian package nftables) must be installed");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(script.as_bytes())
+                .expect("write nft script");
+            let out = child.wait_with_output().expect("nft");
+            assert!(
+                out.status.success(),
+                "nft in {}: {}",
+                self.hosts[to],
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     /// Starts an agent on host `host`; returns its index in `agents`.
     pub fn start(&mut self, host: usize, spec: AgentSpec) -> usize {
         let data_dir = self.dir.path().join(format!("data-{}", spec.name));

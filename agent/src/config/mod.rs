@@ -238,6 +238,12 @@ impl Config {
         let mut c = store::StoreConfig::new(self.quorum.required());
         c.my_votes = self.votes;
         c.round_timeout = self.round_timeout;
+        // A lost request is asked again after about ten LAN round trips under load; over WAN
+        // links a round trip alone can take 100-300 ms.
+        c.round_retry = match self.profile {
+            membership::Profile::Wan => std::time::Duration::from_secs(1),
+            _ => std::time::Duration::from_millis(100),
+        };
         c.max_value_bytes = self.max_value_bytes;
         c.gc_grace = self.tombstone_grace;
         c.anti_entropy_every = self.anti_entropy_interval;
