@@ -68,6 +68,7 @@ sweeps! {
     three_way => "three-way",
     bridge => "bridge",
     one_way => "one-way",
+    shapes => "shapes",
     flapping => "flapping",
     loss10 => "loss10",
     loss30 => "loss30",
