@@ -645,3 +645,84 @@ fn a_catch_up_round_that_loses_fetched_entries_does_not_count() {
 fn a_catch_up_round_that_loses_versions_does_not_count() {
     catch_up_losing(|m| matches!(m, StoreMsg::Versions { .. }));
 }
+
+/// Tells node `i` that its membership holds `failed` failed (one vote each).
+fn hold_failed(net: &mut Net, i: usize, failed: &[usize]) {
+    let f: BTreeMap<NodeId, u32> = failed.iter().map(|j| (net.ids[*j], 1)).collect();
+    net.nodes[i].set_failed_peers(f);
+}
+
+#[test]
+fn a_view_that_lags_the_network_does_not_stop_a_side_that_holds_a_quorum() {
+    let mut net = Net::new(3);
+    // Node 0's view: node 1 reachable, node 2 failed, quorum. The network is the other way
+    // round: node 1 is cut off, node 2 is back. The round asks node 1 first, gets nothing, asks
+    // again after the retry interval, failed node 2 included, and goes through.
+    net.set_views(|i, j| (i, j) == (0, 1) || (i, j) == (1, 0), true);
+    hold_failed(&mut net, 0, &[2]);
+    net.partition(&[&[0, 2], &[1]]);
+    let start = net.now;
+    assert!(matches!(
+        net.call(0, put("k", "v")),
+        Ok(Reply::Written { .. })
+    ));
+    let took = net.now - start;
+    let retry = net.nodes[0].config().round_retry;
+    assert!(
+        took >= retry && took < retry + 10 * MS,
+        "written after {took:?}, the retry interval is {retry:?}"
+    );
+    assert!(
+        net.nodes[2]
+            .replica()
+            .store("default")
+            .unwrap()
+            .get("k")
+            .is_some()
+    );
+
+    // Node 2's view: nobody reachable, no quorum, both others failed; node 0 is reachable
+    // again. Its probe round goes through instead of refusing.
+    net.set_views(|_, _| false, false);
+    hold_failed(&mut net, 2, &[0, 1]);
+    assert!(matches!(
+        net.call(2, put("k", "w")),
+        Ok(Reply::Written { .. })
+    ));
+}
+
+#[test]
+fn a_real_minority_refuses_within_the_probe_window_and_writes_nowhere() {
+    let mut net = Net::new(3);
+    net.set_views(|_, _| false, false);
+    for i in 0..3 {
+        let others: Vec<usize> = (0..3).filter(|j| *j != i).collect();
+        hold_failed(&mut net, i, &others);
+    }
+    net.partition(&[&[0], &[1], &[2]]);
+    let window = 2 * net.nodes[1].config().round_retry;
+    let op = net.request(1, put("k", "w"));
+    net.run_for(window - MS);
+    assert_eq!(net.replies.get(&(1, op)), None, "refused before the window");
+    net.run_for(2 * MS);
+    assert_eq!(
+        net.replies.remove(&(1, op)),
+        Some(Err(StoreError::NoQuorum {
+            reachable_votes: 1,
+            required_votes: 2
+        })),
+        "a probe that reached no quorum refuses at the end of its window"
+    );
+    net.partition(&[&[0, 1, 2]]);
+    net.run_for(3000 * MS);
+    for i in 0..3 {
+        assert!(
+            net.nodes[i]
+                .replica()
+                .store("default")
+                .and_then(|s| s.get("k"))
+                .is_none(),
+            "node {i} holds the refused write"
+        );
+    }
+}
