@@ -79,6 +79,17 @@ fn a_minority_cannot_change_a_strong_key() {
     lab.wait_for(SECS(20), "the majority changes it", |l| {
         put(l, 2, "leader", "n3", &["--if-version", "1"]).0 == 0
     });
+    // The member list still answers on the minority; the leader is unknown there, and says why.
+    let (code, v) = lab.http(0, "GET", "/v1/members");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["leader"], serde_json::Value::Null, "{v}");
+    assert!(
+        v["leader_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("quorum")),
+        "{v}"
+    );
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(5), "{v}");
     lab.heal();
     lab.wait_for(SECS(20), "every agent reads the majority's value", |l| {
         (0..5).all(|a| get(l, a, "leader") == (0, "n3".to_string()))
@@ -326,6 +337,20 @@ fn a_new_leader_with_a_higher_token_follows_kill_9_of_the_leader_within_ttl_plus
         })
         .collect();
     assert_eq!(leading, vec![old], "exactly the elected node leads");
+    // `/v1/members` marks it, and only it, on every node.
+    for a in 0..5 {
+        let (code, v) = lab.http(a, "GET", "/v1/members");
+        assert_eq!(code, 200, "{v}");
+        let marked: Vec<&str> = v["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .filter(|m| m["leader"] == true)
+            .filter_map(|m| m["name"].as_str())
+            .collect();
+        assert_eq!(marked, vec![name.as_str()], "members of n{}: {v}", a + 1);
+        assert_eq!(v["leader"]["fencing_token"], token, "{v}");
+    }
     let t = std::time::Instant::now();
     lab.kill9(old);
     let other = (old + 1) % 5;

@@ -197,6 +197,8 @@ pub struct MemberJson {
     tags: BTreeMap<String, String>,
     votes: u32,
     is_self: bool,
+    /// Holds the cluster leader's lease (`/v1/members` reads the leader lock once per call).
+    leader: bool,
 }
 
 impl From<MemberView> for MemberJson {
@@ -212,6 +214,7 @@ impl From<MemberView> for MemberJson {
             tags: m.tags,
             votes: m.votes,
             is_self: m.is_self,
+            leader: false,
         }
     }
 }
@@ -293,14 +296,34 @@ async fn status(State(h): State<Handle>) -> Result<Json<serde_json::Value>, ApiE
     ))
 }
 
+/// `GET /v1/members`: the member list, with the cluster leader marked. The leader comes from one
+/// linearizable read of its lock; where that read fails (no quorum here) the list still answers,
+/// with `"leader": null` and the reason in `leader_error`.
 async fn members(State(h): State<Handle>) -> Result<Json<serde_json::Value>, ApiError> {
-    let m: Vec<MemberJson> = h
+    let mut m: Vec<MemberJson> = h
         .members()
         .await?
         .into_iter()
         .map(MemberJson::from)
         .collect();
-    Ok(Json(json!({ "members": m })))
+    let (leader, error) = match crate::lock_api::cluster_leader(&h).await {
+        Ok(l) => match l.name_and_id() {
+            Some((name, id)) => {
+                for x in m.iter_mut().filter(|x| x.id == id) {
+                    x.leader = true;
+                }
+                let v = json!({"name": name, "id": id, "fencing_token": l.token});
+                (v, None)
+            }
+            None => (serde_json::Value::Null, None),
+        },
+        Err(e) => (serde_json::Value::Null, Some(e.message)),
+    };
+    let mut out = json!({ "members": m, "leader": leader });
+    if let Some(e) = error {
+        out["leader_error"] = json!(e);
+    }
+    Ok(Json(out))
 }
 
 async fn health(State(h): State<Handle>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -214,6 +214,9 @@ pub fn members_table(v: &Value) -> String {
         if m["is_self"].as_bool() == Some(true) {
             name.push_str(" *");
         }
+        if m["leader"].as_bool() == Some(true) {
+            name.push_str(" (leader)");
+        }
         rows.push(vec![
             name,
             s(&m["id"]),
@@ -343,12 +346,13 @@ mod tests {
             {"name": "a", "id": "01", "state": "alive", "datacenter": "dc1", "gossip_addr": "10.0.0.1:7946",
              "api_addr": null, "generation": 3, "is_self": true},
             {"name": "bbbb", "id": "02", "state": "failed", "datacenter": "dc1", "gossip_addr": "10.0.0.2:7946",
-             "api_addr": "10.0.0.2:7947", "generation": 1, "is_self": false}
+             "api_addr": "10.0.0.2:7947", "generation": 1, "is_self": false, "leader": true}
         ]});
         let t = members_table(&v);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[1].starts_with("a *"));
+        assert!(lines[2].starts_with("bbbb (leader)"), "{}", lines[2]);
         assert!(lines[2].contains("failed"));
         assert_eq!(lines[0].find("ID"), lines[1].find("01"));
     }

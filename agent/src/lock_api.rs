@@ -221,30 +221,56 @@ pub async fn inspect(
     }
 }
 
-/// `GET /v1/leader`: the cluster leader, read linearizably from its lock, and whether this node
-/// is it (by its own acting window, which ends before the grantors' lease).
-pub async fn leader(State(h): State<Handle>) -> Result<Json<Value>, ApiError> {
-    let status = h.status().await?;
-    match run(&h, node::LEADER_LOCK.to_string(), LockOp::Inspect).await? {
+/// The cluster leader as a quorum of acceptors sees it (one linearizable read of the leader
+/// lock): its owner (`NAME/ID`) while its lease runs by the grantors' clocks, the fencing token of
+/// the current or last leader, and how long ago the lock last changed.
+pub struct ClusterLeader {
+    /// `NAME/ID` of the leader; `None` when nobody holds a live lease.
+    pub owner: Option<String>,
+    /// The fencing token of the current (or last) leader.
+    pub token: u64,
+    /// How long ago, by the grantors' clocks, the lock last changed.
+    pub age: Option<Duration>,
+}
+
+impl ClusterLeader {
+    /// The leader's node name and id.
+    pub fn name_and_id(&self) -> Option<(&str, &str)> {
+        self.owner
+            .as_deref()
+            .map(|o| o.rsplit_once('/').unwrap_or((o, "")))
+    }
+}
+
+/// Reads the cluster leader (see [`ClusterLeader`]).
+pub async fn cluster_leader(h: &Handle) -> Result<ClusterLeader, ApiError> {
+    match run(h, node::LEADER_LOCK.to_string(), LockOp::Inspect).await? {
         LockOutcome::State { state, age } => {
-            // The owner is "NAME/ID"; a lease that ran out by the grantors' clocks has no leader.
             let lease = Duration::from_millis(state.ttl_ms);
             let live = state.holder.is_some() && age.is_some_and(|a| a < lease);
-            let holder = state.holder.filter(|_| live);
-            let name = holder
-                .as_deref()
-                .map(|h| h.rsplit_once('/').map_or(h, |(n, _)| n).to_string());
-            Ok(Json(json!({
-                "leader": name,
-                "owner": holder,
-                "fencing_token": state.term,
-                "changed_ms_ago": age.map(ms),
-                "this_node": status.leading.is_some(),
-                "candidate": status.leader_candidate,
-            })))
+            Ok(ClusterLeader {
+                owner: state.holder.filter(|_| live),
+                token: state.term,
+                age,
+            })
         }
         other => Err(ApiError::internal(format!(
             "unexpected lock answer {other:?}"
         ))),
     }
+}
+
+/// `GET /v1/leader`: the cluster leader, read linearizably from its lock, and whether this node
+/// is it (by its own acting window, which ends before the grantors' lease).
+pub async fn leader(State(h): State<Handle>) -> Result<Json<Value>, ApiError> {
+    let status = h.status().await?;
+    let l = cluster_leader(&h).await?;
+    Ok(Json(json!({
+        "leader": l.name_and_id().map(|(n, _)| n),
+        "owner": l.owner,
+        "fencing_token": l.token,
+        "changed_ms_ago": l.age.map(ms),
+        "this_node": status.leading.is_some(),
+        "candidate": status.leader_candidate,
+    })))
 }
