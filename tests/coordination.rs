@@ -393,3 +393,160 @@ fn a_superseded_holder_s_fenced_write_is_refused() {
     let (code, _, err) = put(&lab, 0, "out", "x", &["--fence", "job"]);
     assert_eq!(code, 6, "a fence without a token: {err}");
 }
+
+/// `METHOD path` with `body` to agent `a`'s API from inside its namespace (Python's urllib):
+/// (HTTP status, JSON body).
+fn send(lab: &Lab, a: usize, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let file = lab.dir().join("request-body");
+    std::fs::write(&file, body).expect("body file");
+    let script = format!(
+        "import urllib.request, urllib.error\n\
+         req = urllib.request.Request('http://127.0.0.1:7947{path}', method='{method}', data=open('{}', 'rb').read())\n\
+         try:\n    r = urllib.request.urlopen(req, timeout=30); print(r.status); print(r.read().decode())\n\
+         except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n",
+        file.display()
+    );
+    let out = lab.exec(a, &["python3", "-c", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, json) = text.split_once('\n').unwrap_or(("0", ""));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(json.trim()).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn a_named_election_passes_to_the_next_candidate_with_its_proclamation_and_a_higher_token() {
+    let mut lab = lab_or_skip!(3);
+    let _agents = lab.start_cluster(3);
+    let log = lab.dir().join("elect.log");
+    let log_s = log.to_string_lossy().into_owned();
+    let elect = |who: &str| -> Vec<String> {
+        let job = format!(
+            "echo start-{who} $CHORUS_FENCING_TOKEN >> {log_s}; \
+             trap 'echo term-{who} >> {log_s}; exit 0' TERM; while :; do sleep 0.02; done"
+        );
+        [
+            support::CHORUS,
+            "elect",
+            "jobs",
+            &format!("{who} is in charge"),
+            "--candidate",
+            who,
+            "--ttl",
+            "3s",
+            "--lock-delay",
+            "0s",
+            "--",
+            "sh",
+            "-c",
+            &job,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let observe = |l: &Lab, a: usize| {
+        let (code, v) = l.http(a, "GET", "/v1/election/jobs");
+        assert_eq!(code, 200, "{v}");
+        (
+            v["leader"].as_str().map(String::from),
+            v["fencing_token"].as_u64(),
+            v["value"].as_str().map(String::from),
+        )
+    };
+    assert_eq!(observe(&lab, 2).0, None, "nobody leads a new election");
+
+    let a_args = elect("a");
+    let a_refs: Vec<&str> = a_args.iter().map(String::as_str).collect();
+    let a = lab.spawn_in(0, &a_refs);
+    lab.wait_for(SECS(20), "a leads, seen from another node", |l| {
+        observe(l, 2) == (Some("a".into()), Some(1), Some("a is in charge".into()))
+    });
+    let b_args = elect("b");
+    let b_refs: Vec<&str> = b_args.iter().map(String::as_str).collect();
+    let _b = lab.spawn_in(1, &b_refs);
+
+    // The leader says something new; a candidate that does not lead, or a stale token, cannot.
+    let (code, v) = send(
+        &lab,
+        2,
+        "POST",
+        "/v1/election/jobs/proclaim?candidate=a&token=1",
+        b"a, later",
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(observe(&lab, 1).2.as_deref(), Some("a, later"));
+    let (code, v) = send(
+        &lab,
+        2,
+        "POST",
+        "/v1/election/jobs/proclaim?candidate=b&token=1",
+        b"b!",
+    );
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (409, Some("lost")),
+        "{v}"
+    );
+    // Bad input: documented errors, nothing changes.
+    let (code, v) = send(
+        &lab,
+        2,
+        "PUT",
+        "/v1/election/jobs?candidate=c",
+        &[0xff, 0xfe],
+    );
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
+    let big = vec![b'x'; 5000];
+    let (code, v) = send(&lab, 2, "PUT", "/v1/election/jobs?candidate=c", &big);
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (413, Some("too_large")),
+        "{v}"
+    );
+    assert_eq!(v["error"]["max"], 4096, "{v}");
+    let (code, v) = send(&lab, 2, "PUT", "/v1/election/jobs", b"x");
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
+    assert_eq!(
+        observe(&lab, 2).0.as_deref(),
+        Some("a"),
+        "bad input changed the leader"
+    );
+
+    // a stops (SIGTERM): its command is stopped, it resigns, and b leads at once with a higher
+    // token and its own proclamation (no lease to wait out after a resignation).
+    drop(a);
+    lab.wait_for(SECS(10), "b leads with token 2 and its proclamation", |l| {
+        observe(l, 0) == (Some("b".into()), Some(2), Some("b is in charge".into()))
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        vec!["start-a 1", "term-a", "start-b 2"],
+        "each leader's command ran with its token, the first stopped before the second started"
+    );
+    // The old leader's token is refused now.
+    let (code, v) = send(
+        &lab,
+        0,
+        "POST",
+        "/v1/election/jobs/proclaim?candidate=a&token=1",
+        b"a?",
+    );
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (409, Some("lost")),
+        "{v}"
+    );
+    assert_eq!(observe(&lab, 2).2.as_deref(), Some("b is in charge"));
+}

@@ -122,6 +122,20 @@ pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
                 .delete(crate::lock_api::release),
         )
         .route("/v1/leader", get(crate::lock_api::leader))
+        .route(
+            "/v1/election/{name}",
+            get(crate::election_api::observe)
+                .put(crate::election_api::campaign)
+                .delete(crate::election_api::resign),
+        )
+        .route(
+            "/v1/election/{name}/proclaim",
+            axum::routing::post(crate::election_api::proclaim),
+        )
+        .route(
+            "/v1/election/{name}/renew",
+            axum::routing::post(crate::election_api::renew),
+        )
         .route("/v1/events", get(crate::events_api::events))
         .route("/v1/leave", axum::routing::post(leave))
         .route("/v1/monitor", get(crate::monitor::monitor))

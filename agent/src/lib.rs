@@ -7,6 +7,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod driver;
+pub mod election_api;
 pub mod events;
 pub mod events_api;
 pub mod events_cli;

@@ -43,19 +43,23 @@ fn key(name: &str) -> Result<String, ApiError> {
     Ok(format!("{LOCK_PREFIX}{name}"))
 }
 
-fn param<'a>(q: &'a BTreeMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
+pub(crate) fn param<'a>(q: &'a BTreeMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
     q.get(name)
         .map(String::as_str)
         .ok_or_else(|| ApiError::bad_request(format!("the query parameter {name} is required")))
 }
 
-fn duration(q: &BTreeMap<String, String>, name: &str, default: &str) -> Result<Duration, ApiError> {
+pub(crate) fn duration(
+    q: &BTreeMap<String, String>,
+    name: &str,
+    default: &str,
+) -> Result<Duration, ApiError> {
     let v = q.get(name).map_or(default, String::as_str);
     humantime::parse_duration(v)
         .map_err(|e| ApiError::bad_request(format!("{name}={v:?}: {e} (write e.g. 15s, 500ms)")))
 }
 
-fn token(q: &BTreeMap<String, String>) -> Result<u64, ApiError> {
+pub(crate) fn token(q: &BTreeMap<String, String>) -> Result<u64, ApiError> {
     let t = param(q, "token")?;
     t.parse().map_err(|_| {
         ApiError::bad_request(format!(
@@ -64,7 +68,7 @@ fn token(q: &BTreeMap<String, String>) -> Result<u64, ApiError> {
     })
 }
 
-async fn run(h: &Handle, key: String, op: LockOp) -> Result<LockOutcome, ApiError> {
+pub(crate) async fn run(h: &Handle, key: String, op: LockOp) -> Result<LockOutcome, ApiError> {
     match h
         .strong(Request {
             key,
@@ -79,12 +83,12 @@ async fn run(h: &Handle, key: String, op: LockOp) -> Result<LockOutcome, ApiErro
     }
 }
 
-fn ms(d: Duration) -> u64 {
+pub(crate) fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
 /// The answer to a successful acquire or renew, or the error for the others.
-fn answer(owner: &str, outcome: LockOutcome) -> Result<Json<Value>, ApiError> {
+pub(crate) fn answer(owner: &str, outcome: LockOutcome) -> Result<Json<Value>, ApiError> {
     match outcome {
         LockOutcome::Holding { term, ttl, act_for } => Ok(Json(json!({
             "holder": owner,
@@ -126,9 +130,21 @@ pub async fn acquire(
 ) -> Result<Json<Value>, ApiError> {
     let key = key(&name)?;
     let owner = param(&q, "owner")?.to_string();
-    let ttl = duration(&q, "ttl", "15s")?;
-    let lock_delay = duration(&q, "lock_delay", "5s")?;
-    let wait = duration(&q, "wait", "0s")?;
+    let outcome = acquire_waiting(&h, key, &owner, &q).await?;
+    answer(&owner, outcome)
+}
+
+/// Asks for the lock at `key` for `owner` with the `ttl`, `lock_delay` and `wait` of the query,
+/// again and again while it is held by another and the wait lasts; the last answer.
+pub(crate) async fn acquire_waiting(
+    h: &Handle,
+    key: String,
+    owner: &str,
+    q: &BTreeMap<String, String>,
+) -> Result<LockOutcome, ApiError> {
+    let ttl = duration(q, "ttl", "15s")?;
+    let lock_delay = duration(q, "lock_delay", "5s")?;
+    let wait = duration(q, "wait", "0s")?;
     if wait > MAX_WAIT {
         return Err(ApiError::bad_request(format!(
             "wait={wait:?} is over the limit of {MAX_WAIT:?}"
@@ -137,18 +153,18 @@ pub async fn acquire(
     let until = Instant::now() + wait;
     loop {
         let op = LockOp::Acquire {
-            owner: owner.clone(),
+            owner: owner.to_string(),
             ttl,
             lock_delay,
         };
-        let outcome = run(&h, key.clone(), op).await?;
+        let outcome = run(h, key.clone(), op).await?;
         let retry = match &outcome {
             LockOutcome::Busy { remaining, .. } => *remaining,
-            _ => return answer(&owner, outcome),
+            _ => return Ok(outcome),
         };
         let now = Instant::now();
         if now >= until {
-            return answer(&owner, outcome);
+            return Ok(outcome);
         }
         // Ask again when the lease may have run out (or sooner, if it was released meanwhile).
         let nap = retry.clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -221,11 +237,11 @@ pub async fn inspect(
     }
 }
 
-/// The cluster leader as a quorum of acceptors sees it (one linearizable read of the leader
-/// lock): its owner (`NAME/ID`) while its lease runs by the grantors' clocks, the fencing token of
-/// the current or last leader, and how long ago the lock last changed.
-pub struct ClusterLeader {
-    /// `NAME/ID` of the leader; `None` when nobody holds a live lease.
+/// A lock's holder as a quorum of acceptors sees it (one linearizable read of the lock): the
+/// owner while its lease runs by the grantors' clocks, the fencing token of the current or last
+/// holder, and how long ago the lock last changed. For the cluster leader the owner is `NAME/ID`.
+pub struct LeaseHolder {
+    /// The holder; `None` when nobody holds a live lease.
     pub owner: Option<String>,
     /// The fencing token of the current (or last) leader.
     pub token: u64,
@@ -233,8 +249,8 @@ pub struct ClusterLeader {
     pub age: Option<Duration>,
 }
 
-impl ClusterLeader {
-    /// The leader's node name and id.
+impl LeaseHolder {
+    /// The cluster leader's node name and id (from an owner `NAME/ID`).
     pub fn name_and_id(&self) -> Option<(&str, &str)> {
         self.owner
             .as_deref()
@@ -242,13 +258,18 @@ impl ClusterLeader {
     }
 }
 
-/// Reads the cluster leader (see [`ClusterLeader`]).
-pub async fn cluster_leader(h: &Handle) -> Result<ClusterLeader, ApiError> {
-    match run(h, node::LEADER_LOCK.to_string(), LockOp::Inspect).await? {
+/// Reads the cluster leader (see [`LeaseHolder`]).
+pub async fn cluster_leader(h: &Handle) -> Result<LeaseHolder, ApiError> {
+    lease_holder(h, node::LEADER_LOCK.to_string()).await
+}
+
+/// Reads the holder of the lock at `key` (see [`LeaseHolder`]).
+pub(crate) async fn lease_holder(h: &Handle, key: String) -> Result<LeaseHolder, ApiError> {
+    match run(h, key, LockOp::Inspect).await? {
         LockOutcome::State { state, age } => {
             let lease = Duration::from_millis(state.ttl_ms);
             let live = state.holder.is_some() && age.is_some_and(|a| a < lease);
-            Ok(ClusterLeader {
+            Ok(LeaseHolder {
                 owner: state.holder.filter(|_| live),
                 token: state.term,
                 age,

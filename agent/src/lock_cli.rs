@@ -1,4 +1,7 @@
-//! `chorus lock NAME -- COMMAND...`: runs a command only while holding a lock.
+//! `chorus lock NAME -- COMMAND...`: runs a command only while holding a lock; `chorus elect
+//! NAME VALUE [-- COMMAND...]` does the same as the leader of a named election that proclaims
+//! VALUE (without a command it leads until SIGINT or SIGTERM, then resigns), and `chorus elect
+//! NAME --observe` / `chorus leader` show who leads.
 //!
 //! It acquires the lock (waiting as long as it takes), starts the command with the fencing token
 //! in `CHORUS_FENCING_TOKEN`, renews the lease a third of the way through, and stops the command
@@ -10,6 +13,7 @@
 //! command because the lock was lost).
 
 use crate::cli::{CliError, Client};
+use serde_json::json;
 use std::process::{Child, Command, ExitCode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -30,10 +34,18 @@ pub struct LockArgs {
     /// The owner named in the lock (default: this host's name and the process id).
     #[arg(long)]
     pub owner: Option<String>,
+    /// The lease and the agent.
+    #[command(flatten)]
+    pub lease: LeaseArgs,
+}
+
+/// The lease options `chorus lock` and `chorus elect` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LeaseArgs {
     /// The lease.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
-    /// How long after an expiry nobody may take the lock.
+    /// How long after an expiry nobody may take over.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub lock_delay: Duration,
     /// How long after SIGTERM the command gets SIGKILL.
@@ -44,6 +56,62 @@ pub struct LockArgs {
     pub api: String,
 }
 
+/// The arguments of `chorus elect`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ElectArgs {
+    /// The election.
+    pub name: String,
+    /// What the leader proclaims (UTF-8 text, at most 4 KiB); not with --observe.
+    pub value: Option<String>,
+    /// A command to run while leading (after `--`); without one, `chorus elect` leads until
+    /// SIGINT or SIGTERM and then resigns.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+    /// Only show who leads and what it proclaimed (exit 3 when nobody leads); with --watch,
+    /// follow changes.
+    #[arg(long)]
+    pub observe: bool,
+    /// With --observe: keep watching, a line per change.
+    #[arg(long, requires = "observe")]
+    pub watch: bool,
+    /// With --observe: print the API's JSON.
+    #[arg(long, requires = "observe")]
+    pub json: bool,
+    /// The candidate's name (default: this host's name and the process id).
+    #[arg(long)]
+    pub candidate: Option<String>,
+    /// The lease and the agent.
+    #[command(flatten)]
+    pub lease: LeaseArgs,
+}
+
+/// What `chorus lock` and `chorus elect` hold, and how: one loop serves both.
+#[derive(Debug, Clone)]
+struct Hold {
+    /// `/v1/lock/NAME` or `/v1/election/NAME`.
+    path: String,
+    /// The lock or election's name, for the command's environment.
+    name: String,
+    /// The query parameter that names the holder: `owner` or `candidate`.
+    who: &'static str,
+    /// The holder.
+    owner: String,
+    /// The campaign's body (the proclamation); empty for a lock.
+    body: Vec<u8>,
+    /// How messages start.
+    label: &'static str,
+    /// The command, if any.
+    command: Vec<String>,
+    /// The lease and the agent.
+    lease: LeaseArgs,
+}
+
+/// This host's name and the process id: the default owner or candidate.
+fn default_owner() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
+}
+
 /// A grant: the fencing token and until when the holder may act.
 #[derive(Debug, Clone, Copy)]
 struct Grant {
@@ -51,31 +119,35 @@ struct Grant {
     until: Instant,
 }
 
-fn path(name: &str) -> String {
-    format!("/v1/lock/{}", crate::cli::encode_segment(name))
-}
-
 fn enc(s: &str) -> String {
     crate::cli::encode_segment(s)
 }
 
-/// Asks for the lock once (the agent waits up to `wait`); `Ok(None)` when it is still held.
-fn acquire(
-    c: &Client,
-    a: &LockArgs,
-    owner: &str,
-    wait: Duration,
-) -> Result<Option<Grant>, CliError> {
+impl Hold {
+    /// `PATH?who=OWNER` plus `rest`.
+    fn query(&self, suffix: &str, rest: &str) -> String {
+        format!(
+            "{}{suffix}?{}={}{rest}",
+            self.path,
+            self.who,
+            enc(&self.owner)
+        )
+    }
+}
+
+/// Asks once (the agent waits up to `wait`); `Ok(None)` when another still holds it.
+fn acquire(c: &Client, h: &Hold, wait: Duration) -> Result<Option<Grant>, CliError> {
     let sent = Instant::now();
-    let q = format!(
-        "{}?owner={}&ttl={}ms&lock_delay={}ms&wait={}ms",
-        path(&a.name),
-        enc(owner),
-        a.ttl.as_millis(),
-        a.lock_delay.as_millis(),
-        wait.as_millis()
+    let q = h.query(
+        "",
+        &format!(
+            "&ttl={}ms&lock_delay={}ms&wait={}ms",
+            h.lease.ttl.as_millis(),
+            h.lease.lock_delay.as_millis(),
+            wait.as_millis()
+        ),
     );
-    match c.call("PUT", &q, Some(Vec::new())) {
+    match c.call("PUT", &q, Some(h.body.clone())) {
         Ok(r) => grant(sent, &r.body).map(Some),
         Err(CliError::Api { code, .. }) if code == "locked" => Ok(None),
         Err(e) => Err(e),
@@ -120,65 +192,121 @@ fn signal(child: &Child, sig: libc::c_int) {
 
 /// Runs `chorus lock`.
 pub fn run(a: LockArgs) -> ExitCode {
+    hold(Hold {
+        path: format!("/v1/lock/{}", enc(&a.name)),
+        name: a.name,
+        who: "owner",
+        owner: a.owner.unwrap_or_else(default_owner),
+        body: Vec::new(),
+        label: "chorus lock",
+        command: a.command,
+        lease: a.lease,
+    })
+}
+
+/// Runs `chorus elect`.
+pub fn elect(a: ElectArgs) -> ExitCode {
+    let path = format!("/v1/election/{}", enc(&a.name));
+    if a.observe {
+        if a.value.is_some() || !a.command.is_empty() {
+            eprintln!("error: --observe takes no value and no command");
+            return ExitCode::from(2);
+        }
+        return observe(
+            &a.lease.api,
+            &path,
+            a.json,
+            a.watch,
+            |v| match v["leader"].as_str() {
+                Some(l) => format!(
+                    "{l} (fencing token {}): {}",
+                    v["fencing_token"],
+                    v["value"].as_str().unwrap_or("(nothing proclaimed yet)")
+                ),
+                None => "no leader".to_string(),
+            },
+        );
+    }
+    let Some(value) = a.value else {
+        eprintln!("error: give the value to proclaim (or --observe)");
+        return ExitCode::from(2);
+    };
+    hold(Hold {
+        path,
+        name: a.name,
+        who: "candidate",
+        owner: a.candidate.unwrap_or_else(default_owner),
+        body: value.into_bytes(),
+        label: "chorus elect",
+        command: a.command,
+        lease: a.lease,
+    })
+}
+
+/// Gets the lock or election, runs the command (if any) while it holds, renews, stops the command
+/// when it may no longer act, and releases (resigns) at the end.
+fn hold(h: Hold) -> ExitCode {
     install_signal_handlers();
-    let owner = a.owner.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-        format!("{}-{}", host.trim(), std::process::id())
-    });
-    let c = Client::with_limits(&a.api, Duration::from_secs(90), 1 << 20);
+    let c = Client::with_limits(&h.lease.api, Duration::from_secs(90), 1 << 20);
     // Acquire, however long it takes; a side without quorum keeps waiting.
     let first = loop {
         if SIGNALLED.load(Ordering::SeqCst) != 0 {
             return ExitCode::from(130);
         }
-        match acquire(&c, &a, &owner, Duration::from_secs(60)) {
+        match acquire(&c, &h, Duration::from_secs(60)) {
             Ok(Some(g)) => break g,
             Ok(None) => {}
-            Err(CliError::Api { code, message }) if code == "bad_request" => {
+            Err(CliError::Api { code, message })
+                if code == "bad_request" || code == "too_large" =>
+            {
                 eprintln!("error: {code}: {message}");
                 return ExitCode::from(6);
             }
             Err(e) => {
-                eprintln!("chorus lock: {e}; trying again");
+                eprintln!("{}: {e}; trying again", h.label);
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
     };
     eprintln!(
-        "chorus lock: holding {} with fencing token {}",
-        a.name, first.token
+        "{}: holding {} with fencing token {}",
+        h.label, h.name, first.token
     );
-    let mut child = match Command::new(&a.command[0])
-        .args(&a.command[1..])
-        .env("CHORUS_LOCK_NAME", &a.name)
-        .env("CHORUS_LOCK_OWNER", &owner)
-        .env("CHORUS_FENCING_TOKEN", first.token.to_string())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: cannot start {:?}: {e}", a.command[0]);
-            release(&c, &a, &owner, first.token);
-            return ExitCode::from(1);
-        }
+    let mut child = match h.command.first() {
+        None => None,
+        Some(program) => match Command::new(program)
+            .args(&h.command[1..])
+            .env("CHORUS_LOCK_NAME", &h.name)
+            .env("CHORUS_LOCK_OWNER", &h.owner)
+            .env("CHORUS_FENCING_TOKEN", first.token.to_string())
+            .spawn()
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("error: cannot start {program:?}: {e}");
+                release(&c, &h, first.token);
+                return ExitCode::from(1);
+            }
+        },
     };
     let (renewals, renewed) = mpsc::channel::<Option<Grant>>();
     let stop = Arc::new(AtomicBool::new(false));
     let renewer = {
-        let (c, a, owner, stop) = (
-            Client::with_limits(&a.api, a.ttl / 3, 1 << 20),
-            a.clone(),
-            owner.clone(),
+        let (c, h, stop) = (
+            Client::with_limits(&h.lease.api, h.lease.ttl / 3, 1 << 20),
+            h.clone(),
             stop.clone(),
         );
-        std::thread::spawn(move || renew_loop(&c, &a, &owner, first, &stop, renewals))
+        std::thread::spawn(move || renew_loop(&c, &h, first, &stop, renewals))
     };
     let mut grant = Some(first);
     let mut lost = false;
     let mut termed: Option<Instant> = None;
     let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break status;
+        if let Some(ch) = child.as_mut()
+            && let Ok(Some(status)) = ch.try_wait()
+        {
+            break Some(status);
         }
         match renewed.recv_timeout(Duration::from_millis(20)) {
             Ok(Some(g)) => {
@@ -188,7 +316,7 @@ pub fn run(a: LockArgs) -> ExitCode {
                 })
             }
             Ok(None) => {
-                // The agent said the lock is someone else's now: stop at once.
+                // The agent said it is someone else's now: stop at once.
                 lost = true;
                 grant = grant.map(|g| Grant {
                     until: Instant::now(),
@@ -203,30 +331,36 @@ pub fn run(a: LockArgs) -> ExitCode {
         if termed.is_none() && (expired || signalled != 0) {
             if expired {
                 lost = true;
-                eprintln!("chorus lock: the lease may have run out: stopping the command");
+                eprintln!("{}: the lease may have run out: stopping", h.label);
             }
-            signal(&child, libc::SIGTERM);
+            let Some(ch) = child.as_ref() else {
+                break None;
+            };
+            signal(ch, libc::SIGTERM);
             termed = Some(now);
         }
-        if termed.is_some_and(|t| now >= t + a.kill_after) {
-            signal(&child, libc::SIGKILL);
+        if let Some(ch) = child.as_ref()
+            && termed.is_some_and(|t| now >= t + h.lease.kill_after)
+        {
+            signal(ch, libc::SIGKILL);
         }
     };
     stop.store(true, Ordering::SeqCst);
     drop(renewed);
     let token = grant.map_or(first.token, |g| g.token);
     if !lost {
-        release(&c, &a, &owner, token);
+        release(&c, &h, token);
     }
     let _ = renewer.join();
     if lost {
         return ExitCode::from(EXIT_LOST);
     }
     use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => ExitCode::from(code.clamp(0, 255) as u8),
-        (None, Some(sig)) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
-        _ => ExitCode::FAILURE,
+    match status.map(|s| (s.code(), s.signal())) {
+        None => ExitCode::SUCCESS,
+        Some((Some(code), _)) => ExitCode::from(code.clamp(0, 255) as u8),
+        Some((None, Some(sig))) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
+        Some(_) => ExitCode::FAILURE,
     }
 }
 
@@ -234,14 +368,13 @@ pub fn run(a: LockArgs) -> ExitCode {
 /// is lost, and stops when the receiver is gone.
 fn renew_loop(
     c: &Client,
-    a: &LockArgs,
-    owner: &str,
+    h: &Hold,
     first: Grant,
     stop: &AtomicBool,
     out: mpsc::Sender<Option<Grant>>,
 ) {
     let mut token = first.token;
-    let mut next = Instant::now() + a.ttl / 3;
+    let mut next = Instant::now() + h.lease.ttl / 3;
     loop {
         // Sleep in short steps so that the end of the command ends this thread soon.
         while Instant::now() < next {
@@ -254,7 +387,7 @@ fn renew_loop(
             return;
         }
         let sent = Instant::now();
-        let q = format!("{}/renew?owner={}&token={token}", path(&a.name), enc(owner));
+        let q = h.query("/renew", &format!("&token={token}"));
         match c.call("POST", &q, Some(Vec::new())) {
             Ok(r) => match grant(sent, &r.body) {
                 Ok(g) => {
@@ -262,31 +395,31 @@ fn renew_loop(
                     if out.send(Some(g)).is_err() {
                         return;
                     }
-                    next = sent + a.ttl / 3;
+                    next = sent + h.lease.ttl / 3;
                 }
                 Err(e) => {
-                    eprintln!("chorus lock: renewal: {e}");
+                    eprintln!("{}: renewal: {e}", h.label);
                     next = Instant::now() + Duration::from_millis(200);
                 }
             },
             Err(CliError::Api { code, message }) if code == "lost" => {
-                eprintln!("chorus lock: {message}");
+                eprintln!("{}: {message}", h.label);
                 let _ = out.send(None);
                 return;
             }
             // No quorum, a timeout, the agent away: the lease runs on; try again soon.
             Err(e) => {
-                eprintln!("chorus lock: renewal failed ({e}); the lease runs on");
+                eprintln!("{}: renewal failed ({e}); the lease runs on", h.label);
                 next = Instant::now() + Duration::from_millis(200);
             }
         }
     }
 }
 
-fn release(c: &Client, a: &LockArgs, owner: &str, token: u64) {
-    let q = format!("{}?owner={}&token={token}", path(&a.name), enc(owner));
+fn release(c: &Client, h: &Hold, token: u64) {
+    let q = h.query("", &format!("&token={token}"));
     if let Err(e) = c.call("DELETE", &q, None) {
-        eprintln!("chorus lock: release: {e} (the lease runs out by itself)");
+        eprintln!("{}: release: {e} (the lease runs out by itself)", h.label);
     }
 }
 
@@ -306,41 +439,60 @@ pub struct LeaderArgs {
 
 /// Runs `chorus leader`: who leads the cluster, read linearizably (exit 3 when nobody does).
 pub fn leader(a: LeaderArgs) -> ExitCode {
-    let c = Client::new(&a.api);
-    let mut last: Option<(serde_json::Value, serde_json::Value)> = None;
+    observe(
+        &a.api,
+        "/v1/leader",
+        a.json,
+        a.watch,
+        |v| match v["leader"].as_str() {
+            Some(name) => format!(
+                "{name} (fencing token {}){}",
+                v["fencing_token"],
+                if v["this_node"] == true {
+                    ", this node"
+                } else {
+                    ""
+                }
+            ),
+            None => "no leader".to_string(),
+        },
+    )
+}
+
+/// Shows who leads at `path` (`/v1/leader` or an election): once (exit 3 when nobody leads), or
+/// with `watch` a line per change, polling every second.
+fn observe(
+    api: &str,
+    path: &str,
+    json: bool,
+    watch: bool,
+    human: impl Fn(&serde_json::Value) -> String,
+) -> ExitCode {
+    let c = Client::new(api);
+    let mut last: Option<serde_json::Value> = None;
     loop {
-        let v = match c.get_json("/v1/leader") {
+        let v = match c.get_json(path) {
             Ok(v) => v,
             Err(e) => {
                 eprintln!("error: {e}");
-                if !a.watch {
+                if !watch {
                     return ExitCode::from(e.exit_code());
                 }
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
         };
-        let now = (v["leader"].clone(), v["fencing_token"].clone());
+        // A change is a new leader, token or proclamation (not the age of the last change).
+        let now = json!([v["leader"], v["fencing_token"], v["value"]]);
         if last.as_ref() != Some(&now) {
-            if a.json {
+            if json {
                 println!("{v}");
             } else {
-                match v["leader"].as_str() {
-                    Some(name) => println!(
-                        "{name} (fencing token {}){}",
-                        v["fencing_token"],
-                        if v["this_node"] == true {
-                            ", this node"
-                        } else {
-                            ""
-                        }
-                    ),
-                    None => println!("no leader"),
-                }
+                println!("{}", human(&v));
             }
             last = Some(now);
         }
-        if !a.watch {
+        if !watch {
             return if v["leader"].is_null() {
                 ExitCode::from(3)
             } else {

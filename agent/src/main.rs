@@ -42,6 +42,9 @@ enum Cmd {
     Lock(agent::lock_cli::LockArgs),
     /// Who leads the cluster (exit 3 when nobody does); `--watch` follows changes.
     Leader(agent::lock_cli::LeaderArgs),
+    /// Campaign in a named election and lead (running a command, if given) until stopped:
+    /// `chorus elect NAME VALUE [-- COMMAND...]`; `--observe [--watch]` shows who leads.
+    Elect(agent::lock_cli::ElectArgs),
     /// Follow the event stream (reconnects without missing anything); `--type` filters.
     Events(agent::events_cli::EventsArgs),
     /// Watch a key (print each new value) or, with --prefix, a store's changes under a prefix.
@@ -251,6 +254,7 @@ fn main() -> ExitCode {
         Cmd::Strong(s) => agent::strong_cli::run(s),
         Cmd::Lock(l) => agent::lock_cli::run(l),
         Cmd::Leader(l) => agent::lock_cli::leader(l),
+        Cmd::Elect(e) => agent::lock_cli::elect(e),
         Cmd::Events(e) => agent::events_cli::run(e),
         Cmd::Watch(w) => agent::events_cli::watch(w),
         Cmd::Monitor(m) => agent::monitor::run(m),
