@@ -550,3 +550,114 @@ fn a_named_election_passes_to_the_next_candidate_with_its_proclamation_and_a_hig
     );
     assert_eq!(observe(&lab, 2).2.as_deref(), Some("b is in charge"));
 }
+
+#[test]
+fn a_session_renews_all_its_locks_at_once_and_its_locks_go_when_it_lapses_or_is_destroyed() {
+    let mut lab = lab_or_skip!(3);
+    let _agents = lab.start_cluster(3);
+    let (code, id, err) = lab.cli(
+        0,
+        "session",
+        &["create", "--ttl", "3s", "--lock-delay", "0s"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let id = id.trim().to_string();
+    assert_eq!(id.len(), 16, "a session id: {id:?}");
+    // Locks taken for the session through different agents; one renewal keeps both.
+    for (a, name) in [(0, "a"), (1, "b")] {
+        let (code, v) = send(
+            &lab,
+            a,
+            "PUT",
+            &format!("/v1/lock/{name}?session={id}"),
+            b"",
+        );
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["holder"], format!("session:{id}"), "{v}");
+        assert_eq!(v["ttl_ms"], 3000, "the session's lease: {v}");
+    }
+    let taken_by_other = |l: &Lab, name: &str| {
+        send(
+            l,
+            2,
+            "PUT",
+            &format!("/v1/lock/{name}?owner=other&ttl=10s"),
+            b"",
+        )
+    };
+    let start = std::time::Instant::now();
+    while start.elapsed() < SECS(5) {
+        let (code, out, err) = lab.cli(2, "session", &["renew", &id, "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+        assert_eq!(v["locks"], serde_json::json!({"a": 1, "b": 1}), "{v}");
+        assert_eq!(v["lost"], serde_json::json!([]), "{v}");
+        let (code, v) = taken_by_other(&lab, "a");
+        assert_eq!(
+            (code, v["error"]["code"].as_str()),
+            (409, Some("locked")),
+            "{v}"
+        );
+        std::thread::sleep(Duration::from_millis(500)); // the renewal interval, not a wait on a condition
+    }
+    // No more renewals: the session's locks lapse with it, and another owner gets a higher token.
+    let mut got = serde_json::Value::Null;
+    lab.wait_for(
+        SECS(10),
+        "another owner takes lock a after the lease",
+        |l| {
+            let (code, v) = taken_by_other(l, "a");
+            got = v;
+            code == 200
+        },
+    );
+    assert_eq!(got["fencing_token"], 2, "{got}");
+    let (code, v) = send(&lab, 1, "GET", &format!("/v1/session/{id}"), b"");
+    assert_eq!((code, v["live"].as_bool()), (200, Some(false)), "{v}");
+    // A late renewal revives the session and the lock nobody took, and reports the one lost.
+    let (code, out, _) = lab.cli(0, "session", &["renew", &id, "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(v["lost"], serde_json::json!(["a"]), "{v}");
+    assert_eq!(v["locks"], serde_json::json!({"b": 1}), "{v}");
+    // Destroying it releases b at once: the next owner gets token 2 without waiting a lease.
+    let (code, _, err) = lab.cli(1, "session", &["destroy", &id]);
+    assert_eq!(code, 0, "{err}");
+    let (code, v) = taken_by_other(&lab, "b");
+    assert_eq!((code, v["fencing_token"].as_u64()), (200, Some(2)), "{v}");
+    // Bad input: documented errors, nothing changes.
+    let (code, _, err) = lab.cli(0, "session", &["show", &id]);
+    assert_eq!(code, 3, "a destroyed session is not_found: {err}");
+    let (code, v) = send(&lab, 0, "PUT", &format!("/v1/lock/c?session={id}"), b"");
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    let (code, v) = send(&lab, 0, "PUT", "/v1/lock/c?session=nothex", b"");
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
+    let (code, _, _) = lab.cli(0, "session", &["create", "--ttl", "0s"]);
+    assert_ne!(code, 0, "a session without a lease");
+    let (code, v) = send(
+        &lab,
+        0,
+        "PUT",
+        &format!("/v1/lock/c?owner=session:{id}"),
+        b"",
+    );
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
+    let (code, v) = send(&lab, 0, "GET", "/v1/lock/c", b"");
+    assert_eq!(
+        (code, v["holder"].clone()),
+        (200, serde_json::Value::Null),
+        "{v}"
+    );
+}

@@ -123,6 +123,18 @@ pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
         )
         .route("/v1/leader", get(crate::lock_api::leader))
         .route(
+            "/v1/session",
+            axum::routing::put(crate::session_api::create),
+        )
+        .route(
+            "/v1/session/{id}",
+            get(crate::session_api::inspect).delete(crate::session_api::destroy),
+        )
+        .route(
+            "/v1/session/{id}/renew",
+            axum::routing::post(crate::session_api::renew),
+        )
+        .route(
             "/v1/election/{name}",
             get(crate::election_api::observe)
                 .put(crate::election_api::campaign)

@@ -190,7 +190,8 @@ impl Client {
     }
 }
 
-fn s(v: &Value) -> String {
+/// A JSON value as plain text: strings without quotes, null as `-`.
+pub fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),

@@ -136,7 +136,11 @@ pub async fn campaign(
     let (lock_key, value_key) = keys(&name)?;
     let candidate = param(&q, "candidate")?.to_string();
     let value = proclamation(body)?;
-    let outcome = lock_api::acquire_waiting(&h, lock_key, &candidate, &q).await?;
+    let ttl = lock_api::duration(&q, "ttl", "15s")?;
+    let lock_delay = lock_api::duration(&q, "lock_delay", "5s")?;
+    let wait = lock_api::wait(&q)?;
+    let outcome =
+        lock_api::acquire_waiting(&h, lock_key, &candidate, ttl, lock_delay, wait).await?;
     proclaim_if_leading(&h, &name, value_key, &candidate, outcome, &value).await
 }
 

@@ -19,6 +19,8 @@ pub mod metrics;
 pub mod monitor;
 pub mod net;
 pub mod node_file;
+pub mod session_api;
+pub mod session_cli;
 pub mod strong_api;
 pub mod strong_cli;
 pub mod transport;

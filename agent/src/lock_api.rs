@@ -33,7 +33,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
 type Params = Query<BTreeMap<String, String>>;
 
-fn key(name: &str) -> Result<String, ApiError> {
+pub(crate) fn key(name: &str) -> Result<String, ApiError> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES {
         return Err(ApiError::bad_request(format!(
             "a lock name is 1 to {MAX_NAME_BYTES} bytes, got {}",
@@ -122,34 +122,78 @@ pub(crate) fn answer(owner: &str, outcome: LockOutcome) -> Result<Json<Value>, A
     }
 }
 
-/// `PUT /v1/lock/{name}`: acquire, optionally waiting.
+/// Who a lock request is for: `owner=O`, or `session=ID` (the owner is then `session:ID`).
+fn holder(q: &BTreeMap<String, String>) -> Result<(String, Option<String>), ApiError> {
+    match (q.get("owner"), q.get("session")) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request("give owner or session, not both")),
+        (None, Some(id)) => Ok((crate::session_api::owner_of(id), Some(id.clone()))),
+        (Some(o), None) if o.starts_with(crate::session_api::OWNER_PREFIX) => {
+            Err(ApiError::bad_request(format!(
+                "owner={o:?}: owners starting with {:?} are sessions' (use session=ID)",
+                crate::session_api::OWNER_PREFIX
+            )))
+        }
+        (Some(o), None) => Ok((o.clone(), None)),
+        (None, None) => Err(ApiError::bad_request(
+            "the query parameter owner (or session) is required",
+        )),
+    }
+}
+
+/// `PUT /v1/lock/{name}`: acquire, optionally waiting; for a session, with the session's lease.
 pub async fn acquire(
     State(h): State<Handle>,
     Path(name): Path<String>,
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
     let key = key(&name)?;
-    let owner = param(&q, "owner")?.to_string();
-    let outcome = acquire_waiting(&h, key, &owner, &q).await?;
+    let (owner, session) = holder(&q)?;
+    let (ttl, lock_delay) = match &session {
+        Some(id) => {
+            if q.contains_key("ttl") || q.contains_key("lock_delay") {
+                return Err(ApiError::bad_request(
+                    "a session's locks take its ttl and lock_delay; give neither",
+                ));
+            }
+            crate::session_api::lease_for_lock(&h, id).await?
+        }
+        None => (
+            duration(&q, "ttl", "15s")?,
+            duration(&q, "lock_delay", "5s")?,
+        ),
+    };
+    let outcome = acquire_waiting(&h, key, &owner, ttl, lock_delay, wait(&q)?).await?;
+    if let (Some(id), LockOutcome::Holding { term, .. }) = (&session, &outcome) {
+        let term = *term;
+        crate::session_api::update_locks(&h, id, |l| {
+            l.insert(name.clone(), term);
+        })
+        .await?;
+    }
     answer(&owner, outcome)
 }
 
-/// Asks for the lock at `key` for `owner` with the `ttl`, `lock_delay` and `wait` of the query,
-/// again and again while it is held by another and the wait lasts; the last answer.
-pub(crate) async fn acquire_waiting(
-    h: &Handle,
-    key: String,
-    owner: &str,
-    q: &BTreeMap<String, String>,
-) -> Result<LockOutcome, ApiError> {
-    let ttl = duration(q, "ttl", "15s")?;
-    let lock_delay = duration(q, "lock_delay", "5s")?;
+/// The `wait` of a blocking acquire, checked.
+pub(crate) fn wait(q: &BTreeMap<String, String>) -> Result<Duration, ApiError> {
     let wait = duration(q, "wait", "0s")?;
     if wait > MAX_WAIT {
         return Err(ApiError::bad_request(format!(
             "wait={wait:?} is over the limit of {MAX_WAIT:?}"
         )));
     }
+    Ok(wait)
+}
+
+/// Asks for the lock at `key` for `owner`, again and again while another holds it and `wait`
+/// lasts; the last answer.
+pub(crate) async fn acquire_waiting(
+    h: &Handle,
+    key: String,
+    owner: &str,
+    ttl: Duration,
+    lock_delay: Duration,
+    wait: Duration,
+) -> Result<LockOutcome, ApiError> {
     let until = Instant::now() + wait;
     loop {
         let op = LockOp::Acquire {
@@ -179,7 +223,7 @@ pub async fn renew(
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
     let key = key(&name)?;
-    let owner = param(&q, "owner")?.to_string();
+    let (owner, _) = holder(&q)?;
     let term = token(&q)?;
     let outcome = run(
         &h,
@@ -200,19 +244,22 @@ pub async fn release(
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
     let key = key(&name)?;
-    let owner = param(&q, "owner")?.to_string();
+    let (owner, session) = holder(&q)?;
     let term = token(&q)?;
-    match run(
-        &h,
-        key,
-        LockOp::Release {
-            owner: owner.clone(),
-            term,
-        },
-    )
-    .await?
-    {
-        LockOutcome::Released { term } => Ok(Json(json!({ "released": term }))),
+    let op = LockOp::Release {
+        owner: owner.clone(),
+        term,
+    };
+    match run(&h, key, op).await? {
+        LockOutcome::Released { term } => {
+            if let Some(id) = &session {
+                crate::session_api::update_locks(&h, id, |l| {
+                    l.remove(&name);
+                })
+                .await?;
+            }
+            Ok(Json(json!({ "released": term })))
+        }
         other => answer(&owner, other),
     }
 }

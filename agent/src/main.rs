@@ -45,6 +45,9 @@ enum Cmd {
     /// Campaign in a named election and lead (running a command, if given) until stopped:
     /// `chorus elect NAME VALUE [-- COMMAND...]`; `--observe [--watch]` shows who leads.
     Elect(agent::lock_cli::ElectArgs),
+    /// Sessions: one lease for several locks (`chorus session --help`).
+    #[command(subcommand)]
+    Session(agent::session_cli::SessionCmd),
     /// Follow the event stream (reconnects without missing anything); `--type` filters.
     Events(agent::events_cli::EventsArgs),
     /// Watch a key (print each new value) or, with --prefix, a store's changes under a prefix.
@@ -255,6 +258,7 @@ fn main() -> ExitCode {
         Cmd::Lock(l) => agent::lock_cli::run(l),
         Cmd::Leader(l) => agent::lock_cli::leader(l),
         Cmd::Elect(e) => agent::lock_cli::elect(e),
+        Cmd::Session(s) => agent::session_cli::run(s),
         Cmd::Events(e) => agent::events_cli::run(e),
         Cmd::Watch(w) => agent::events_cli::watch(w),
         Cmd::Monitor(m) => agent::monitor::run(m),
