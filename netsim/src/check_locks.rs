@@ -3,9 +3,9 @@
 //! reach a quorum.
 //!
 //! A holder acts from the answer to its acquire or renew until the window that answer gave it
-//! runs out (counted on its node's clock from when it asked), or until it asks to release. The
-//! simulated holders never stall longer than the margin, so their acting intervals must not
-//! overlap in true time.
+//! runs out (counted on its node's clock from when it asked), plus the stall the workload allows
+//! it (`WorkloadConfig::holder_stall`, none by default), or until it asks to release. While
+//! stalls stay under the lease's margin, acting intervals must not overlap in true time.
 
 use crate::check::Verdict;
 use crate::history::Grant;

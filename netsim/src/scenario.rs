@@ -65,7 +65,8 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "pauses",
-        "one node stalls for 5 s, then short stalls on random nodes",
+        "one node stalls for 5 s, then short stalls on random nodes; lock holders act up to \
+         180 ms past their window",
     ),
     (
         "skew",
@@ -79,6 +80,9 @@ pub const SCENARIOS: &[(&str, &str)] = &[
 
 /// Share of client operations (per million) on the strong keyspace in every scenario.
 pub const STRONG_PPM: u32 = 300_000;
+/// How long lock holders may act after their window in the `pauses` scenario: just under the
+/// lease's 200 ms margin.
+pub const HOLDER_STALL: Duration = Duration::from_millis(180);
 
 /// Every node is a candidate for the cluster leader, with this lease and lock delay.
 pub const LEADER_TTL: Duration = Duration::from_secs(2);
@@ -327,6 +331,13 @@ pub fn run_keeping(
     run.sim.start_clients(WorkloadConfig {
         strong_ppm: STRONG_PPM,
         lock_clients: LOCK_CLIENTS,
+        // In `pauses`, lock holders stall too, up to just under the lease's margin after their
+        // window (nodes stall longer: 0.2-0.8 s and 5 s, which the grantors' clocks absorb).
+        holder_stall: if name == "pauses" {
+            HOLDER_STALL
+        } else {
+            Duration::ZERO
+        },
         ..WorkloadConfig::default()
     });
     run.note("clients start");

@@ -33,6 +33,11 @@ pub struct WorkloadConfig {
     /// Clients beyond `clients` that contend for one lock: acquire, renew a few times, release,
     /// acting as holder only within the window each grant gives them.
     pub lock_clients: usize,
+    /// How long a lock holder may still act after its window ran out: an application that
+    /// stalls (a pause, a slow disk) between checking its deadline and acting. The lease's
+    /// margin (`coord::CoordConfig::lease_margin`, 200 ms) is what covers it; beyond the margin two
+    /// holders can act at once, which only fencing tokens catch.
+    pub holder_stall: Duration,
 }
 
 impl Default for WorkloadConfig {
@@ -45,6 +50,7 @@ impl Default for WorkloadConfig {
             read_ppm: 450_000,
             strong_ppm: 0,
             lock_clients: 0,
+            holder_stall: Duration::ZERO,
         }
     }
 }

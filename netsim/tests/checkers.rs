@@ -259,6 +259,7 @@ fn busy_durable_cluster_with(
         read_ppm: 200_000,
         strong_ppm,
         lock_clients: 0,
+        holder_stall: Duration::ZERO,
     });
     sim
 }
@@ -383,6 +384,12 @@ fn acceptors_that_forget_promises_are_caught() {
 /// from fast clocks and the holder counted on a slow one: the worst case the bound covers. With
 /// `faults` in every coordination core; the lock checker's verdict.
 fn lock_contention_under_clock_drift(faults: &[coord::Fault], seed: u64) -> Verdict {
+    lock_contention_with_stalls(faults, seed, Duration::ZERO)
+}
+
+/// As [`lock_contention_under_clock_drift`], with holders that may act up to `stall` after
+/// their window ran out.
+fn lock_contention_with_stalls(faults: &[coord::Fault], seed: u64, stall: Duration) -> Verdict {
     let mut cfg = SimConfig::lan(5, seed);
     cfg.store = true;
     cfg.durable = true;
@@ -406,6 +413,7 @@ fn lock_contention_under_clock_drift(faults: &[coord::Fault], seed: u64) -> Verd
     sim.start_clients(WorkloadConfig {
         clients: 0,
         lock_clients: 2,
+        holder_stall: stall,
         ..WorkloadConfig::default()
     });
     sim.run_for(60 * S);
@@ -425,6 +433,25 @@ fn a_holder_told_to_act_for_its_whole_lease_is_caught_overlapping_the_next() {
     assert!(
         !broken.ok && broken.detail.contains("acted at once"),
         "a holder acting for the grantors' whole lease went unnoticed: {broken:?}"
+    );
+}
+
+#[test]
+fn holders_that_stall_within_the_margin_never_overlap_and_beyond_it_do() {
+    // The worst clock drift the bound allows, a holder that stalls just under the 200 ms margin
+    // after its window: still exclusive. Stalls well beyond the margin: two holders act at once
+    // (what fencing tokens are for; docs/coordination.md).
+    let margin = coord::CoordConfig::new(3).lease_margin;
+    for seed in [5, 6] {
+        let ok = lock_contention_with_stalls(&[], seed, margin - Duration::from_millis(20));
+        assert!(ok.ok, "seed {seed}: a stall within the margin: {ok:?}");
+    }
+    let broken = (5..=8)
+        .map(|seed| lock_contention_with_stalls(&[], seed, 4 * margin))
+        .find(|v| !v.ok);
+    assert!(
+        broken.is_some_and(|v| v.detail.contains("acted at once")),
+        "stalls four times the margin never made two holders overlap in seeds 5-8"
     );
 }
 

@@ -130,6 +130,11 @@ impl Sim {
                     role.renewals = if renewing { role.renewals + 1 } else { 0 };
                     role.held = Some((*term, until));
                     let owner = role.owner.clone();
+                    // It checks its deadline on time but may act up to the stall later.
+                    let stall = self
+                        .workload
+                        .as_ref()
+                        .map_or(Duration::ZERO, |w| w.cfg.holder_stall);
                     if until > now {
                         self.history.grants.push(Grant {
                             owner,
@@ -137,7 +142,7 @@ impl Sim {
                             term: *term,
                             invoked,
                             from: now,
-                            until,
+                            until: until + stall,
                         });
                     }
                     next = LOCK_TTL / 4;
