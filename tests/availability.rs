@@ -13,7 +13,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use support::Lab;
+use support::{Lab, monotonic};
 
 const N: usize = 5;
 /// How long each shape holds.
@@ -81,17 +81,6 @@ fn writes(lab: &Lab, host: usize) -> Vec<(f64, f64, i32)> {
             ))
         })
         .collect()
-}
-
-/// Seconds on CLOCK_MONOTONIC, the clock the writers log with.
-fn monotonic() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into the valid pointer it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 struct Step {

@@ -101,6 +101,19 @@ impl AgentSpec {
     }
 }
 
+/// Seconds on CLOCK_MONOTONIC: the clock Python's `time.monotonic()` reads in every namespace, so
+/// a helper script's timestamps compare with the test's.
+#[allow(dead_code)] // used by some test targets only
+pub fn monotonic() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid pointer it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
 /// A running (or stopped) agent.
 pub struct Agent {
     /// Host index it runs on.
