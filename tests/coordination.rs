@@ -661,3 +661,60 @@ fn a_session_renews_all_its_locks_at_once_and_its_locks_go_when_it_lapses_or_is_
         "{v}"
     );
 }
+
+#[test]
+fn a_cluster_leader_cut_off_in_a_minority_steps_down_and_after_the_heal_there_is_one_leader() {
+    let mut lab = lab_or_skip!(5);
+    let agents: Vec<usize> = (0..5)
+        .map(|i| {
+            let mut spec = support::AgentSpec::new(&format!("n{}", i + 1), 5);
+            spec.extra_toml =
+                "[leader]\ncandidate = true\nttl = \"3s\"\nlock_delay = \"1s\"\n".into();
+            lab.start(i, spec)
+        })
+        .collect();
+    lab.wait_whole(&agents);
+    let leading = |l: &Lab| -> Vec<usize> {
+        (0..5)
+            .filter(|a| l.status(*a).is_some_and(|s| s["leader"]["leading"] == true))
+            .collect()
+    };
+    let mut first = Vec::new();
+    lab.wait_for(SECS(20), "one node leads", |l| {
+        first = leading(l);
+        first.len() == 1
+    });
+    let old = first[0];
+    let token = |l: &Lab, a: usize| {
+        l.status(a)
+            .and_then(|s| s["leader"]["fencing_token"].as_u64())
+    };
+    let old_token = token(&lab, old).expect("the leader's token");
+    // Cut the leader off with one other node.
+    let buddy = (old + 1) % 5;
+    let majority: Vec<usize> = (0..5).filter(|a| *a != old && *a != buddy).collect();
+    lab.partition(&[&[old, buddy], &majority]);
+    let mut new = Vec::new();
+    lab.wait_for(
+        SECS(20),
+        "the majority has a new leader, the old one stepped down",
+        |l| {
+            new = leading(l);
+            new.len() == 1 && majority.contains(&new[0])
+        },
+    );
+    let new_token = token(&lab, new[0]).expect("the new leader's token");
+    assert!(new_token > old_token, "tokens {old_token} then {new_token}");
+    lab.heal();
+    // After the heal: still exactly one leader, the same, and every node's /v1/leader agrees.
+    lab.wait_for(SECS(20), "every node names the one leader", |l| {
+        (0..5).all(|a| {
+            let (code, v) = l.http(a, "GET", "/v1/leader");
+            code == 200 && v["fencing_token"].as_u64() == Some(new_token)
+        })
+    });
+    let start = std::time::Instant::now();
+    while start.elapsed() < SECS(5) {
+        assert_eq!(leading(&lab), new, "one leader after the heal");
+    }
+}
