@@ -394,27 +394,6 @@ fn a_superseded_holder_s_fenced_write_is_refused() {
     assert_eq!(code, 6, "a fence without a token: {err}");
 }
 
-/// `METHOD path` with `body` to agent `a`'s API from inside its namespace (Python's urllib):
-/// (HTTP status, JSON body).
-fn send(lab: &Lab, a: usize, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-    let file = lab.dir().join("request-body");
-    std::fs::write(&file, body).expect("body file");
-    let script = format!(
-        "import urllib.request, urllib.error\n\
-         req = urllib.request.Request('http://127.0.0.1:7947{path}', method='{method}', data=open('{}', 'rb').read())\n\
-         try:\n    r = urllib.request.urlopen(req, timeout=30); print(r.status); print(r.read().decode())\n\
-         except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n",
-        file.display()
-    );
-    let out = lab.exec(a, &["python3", "-c", &script]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (code, json) = text.split_once('\n').unwrap_or(("0", ""));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(json.trim()).unwrap_or(serde_json::Value::Null),
-    )
-}
-
 #[test]
 fn a_named_election_passes_to_the_next_candidate_with_its_proclamation_and_a_higher_token() {
     let mut lab = lab_or_skip!(3);
@@ -468,8 +447,7 @@ fn a_named_election_passes_to_the_next_candidate_with_its_proclamation_and_a_hig
     let _b = lab.spawn_in(1, &b_refs);
 
     // The leader says something new; a candidate that does not lead, or a stale token, cannot.
-    let (code, v) = send(
-        &lab,
+    let (code, v) = lab.request(
         2,
         "POST",
         "/v1/election/jobs/proclaim?candidate=a&token=1",
@@ -477,8 +455,7 @@ fn a_named_election_passes_to_the_next_candidate_with_its_proclamation_and_a_hig
     );
     assert_eq!(code, 200, "{v}");
     assert_eq!(observe(&lab, 1).2.as_deref(), Some("a, later"));
-    let (code, v) = send(
-        &lab,
+    let (code, v) = lab.request(
         2,
         "POST",
         "/v1/election/jobs/proclaim?candidate=b&token=1",
@@ -490,27 +467,21 @@ fn a_named_election_passes_to_the_next_candidate_with_its_proclamation_and_a_hig
         "{v}"
     );
     // Bad input: documented errors, nothing changes.
-    let (code, v) = send(
-        &lab,
-        2,
-        "PUT",
-        "/v1/election/jobs?candidate=c",
-        &[0xff, 0xfe],
-    );
+    let (code, v) = lab.request(2, "PUT", "/v1/election/jobs?candidate=c", &[0xff, 0xfe]);
     assert_eq!(
         (code, v["error"]["code"].as_str()),
         (400, Some("bad_request")),
         "{v}"
     );
     let big = vec![b'x'; 5000];
-    let (code, v) = send(&lab, 2, "PUT", "/v1/election/jobs?candidate=c", &big);
+    let (code, v) = lab.request(2, "PUT", "/v1/election/jobs?candidate=c", &big);
     assert_eq!(
         (code, v["error"]["code"].as_str()),
         (413, Some("too_large")),
         "{v}"
     );
     assert_eq!(v["error"]["max"], 4096, "{v}");
-    let (code, v) = send(&lab, 2, "PUT", "/v1/election/jobs", b"x");
+    let (code, v) = lab.request(2, "PUT", "/v1/election/jobs", b"x");
     assert_eq!(
         (code, v["error"]["code"].as_str()),
         (400, Some("bad_request")),
@@ -536,8 +507,7 @@ fn a_named_election_passes_to_the_next_candidate_with_its_proclamation_and_a_hig
         "each leader's command ran with its token, the first stopped before the second started"
     );
     // The old leader's token is refused now.
-    let (code, v) = send(
-        &lab,
+    let (code, v) = lab.request(
         0,
         "POST",
         "/v1/election/jobs/proclaim?candidate=a&token=1",
@@ -565,20 +535,13 @@ fn a_session_renews_all_its_locks_at_once_and_its_locks_go_when_it_lapses_or_is_
     assert_eq!(id.len(), 16, "a session id: {id:?}");
     // Locks taken for the session through different agents; one renewal keeps both.
     for (a, name) in [(0, "a"), (1, "b")] {
-        let (code, v) = send(
-            &lab,
-            a,
-            "PUT",
-            &format!("/v1/lock/{name}?session={id}"),
-            b"",
-        );
+        let (code, v) = lab.request(a, "PUT", &format!("/v1/lock/{name}?session={id}"), b"");
         assert_eq!(code, 200, "{v}");
         assert_eq!(v["holder"], format!("session:{id}"), "{v}");
         assert_eq!(v["ttl_ms"], 3000, "the session's lease: {v}");
     }
     let taken_by_other = |l: &Lab, name: &str| {
-        send(
-            l,
+        l.request(
             2,
             "PUT",
             &format!("/v1/lock/{name}?owner=other&ttl=10s"),
@@ -612,7 +575,7 @@ fn a_session_renews_all_its_locks_at_once_and_its_locks_go_when_it_lapses_or_is_
         },
     );
     assert_eq!(got["fencing_token"], 2, "{got}");
-    let (code, v) = send(&lab, 1, "GET", &format!("/v1/session/{id}"), b"");
+    let (code, v) = lab.request(1, "GET", &format!("/v1/session/{id}"), b"");
     assert_eq!((code, v["live"].as_bool()), (200, Some(false)), "{v}");
     // A late renewal revives the session and the lock nobody took, and reports the one lost.
     let (code, out, _) = lab.cli(0, "session", &["renew", &id, "--json"]);
@@ -628,13 +591,13 @@ fn a_session_renews_all_its_locks_at_once_and_its_locks_go_when_it_lapses_or_is_
     // Bad input: documented errors, nothing changes.
     let (code, _, err) = lab.cli(0, "session", &["show", &id]);
     assert_eq!(code, 3, "a destroyed session is not_found: {err}");
-    let (code, v) = send(&lab, 0, "PUT", &format!("/v1/lock/c?session={id}"), b"");
+    let (code, v) = lab.request(0, "PUT", &format!("/v1/lock/c?session={id}"), b"");
     assert_eq!(
         (code, v["error"]["code"].as_str()),
         (404, Some("not_found")),
         "{v}"
     );
-    let (code, v) = send(&lab, 0, "PUT", "/v1/lock/c?session=nothex", b"");
+    let (code, v) = lab.request(0, "PUT", "/v1/lock/c?session=nothex", b"");
     assert_eq!(
         (code, v["error"]["code"].as_str()),
         (400, Some("bad_request")),
@@ -642,19 +605,13 @@ fn a_session_renews_all_its_locks_at_once_and_its_locks_go_when_it_lapses_or_is_
     );
     let (code, _, _) = lab.cli(0, "session", &["create", "--ttl", "0s"]);
     assert_ne!(code, 0, "a session without a lease");
-    let (code, v) = send(
-        &lab,
-        0,
-        "PUT",
-        &format!("/v1/lock/c?owner=session:{id}"),
-        b"",
-    );
+    let (code, v) = lab.request(0, "PUT", &format!("/v1/lock/c?owner=session:{id}"), b"");
     assert_eq!(
         (code, v["error"]["code"].as_str()),
         (400, Some("bad_request")),
         "{v}"
     );
-    let (code, v) = send(&lab, 0, "GET", "/v1/lock/c", b"");
+    let (code, v) = lab.request(0, "GET", "/v1/lock/c", b"");
     assert_eq!(
         (code, v["holder"].clone()),
         (200, serde_json::Value::Null),

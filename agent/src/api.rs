@@ -54,11 +54,13 @@ impl ApiError {
     /// A request body that could not be read: too large, or broken off.
     pub(crate) fn from_body(r: BytesRejection) -> Self {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            let max = MAX_VALUE_BYTES.load(std::sync::atomic::Ordering::Relaxed);
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
-                "the value is larger than store.max_value_bytes",
+                format!("the value is larger than store.max_value_bytes ({max})"),
             )
+            .with("max", json!(max))
         } else {
             ApiError::bad_request(format!("cannot read the request body: {r}"))
         }
@@ -107,10 +109,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// `store.max_value_bytes` as the router enforces it, for body rejections (which carry no state).
+static MAX_VALUE_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The API router over a driver handle; request bodies are capped just above `max_value_bytes`.
 pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
+    MAX_VALUE_BYTES.store(max_value_bytes, std::sync::atomic::Ordering::Relaxed);
     Router::new()
         .route("/v1/kv/{store}", get(kv_list))
+        .route("/v1/kv/{store}/", axum::routing::any(empty_key))
         .route(
             "/v1/kv/{store}/{*key}",
             get(kv_get).put(kv_put).delete(kv_delete),
@@ -163,13 +170,36 @@ pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
                 .delete(crate::strong_api::delete),
         )
         .layer(DefaultBodyLimit::max(max_value_bytes + 1))
+        .layer(axum::middleware::from_fn(refuse_large_bodies))
         .route("/v1/status", get(status))
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/members", get(members))
         .route("/v1/health", get(health))
         .route("/metrics", get(prometheus))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::Extension(Limits { max_value_bytes }))
         .with_state(handle)
+}
+
+/// `/v1/kv/STORE/` with nothing after the slash.
+async fn empty_key(Path(store): Path<String>) -> ApiError {
+    ApiError::bad_request(format!(
+        "the key is empty: /v1/kv/{store}/KEY takes a key of 1 to {} bytes",
+        store::limits::MAX_KEY_BYTES
+    ))
+}
+
+/// A known endpoint asked with a method it does not take: 405 with the usual JSON error.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {} (see docs/http-api.md)",
+            uri.path()
+        ),
+    )
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -208,6 +238,8 @@ struct StatusJson {
     catching_up: bool,
     catch_up: Option<serde_json::Value>,
     leader: serde_json::Value,
+    /// Limits a client can check before it sends (`chorus kv put` does for large values).
+    limits: serde_json::Value,
 }
 
 /// One member as the API shows it.
@@ -247,6 +279,7 @@ impl From<MemberView> for MemberJson {
 
 fn status_json(s: StatusReport) -> StatusJson {
     StatusJson {
+        limits: serde_json::Value::Null,
         node: s.node.into(),
         cluster: s.cluster,
         quorum: QuorumJson {
@@ -315,11 +348,59 @@ async fn snapshot(State(h): State<Handle>) -> Result<Response, ApiError> {
     Ok((headers, bytes).into_response())
 }
 
-async fn status(State(h): State<Handle>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn status(
+    State(h): State<Handle>,
+    axum::Extension(limits): axum::Extension<Limits>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let s = h.status().await?;
-    Ok(Json(
-        serde_json::to_value(status_json(s)).expect("status serialises"),
-    ))
+    let mut j = status_json(s);
+    j.limits = json!({ "max_value_bytes": limits.max_value_bytes });
+    Ok(Json(serde_json::to_value(j).expect("status serialises")))
+}
+
+/// The request limits the router enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `store.max_value_bytes`.
+    pub max_value_bytes: usize,
+}
+
+/// Bodies over the value limit are still read (and thrown away) up to this size before the 413
+/// goes out, so that a client that writes its whole body before it reads (most do, without
+/// `Expect: 100-continue`) gets the answer rather than a broken pipe; beyond it the connection is
+/// closed.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// Refuses a request whose `Content-Length` is over the value limit: 413 `too_large` with `size`
+/// and `max`, after draining the body (see [`DRAIN_LIMIT`]; at most 10 s). A body without a
+/// length is cut off at the limit by the handlers' body limit instead, and then only `max` is
+/// known.
+async fn refuse_large_bodies(
+    axum::Extension(limits): axum::Extension<Limits>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let size = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match size {
+        Some(size) if size > limits.max_value_bytes => {
+            if size <= DRAIN_LIMIT {
+                use futures_util::StreamExt;
+                let mut body = req.into_body().into_data_stream();
+                let drain = async { while let Some(Ok(_)) = body.next().await {} };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+            }
+            ApiError::from(StoreError::TooLarge {
+                size,
+                max: limits.max_value_bytes,
+            })
+            .into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 /// `GET /v1/members`: the member list, with the cluster leader marked. The leader comes from one

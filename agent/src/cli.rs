@@ -78,6 +78,12 @@ impl Client {
 
     /// A client whose requests may take `timeout` and bring back `body_limit` bytes (backups).
     pub fn with_limits(api: &str, timeout: Duration, body_limit: u64) -> Self {
+        // `--api http://127.0.0.1:7947/` is what Consul and etcd users type: take it as the
+        // address it names.
+        let api = api
+            .strip_prefix("http://")
+            .unwrap_or(api)
+            .trim_end_matches('/');
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
@@ -190,6 +196,30 @@ impl Client {
     }
 }
 
+/// Values up to this size are sent without asking the agent for its limit first.
+const SMALL_VALUE: usize = 64 << 10;
+
+/// Refuses a value over the agent's `store.max_value_bytes` before sending it (`too_large`, exit
+/// 6, with both sizes). Sent anyway, the agent answers 413 as soon as it sees the length and
+/// closes the connection while a fast client is still writing, which the client would see as a
+/// broken pipe: "agent down" for what is a too large value. Values up to 64 KiB are sent as they
+/// are (every limit is larger).
+pub fn check_value_size(c: &Client, size: usize) -> Result<(), CliError> {
+    if size <= SMALL_VALUE {
+        return Ok(());
+    }
+    let status = c.get_json("/v1/status")?;
+    match status["limits"]["max_value_bytes"].as_u64() {
+        Some(max) if size as u64 > max => Err(CliError::Api {
+            code: "too_large".into(),
+            message: format!(
+                "the value is {size} bytes, over this agent's store.max_value_bytes ({max})"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A JSON value as plain text: strings without quotes, null as `-`.
 pub fn s(v: &Value) -> String {
     match v {
@@ -210,7 +240,10 @@ pub fn members_table(v: &Value) -> String {
         "API".into(),
         "GEN".into(),
     ]];
-    for m in v["members"].as_array().into_iter().flatten() {
+    // By name, as people look members up (the API lists them by id).
+    let mut members: Vec<&Value> = v["members"].as_array().into_iter().flatten().collect();
+    members.sort_by_key(|m| (s(&m["name"]), s(&m["id"])));
+    for m in members {
         let mut name = s(&m["name"]);
         if m["is_self"].as_bool() == Some(true) {
             name.push_str(" *");
@@ -340,6 +373,20 @@ pub fn encode_segment(s: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn members_table_is_sorted_by_name() {
+        let v = json!({"members": [
+            {"name": "zeta", "id": "01"}, {"name": "alpha", "id": "02"}, {"name": "mid", "id": "03"}
+        ]});
+        let t = members_table(&v);
+        let names: Vec<&str> = t
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(names, ["alpha", "mid", "zeta"]);
+    }
 
     #[test]
     fn members_table_aligns_and_marks_self() {

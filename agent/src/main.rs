@@ -25,8 +25,8 @@ enum Cmd {
     Agent(AgentArgs),
     /// List the members this agent knows.
     Members(ClientArgs),
-    /// Show this agent's node, quorum and member counts.
-    Status(ClientArgs),
+    /// Show this agent's node, quorum and member counts; `--check` exits 4 without quorum.
+    Status(StatusArgs),
     /// Make the agent leave the cluster gracefully and stop (as SIGTERM does), for hosts where
     /// systemctl is not the way.
     Leave(ClientArgs),
@@ -130,10 +130,13 @@ enum KvCmd {
         /// Value; `-` or nothing reads standard input.
         value: Option<String>,
         /// Time to live, e.g. 30s, 10m.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         ttl: Option<String>,
+        /// Print nothing on success (by default the new version).
+        #[arg(long, short)]
+        quiet: bool,
     },
-    /// Print the value of KEY (raw bytes on standard output).
+    /// Print the value of KEY (raw bytes on standard output; with --json, base64 in `value`).
     Get {
         #[command(flatten)]
         c: KvArgs,
@@ -228,6 +231,16 @@ struct AgentArgs {
 }
 
 #[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    c: ClientArgs,
+    /// For scripts and health checks: exit 4 (as `no_quorum` does) when this node has no
+    /// quorum, 0 when it has.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Args)]
 struct ClientArgs {
     /// The agent's API address.
     #[arg(long, env = "CHORUS_API", default_value = "127.0.0.1:7947")]
@@ -242,7 +255,14 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Agent(a) => run_agent(a),
         Cmd::Members(c) => client(&c, "/v1/members", cli::members_table),
-        Cmd::Status(c) => client(&c, "/v1/status", cli::status_text),
+        Cmd::Status(s) => match fetch(&s.c, "/v1/status", cli::status_text) {
+            Ok(v) if s.check && v["quorum"]["has_quorum"] != true => {
+                eprintln!("no quorum: this node cannot write (chorus status --check)");
+                ExitCode::from(4)
+            }
+            Ok(_) => ExitCode::SUCCESS,
+            Err(code) => code,
+        },
         Cmd::Leave(c) => match Client::new(&c.api).call("POST", "/v1/leave", Some(Vec::new())) {
             Ok(_) => {
                 println!("leaving: peers will report this node left, not failed");
@@ -277,6 +297,18 @@ fn main() -> ExitCode {
 }
 
 fn client(args: &ClientArgs, path: &str, human: fn(&serde_json::Value) -> String) -> ExitCode {
+    match fetch(args, path, human) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+/// GETs `path` and prints it (JSON with `--json`, else `human`); the answer, or the exit code.
+fn fetch(
+    args: &ClientArgs,
+    path: &str,
+    human: fn(&serde_json::Value) -> String,
+) -> Result<serde_json::Value, ExitCode> {
     match Client::new(&args.api).get_json(path) {
         Ok(v) => {
             if args.json {
@@ -287,11 +319,11 @@ fn client(args: &ClientArgs, path: &str, human: fn(&serde_json::Value) -> String
             } else {
                 print!("{}", human(&v));
             }
-            ExitCode::SUCCESS
+            Ok(v)
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            Err(ExitCode::FAILURE)
         }
     }
 }
@@ -463,7 +495,7 @@ fn kv(cmd: KvCmd) -> ExitCode {
         )
     };
     let result = match &cmd {
-        KvCmd::Put { c, store, key, value, ttl } => {
+        KvCmd::Put { c, store, key, value, ttl, quiet } => {
             let body = match value.as_deref() {
                 Some(v) if v != "-" => Ok(v.as_bytes().to_vec()),
                 _ => {
@@ -472,10 +504,15 @@ fn kv(cmd: KvCmd) -> ExitCode {
                 }
             };
             let extra = ttl.iter().map(|t| ("ttl".to_string(), t.clone())).collect();
-            body.and_then(|b| Client::new(&c.api).call("PUT", &format!("{}{}", path(store, key), query(c, extra)), Some(b)))
+            let client = Client::new(&c.api);
+            body.and_then(|b| cli::check_value_size(&client, b.len()).map(|()| b))
+                .and_then(|b| client.call("PUT", &format!("{}{}", path(store, key), query(c, extra)), Some(b)))
                 .map(|r| {
                     if c.json {
                         println!("{}", String::from_utf8_lossy(&r.body));
+                    } else if !quiet {
+                        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                        println!("{}", v["version"].as_str().unwrap_or_default());
                     }
                 })
         }
@@ -493,12 +530,21 @@ fn kv(cmd: KvCmd) -> ExitCode {
                     eprintln!("warning: stale read (this node has no quorum, or is catching up after a start)");
                 }
                 if c.json {
+                    use base64::Engine;
                     let v = serde_json::json!({
-                        "value": String::from_utf8_lossy(&r.body), "version": r.version, "stale": r.stale
+                        "value": base64::engine::general_purpose::STANDARD.encode(&r.body),
+                        "version": r.version,
+                        "stale": r.stale
                     });
                     println!("{v}");
                 } else {
-                    let _ = std::io::stdout().write_all(&r.body);
+                    let mut out = std::io::stdout();
+                    let _ = out.write_all(&r.body);
+                    // On a terminal, end the line (a value without a newline would run into the
+                    // prompt); into a pipe or a file, the bytes exactly as stored.
+                    if std::io::IsTerminal::is_terminal(&out) && !r.body.ends_with(b"\n") {
+                        let _ = out.write_all(b"\n");
+                    }
                 }
             }),
         KvCmd::Ls { c, store, prefix, limit } => {

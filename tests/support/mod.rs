@@ -583,6 +583,28 @@ impl Lab {
         (status, body)
     }
 
+    /// `METHOD path` with `body` to agent `a`'s API from inside its namespace (Python's urllib):
+    /// (HTTP status, JSON body, or `Null` when the body is not JSON).
+    #[allow(dead_code)] // used by some test targets only
+    pub fn request(&self, a: usize, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+        let file = self.dir().join(format!("request-body-{a}"));
+        std::fs::write(&file, body).expect("body file");
+        let script = format!(
+            "import urllib.request, urllib.error\n\
+             req = urllib.request.Request('http://127.0.0.1:7947{path}', method='{method}', data=open('{}', 'rb').read())\n\
+             try:\n    r = urllib.request.urlopen(req, timeout=30); print(r.status); print(r.read().decode())\n\
+             except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n",
+            file.display()
+        );
+        let out = self.exec(self.agents[a].host, &["python3", "-c", &script]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (code, json) = text.split_once('\n').unwrap_or(("0", ""));
+        (
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(json.trim()).unwrap_or(Value::Null),
+        )
+    }
+
     /// Asks agent `a` for `chorus <what> --json` through the CLI, inside its namespace.
     pub fn query(&self, a: usize, what: &str) -> Option<Value> {
         let out = self.exec(

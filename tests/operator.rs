@@ -1,0 +1,145 @@
+//! What broke when Chorus was tried as a new operator would (issue 13), each reproduced on a real
+//! agent in a network namespace: the test fails on the behaviour the issue reported.
+
+mod support;
+
+use base64::Engine;
+use support::{AgentSpec, CHORUS, Lab};
+
+/// One agent that is its own quorum.
+fn single(lab: &mut Lab) -> usize {
+    let a = lab.start(0, AgentSpec::new("solo", 1));
+    lab.wait_for(
+        std::time::Duration::from_secs(20),
+        "the agent answers with quorum",
+        |l| {
+            l.status(a)
+                .is_some_and(|s| s["quorum"]["has_quorum"] == true)
+        },
+    );
+    a
+}
+
+/// `sh -c SCRIPT` in agent `a`'s namespace: (exit code, stdout, stderr).
+fn sh(lab: &Lab, a: usize, script: &str) -> (i32, String, String) {
+    let out = lab.exec(lab.agents[a].host, &["sh", "-c", script]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_oversized_value_sent_fast_is_too_large_not_agent_down() {
+    let mut lab = lab_or_skip!(1);
+    let a = single(&mut lab);
+    // Bug 1: 7 of 8 of these failed with "no chorus agent answers ... Broken pipe", exit 1.
+    for i in 0..8 {
+        let (code, _, err) = sh(
+            &lab,
+            a,
+            &format!("head -c 2000000 /dev/zero | {CHORUS} kv put default big"),
+        );
+        assert_eq!(code, 6, "try {i}: exit {code}: {err}");
+        assert!(
+            err.contains("too_large") && err.contains("2000000"),
+            "try {i}: {err}"
+        );
+    }
+    // Over HTTP the 413 carries the documented size and max.
+    let (code, v) = lab.request(a, "PUT", "/v1/kv/default/big", &vec![0u8; 2_000_000]);
+    assert_eq!(code, 413, "{v}");
+    assert_eq!(v["error"]["code"], "too_large", "{v}");
+    assert_eq!(v["error"]["size"], 2_000_000, "{v}");
+    assert_eq!(v["error"]["max"], 1_048_576, "{v}");
+    let (code, _, _) = lab.kv(a, &["get", "default", "big"]);
+    assert_eq!(code, 3, "nothing was written");
+}
+
+#[test]
+fn binary_values_survive_json_and_the_cli_prints_what_scripts_need() {
+    let mut lab = lab_or_skip!(1);
+    let a = single(&mut lab);
+    // Bug 2: --json turned 16 random bytes into 7 U+FFFD; the value is base64 now.
+    let bytes: Vec<u8> = (0u8..16)
+        .map(|i| i.wrapping_mul(37).wrapping_add(0x80))
+        .collect();
+    let file = lab.dir().join("binary");
+    std::fs::write(&file, &bytes).expect("write");
+    let (code, out, err) = sh(
+        &lab,
+        a,
+        &format!("{CHORUS} kv put default bin < {}", file.display()),
+    );
+    assert_eq!(code, 0, "{err}");
+    // Bug 6: kv put printed nothing; it prints the new version (and nothing with -q).
+    let version = out.trim().to_string();
+    assert!(!version.is_empty(), "kv put printed no version");
+    let (code, out, _) = lab.kv(a, &["get", "--json", "default", "bin"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    let back = base64::engine::general_purpose::STANDARD
+        .decode(v["value"].as_str().expect("value"))
+        .expect("base64");
+    assert_eq!(back, bytes, "{v}");
+    assert_eq!(v["version"], version.as_str(), "{v}");
+    let (code, out, _) = lab.kv(a, &["put", "-q", "default", "k", "v"]);
+    assert_eq!((code, out.as_str()), (0, ""), "-q prints nothing");
+    // Bug 5: a URL for --api, as Consul and etcd users type it.
+    let (code, out, err) = lab.kv(
+        a,
+        &["get", "--api", "http://127.0.0.1:7947/", "default", "k"],
+    );
+    assert_eq!((code, out.as_str()), (0, "v"), "{err}");
+    // Bug 5: --ttl -5s was taken for a flag; now the agent says what is wrong with it.
+    let (code, _, err) = lab.kv(a, &["put", "default", "t", "v", "--ttl", "-5s"]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("ttl"), "{err}");
+}
+
+#[test]
+fn every_http_error_is_json_with_a_code() {
+    let mut lab = lab_or_skip!(1);
+    let a = single(&mut lab);
+    // Bug 5: 405 had an empty body.
+    let (code, v) = lab.request(a, "POST", "/v1/status", b"");
+    assert_eq!(code, 405, "{v}");
+    assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
+    // Bug 5: an empty key answered "no such endpoint".
+    let (code, v) = lab.request(a, "GET", "/v1/kv/default/", b"");
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["error"]["code"], "bad_request", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("empty"),
+        "{v}"
+    );
+}
+
+#[test]
+fn status_check_exits_4_without_quorum() {
+    let mut lab = lab_or_skip!(1);
+    // One agent of three: no quorum.
+    let a = lab.start(0, AgentSpec::new("alone", 3));
+    lab.wait_for(
+        std::time::Duration::from_secs(20),
+        "the agent answers",
+        |l| l.status(a).is_some(),
+    );
+    let (code, _, err) = lab.cli(a, "status", &["--check"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("no quorum"), "{err}");
+    let (code, _, _) = lab.cli(a, "status", &[]);
+    assert_eq!(code, 0, "plain status still exits 0");
+}
+
+#[test]
+fn status_check_exits_0_with_quorum() {
+    let mut lab = lab_or_skip!(1);
+    let a = single(&mut lab);
+    let (code, _, err) = lab.cli(a, "status", &["--check"]);
+    assert_eq!(code, 0, "{err}");
+}
