@@ -143,3 +143,45 @@ fn status_check_exits_0_with_quorum() {
     let (code, _, err) = lab.cli(a, "status", &["--check"]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// Reads `/metrics` the classic way and the OpenMetrics way with the Python Prometheus client's
+/// own parsers (Debian's python3-prometheus-client, for the system Python).
+const PARSE_METRICS: &str = r#"
+import urllib.request
+from prometheus_client.parser import text_string_to_metric_families as classic
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+def get(accept):
+    req = urllib.request.Request('http://127.0.0.1:7947/metrics', headers={'Accept': accept} if accept else {})
+    r = urllib.request.urlopen(req, timeout=10)
+    return r.headers['Content-Type'], r.read().decode()
+ct, body = get(None)
+assert ct.startswith('text/plain; version=0.0.4'), ct
+fams = list(classic(body))
+empty = [f.name for f in fams if not f.samples]
+untyped = [f.name for f in fams if f.type == 'unknown']
+assert not empty and not untyped, ('classic', empty, untyped)
+counters = [f.name for f in fams if f.type == 'counter']
+assert len(counters) >= 5, counters
+ct, body = get('application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5')
+assert ct.startswith('application/openmetrics-text'), ct
+fams = list(om(body))
+assert all(f.samples for f in fams), [f.name for f in fams if not f.samples]
+print(len(counters), len(fams))
+"#;
+
+#[test]
+fn metrics_parse_with_a_real_prometheus_parser_in_both_formats() {
+    let mut lab = lab_or_skip!(1);
+    let a = single(&mut lab);
+    assert_eq!(lab.kv(a, &["put", "default", "k", "v"]).0, 0);
+    let out = lab.exec(
+        lab.agents[a].host,
+        &["/usr/bin/python3", "-c", PARSE_METRICS],
+    );
+    assert!(
+        out.status.success(),
+        "bug 3: /metrics did not parse: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

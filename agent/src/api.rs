@@ -440,17 +440,28 @@ async fn health(State(h): State<Handle>) -> Result<Json<serde_json::Value>, ApiE
     ))
 }
 
-async fn prometheus(State(h): State<Handle>) -> Result<Response, ApiError> {
+/// `GET /metrics`: OpenMetrics to a scraper that accepts it (Prometheus asks for it first), the
+/// classic text format (0.0.4) to every other; each with the content type of its body.
+async fn prometheus(State(h): State<Handle>, headers: HeaderMap) -> Result<Response, ApiError> {
     let report = h.metrics().await?;
     let body = metrics::render(&report);
-    Ok((
-        [(
-            header::CONTENT_TYPE,
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (content_type, body) = if openmetrics {
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body,
+        )
+    } else {
+        (
             "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response())
+            metrics::classic(&body),
+        )
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 type Params = Query<BTreeMap<String, String>>;

@@ -206,3 +206,54 @@ pub fn render(report: &MetricsReport) -> String {
         .expect("writing to a String cannot fail");
     out
 }
+
+/// The classic Prometheus text format (version 0.0.4) of an OpenMetrics `text`: a counter's
+/// family is named after its samples (`x_total`, where OpenMetrics names it `x`), and the
+/// OpenMetrics-only lines (`# UNIT`, `# EOF`) go. Without this, a classic parser reads every
+/// counter family as empty and its samples as untyped.
+pub fn classic(text: &str) -> String {
+    let counters: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (*p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}"));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod classic_tests {
+    use super::classic;
+
+    #[test]
+    fn counters_are_named_after_their_samples_and_openmetrics_lines_go() {
+        let om = "# HELP chorus_x Things.\n# TYPE chorus_x counter\nchorus_x_total{a=\"b\"} 3\n\
+                  # HELP chorus_g Level.\n# TYPE chorus_g gauge\nchorus_g 1\n# UNIT chorus_g bytes\n# EOF\n";
+        assert_eq!(
+            classic(om),
+            "# HELP chorus_x_total Things.\n# TYPE chorus_x_total counter\nchorus_x_total{a=\"b\"} 3\n\
+             # HELP chorus_g Level.\n# TYPE chorus_g gauge\nchorus_g 1\n"
+        );
+    }
+}
