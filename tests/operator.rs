@@ -195,3 +195,65 @@ fn metrics_parse_with_a_real_prometheus_parser_in_both_formats() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn sighup_applies_log_level_and_names_the_changes_that_need_a_restart() {
+    let mut lab = lab_or_skip!(1);
+    let a = single(&mut lab);
+    let reloads = |l: &Lab| {
+        l.log_of(a)
+            .matches("SIGHUP: configuration reloaded")
+            .count()
+    };
+    // Membership debug lines off...
+    lab.edit_config(a, "level = \"info,membership=debug\"", "level = \"info\"");
+    lab.sighup(a);
+    lab.wait_for(
+        std::time::Duration::from_secs(10),
+        "the first reload",
+        |l| reloads(l) == 1,
+    );
+    // ...and on again: they must reappear after the second reload, and not between the two.
+    lab.edit_config(a, "level = \"info\"", "level = \"info,membership=debug\"");
+    lab.sighup(a);
+    lab.wait_for(
+        std::time::Duration::from_secs(10),
+        "membership debug lines after the second reload",
+        |l| {
+            let log = l.log_of(a);
+            let second = log
+                .rfind("SIGHUP: configuration reloaded")
+                .unwrap_or(log.len());
+            reloads(l) == 2 && log[second..].contains(" DEBUG membership")
+        },
+    );
+    let log = lab.log_of(a);
+    let first = log.find("SIGHUP: configuration reloaded").expect("first");
+    let second = log.rfind("SIGHUP: configuration reloaded").expect("second");
+    let between = &log[first..second];
+    assert!(
+        !between.contains(" DEBUG "),
+        "debug lines while log.level was info:\n{between}"
+    );
+    assert!(
+        log[first..].contains("log.level"),
+        "the reload names log.level"
+    );
+    // A change that needs a restart is named, at WARN.
+    lab.append_config(a, "[store]\nround_timeout = \"3s\"\n");
+    lab.sighup(a);
+    lab.wait_for(
+        std::time::Duration::from_secs(10),
+        "the third reload",
+        |l| reloads(l) == 3,
+    );
+    let log = lab.log_of(a);
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("SIGHUP: configuration reloaded"))
+        .expect("line");
+    assert!(
+        line.contains("WARN") && line.contains("store.round_timeout") && line.contains("restart"),
+        "{line}"
+    );
+}

@@ -44,12 +44,18 @@ use tracing::{info, warn};
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the agent until SIGTERM or SIGINT, then leaves the cluster gracefully.
+/// Sets the log filter of a running agent (tracing-subscriber syntax); an error says what is wrong
+/// with the filter.
+pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
     overrides: Overrides,
     repair: bool,
+    log_reload: LogReload,
 ) -> anyhow::Result<()> {
+    let running = config.clone();
     if !config.key_configured {
         warn!(
             "no cluster.key configured: packets are sealed with a key derived from the cluster name, \
@@ -202,7 +208,13 @@ pub async fn run(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     info!(api = %api_local, "ready");
 
-    wait_for_stop(signals, &handle, &reload_handlers, config_path, overrides).await;
+    let reload = Reload {
+        handlers: reload_handlers,
+        log: log_reload,
+        config_path,
+        overrides,
+    };
+    wait_for_stop(signals, &handle, &reload, running).await;
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = handle.leave().await;
@@ -232,15 +244,18 @@ fn install_signals() -> anyhow::Result<Signals> {
     })
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP reloads what can change at run time (the seeds and the
-/// event handlers).
-async fn wait_for_stop(
-    signals: Signals,
-    handle: &Handle,
-    reload_handlers: &handlers::Reload,
+/// What a SIGHUP needs to reload the configuration.
+struct Reload {
+    handlers: handlers::Reload,
+    log: LogReload,
     config_path: Option<PathBuf>,
     overrides: Overrides,
-) {
+}
+
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the configuration, applies what can change at run
+/// time (the seeds, the event handlers, `log.level`) and names every other changed key, loudly,
+/// as needing a restart.
+async fn wait_for_stop(signals: Signals, handle: &Handle, reload: &Reload, mut running: Config) {
     let Signals {
         mut term,
         mut int,
@@ -253,12 +268,33 @@ async fn wait_for_stop(
             _ = int.recv() => { info!("SIGINT: leaving"); return; }
             _ = hup.recv() => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                match Config::load(config_path.as_deref(), &ProcessEnv, &overrides) {
+                match Config::load(reload.config_path.as_deref(), &ProcessEnv, &reload.overrides) {
                     Ok(c) => {
-                        info!(seeds = ?c.seeds, handlers = c.handlers.len(),
-                            "SIGHUP: configuration reloaded (seeds and handlers applied; other changes need a restart)");
-                        let _ = handle.set_seeds(c.seeds).await;
-                        let _ = reload_handlers.send(std::sync::Arc::new(c.handlers));
+                        let changed = running.changed_keys(&c);
+                        let (applied, restart): (Vec<&str>, Vec<&str>) = changed
+                            .iter()
+                            .partition(|k| config::RELOADABLE.contains(k));
+                        let _ = handle.set_seeds(c.seeds.clone()).await;
+                        let _ = reload.handlers.send(std::sync::Arc::new(c.handlers.clone()));
+                        let mut log_error = None;
+                        if changed.contains(&"log.level") && let Err(e) = (reload.log)(&c.log_level) {
+                            log_error = Some(e);
+                        }
+                        if let Some(e) = &log_error {
+                            warn!(level = %c.log_level, error = %e, "SIGHUP: log.level not applied");
+                        }
+                        if restart.is_empty() {
+                            info!(applied = ?applied, "SIGHUP: configuration reloaded");
+                        } else {
+                            warn!(applied = ?applied, need_restart = ?restart,
+                                "SIGHUP: configuration reloaded; these changes take effect only after a restart");
+                        }
+                        // What runs now: the reloadable part of the new file, the rest as started.
+                        running.seeds = c.seeds;
+                        running.handlers = c.handlers;
+                        if log_error.is_none() {
+                            running.log_level = c.log_level;
+                        }
                     }
                     Err(e) => warn!(error = %e, "SIGHUP: configuration not reloaded"),
                 }

@@ -365,15 +365,25 @@ fn run_agent(a: AgentArgs) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
-        .with_writer(agent::monitor::Tee);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // The filter sits behind a reload handle: SIGHUP applies a changed `log.level`.
+    let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(
+        tracing_subscriber::EnvFilter::new(&config.log_level),
+    );
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(agent::monitor::Tee);
     if config.log_json {
-        logs.json().init();
+        registry.with(fmt.json()).init();
     } else {
-        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        registry
+            .with(fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
             .init();
     }
+    let log_reload: agent::LogReload = Box::new(move |level: &str| {
+        let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        filter_handle.reload(f).map_err(|e| e.to_string())
+    });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -385,7 +395,9 @@ fn run_agent(a: AgentArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(agent::run(config, a.config, overrides, a.repair)) {
+    match rt.block_on(agent::run(
+        config, a.config, overrides, a.repair, log_reload,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -433,6 +433,17 @@ impl Lab {
         std::fs::write(&self.agents[a].config, text).expect("write config");
     }
 
+    /// Replaces `from` with `to` in agent `a`'s configuration file (it must be there).
+    #[allow(dead_code)] // used by some test targets only
+    pub fn edit_config(&self, a: usize, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.agents[a].config).expect("read config");
+        assert!(
+            text.contains(from),
+            "{from:?} is not in the config:\n{text}"
+        );
+        std::fs::write(&self.agents[a].config, text.replacen(from, to, 1)).expect("write config");
+    }
+
     /// Sends SIGHUP to agent `a` (it reloads its configuration).
     #[allow(dead_code)] // used by some test targets only
     pub fn sighup(&self, a: usize) {

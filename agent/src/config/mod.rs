@@ -158,6 +158,55 @@ pub struct Config {
     pub stores: BTreeMap<String, store::StoreSettings>,
 }
 
+impl Config {
+    /// The configuration keys whose values differ in `new`, by the names the file uses (the key's
+    /// value itself is never shown).
+    pub fn changed_keys(&self, new: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        macro_rules! diff {
+            ($($field:ident => $key:literal),* $(,)?) => {
+                $(if format!("{:?}", self.$field) != format!("{:?}", new.$field) {
+                    out.push($key);
+                })*
+            };
+        }
+        diff!(
+            name => "node.name",
+            datacenter => "node.datacenter",
+            data_dir => "node.data_dir",
+            tags => "node.tags",
+            votes => "node.votes",
+            gossip_bind => "gossip.bind",
+            gossip_advertise => "gossip.advertise",
+            profile => "gossip.profile",
+            multicast => "discovery.multicast",
+            seeds => "discovery.seeds",
+            cluster => "cluster.name",
+            expected_nodes => "cluster.expected_nodes",
+            quorum => "cluster.quorum",
+            api_bind => "api.bind",
+            log_level => "log.level",
+            log_json => "log.format",
+            leader => "leader",
+            handlers => "handlers",
+            max_value_bytes => "store.max_value_bytes",
+            minority_reads => "store.minority_reads",
+            round_timeout => "store.round_timeout",
+            anti_entropy_interval => "store.anti_entropy_interval",
+            tombstone_grace => "store.tombstone_grace",
+            snapshot_min_records => "store.snapshot_min_records",
+            stores => "stores",
+        );
+        if self.key != new.key {
+            out.push("cluster.key");
+        }
+        out
+    }
+}
+
+/// The keys a SIGHUP applies to a running agent; every other change needs a restart.
+pub const RELOADABLE: &[&str] = &["discovery.seeds", "handlers", "log.level"];
+
 /// Where environment values come from; a trait so tests need not touch the process environment.
 pub trait Env {
     /// The value of `name`, if set.
