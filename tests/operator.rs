@@ -257,3 +257,57 @@ fn sighup_applies_log_level_and_names_the_changes_that_need_a_restart() {
         "{line}"
     );
 }
+
+#[test]
+fn a_wrong_cluster_key_is_a_warning_naming_the_source_within_5_s() {
+    let mut lab = lab_or_skip!(2);
+    let a = lab.start(0, AgentSpec::new("a", 2));
+    let mut spec = AgentSpec::new("b", 2);
+    spec.key = support::KEY_B.into();
+    let b = lab.start(1, spec);
+    let start = std::time::Instant::now();
+    for (me, other) in [(a, b), (b, a)] {
+        let from = lab.ip(lab.agents[other].host).to_string();
+        lab.wait_for(
+            std::time::Duration::from_secs(5).saturating_sub(start.elapsed()),
+            "a WARN naming the other node's address and the key",
+            |l| {
+                l.log_of(me).lines().any(|line| {
+                    line.contains("WARN") && line.contains(&from) && line.contains("cluster.key")
+                })
+            },
+        );
+    }
+    // Rate-limited: one warning per source a minute, not one per datagram.
+    let warnings = lab
+        .log_of(a)
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("cluster.key"))
+        .count();
+    assert_eq!(warnings, 1, "{}", lab.log_of(a));
+}
+
+#[test]
+fn two_members_with_one_name_are_warned_about_on_both() {
+    let mut lab = lab_or_skip!(2);
+    let a = lab.start(0, AgentSpec::new("twin", 2));
+    let b = lab.start(1, AgentSpec::new("other", 2));
+    lab.wait_for(std::time::Duration::from_secs(20), "both see both", |l| {
+        l.all_alive(&[a, b], &["twin", "other"])
+    });
+    // b comes back with a copy of a's name (the usual cause: a copied configuration).
+    lab.terminate(b);
+    lab.edit_config(b, "name = \"other\"", "name = \"twin\"");
+    lab.restart(b);
+    for x in [a, b] {
+        lab.wait_for(
+            std::time::Duration::from_secs(20),
+            "a WARN about the shared name",
+            |l| {
+                l.log_of(x)
+                    .lines()
+                    .any(|line| line.contains("WARN") && line.contains("share the name \"twin\""))
+            },
+        );
+    }
+}

@@ -80,6 +80,10 @@ pub(crate) struct Known {
     pub(crate) state: MemberState,
 }
 
+/// How often a misconfigured source (wrong key, other cluster, other protocol version) is warned
+/// about.
+pub(crate) const MISCONFIG_WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// The membership core of one node.
 pub struct Membership {
     pub(crate) foca: SwimCore,
@@ -103,6 +107,8 @@ pub struct Membership {
     pub(crate) beacon_backoff: Duration,
     pub(crate) seed_backoff: Duration,
     pub(crate) announced_at: BTreeMap<SocketAddr, Duration>,
+    /// Misconfiguration warnings given, by source and reason: when, and how many drops since.
+    pub(crate) misconfig_warned: BTreeMap<(SocketAddr, DropReason), (Duration, u64)>,
     pub(crate) hinted_at: BTreeMap<SocketAddr, Duration>,
     pub(crate) leaving: bool,
     pub(crate) left_swim: bool,
@@ -191,6 +197,7 @@ impl Membership {
             stats: Stats::default(),
             quorum,
             announced_at: BTreeMap::new(),
+            misconfig_warned: BTreeMap::new(),
             hinted_at: BTreeMap::new(),
             leaving: false,
             left_swim: false,
@@ -400,8 +407,37 @@ impl Membership {
     }
 
     pub(crate) fn drop_packet(&mut self, reason: DropReason, from: SocketAddr) {
-        debug!(%from, %reason, "dropped datagram");
         *self.stats.dropped.entry(reason).or_default() += 1;
+        let hint = match reason {
+            DropReason::BadAuth => {
+                "every node needs the same cluster.key (the output of one `chorus keygen`, copied)"
+            }
+            DropReason::WrongCluster => "every node needs the same cluster.name",
+            DropReason::BadVersion => {
+                "that node runs a Chorus that speaks another protocol version"
+            }
+            _ => {
+                debug!(%from, %reason, "dropped datagram");
+                return;
+            }
+        };
+        // Loud but not a flood: one WARN per source and reason a minute, with the count since.
+        let now = self.now;
+        let key = (from, reason);
+        match self.misconfig_warned.get_mut(&key) {
+            Some((at, since)) if now < *at + MISCONFIG_WARN_EVERY => *since += 1,
+            Some((at, since)) => {
+                warn!(%from, %reason, dropped_since_last_warning = *since + 1, "dropped a datagram: {hint}");
+                (*at, *since) = (now, 0);
+            }
+            None => {
+                if self.misconfig_warned.len() >= 1024 {
+                    self.misconfig_warned.clear(); // a scan of many sources: forget, stay bounded
+                }
+                warn!(%from, %reason, "dropped a datagram: {hint}");
+                self.misconfig_warned.insert(key, (now, 0));
+            }
+        }
     }
 
     pub(crate) fn push_transmit(&mut self, to: Destination, channel: Channel, payload: &[u8]) {

@@ -93,6 +93,8 @@ pub struct Node {
     /// Joins of members whose metadata (and so name) has not arrived yet, with the time each
     /// was held: reported once the name arrives or [`NAME_WAIT`] passes, whichever is first.
     unnamed: BTreeMap<membership::NodeId, (Event, Duration)>,
+    /// Pairs of members found sharing a name, warned about once each.
+    duplicate_names: std::collections::BTreeSet<(String, membership::NodeId, membership::NodeId)>,
     /// The leadership last reported as an event.
     reported_leading: Option<u64>,
     now: Duration,
@@ -169,6 +171,7 @@ impl Node {
             campaign: None,
             event_seq: 0,
             unnamed: BTreeMap::new(),
+            duplicate_names: std::collections::BTreeSet::new(),
             reported_leading: None,
             catching_up: store.is_some(),
             store,
@@ -419,8 +422,44 @@ impl Node {
         self.tokens.len()
     }
 
+    /// Warns (once per pair) when a member that joined, came back or restarted shares
+    /// its name with another live member, this node included: names are how operators and events
+    /// tell nodes apart, and a copied configuration is the usual cause.
+    fn check_duplicate_name(&mut self, ev: &Event) {
+        let Some(m) = ev.member() else { return };
+        if m.name.is_empty()
+            || !matches!(
+                ev,
+                Event::MemberJoined { .. }
+                    | Event::MemberRecovered { .. }
+                    | Event::MemberRestarted { .. }
+            )
+        {
+            return;
+        }
+        for other in self.membership.members() {
+            let live = matches!(
+                other.state,
+                membership::MemberState::Alive | membership::MemberState::Suspect
+            );
+            if !live || other.id == m.id || other.name != m.name {
+                continue;
+            }
+            let pair = (m.name.clone(), m.id.min(other.id), m.id.max(other.id));
+            if self.duplicate_names.insert(pair) {
+                tracing::warn!(name = %m.name, id = %m.id, addr = %m.addr, other_id = %other.id,
+                    other_addr = %other.gossip_addr, this_node = other.is_self,
+                    "two members share the name {:?}: give every node its own node.name", m.name);
+            }
+        }
+    }
+
     /// Queues an event with the next sequence number.
     fn emit(&mut self, kind: EventKind) {
+        if let EventKind::Member(ev) = &kind {
+            let ev = ev.clone();
+            self.check_duplicate_name(&ev);
+        }
         self.event_seq += 1;
         self.outputs.push_back(Output::Event(NodeEvent {
             seq: self.event_seq,
