@@ -311,3 +311,63 @@ fn two_members_with_one_name_are_warned_about_on_both() {
         );
     }
 }
+
+#[test]
+fn a_dead_node_is_replaced_by_one_that_joins_without_a_vote_and_gets_it_once_current() {
+    // docs/operations.md, "Replacing a dead node", step by step.
+    let mut lab = lab_or_skip!(4);
+    let agents: Vec<usize> = (0..3)
+        .map(|i| lab.start(i, AgentSpec::new(&format!("n{}", i + 1), 3)))
+        .collect();
+    lab.wait_whole(&agents);
+    let (n1, n2, n3) = (agents[0], agents[1], agents[2]);
+    let (code, _, err) = sh(
+        &lab,
+        n1,
+        &format!("for i in $(seq 1 200); do {CHORUS} kv put -q default k$i v$i || exit 1; done"),
+    );
+    assert_eq!(code, 0, "{err}");
+    lab.kill9(n3); // gone for good
+    let mut spec = AgentSpec::new("n4", 3);
+    spec.votes = Some(0);
+    let n4 = lab.start(3, spec);
+    let digest = |l: &Lab, a: usize| {
+        l.status(a)
+            .map(|s| s["stores"]["default"]["digest"].clone())
+    };
+    lab.wait_for(
+        std::time::Duration::from_secs(30),
+        "the replacement is current",
+        |l| {
+            l.status(n4).is_some_and(|s| s["catching_up"] == false)
+                && digest(l, n4).is_some()
+                && digest(l, n4) == digest(l, n1)
+        },
+    );
+    // Its vote, then a quorum of the two nodes left that counts it.
+    lab.terminate(n4);
+    lab.edit_config(n4, "votes = 0", "votes = 1");
+    lab.restart(n4);
+    lab.wait_for(std::time::Duration::from_secs(30), "n4 votes", |l| {
+        l.status(n4)
+            .is_some_and(|s| s["node"]["votes"] == 1 && s["catching_up"] == false)
+    });
+    lab.kill9(n2);
+    lab.wait_for(
+        std::time::Duration::from_secs(30),
+        "n1 and n4 hold a quorum",
+        |l| {
+            l.status(n4)
+                .is_some_and(|s| s["quorum"]["has_quorum"] == true)
+        },
+    );
+    let (code, out, err) = sh(
+        &lab,
+        n4,
+        &format!(
+            "n=0; for i in $(seq 1 200); do [ \"$({CHORUS} kv get default k$i)\" = v$i ] && n=$((n+1)); done; echo $n"
+        ),
+    );
+    assert_eq!((code, out.trim()), (0, "200"), "{err}");
+    assert_eq!(lab.kv(n4, &["put", "default", "after", "v"]).0, 0);
+}

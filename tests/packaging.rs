@@ -58,6 +58,35 @@ fn example_config_is_valid() {
 }
 
 #[test]
+fn check_warns_when_no_cluster_key_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nokey.toml");
+    std::fs::write(&path, "[cluster]\nname = \"prod\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["agent", "--check", "--config"])
+        .arg(&path)
+        .env_remove("CHORUS_CLUSTER_KEY")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning: no cluster.key"), "{err}");
+    let with_key = dir.path().join("key.toml");
+    std::fs::write(
+        &with_key,
+        "[cluster]\nname = \"prod\"\nkey = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["agent", "--check", "--config"])
+        .arg(&with_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+}
+
+#[test]
 fn invalid_config_fails_at_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");

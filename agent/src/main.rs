@@ -355,6 +355,13 @@ fn run_agent(a: AgentArgs) -> ExitCode {
         }
     };
     if a.check {
+        if !config.key_configured {
+            eprintln!(
+                "warning: no cluster.key: packets are sealed with a key derived from the cluster \
+                 name, so anyone who knows the name can join; run `chorus keygen` once and put \
+                 its output in cluster.key on every node"
+            );
+        }
         println!(
             "configuration valid: node {} in cluster {} ({} expected nodes, quorum {} of {} votes)",
             config.name,

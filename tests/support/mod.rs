@@ -79,6 +79,8 @@ pub struct AgentSpec {
     pub multicast: bool,
     /// More TOML appended to the config (sections the lab does not write, e.g. `[store]`).
     pub extra_toml: String,
+    /// `node.votes`, when not the default 1.
+    pub votes: Option<u32>,
 }
 
 /// The key the tests' main cluster uses.
@@ -97,6 +99,7 @@ impl AgentSpec {
             seeds: vec![],
             multicast: true,
             extra_toml: String::new(),
+            votes: None,
         }
     }
 }
@@ -367,13 +370,16 @@ impl Lab {
         let log = self.dir.path().join(format!("{}.log", spec.name));
         let seeds: Vec<String> = spec.seeds.iter().map(|s| format!("{s:?}")).collect();
         let text = format!(
-            "[node]\nname = {name:?}\ndata_dir = {dd:?}\n\
+            "[node]\nname = {name:?}\ndata_dir = {dd:?}\n{votes}\
              [gossip]\nbind = \"{ip}:7946\"\nprofile = \"lan\"\n\
              [discovery]\nmulticast = {mc}\nmulticast_interface = \"eth0\"\nseeds = [{seeds}]\n\
              [cluster]\nname = {cluster:?}\nkey = {key:?}\nexpected_nodes = {n}\n\
              [api]\nbind = \"127.0.0.1:7947\"\n[log]\nlevel = \"info,membership=debug\"\n{extra}",
             name = spec.name,
             dd = data_dir.display().to_string(),
+            votes = spec
+                .votes
+                .map_or(String::new(), |v| format!("votes = {v}\n")),
             ip = self.ip(host),
             mc = spec.multicast,
             seeds = seeds.join(", "),
