@@ -162,6 +162,16 @@ untyped = [f.name for f in fams if f.type == 'unknown']
 assert not empty and not untyped, ('classic', empty, untyped)
 counters = [f.name for f in fams if f.type == 'counter']
 assert len(counters) >= 5, counters
+byname = {f.name: f for f in fams}
+for want in ['chorus_store_frames_sent', 'chorus_store_frames_received',
+             'chorus_build_info', 'chorus_catching_up', 'chorus_store_entries']:
+    assert want in byname, (want, sorted(byname))
+h = byname['chorus_api_request_duration_seconds']
+assert h.type == 'histogram', h.type
+puts = [x for x in h.samples if x.name.endswith('_count') and x.labels.get('route') == '/v1/kv/{store}/{*key}'
+        and x.labels.get('method') == 'PUT' and x.labels.get('status') == '200']
+assert puts and puts[0].value >= 1, h.samples[:5]
+assert byname['chorus_store_entries'].samples[0].labels == {'store': 'default'}
 ct, body = get('application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5')
 assert ct.startswith('application/openmetrics-text'), ct
 fams = list(om(body))

@@ -178,6 +178,7 @@ pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
         .route("/metrics", get(prometheus))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(crate::api_metrics::record))
         .layer(axum::Extension(Limits { max_value_bytes }))
         .with_state(handle)
 }

@@ -108,6 +108,12 @@ pub struct MetricsReport {
     pub events: BTreeMap<&'static str, u64>,
     /// Live event subscribers (streams, watches, blocking reads and the handler runner).
     pub subscribers: u64,
+    /// Entries per store (tombstones included).
+    pub entries_by_store: BTreeMap<String, u64>,
+    /// Whether this node is catching up after a start.
+    pub catching_up: bool,
+    /// Whether this node leads the cluster.
+    pub leading: bool,
 }
 
 /// Requests to the driver task.
@@ -442,6 +448,17 @@ impl Driver {
             store_in_flight: store.in_flight() as u64,
             events: self.events_by_type.clone(),
             subscribers: self.events.receiver_count() as u64,
+            entries_by_store: store
+                .config()
+                .stores
+                .keys()
+                .map(|n| {
+                    let len = store.replica().store(n).map_or(0, |s| s.len());
+                    (n.clone(), len as u64)
+                })
+                .collect(),
+            catching_up: store.catching_up().is_some(),
+            leading: self.node.leading().is_some(),
         }
     }
 

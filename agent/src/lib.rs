@@ -2,6 +2,7 @@
 //! and systemd integration. `run` is the whole daemon, top to bottom.
 
 pub mod api;
+pub mod api_metrics;
 pub mod atomic_file;
 pub mod backup;
 pub mod cli;

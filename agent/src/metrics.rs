@@ -95,22 +95,30 @@ pub fn render(report: &MetricsReport) -> String {
         send_errors,
     );
 
-    let frames = Family::<ReasonLabel, Counter>::default();
-    for (name, v) in ["sent", "received", "rejected", "dropped"]
-        .iter()
-        .zip(report.store_frames)
-    {
-        frames
-            .get_or_create(&ReasonLabel {
-                reason: (*name).into(),
-            })
-            .inc_by(v);
+    // One family per direction: a rate of "sent" and one of "received" are different things.
+    let [sent, received, rejected, dropped] = report.store_frames;
+    for (name, help, v) in [
+        ("store_frames_sent", "Store transport frames sent", sent),
+        (
+            "store_frames_received",
+            "Store transport frames received and opened",
+            received,
+        ),
+        (
+            "store_frames_rejected",
+            "Store transport frames that failed to open (wrong key, corrupt); the connection is closed",
+            rejected,
+        ),
+        (
+            "store_messages_dropped",
+            "Store messages dropped before sending: peer queue full (over 32 MiB) or unreachable, or held over 10 s for a peer without an address",
+            dropped,
+        ),
+    ] {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        reg.register(name, help, c);
     }
-    reg.register(
-        "store_frames",
-        "Store transport frames: sent, received, rejected (failed to open), dropped (queue full or peer unreachable)",
-        frames,
-    );
     let reconnects = Counter::<u64>::default();
     reconnects.inc_by(report.store_reconnects_stalled);
     reg.register(
@@ -118,13 +126,51 @@ pub fn render(report: &MetricsReport) -> String {
         "Store connections replaced because they were stalled in TCP retransmission (a link a partition cut)",
         reconnects,
     );
-    let entries = Gauge::<i64>::default();
-    entries.set(report.store_entries as i64);
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct StoreLabel {
+        store: String,
+    }
+    let entries = Family::<StoreLabel, Gauge>::default();
+    for (store, n) in &report.entries_by_store {
+        entries
+            .get_or_create(&StoreLabel {
+                store: store.clone(),
+            })
+            .set(*n as i64);
+    }
     reg.register(
         "store_entries",
-        "Entries held in all stores (tombstones included)",
+        "Entries held, by store (tombstones included)",
         entries,
     );
+    for (name, help, v) in [
+        (
+            "catching_up",
+            "1 while this node catches up after a start (its local reads are stale), else 0",
+            report.catching_up,
+        ),
+        (
+            "leading",
+            "1 while this node leads the cluster, else 0",
+            report.leading,
+        ),
+    ] {
+        let g = Gauge::<i64>::default();
+        g.set(i64::from(v));
+        reg.register(name, help, g);
+    }
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct BuildLabel {
+        version: String,
+    }
+    let build = Family::<BuildLabel, Gauge>::default();
+    build
+        .get_or_create(&BuildLabel {
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .set(1);
+    reg.register("build_info", "The agent's version (always 1)", build);
+    crate::api_metrics::register(&mut reg);
     let in_flight = Gauge::<i64>::default();
     in_flight.set(report.store_in_flight as i64);
     reg.register(
