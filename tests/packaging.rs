@@ -174,3 +174,83 @@ fn sighup_reload_applies_new_seeds() {
     assert!(st.success());
     wait("a to see b after SIGHUP", &|| member_count(&api_a) == 2);
 }
+
+/// Runs a command; panics with its output when it fails.
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_debian_package_installs_verifies_and_removes_cleanly() {
+    let missing: Vec<&str> = [("cargo-deb", "--version"), ("dpkg", "--version")]
+        .iter()
+        .filter(|(c, a)| Command::new(c).arg(a).output().is_err())
+        .map(|(c, _)| *c)
+        .collect();
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    if !missing.is_empty() || !root {
+        let reason = format!("installing a package needs root and {missing:?}");
+        assert!(std::env::var("CHORUS_E2E_REQUIRE").is_err(), "{reason}");
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    // A leftover of an earlier run goes first (the package is this project's own).
+    let _ = Command::new("dpkg").args(["--purge", "chorus"]).output();
+    ok(Command::new(format!("{repo}/packaging/build-deb")).arg(env!("CARGO_BIN_EXE_chorus")));
+    let deb = std::fs::read_dir(format!("{repo}/target/debian"))
+        .expect("target/debian")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .expect("a .deb");
+    /// Purges the package when dropped, also when the test fails.
+    struct Installed;
+    impl Drop for Installed {
+        fn drop(&mut self) {
+            let _ = Command::new("dpkg").args(["--purge", "chorus"]).output();
+        }
+    }
+    ok(Command::new("dpkg").arg("-i").arg(&deb));
+    let _installed = Installed;
+    // The unit verifies (as installed), the config it ships is valid, the docs are there.
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "/lib/systemd/system/chorus.service"])
+        .output()
+        .expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("chorus")).collect();
+    assert!(verify.status.success() && ours.is_empty(), "{stderr}");
+    let check = ok(Command::new("/usr/bin/chorus").args([
+        "agent",
+        "--check",
+        "--config",
+        "/etc/chorus/chorus.toml",
+    ]));
+    assert!(check.contains("configuration valid"), "{check}");
+    for f in [
+        "/usr/share/man/man1/chorus.1.gz",
+        "/usr/share/bash-completion/completions/chorus",
+        "/usr/share/zsh/vendor-completions/_chorus",
+        "/usr/share/fish/vendor_completions.d/chorus.fish",
+    ] {
+        assert!(std::path::Path::new(f).exists(), "{f} not installed");
+    }
+    let conffiles = ok(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", "chorus"]));
+    assert!(conffiles.contains("/etc/chorus/chorus.toml"), "{conffiles}");
+    ok(Command::new("dpkg").args(["--purge", "chorus"]));
+    assert!(
+        !std::path::Path::new("/usr/bin/chorus").exists(),
+        "the binary stayed after a purge"
+    );
+    assert!(!std::path::Path::new("/etc/chorus/chorus.toml").exists());
+}

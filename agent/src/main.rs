@@ -32,6 +32,13 @@ enum Cmd {
     Leave(ClientArgs),
     /// Print a new random cluster key (base64) for `cluster.key`.
     Keygen,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of `chorus` and its commands.
+    Man,
     /// Read and write the replicated key/value store.
     #[command(subcommand)]
     Kv(KvCmd),
@@ -284,6 +291,36 @@ fn main() -> ExitCode {
         Cmd::Monitor(m) => agent::monitor::run(m),
         Cmd::Bench(b) => bench(b),
         Cmd::Snapshot(s) => snapshot(s),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            // Into a buffer first: a closed pipe (`| head`) is not a panic.
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "chorus", &mut out);
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&out);
+            ExitCode::SUCCESS
+        }
+        Cmd::Man => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+            // The subcommands' pages follow the main one, as sections of one page.
+            for sub in Cli::command().get_subcommands() {
+                let name = format!("chorus-{}", sub.get_name());
+                let name: &'static str = Box::leak(name.into_boxed_str()); // a one-shot command
+                let page = clap_mangen::Man::new(sub.clone().name(name));
+                if let Err(e) = page.render(&mut out) {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&out);
+            ExitCode::SUCCESS
+        }
         Cmd::Keygen => {
             let mut k = [0u8; 32];
             if let Err(e) = rand::rngs::SysRng.try_fill_bytes(&mut k) {
