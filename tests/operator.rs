@@ -381,3 +381,34 @@ fn a_dead_node_is_replaced_by_one_that_joins_without_a_vote_and_gets_it_once_cur
     assert_eq!((code, out.trim()), (0, "200"), "{err}");
     assert_eq!(lab.kv(n4, &["put", "default", "after", "v"]).0, 0);
 }
+
+#[test]
+fn chorus_join_merges_two_agents_that_know_nothing_of_each_other() {
+    let mut lab = lab_or_skip!(2);
+    let mut specs = [AgentSpec::new("a", 2), AgentSpec::new("b", 2)];
+    for s in &mut specs {
+        s.multicast = false; // no discovery, no seeds: each alone
+    }
+    let [sa, sb] = specs;
+    let a = lab.start(0, sa);
+    let b = lab.start(1, sb);
+    lab.wait_for(std::time::Duration::from_secs(20), "both answer", |l| {
+        l.status(a).is_some() && l.status(b).is_some()
+    });
+    assert_eq!(
+        lab.status(a).expect("a")["members"]["alive"],
+        1,
+        "a is alone"
+    );
+    let target = format!("{}:7946", lab.ip(lab.agents[b].host));
+    let (code, out, err) = lab.cli(a, "join", &[&target]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("joined: b"), "{out}");
+    lab.wait_for(std::time::Duration::from_secs(10), "each lists both", |l| {
+        l.all_alive(&[a, b], &["a", "b"])
+    });
+    // A bad address is a clear error.
+    let (code, _, err) = lab.cli(a, "join", &["nowhere"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("HOST:PORT"), "{err}");
+}

@@ -157,6 +157,7 @@ pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
         )
         .route("/v1/events", get(crate::events_api::events))
         .route("/v1/leave", axum::routing::post(leave))
+        .route("/v1/join", axum::routing::post(join))
         .route("/v1/monitor", get(crate::monitor::monitor))
         .route("/v1/watch/{store}", get(crate::watch_api::watch))
         .route(
@@ -614,6 +615,30 @@ async fn kv_list(
         }
         other => Err(unexpected(other)),
     }
+}
+
+/// `POST /v1/join?addr=HOST:PORT`: announce this node to another agent's gossip address now (as
+/// to a seed), to join its cluster or merge two clusters with the same name and key. Answers once
+/// the announce is sent; membership then takes a round trip or two.
+async fn join(
+    State(h): State<Handle>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let addr = q
+        .get("addr")
+        .ok_or_else(|| ApiError::bad_request("the query parameter addr (HOST:PORT) is required"))?;
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(addr.as_str())
+        .await
+        .map_err(|e| ApiError::bad_request(format!("addr={addr:?}: {e} (write HOST:PORT)")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "addr={addr:?} resolves to nothing"
+        )));
+    }
+    h.join(addrs.clone()).await?;
+    let shown: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    Ok(Json(json!({ "announced": shown })))
 }
 
 /// `POST /v1/leave`: leave the cluster gracefully and stop the agent, as SIGTERM does.

@@ -129,6 +129,8 @@ pub enum Command {
     Leave,
     /// Replace the seed list (a reload).
     SetSeeds(Vec<String>),
+    /// Announce this node to these addresses now (`chorus join`).
+    Join(Vec<SocketAddr>),
     /// A key/value request.
     Kv(Request, oneshot::Sender<Result<Reply, StoreError>>),
     /// A request on the strong keyspace.
@@ -216,6 +218,11 @@ impl Handle {
             .send(Command::SetSeeds(seeds))
             .await
             .map_err(|_| Gone)
+    }
+
+    /// Announces this node to `addrs` now, as to a seed (`POST /v1/join`).
+    pub async fn join(&self, addrs: Vec<SocketAddr>) -> Result<(), Gone> {
+        self.tx.send(Command::Join(addrs)).await.map_err(|_| Gone)
     }
 
     /// Subscribes to events as they happen (each as JSON, with its `seq`).
@@ -352,6 +359,12 @@ impl Driver {
                         self.seeds = seeds.clone();
                         first_resolution = true;
                         resolver = spawn_resolver(seeds, resolved_tx.clone());
+                    }
+                    Some(Command::Join(addrs)) => {
+                        for a in addrs {
+                            info!(addr = %a, "joining through an address (chorus join)");
+                            self.node.announce_to(self.clock.now(), self.wall_ms(), a);
+                        }
                     }
                     Some(Command::Status(tx)) => { let _ = tx.send(self.status()); }
                     Some(Command::Members(tx)) => { let _ = tx.send(self.node.membership().members()); }

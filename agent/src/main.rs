@@ -30,6 +30,14 @@ enum Cmd {
     /// Make the agent leave the cluster gracefully and stop (as SIGTERM does), for hosts where
     /// systemctl is not the way.
     Leave(ClientArgs),
+    /// Join a cluster through one of its agents' gossip address now (as a seed would); waits up
+    /// to 10 s for the agent there to be listed.
+    Join {
+        #[command(flatten)]
+        c: ClientArgs,
+        /// HOST:PORT of another agent's gossip port.
+        addr: String,
+    },
     /// Print a new random cluster key (base64) for `cluster.key`.
     Keygen,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -291,6 +299,7 @@ fn main() -> ExitCode {
         Cmd::Monitor(m) => agent::monitor::run(m),
         Cmd::Bench(b) => bench(b),
         Cmd::Snapshot(s) => snapshot(s),
+        Cmd::Join { c, addr } => join(&c, &addr),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             // Into a buffer first: a closed pipe (`| head`) is not a panic.
@@ -331,6 +340,51 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// `chorus join ADDR`: asks the agent to announce itself there, then waits (10 s at most) for a
+/// member at that address to be listed alive.
+fn join(c: &ClientArgs, addr: &str) -> ExitCode {
+    let client = Client::new(&c.api);
+    let path = format!("/v1/join?addr={}", cli::encode_segment(addr));
+    let announced = match client.call("POST", &path, Some(Vec::new())) {
+        Ok(r) => serde_json::from_slice::<serde_json::Value>(&r.body).unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let targets: Vec<String> = announced["announced"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(String::from))
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(v) = client.get_json("/v1/members") {
+            let found = v["members"].as_array().into_iter().flatten().find(|m| {
+                m["state"] == "alive"
+                    && m["gossip_addr"]
+                        .as_str()
+                        .is_some_and(|g| targets.iter().any(|t| t == g))
+            });
+            if let Some(m) = found {
+                println!(
+                    "joined: {} ({}) is a member",
+                    cli::s(&m["name"]),
+                    cli::s(&m["gossip_addr"])
+                );
+                return ExitCode::SUCCESS;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    eprintln!(
+        "error: announced to {targets:?}, but no member there is listed after 10 s (another \
+         cluster name or key there? its agent's log says)"
+    );
+    ExitCode::FAILURE
 }
 
 fn client(args: &ClientArgs, path: &str, human: fn(&serde_json::Value) -> String) -> ExitCode {
