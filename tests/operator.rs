@@ -412,3 +412,32 @@ fn chorus_join_merges_two_agents_that_know_nothing_of_each_other() {
     assert_ne!(code, 0);
     assert!(err.contains("HOST:PORT"), "{err}");
 }
+
+#[test]
+fn a_seed_that_never_answers_and_multicast_that_hears_nobody_are_warnings_after_a_minute() {
+    let mut lab = lab_or_skip!(1);
+    let mut spec = AgentSpec::new("lonely", 2);
+    spec.seeds = vec!["10.77.0.250:7946".into()]; // no host there
+    let a = lab.start(0, spec);
+    for what in [
+        "seed has not answered for a minute",
+        "multicast discovery heard no other node",
+    ] {
+        lab.wait_for(std::time::Duration::from_secs(80), what, |l| {
+            l.log_of(a)
+                .lines()
+                .any(|line| line.contains("WARN") && line.contains(what))
+        });
+    }
+    let log = lab.log_of(a);
+    let seed_line = log
+        .lines()
+        .find(|l| l.contains("seed has not answered"))
+        .expect("line");
+    assert!(seed_line.contains("10.77.0.250:7946"), "{seed_line}");
+    assert_eq!(
+        log.matches("seed has not answered").count(),
+        1,
+        "warned once, not at every retry"
+    );
+}

@@ -105,6 +105,12 @@ pub struct Membership {
     pub(crate) stats: Stats,
     pub(crate) quorum: QuorumStatus,
     pub(crate) beacon_backoff: Duration,
+    /// Since when each seed that is not a member has been announced to without an answer, and
+    /// whether that was warned about.
+    pub(crate) silent_seeds: BTreeMap<SocketAddr, (Duration, bool)>,
+    /// When discovery last heard a beacon from another node (start time until then), and whether
+    /// hearing none was warned about.
+    pub(crate) beacon_heard: (Duration, bool),
     pub(crate) seed_backoff: Duration,
     pub(crate) announced_at: BTreeMap<SocketAddr, Duration>,
     /// Misconfiguration warnings given, by source and reason: when, and how many drops since.
@@ -181,6 +187,8 @@ impl Membership {
             rt: Collect::default(),
             identity,
             beacon_backoff: timings.beacon_fast,
+            silent_seeds: BTreeMap::new(),
+            beacon_heard: (now, false),
             seed_backoff: timings.seed_retry,
             timings,
             sealer,

@@ -8,7 +8,7 @@ use crate::identity::{NodeId, Peer};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// A discovery beacon: "this node of this cluster gossips here".
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -18,6 +18,10 @@ pub(crate) struct Beacon {
 
 /// How long after a member failed beacons stay frequent (a partition may heal in that time).
 pub(crate) const HEAL_WATCH: Duration = Duration::from_secs(300);
+
+/// How long discovery may go without an answer before it says so at WARN: a seed never answering,
+/// or multicast beacons from nobody while this node is alone.
+pub(crate) const SILENCE_WARNING: Duration = Duration::from_secs(60);
 
 /// Most announces to strangers (see `introduce_some`) per probe period.
 pub(crate) const INTRODUCTIONS_PER_PROBE: usize = 4;
@@ -45,6 +49,7 @@ impl Membership {
             self.drop_packet(DropReason::FromSelf, from);
             return;
         }
+        self.beacon_heard = (self.now, false);
         if self.leaving {
             return;
         }
@@ -79,6 +84,16 @@ impl Membership {
         })
         .expect("encode");
         self.push_transmit(Destination::Beacon, Channel::Beacon, &payload);
+        let (heard, warned) = self.beacon_heard;
+        if self.foca.num_members() == 0 && !warned && self.now >= heard + SILENCE_WARNING {
+            warn!(
+                silent_s = (self.now - heard).as_secs(),
+                "multicast discovery heard no other node for a minute and this node is alone: \
+                 check the multicast route or discovery.multicast_interface, that the switch \
+                 passes multicast (IGMP snooping without a querier drops it), or give seeds"
+            );
+            self.beacon_heard.1 = true;
+        }
         let next = if self.foca.num_members() == 0 {
             let b = self.beacon_backoff;
             self.beacon_backoff = (b * 2).min(self.timings.beacon_every);
@@ -154,10 +169,23 @@ impl Membership {
                 continue;
             }
             let member = self.foca.iter_members().any(|m| m.id().addr == seed);
-            if !member {
-                self.announce(seed);
+            if member {
+                self.silent_seeds.remove(&seed);
+                continue;
+            }
+            self.announce(seed);
+            let now = self.now;
+            let (since, warned) = self.silent_seeds.entry(seed).or_insert((now, false));
+            if !*warned && now >= *since + SILENCE_WARNING {
+                warn!(%seed, silent_s = (now - *since).as_secs(),
+                    "seed has not answered for a minute: check its address and port, that it runs \
+                     with the same cluster.name and cluster.key, and the firewall (UDP and TCP)");
+                *warned = true;
             }
         }
+        // Seeds removed by a reload are forgotten.
+        let seeds = &self.cfg.seeds;
+        self.silent_seeds.retain(|s, _| seeds.contains(s));
         let next = if self.foca.num_members() > 0 {
             self.timings.seed_every
         } else {
