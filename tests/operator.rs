@@ -441,3 +441,31 @@ fn a_seed_that_never_answers_and_multicast_that_hears_nobody_are_warnings_after_
         "warned once, not at every retry"
     );
 }
+
+#[test]
+fn members_that_count_quorum_differently_are_warned_about_on_both_and_shown_in_status() {
+    let mut lab = lab_or_skip!(2);
+    let a = lab.start(0, AgentSpec::new("a", 2)); // 2 of 2
+    let b = lab.start(1, AgentSpec::new("b", 3)); // 2 of 3: configured for another cluster size
+    for (x, theirs) in [(a, "2/3"), (b, "2/2")] {
+        lab.wait_for(
+            std::time::Duration::from_secs(20),
+            "a WARN naming the other's rule",
+            |l| {
+                l.log_of(x).lines().any(|line| {
+                    line.contains("WARN")
+                        && line.contains("counts quorum differently")
+                        && line.contains(theirs)
+                })
+            },
+        );
+    }
+    let (code, out, _) = lab.cli(a, "status", &[]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("count quorum differently") && out.contains("b (2/3)"),
+        "{out}"
+    );
+    let s = lab.status(b).expect("status");
+    assert_eq!(s["quorum"]["disagreeing_members"]["a"], "2/2", "{s}");
+}

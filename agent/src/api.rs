@@ -225,6 +225,8 @@ struct QuorumJson {
     total_votes: u32,
     since: String,
     since_unix_ms: u128,
+    /// Live members that publish another quorum rule, `{"name": "REQUIRED/TOTAL"}`.
+    disagreeing_members: BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -285,6 +287,7 @@ fn status_json(s: StatusReport) -> StatusJson {
         node: s.node.into(),
         cluster: s.cluster,
         quorum: QuorumJson {
+            disagreeing_members: s.disagreeing.into_iter().collect(),
             has_quorum: s.quorum.has_quorum,
             reachable_votes: s.quorum.reachable_votes,
             required_votes: s.quorum.required_votes,

@@ -293,6 +293,17 @@ pub fn status_text(v: &Value) -> String {
         s(&q["required_votes"]),
         s(&q["since"]),
     );
+    if let Some(d) = q["disagreeing_members"]
+        .as_object()
+        .filter(|d| !d.is_empty())
+    {
+        let list: Vec<String> = d.iter().map(|(n, r)| format!("{n} ({})", s(r))).collect();
+        let _ = writeln!(
+            out,
+            "WARNING:     these members count quorum differently (required/total): {}",
+            list.join(", ")
+        );
+    }
     let m = &v["members"];
     let _ = writeln!(
         out,

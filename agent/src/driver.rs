@@ -83,6 +83,8 @@ pub struct StatusReport {
     pub leader_candidate: bool,
     /// This node's fencing token while it is the cluster leader.
     pub leading: Option<u64>,
+    /// Live members whose published quorum rule (`REQUIRED/TOTAL`) differs from this node's.
+    pub disagreeing: Vec<(String, String)>,
 }
 
 /// Counters for `/metrics`.
@@ -525,6 +527,20 @@ impl Driver {
             catch_up: store.catching_up(),
             leader_candidate: self.node.is_candidate(),
             leading: self.node.leading().map(|l| l.token),
+            disagreeing: {
+                let members = core.members();
+                let mine = node::quorum_tag(&core.config().quorum);
+                members
+                    .iter()
+                    .filter(|m| {
+                        !m.is_self && matches!(m.state, MemberState::Alive | MemberState::Suspect)
+                    })
+                    .filter_map(|m| {
+                        let theirs = m.tags.get(node::QUORUM_TAG)?;
+                        (*theirs != mine).then(|| (m.name.clone(), theirs.clone()))
+                    })
+                    .collect()
+            },
         }
     }
 

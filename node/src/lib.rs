@@ -26,3 +26,12 @@ pub use crate::io::{Input, Output, PeerMsg};
 pub use crate::leader::{LEADER_LOCK, LeaderConfig, Leadership};
 pub use crate::node::{Faults, Node, NodeConfig};
 pub use crate::recover::Recovered;
+
+/// The metadata tag in which every node publishes its quorum rule, `REQUIRED/TOTAL` votes, so that
+/// members that disagree are found (a configuration changed on some nodes only).
+pub const QUORUM_TAG: &str = "chorus.quorum";
+
+/// The value of [`QUORUM_TAG`] for `rule`.
+pub fn quorum_tag(rule: &membership::QuorumRule) -> String {
+    format!("{}/{}", rule.required(), rule.total())
+}

@@ -95,6 +95,8 @@ pub struct Node {
     unnamed: BTreeMap<membership::NodeId, (Event, Duration)>,
     /// Pairs of members found sharing a name, warned about once each.
     duplicate_names: std::collections::BTreeSet<(String, membership::NodeId, membership::NodeId)>,
+    /// Members found with another quorum rule, warned about once per rule they published.
+    quorum_disagreements: std::collections::BTreeSet<(membership::NodeId, String)>,
     /// The leadership last reported as an event.
     reported_leading: Option<u64>,
     now: Duration,
@@ -172,6 +174,7 @@ impl Node {
             event_seq: 0,
             unnamed: BTreeMap::new(),
             duplicate_names: std::collections::BTreeSet::new(),
+            quorum_disagreements: std::collections::BTreeSet::new(),
             reported_leading: None,
             catching_up: store.is_some(),
             store,
@@ -437,7 +440,24 @@ impl Node {
         {
             return;
         }
-        for other in self.membership.members() {
+        let members = self.membership.members();
+        let mine = members
+            .iter()
+            .find(|v| v.is_self)
+            .and_then(|v| v.tags.get(crate::QUORUM_TAG).cloned());
+        let theirs = members
+            .iter()
+            .find(|v| v.id == m.id)
+            .and_then(|v| v.tags.get(crate::QUORUM_TAG).cloned());
+        if let (Some(mine), Some(theirs)) = (mine, theirs)
+            && mine != theirs
+            && self.quorum_disagreements.insert((m.id, theirs.clone()))
+        {
+            tracing::warn!(name = %m.name, id = %m.id, addr = %m.addr, theirs = %theirs, ours = %mine,
+                "a member counts quorum differently (required/total votes): give every node the same \
+                 cluster.expected_nodes, cluster.total_votes and cluster.quorum (docs/operations.md)");
+        }
+        for other in members {
             let live = matches!(
                 other.state,
                 membership::MemberState::Alive | membership::MemberState::Suspect

@@ -274,7 +274,12 @@ impl Config {
                 name: self.name.clone(),
                 datacenter: self.datacenter.clone(),
                 api_addr: Some(api_addr),
-                tags: self.tags.clone(),
+                // The quorum rule rides in metadata so that members can compare theirs.
+                tags: {
+                    let mut t = self.tags.clone();
+                    t.insert(node::QUORUM_TAG.to_string(), node::quorum_tag(&self.quorum));
+                    t
+                },
                 votes: self.votes,
             },
             beacons,

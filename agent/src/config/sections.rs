@@ -170,6 +170,12 @@ fn resolve_node(f: super::NodeSection, l: &Layers<'_>, o: &Overrides) -> Result<
     }
     let tags = f.tags.unwrap_or_default();
     for (k, v) in &tags {
+        if k.starts_with("chorus.") {
+            return Err(invalid(
+                "node.tags",
+                format!("tag {k:?}: keys starting with \"chorus.\" are the agent's own"),
+            ));
+        }
         if k.is_empty() || k.len() > 64 || v.len() > 256 {
             return Err(invalid(
                 "node.tags",

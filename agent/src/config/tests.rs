@@ -110,6 +110,11 @@ fn errors_name_the_key() {
         "node.name"
     );
     assert_eq!(err_key(from_toml("[api]\nbind = \"x\"")), "api.bind");
+    assert_eq!(
+        err_key(from_toml("[node]\ntags = { \"chorus.quorum\" = \"9/9\" }")),
+        "node.tags",
+        "the agent's own tags are reserved"
+    );
     assert_eq!(err_key(from_toml("[log]\nlevel = \"[[[\"")), "log.level");
     assert_eq!(
         err_key(from_toml("[store]\nminority_reads = \"maybe\"")),
