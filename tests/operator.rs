@@ -172,6 +172,13 @@ puts = [x for x in h.samples if x.name.endswith('_count') and x.labels.get('rout
         and x.labels.get('method') == 'PUT' and x.labels.get('status') == '200']
 assert puts and puts[0].value >= 1, h.samples[:5]
 assert byname['chorus_store_entries'].samples[0].labels == {'store': 'default'}
+assert byname['chorus_storage_failed'].samples[0].value == 0
+assert byname['chorus_process_resident_memory_bytes'].samples[0].value > 1e6
+assert byname['chorus_process_open_fds'].samples[0].value > 3
+assert byname['chorus_process_start_time_seconds'].samples[0].value > 1.7e9
+for h in ['chorus_log_write_seconds', 'chorus_log_fsync_seconds']:
+    counts = [x.value for x in byname[h].samples if x.name.endswith('_count')]
+    assert counts and counts[0] >= 1, (h, byname[h].samples[-3:])
 ct, body = get('application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5')
 assert ct.startswith('application/openmetrics-text'), ct
 fams = list(om(body))

@@ -1,4 +1,5 @@
-//! API request durations, by route, method and status, for `/metrics`.
+//! Latency histograms for `/metrics`: API requests by route, method and status; the store log's
+//! writes and fsyncs.
 //!
 //! Recorded by a middleware around every route (the time to the answer's headers: for a stream,
 //! the time to its start), kept in one process-wide histogram family that each scrape registers.
@@ -23,13 +24,13 @@ struct ApiLabel {
 
 type Durations = Family<ApiLabel, Histogram, fn() -> Histogram>;
 
-/// 0.25 ms to about 8 s, doubling.
-fn histogram() -> Histogram {
+/// 0.25 ms to about 8 s, doubling: the buckets of every latency histogram the agent exports.
+pub fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
 }
 
 static DURATIONS: LazyLock<Durations> =
-    LazyLock::new(|| Family::new_with_constructor(histogram as fn() -> Histogram));
+    LazyLock::new(|| Family::new_with_constructor(latency_histogram as fn() -> Histogram));
 
 /// Times a request (the middleware the router runs every request through).
 pub async fn record(req: Request, next: Next) -> Response {
@@ -51,11 +52,21 @@ pub async fn record(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Adds the request-duration histograms to a scrape's registry.
+/// Adds the latency histograms to a scrape's registry: API requests, log writes and fsyncs.
 pub fn register(reg: &mut Registry) {
     reg.register(
         "api_request_duration_seconds",
         "HTTP API request durations (to the answer's headers), by route, method and status",
         DURATIONS.clone(),
+    );
+    reg.register(
+        "log_write_seconds",
+        "Store log: time to write one batch of records (before the fsync)",
+        crate::wal_file::WRITE_SECONDS.clone(),
+    );
+    reg.register(
+        "log_fsync_seconds",
+        "Store log: time of each fsync",
+        crate::wal_file::FSYNC_SECONDS.clone(),
     );
 }

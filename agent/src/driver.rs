@@ -116,6 +116,8 @@ pub struct MetricsReport {
     pub catching_up: bool,
     /// Whether this node leads the cluster.
     pub leading: bool,
+    /// Whether the store log cannot be written (the node takes no writes until it can).
+    pub storage_failed: bool,
 }
 
 /// Requests to the driver task.
@@ -474,6 +476,7 @@ impl Driver {
                 .collect(),
             catching_up: store.catching_up().is_some(),
             leading: self.node.leading().is_some(),
+            storage_failed: store.log_failure().is_some(),
         }
     }
 

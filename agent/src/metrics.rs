@@ -154,6 +154,11 @@ pub fn render(report: &MetricsReport) -> String {
             "1 while this node leads the cluster, else 0",
             report.leading,
         ),
+        (
+            "storage_failed",
+            "1 while the store log cannot be written (the node takes no writes), else 0",
+            report.storage_failed,
+        ),
     ] {
         let g = Gauge::<i64>::default();
         g.set(i64::from(v));
@@ -171,6 +176,7 @@ pub fn render(report: &MetricsReport) -> String {
         .set(1);
     reg.register("build_info", "The agent's version (always 1)", build);
     crate::api_metrics::register(&mut reg);
+    process(&mut reg);
     let in_flight = Gauge::<i64>::default();
     in_flight.set(report.store_in_flight as i64);
     reg.register(
@@ -251,6 +257,57 @@ pub fn render(report: &MetricsReport) -> String {
     prometheus_client::encoding::text::encode(&mut out, &reg)
         .expect("writing to a String cannot fail");
     out
+}
+
+/// The standard process metrics (`chorus_process_*`), from `/proc/self`: CPU time, resident
+/// memory, open file descriptors, start time.
+fn process(reg: &mut Registry) {
+    let page = 4096.0; // resident pages to bytes (x86_64 and aarch64 Linux)
+    let ticks = 100.0; // USER_HZ
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rfind(')')
+        .map(|i| stat[i + 2..].split_whitespace().collect())
+        .unwrap_or_default();
+    let num = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Counting from the field after the command name: utime 11, stime 12, starttime 19, rss 21.
+    let cpu = (num(11) + num(12)) / ticks;
+    let rss = num(21) * page;
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    let start = boot + num(19) / ticks;
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()) as f64;
+    let sub = reg.sub_registry_with_prefix("process");
+    let cpu_c = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+    cpu_c.inc_by(cpu);
+    sub.register(
+        "cpu_seconds",
+        "User and system CPU time of the agent",
+        cpu_c,
+    );
+    for (name, help, v) in [
+        ("resident_memory_bytes", "Resident memory of the agent", rss),
+        (
+            "start_time_seconds",
+            "When the agent started, in seconds since the epoch",
+            start,
+        ),
+        ("open_fds", "Open file descriptors of the agent", fds),
+    ] {
+        let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        g.set(v);
+        sub.register(name, help, g);
+    }
 }
 
 /// The classic Prometheus text format (version 0.0.4) of an OpenMetrics `text`: a counter's

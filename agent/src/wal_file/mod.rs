@@ -231,6 +231,13 @@ pub fn recover(dir: &Path, repair: bool) -> Result<Recovered, RecoverError> {
     Ok(out)
 }
 
+/// How long writing one batch of log records into the segment took (before any fsync).
+pub static WRITE_SECONDS: std::sync::LazyLock<prometheus_client::metrics::histogram::Histogram> =
+    std::sync::LazyLock::new(crate::api_metrics::latency_histogram);
+/// How long each fsync of the log took.
+pub static FSYNC_SECONDS: std::sync::LazyLock<prometheus_client::metrics::histogram::Histogram> =
+    std::sync::LazyLock::new(crate::api_metrics::latency_histogram);
+
 mod writer;
 pub use self::writer::{Report, Writer, encode_snapshot, write_snapshot_file};
 

@@ -246,13 +246,17 @@ pub(super) fn write_batch(
     for r in records {
         wal::encode(r, buf);
     }
+    let start = std::time::Instant::now();
     if let Err(e) = seg.file.write_all(buf) {
         let _ = seg.file.set_len(seg.len);
         return Err(e);
     }
+    super::WRITE_SECONDS.observe(start.elapsed().as_secs_f64());
     seg.len += buf.len() as u64;
     if sync {
+        let start = std::time::Instant::now();
         seg.file.sync_data()?;
+        super::FSYNC_SECONDS.observe(start.elapsed().as_secs_f64());
     }
     Ok(())
 }
