@@ -118,6 +118,8 @@ pub struct MetricsReport {
     pub leading: bool,
     /// Whether the store log cannot be written (the node takes no writes until it can).
     pub storage_failed: bool,
+    /// What anti-entropy has done.
+    pub sync: store::SyncStats,
 }
 
 /// Requests to the driver task.
@@ -477,6 +479,7 @@ impl Driver {
             catching_up: store.catching_up().is_some(),
             leading: self.node.leading().is_some(),
             storage_failed: store.log_failure().is_some(),
+            sync: store.sync_stats(),
         }
     }
 

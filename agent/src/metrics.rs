@@ -119,6 +119,33 @@ pub fn render(report: &MetricsReport) -> String {
         c.inc_by(v);
         reg.register(name, help, c);
     }
+    let sync = report.sync;
+    for (name, help, v) in [
+        (
+            "anti_entropy_rounds",
+            "Anti-entropy rounds begun (digests sent; catch-up rounds included)",
+            sync.rounds,
+        ),
+        (
+            "anti_entropy_entries_sent",
+            "Entries sent to peers that lacked them or held older versions",
+            sync.entries_sent,
+        ),
+        (
+            "anti_entropy_sent_bytes",
+            "Key and value bytes of those entries",
+            sync.bytes_sent,
+        ),
+        (
+            "anti_entropy_keys_repaired",
+            "Entries received by anti-entropy that changed this replica (it lacked them or held older)",
+            sync.keys_repaired,
+        ),
+    ] {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        reg.register(name, help, c);
+    }
     let reconnects = Counter::<u64>::default();
     reconnects.inc_by(report.store_reconnects_stalled);
     reg.register(

@@ -11,8 +11,27 @@ use crate::replica::{BUCKETS, bucket_of};
 use membership::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// What anti-entropy has done on this node, for metrics: repairs show replicas that had drifted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Digests sent (each begins a round with one peer; catch-up rounds included).
+    pub rounds: u64,
+    /// Entries sent to peers that lacked them or held older versions.
+    pub entries_sent: u64,
+    /// Bytes of those entries (keys and values).
+    pub bytes_sent: u64,
+    /// Entries received by anti-entropy that changed this replica (a key it lacked or held older).
+    pub keys_repaired: u64,
+}
+
 impl StoreCore {
+    /// What anti-entropy has done so far (see [`SyncStats`]).
+    pub fn sync_stats(&self) -> SyncStats {
+        self.sync_stats
+    }
+
     pub(crate) fn send_digest(&mut self, to: NodeId, round: u64) {
+        self.sync_stats.rounds += 1;
         let stores = self
             .replica
             .store_names()
@@ -158,6 +177,9 @@ impl StoreCore {
         let mut bytes = 0usize;
         for (k, e) in entries {
             let size = k.len() + e.value.as_ref().map_or(0, |v| v.len()) + 64;
+            self.sync_stats.entries_sent += 1;
+            self.sync_stats.bytes_sent +=
+                (k.len() + e.value.as_ref().map_or(0, |v| v.len())) as u64;
             if !chunk.is_empty() && bytes + size > self.cfg.sync_chunk_bytes {
                 let msg = StoreMsg::Entries {
                     store: store.into(),

@@ -59,6 +59,7 @@ pub struct StoreCore {
     pub(crate) faults: BTreeSet<Fault>,
     pub(crate) log: LogState,
     pub(crate) catch_up: Option<CatchUp>,
+    pub(crate) sync_stats: crate::anti_entropy::SyncStats,
 }
 
 impl StoreCore {
@@ -88,6 +89,7 @@ impl StoreCore {
                 ..LogState::default()
             },
             catch_up: None,
+            sync_stats: Default::default(),
             cfg,
         };
         let every = core.cfg.anti_entropy_every;
@@ -271,7 +273,9 @@ impl StoreCore {
                 for (k, e) in entries {
                     if check_key(&k).is_ok() {
                         self.hlc.observe(e.version.ts);
-                        self.apply_logged(&store, &k, e);
+                        if self.apply_logged(&store, &k, e) {
+                            self.sync_stats.keys_repaired += 1;
+                        }
                         self.fetched(&store, &k);
                     }
                 }

@@ -20,6 +20,7 @@ pub mod replica;
 pub mod request;
 pub mod wal;
 
+pub use crate::anti_entropy::SyncStats;
 pub use crate::catch_up::CatchUpStatus;
 pub use crate::config::{Fsync, MinorityReads, StoreConfig, StoreSettings};
 pub use crate::core::StoreCore;

@@ -472,6 +472,7 @@ fn local_writes_on_both_sides_converge_after_heal() {
             assert!(net.call(*node, req).is_ok());
         }
     }
+    let before: Vec<store::SyncStats> = net.nodes.iter().map(|n| n.sync_stats()).collect();
     net.cut.clear();
     net.run_for(Duration::from_secs(30));
     let first = net.nodes[0].replica().store("fast").unwrap().clone();
@@ -482,6 +483,20 @@ fn local_writes_on_both_sides_converge_after_heal() {
             "replica {i} differs after heal"
         );
     }
+    // The repairs show in the anti-entropy counters (the metrics an operator watches).
+    let after: Vec<store::SyncStats> = net.nodes.iter().map(|n| n.sync_stats()).collect();
+    let repaired: u64 = (0..4)
+        .map(|i| after[i].keys_repaired - before[i].keys_repaired)
+        .sum();
+    let sent: u64 = (0..4)
+        .map(|i| after[i].entries_sent - before[i].entries_sent)
+        .sum();
+    assert!(repaired > 0 && sent >= repaired, "{before:?} -> {after:?}");
+    assert!(after.iter().all(|s| s.rounds > 0), "{after:?}");
+    assert!(
+        after.iter().map(|s| s.bytes_sent).sum::<u64>() > 0,
+        "{after:?}"
+    );
 }
 
 fn local_get(key: &str) -> Request {
