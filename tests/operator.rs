@@ -476,3 +476,43 @@ fn members_that_count_quorum_differently_are_warned_about_on_both_and_shown_in_s
     let s = lab.status(b).expect("status");
     assert_eq!(s["quorum"]["disagreeing_members"]["a"], "2/2", "{s}");
 }
+
+#[test]
+fn force_leave_reports_a_dead_member_left_everywhere_and_refuses_a_live_one() {
+    let mut lab = lab_or_skip!(3);
+    let agents = lab.start_cluster(3);
+    let (n1, n2, n3) = (agents[0], agents[1], agents[2]);
+    // A live member cannot be forced out.
+    let (code, _, err) = lab.cli(n1, "force-leave", &["n2"]);
+    assert_ne!(code, 0, "n2 is alive");
+    assert!(err.contains("not failed"), "{err}");
+    let (code, _, err) = lab.cli(n1, "force-leave", &["nobody"]);
+    assert_eq!(code, 3, "{err}");
+    lab.kill9(n3);
+    lab.wait_for(std::time::Duration::from_secs(20), "n3 failed on n1", |l| {
+        l.state_of(n1, "n3").as_deref() == Some("failed")
+    });
+    let (code, out, err) = lab.cli(n1, "force-leave", &["n3"]);
+    assert_eq!(code, 0, "{out}{err}");
+    lab.wait_for(
+        std::time::Duration::from_secs(10),
+        "every survivor reports n3 left",
+        |l| {
+            [n1, n2]
+                .iter()
+                .all(|a| l.state_of(*a, "n3").as_deref() == Some("left"))
+        },
+    );
+    let s = lab.status(n2).expect("status");
+    assert!(
+        !s["unreachable"].to_string().contains("n3"),
+        "a member that left is not unreachable: {s}"
+    );
+    // If it comes back after all, it is a member again.
+    lab.restart(n3);
+    lab.wait_for(
+        std::time::Duration::from_secs(20),
+        "n3 back, alive everywhere",
+        |l| l.all_alive(&[n1, n2, n3], &["n1", "n2", "n3"]),
+    );
+}

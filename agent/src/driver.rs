@@ -137,6 +137,8 @@ pub enum Command {
     SetSeeds(Vec<String>),
     /// Announce this node to these addresses now (`chorus join`).
     Join(Vec<SocketAddr>),
+    /// Mark the failed member with this name (or id) left now (`chorus force-leave`).
+    ForceLeave(String, oneshot::Sender<Result<String, String>>),
     /// A key/value request.
     Kv(Request, oneshot::Sender<Result<Reply, StoreError>>),
     /// A request on the strong keyspace.
@@ -229,6 +231,12 @@ impl Handle {
     /// Announces this node to `addrs` now, as to a seed (`POST /v1/join`).
     pub async fn join(&self, addrs: Vec<SocketAddr>) -> Result<(), Gone> {
         self.tx.send(Command::Join(addrs)).await.map_err(|_| Gone)
+    }
+
+    /// Marks the failed member named (or with the id) `who` left on every node now; its id, or
+    /// why not.
+    pub async fn force_leave(&self, who: String) -> Result<Result<String, String>, Gone> {
+        self.ask(|tx| Command::ForceLeave(who, tx)).await
     }
 
     /// Subscribes to events as they happen (each as JSON, with its `seq`).
@@ -372,6 +380,9 @@ impl Driver {
                             self.node.announce_to(self.clock.now(), self.wall_ms(), a);
                         }
                     }
+                    Some(Command::ForceLeave(who, tx)) => {
+                        let _ = tx.send(self.force_leave(&who));
+                    }
                     Some(Command::Status(tx)) => { let _ = tx.send(self.status()); }
                     Some(Command::Members(tx)) => { let _ = tx.send(self.node.membership().members()); }
                     Some(Command::Snapshot(tx)) => {
@@ -444,6 +455,40 @@ impl Driver {
             }
         }
         resolver.abort();
+    }
+
+    /// Marks the failed member named (or with the id) `who` left; its id, or why not.
+    fn force_leave(&mut self, who: &str) -> Result<String, String> {
+        let matches: Vec<MemberView> = self
+            .node
+            .membership()
+            .members()
+            .into_iter()
+            .filter(|m| !m.is_self && (m.name == who || m.id.to_string() == who))
+            .collect();
+        // Of several members with that name (a node replaced under its old name), the failed one.
+        let target = match matches.as_slice() {
+            [] => return Err(format!("no member named {who:?}")),
+            [one] => one.clone(),
+            many => match many
+                .iter()
+                .filter(|m| m.state == MemberState::Failed)
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
+                [one] => (*one).clone(),
+                _ => {
+                    return Err(format!(
+                        "{} members are named {who:?}: give the id (chorus members)",
+                        many.len()
+                    ));
+                }
+            },
+        };
+        let now = self.clock.now();
+        self.node.membership_mut().force_leave(now, target.id)?;
+        info!(name = %target.name, id = %target.id, "forced a failed member to leave");
+        Ok(target.id.to_string())
     }
 
     fn metrics(&self) -> MetricsReport {

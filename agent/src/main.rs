@@ -38,6 +38,14 @@ enum Cmd {
         /// HOST:PORT of another agent's gossip port.
         addr: String,
     },
+    /// Report a failed member `left` on every node now, instead of after 24 hours as failed
+    /// (a node that is gone for good).
+    ForceLeave {
+        #[command(flatten)]
+        c: ClientArgs,
+        /// The member's name (or id, from `chorus members`).
+        name: String,
+    },
     /// Print a new random cluster key (base64) for `cluster.key`.
     Keygen,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -300,6 +308,19 @@ fn main() -> ExitCode {
         Cmd::Bench(b) => bench(b),
         Cmd::Snapshot(s) => snapshot(s),
         Cmd::Join { c, addr } => join(&c, &addr),
+        Cmd::ForceLeave { c, name } => {
+            let path = format!("/v1/force-leave?name={}", cli::encode_segment(&name));
+            match Client::new(&c.api).call("POST", &path, Some(Vec::new())) {
+                Ok(_) => {
+                    println!("{name} is reported left on every node");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             // Into a buffer first: a closed pipe (`| head`) is not a panic.

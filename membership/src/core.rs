@@ -390,6 +390,52 @@ impl Membership {
         self.after_input();
     }
 
+    /// Marks failed member `id` as left on every node now, instead of after its 24 hours as
+    /// failed (`chorus force-leave`): publishes its last metadata record with `leaving` set and a
+    /// newer version, pushed to every member and broadcast, exactly as its own graceful leave
+    /// would have. A member that is not failed is refused (it would refute the record at once,
+    /// and an operator who meant another node should hear so). If the node comes back, its own
+    /// newer record wins. Errors say why, and change nothing.
+    pub fn force_leave(&mut self, now: Duration, id: NodeId) -> Result<(), String> {
+        self.advance(now);
+        let Some(m) = self
+            .members()
+            .into_iter()
+            .find(|m| m.id == id && !m.is_self)
+        else {
+            return Err(format!("{id} is not a member this node knows"));
+        };
+        if m.state != MemberState::Failed {
+            return Err(format!(
+                "{} ({id}) is {}, not failed: only a failed member can be forced to leave \
+                 (a running one leaves with `chorus leave` there)",
+                m.name,
+                m.state.name()
+            ));
+        }
+        let Some(mut record) = self.table().get(id).cloned() else {
+            return Err(format!("no metadata record of {id} to mark"));
+        };
+        record.leaving = true;
+        record.version += 1;
+        self.broadcasts.accept(record.clone());
+        let msg = MetaMsg::Records {
+            records: vec![record.clone()],
+            want: vec![],
+        };
+        let payload = postcard::to_stdvec(&msg).expect("encode meta");
+        let targets: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+        for addr in targets {
+            self.push_transmit(Destination::Unicast(addr), Channel::Meta, &payload);
+        }
+        if let Err(e) = self.foca.add_broadcast(&record.encode()) {
+            warn!(error = %e, "add_broadcast");
+        }
+        self.drain_foca();
+        self.after_input();
+        Ok(())
+    }
+
     /// True once the leave has been announced to the SWIM layer.
     pub fn has_left(&self) -> bool {
         self.left_swim
