@@ -176,6 +176,9 @@ assert byname['chorus_storage_failed'].samples[0].value == 0
 assert byname['chorus_process_resident_memory_bytes'].samples[0].value > 1e6
 assert byname['chorus_process_open_fds'].samples[0].value > 3
 assert byname['chorus_process_start_time_seconds'].samples[0].value > 1.7e9
+writes = [x for x in byname['chorus_store_request_seconds'].samples if x.name.endswith('_count')
+          and x.labels == {'op': 'write', 'outcome': 'ok'}]
+assert writes and writes[0].value >= 1, byname['chorus_store_request_seconds'].samples[-3:]
 for h in ['chorus_log_write_seconds', 'chorus_log_fsync_seconds']:
     counts = [x.value for x in byname[h].samples if x.name.endswith('_count')]
     assert counts and counts[0] >= 1, (h, byname[h].samples[-3:])

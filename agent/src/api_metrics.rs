@@ -22,15 +22,33 @@ struct ApiLabel {
     status: String,
 }
 
-type Durations = Family<ApiLabel, Histogram, fn() -> Histogram>;
+/// Latency histograms by a label set, all with the same buckets.
+type Latencies<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// 0.25 ms to about 8 s, doubling: the buckets of every latency histogram the agent exports.
 pub fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
 }
 
-static DURATIONS: LazyLock<Durations> =
+static DURATIONS: LazyLock<Latencies<ApiLabel>> =
     LazyLock::new(|| Family::new_with_constructor(latency_histogram as fn() -> Histogram));
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabel {
+    op: &'static str,
+    outcome: &'static str,
+}
+
+static STORE: LazyLock<Latencies<StoreLabel>> =
+    LazyLock::new(|| Family::new_with_constructor(latency_histogram as fn() -> Histogram));
+
+/// Records a key/value request's time in the node, from its arrival to its reply (for a quorum
+/// request, its quorum rounds), by `op` (read, write) and `outcome` (ok or the error code).
+pub fn observe_store(op: &'static str, outcome: &'static str, took: std::time::Duration) {
+    STORE
+        .get_or_create(&StoreLabel { op, outcome })
+        .observe(took.as_secs_f64());
+}
 
 /// Times a request (the middleware the router runs every request through).
 pub async fn record(req: Request, next: Next) -> Response {
@@ -58,6 +76,11 @@ pub fn register(reg: &mut Registry) {
         "api_request_duration_seconds",
         "HTTP API request durations (to the answer's headers), by route, method and status",
         DURATIONS.clone(),
+    );
+    reg.register(
+        "store_request_seconds",
+        "Key/value requests in the node, from arrival to reply (quorum rounds for quorum requests), by op and outcome",
+        STORE.clone(),
     );
     reg.register(
         "log_write_seconds",

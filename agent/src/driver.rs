@@ -279,7 +279,15 @@ pub struct Driver {
     events: broadcast::Sender<Arc<serde_json::Value>>,
     send_errors: u64,
     io: StoreIo,
-    pending: BTreeMap<u64, oneshot::Sender<Result<Reply, StoreError>>>,
+    /// Key/value requests waiting for their reply: where to send it, when it came, read or write.
+    pending: BTreeMap<
+        u64,
+        (
+            oneshot::Sender<Result<Reply, StoreError>>,
+            Instant,
+            &'static str,
+        ),
+    >,
     pending_strong: BTreeMap<u64, oneshot::Sender<StrongResult>>,
     next_token: u64,
     event_log: crate::events::EventLog,
@@ -394,7 +402,8 @@ impl Driver {
                     Some(Command::Kv(req, tx)) => {
                         let token = self.next_token;
                         self.next_token += 1;
-                        self.pending.insert(token, tx);
+                        let op = if matches!(req, Request::Get { .. }) { "read" } else { "write" };
+                        self.pending.insert(token, (tx, Instant::now(), op));
                         self.node.handle_request(self.clock.now(), self.wall_ms(), token, req);
                     }
                     Some(Command::Strong(req, tx)) => {
@@ -607,7 +616,9 @@ impl Driver {
                     self.io.log.snapshot(through, records)
                 }
                 Output::Reply { token, result } => {
-                    if let Some(tx) = self.pending.remove(&token) {
+                    if let Some((tx, since, op)) = self.pending.remove(&token) {
+                        let outcome = result.as_ref().map_or_else(|e| e.code(), |_| "ok");
+                        crate::api_metrics::observe_store(op, outcome, since.elapsed());
                         let _ = tx.send(result);
                     }
                 }
