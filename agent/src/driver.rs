@@ -122,6 +122,13 @@ pub struct MetricsReport {
     pub sync: store::SyncStats,
 }
 
+/// A key/value request waiting for its reply: where to send it, when it came, read or write.
+type PendingKv = (
+    oneshot::Sender<Result<Reply, StoreError>>,
+    Instant,
+    &'static str,
+);
+
 /// Requests to the driver task.
 #[derive(Debug)]
 pub enum Command {
@@ -279,15 +286,8 @@ pub struct Driver {
     events: broadcast::Sender<Arc<serde_json::Value>>,
     send_errors: u64,
     io: StoreIo,
-    /// Key/value requests waiting for their reply: where to send it, when it came, read or write.
-    pending: BTreeMap<
-        u64,
-        (
-            oneshot::Sender<Result<Reply, StoreError>>,
-            Instant,
-            &'static str,
-        ),
-    >,
+    /// Key/value requests waiting for their reply.
+    pending: BTreeMap<u64, PendingKv>,
     pending_strong: BTreeMap<u64, oneshot::Sender<StrongResult>>,
     next_token: u64,
     event_log: crate::events::EventLog,
