@@ -299,18 +299,26 @@ fn a_holder_cut_off_in_a_minority_stops_its_command_before_the_majority_starts_o
     lab.heal();
 }
 
-#[test]
-fn a_new_leader_with_a_higher_token_follows_kill_9_of_the_leader_within_ttl_plus_1s() {
-    let mut lab = lab_or_skip!(5);
+/// Five agents n1..n5, every one a candidate for the cluster leader with a 3 s lease and
+/// `lock_delay`; waits until every one lists all alive.
+fn start_candidates(lab: &mut Lab, lock_delay: &str) -> Vec<usize> {
     let agents: Vec<usize> = (0..5)
         .map(|i| {
             let mut spec = support::AgentSpec::new(&format!("n{}", i + 1), 5);
-            spec.extra_toml =
-                "[leader]\ncandidate = true\nttl = \"3s\"\nlock_delay = \"0s\"\n".into();
+            spec.extra_toml = format!(
+                "[leader]\ncandidate = true\nttl = \"3s\"\nlock_delay = \"{lock_delay}\"\n"
+            );
             lab.start(i, spec)
         })
         .collect();
     lab.wait_whole(&agents);
+    agents
+}
+
+#[test]
+fn a_new_leader_with_a_higher_token_follows_kill_9_of_the_leader_within_ttl_plus_1s() {
+    let mut lab = lab_or_skip!(5);
+    let _agents = start_candidates(&mut lab, "0s");
     let leader_of = |l: &Lab, a: usize| {
         let (code, v) = l.http(a, "GET", "/v1/leader");
         (code == 200)
@@ -622,15 +630,7 @@ fn a_session_renews_all_its_locks_at_once_and_its_locks_go_when_it_lapses_or_is_
 #[test]
 fn a_cluster_leader_cut_off_in_a_minority_steps_down_and_after_the_heal_there_is_one_leader() {
     let mut lab = lab_or_skip!(5);
-    let agents: Vec<usize> = (0..5)
-        .map(|i| {
-            let mut spec = support::AgentSpec::new(&format!("n{}", i + 1), 5);
-            spec.extra_toml =
-                "[leader]\ncandidate = true\nttl = \"3s\"\nlock_delay = \"1s\"\n".into();
-            lab.start(i, spec)
-        })
-        .collect();
-    lab.wait_whole(&agents);
+    let _agents = start_candidates(&mut lab, "1s");
     let leading = |l: &Lab| -> Vec<usize> {
         (0..5)
             .filter(|a| l.status(*a).is_some_and(|s| s["leader"]["leading"] == true))
