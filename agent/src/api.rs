@@ -113,7 +113,12 @@ impl IntoResponse for ApiError {
 static MAX_VALUE_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The API router over a driver handle; request bodies are capped just above `max_value_bytes`.
-pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
+/// Every request passes `tokens` first (see [`crate::auth`]).
+pub fn router(
+    handle: Handle,
+    max_value_bytes: usize,
+    tokens: std::sync::Arc<crate::auth::Tokens>,
+) -> Router {
     MAX_VALUE_BYTES.store(max_value_bytes, std::sync::atomic::Ordering::Relaxed);
     Router::new()
         .route("/v1/kv/{store}", get(kv_list))
@@ -177,9 +182,26 @@ pub fn router(handle: Handle, max_value_bytes: usize) -> Router {
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/members", get(members))
         .route("/v1/health", get(health))
+        .route("/v1/keyring", get(crate::keyring_api::list))
+        .route(
+            "/v1/keyring/install",
+            axum::routing::post(crate::keyring_api::install),
+        )
+        .route(
+            "/v1/keyring/use",
+            axum::routing::post(crate::keyring_api::use_key),
+        )
+        .route(
+            "/v1/keyring/remove",
+            axum::routing::post(crate::keyring_api::remove),
+        )
         .route("/metrics", get(prometheus))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            tokens,
+            crate::auth::guard,
+        ))
         .layer(axum::middleware::from_fn(crate::api_metrics::record))
         .layer(axum::Extension(Limits { max_value_bytes }))
         .with_state(handle)

@@ -7,11 +7,23 @@ use std::path::{Path, PathBuf};
 /// Writes `bytes` to `path` whole or not at all: a temporary file beside it, fsynced, renamed over
 /// `path`, then the directory fsynced so that the new name itself survives a power loss.
 pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace_with_mode(path, bytes, 0o644)
+}
+
+/// [`replace`], the file created with `mode` (before the umask) from the start, so a secret is
+/// never readable by others, not even for a moment.
+pub fn replace_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }

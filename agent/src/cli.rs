@@ -44,9 +44,45 @@ impl CliError {
                 "indeterminate" => 5,
                 "bad_request" | "too_large" => 6,
                 "conflict" | "stale_token" => 7,
+                "token_missing" | "token_invalid" | "forbidden" => 8,
                 _ => 1,
             },
         }
+    }
+}
+
+/// How this process authenticates to agents: the `Authorization` header value, set once at start.
+static AUTH: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Sets the token every request of this process sends: from `token_file` (`--token-file`,
+/// `CHORUS_TOKEN_FILE`), else `token` (`CHORUS_TOKEN`). An unreadable file is an error that
+/// names it.
+pub fn set_token(
+    token_file: Option<&std::path::Path>,
+    token: Option<String>,
+) -> Result<(), String> {
+    let secret = match (token_file, token) {
+        (Some(f), _) => Some(
+            String::from_utf8(crate::auth::read_token(f)?.0)
+                .map_err(|_| format!("the token in {} is not text", f.display()))?,
+        ),
+        (None, Some(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        _ => None,
+    };
+    let _ = AUTH.set(secret.map(|t| format!("Bearer {t}")));
+    Ok(())
+}
+
+/// The `Authorization` header value to send, if a token was given.
+pub fn authorization() -> Option<&'static str> {
+    AUTH.get().and_then(|a| a.as_deref())
+}
+
+/// `req` with the `Authorization` header, if a token was given.
+pub fn authorize<B>(req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+    match authorization() {
+        Some(a) => req.header("authorization", a),
+        None => req,
     }
 }
 
@@ -116,27 +152,33 @@ impl Client {
         };
         let mut resp = match (method, body) {
             ("PUT", Some(b)) => {
-                let mut req = self.agent.put(&url);
+                let mut req = authorize(self.agent.put(&url));
                 for (k, v) in headers {
                     req = req.header(*k, v.as_str());
                 }
                 req.send(&b[..]).map_err(no_agent)?
             }
             ("POST", b) => {
-                let mut req = self.agent.post(&url);
+                let mut req = authorize(self.agent.post(&url));
                 for (k, v) in headers {
                     req = req.header(*k, v.as_str());
                 }
                 req.send(&b.unwrap_or_default()[..]).map_err(no_agent)?
             }
             ("DELETE", _) => {
-                let mut req = self.agent.delete(&url);
+                let mut req = authorize(self.agent.delete(&url));
                 for (k, v) in headers {
                     req = req.header(*k, v.as_str());
                 }
                 req.call().map_err(no_agent)?
             }
-            _ => self.agent.get(&url).call().map_err(no_agent)?,
+            _ => {
+                let mut req = authorize(self.agent.get(&url));
+                for (k, v) in headers {
+                    req = req.header(*k, v.as_str());
+                }
+                req.call().map_err(no_agent)?
+            }
         };
         let status = resp.status().as_u16();
         let header = |name: &str| {
@@ -172,9 +214,7 @@ impl Client {
 
     /// GETs `path` and returns the JSON body, or the API's error.
     pub fn get_json(&self, path: &str) -> Result<Value, CliError> {
-        let mut resp = self
-            .agent
-            .get(format!("{}{}", self.base, path))
+        let mut resp = authorize(self.agent.get(format!("{}{}", self.base, path)))
             .call()
             .map_err(|e| CliError::NoAgent {
                 api: self.api.clone(),

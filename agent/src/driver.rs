@@ -102,6 +102,10 @@ pub struct MetricsReport {
     pub store_frames: [u64; 4],
     /// Store connections replaced because they stalled in retransmission.
     pub store_reconnects_stalled: u64,
+    /// Store frames rejected, by reason.
+    pub store_rejected_by: Vec<(DropReason, u64)>,
+    /// This node's keys: datagrams and frames opened under each, primary first.
+    pub keys: Vec<membership::KeyInfo>,
     /// Store: entries held over all stores (tombstones included) and operations in flight.
     pub store_entries: u64,
     /// Quorum operations waiting for answers.
@@ -154,7 +158,14 @@ pub enum Command {
     Snapshot(oneshot::Sender<Backup>),
     /// The buffered events after a sequence number.
     Events(u64, oneshot::Sender<crate::events::Backlog>),
+    /// A cluster-wide keyring operation.
+    Keyring(membership::KeyringOp, oneshot::Sender<KeyringResult>),
+    /// This node's keyring.
+    KeyringList(oneshot::Sender<Vec<membership::KeyInfo>>),
 }
+
+/// The answer to a keyring operation.
+pub type KeyringResult = Result<node::KeyringReport, membership::KeyringError>;
 
 /// The answer to a strong-keyspace request.
 pub type StrongResult = Result<coord::Outcome, coord::CoordError>;
@@ -246,6 +257,16 @@ impl Handle {
         self.ask(|tx| Command::ForceLeave(who, tx)).await
     }
 
+    /// Runs a keyring operation on every live member.
+    pub async fn keyring(&self, op: membership::KeyringOp) -> Result<KeyringResult, Gone> {
+        self.ask(|tx| Command::Keyring(op, tx)).await
+    }
+
+    /// This node's keyring, primary first, with packets opened per key.
+    pub async fn keyring_list(&self) -> Result<Vec<membership::KeyInfo>, Gone> {
+        self.ask(Command::KeyringList).await
+    }
+
     /// Subscribes to events as they happen (each as JSON, with its `seq`).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<serde_json::Value>> {
         self.events.subscribe()
@@ -271,6 +292,8 @@ pub struct StoreIo {
     pub log_reports: mpsc::UnboundedReceiver<crate::wal_file::Report>,
     /// The log's directory (where the catch-up marker lives).
     pub log_dir: std::path::PathBuf,
+    /// The data directory (where the keyring is persisted).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Everything the driver task owns: the node, and the sockets, files and timers that execute
@@ -289,6 +312,7 @@ pub struct Driver {
     /// Key/value requests waiting for their reply.
     pending: BTreeMap<u64, PendingKv>,
     pending_strong: BTreeMap<u64, oneshot::Sender<StrongResult>>,
+    pending_keyring: BTreeMap<u64, oneshot::Sender<KeyringResult>>,
     next_token: u64,
     event_log: crate::events::EventLog,
     events_by_type: BTreeMap<&'static str, u64>,
@@ -327,6 +351,7 @@ impl Driver {
             io,
             pending: BTreeMap::new(),
             pending_strong: BTreeMap::new(),
+            pending_keyring: BTreeMap::new(),
             event_log: crate::events::EventLog::default(),
             events_by_type: BTreeMap::new(),
             next_token: 1,
@@ -413,6 +438,15 @@ impl Driver {
                         self.node.handle_strong_request(self.clock.now(), self.wall_ms(), token, req);
                     }
                     Some(Command::Events(since, tx)) => { let _ = tx.send(self.event_log.since(since)); }
+                    Some(Command::Keyring(op, tx)) => {
+                        let token = self.next_token;
+                        self.next_token += 1;
+                        self.pending_keyring.insert(token, tx);
+                        self.node.handle_keyring(self.clock.now(), self.wall_ms(), token, op);
+                    }
+                    Some(Command::KeyringList(tx)) => {
+                        let _ = tx.send(self.node.membership().sealer().keyring().list());
+                    }
                     Some(Command::Metrics(tx)) => { let _ = tx.send(self.metrics()); }
                 },
                 r = self.gossip.recv_from(&mut buf) => match r {
@@ -517,6 +551,8 @@ impl Driver {
                 get(&t.send_dropped) + self.node.hold_stats().dropped,
             ],
             store_reconnects_stalled: get(&t.reconnects_stalled),
+            store_rejected_by: t.rejected_by_reason(),
+            keys: m.sealer().keyring().list(),
             store_entries: store.entries() as u64,
             store_in_flight: store.in_flight() as u64,
             events: self.events_by_type.clone(),
@@ -649,6 +685,25 @@ impl Driver {
                         "this node may have lost acknowledged writes: it takes no part in quorum votes until \
                          peers holding a quorum of votes have brought it up to date"
                     );
+                }
+                Output::PersistKeyring(keys) => {
+                    match crate::keyring_file::store(&self.io.data_dir, &keys) {
+                        Ok(()) => info!(
+                            primary = %keys[0].id(),
+                            keys = keys.len(),
+                            "keyring changed and persisted"
+                        ),
+                        Err(e) => {
+                            error!(error = %e, file = %crate::keyring_file::path(&self.io.data_dir).display(),
+                            "cannot persist the keyring: it is in effect now, but a restart would \
+                             start from the previous one")
+                        }
+                    }
+                }
+                Output::KeyringReply { token, result } => {
+                    if let Some(tx) = self.pending_keyring.remove(&token) {
+                        let _ = tx.send(result);
+                    }
                 }
                 Output::CaughtUp => {
                     if let Err(e) = crate::wal_file::clear_lost(&self.io.log_dir) {

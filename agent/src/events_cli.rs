@@ -130,7 +130,7 @@ pub fn follow_lines<S>(
         .into();
     let mut warned = false;
     loop {
-        let mut req = agent.get(url);
+        let mut req = crate::cli::authorize(agent.get(url));
         if let Some(l) = last_id(st) {
             req = req.header("last-event-id", l.to_string());
         }

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod api_metrics;
 pub mod atomic_file;
+pub mod auth;
 pub mod backup;
 pub mod cli;
 pub mod config;
@@ -13,6 +14,9 @@ pub mod events;
 pub mod events_api;
 pub mod events_cli;
 pub mod handlers;
+pub mod keyring_api;
+pub mod keyring_cli;
+pub mod keyring_file;
 pub mod loadgen;
 pub mod lock_api;
 pub mod lock_cli;
@@ -71,6 +75,18 @@ pub async fn run(
         );
     }
 
+    if !config.api_bind.ip().is_loopback() {
+        if config.api_tokens.is_empty() {
+            warn!(api = %config.api_bind,
+                "api.bind is reachable beyond loopback and no [[api.tokens]] are configured: anyone who \
+                 can reach it can write any key and download the whole store (docs/security.md)");
+        } else if config.api_tls.is_none() {
+            warn!(api = %config.api_bind,
+                "api.bind is reachable beyond loopback without TLS: tokens and values cross the network \
+                 in clear; set api.tls_cert and api.tls_key (docs/security.md)");
+        }
+    }
+
     let signals = install_signals()?;
     let node_file = NodeFile::open_and_advance(&config.data_dir)
         .with_context(|| format!("opening node.data_dir {}", config.data_dir.display()))?;
@@ -106,7 +122,20 @@ pub async fn run(
     };
 
     let me = driver::identity(&node_file, advertise);
-    let mcfg = config.membership_config(api_advertised, beacon.is_some());
+    let mut mcfg = config.membership_config(api_advertised, beacon.is_some());
+    // A keyring changed through the API was persisted; it wins over the configured keys.
+    if let Some(ring) = keyring_file::load(&config.data_dir)? {
+        let configured = std::iter::once(&config.key).chain(&config.other_keys);
+        for k in configured.filter(|k| !ring.contains(k)) {
+            warn!(key = %k.id(), file = %keyring_file::path(&config.data_dir).display(),
+                "a configured cluster key is not in the persisted keyring, which is what this node uses \
+                 (a rotation retired it, or it was never installed): update the configuration, or \
+                 install it with `chorus keyring install`");
+        }
+        info!(primary = %ring[0].id(), keys = ring.len(), "keyring read from the data directory");
+        mcfg.key = ring[0].clone();
+        mcfg.other_keys = ring[1..].to_vec();
+    }
     let mut seed_bytes = [0u8; 8];
     rand::rngs::SysRng
         .try_fill_bytes(&mut seed_bytes)
@@ -121,15 +150,8 @@ pub async fn run(
     let store_listener = tokio::net::TcpListener::bind(bound)
         .await
         .with_context(|| format!("binding the store transport on TCP {bound}"))?;
-    let sealer = Arc::new(membership::Sealer::new(&config.cluster, &config.key));
     let tstats = Arc::new(TransportStats::default());
     let (frames_tx, frames_rx) = tokio::sync::mpsc::channel(4096);
-    tokio::spawn(transport::serve(
-        store_listener,
-        sealer.clone(),
-        frames_tx,
-        tstats.clone(),
-    ));
     let scfg = config.store_config();
     // The store log: read it back before serving anything; damage stops the start here.
     let log_dir = config.data_dir.join("store");
@@ -157,6 +179,14 @@ pub async fn run(
         clock.now().as_millis() as u64,
         disk,
     );
+    // One sealer, one keyring: the membership core's, shared with the stream transport.
+    let sealer = node.membership().sealer();
+    tokio::spawn(transport::serve(
+        store_listener,
+        sealer.clone(),
+        frames_tx,
+        tstats.clone(),
+    ));
     let (log_tx, log_reports) = tokio::sync::mpsc::unbounded_channel();
     let io = StoreIo {
         log: wal_file::Writer::start(log_dir.clone(), fsync, log_tx),
@@ -173,6 +203,7 @@ pub async fn run(
         ),
         frames: frames_rx,
         stats: tstats,
+        data_dir: config.data_dir.clone(),
     };
 
     let (mut driver, handle) = Driver::new(
@@ -196,7 +227,8 @@ pub async fn run(
     let driver_task = tokio::spawn(driver.run());
 
     let (stop_api_tx, stop_api_rx) = tokio::sync::oneshot::channel::<()>();
-    let app = api::router(handle.clone(), config.max_value_bytes);
+    let tokens = Arc::new(auth::Tokens::new(config.api_tokens.clone()));
+    let app = api::router(handle.clone(), config.max_value_bytes, tokens.clone());
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -210,6 +242,7 @@ pub async fn run(
     info!(api = %api_local, "ready");
 
     let reload = Reload {
+        tokens,
         handlers: reload_handlers,
         log: log_reload,
         config_path,
@@ -247,6 +280,7 @@ fn install_signals() -> anyhow::Result<Signals> {
 
 /// What a SIGHUP needs to reload the configuration.
 struct Reload {
+    tokens: Arc<auth::Tokens>,
     handlers: handlers::Reload,
     log: LogReload,
     config_path: Option<PathBuf>,
@@ -276,6 +310,9 @@ async fn wait_for_stop(signals: Signals, handle: &Handle, reload: &Reload, mut r
                             .iter()
                             .partition(|k| config::RELOADABLE.contains(k));
                         let _ = handle.set_seeds(c.seeds.clone()).await;
+                        // Token files are read again on every reload: a rotated token takes
+                        // effect without a restart.
+                        reload.tokens.set(c.api_tokens.clone());
                         let _ = reload.handlers.send(std::sync::Arc::new(c.handlers.clone()));
                         let mut log_error = None;
                         if changed.contains(&"log.level") && let Err(e) = (reload.log)(&c.log_level) {

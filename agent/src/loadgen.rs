@@ -172,18 +172,16 @@ fn client(
         };
         let t = Instant::now();
         let r = match spec.op.as_str() {
-            "get" | "strong-get" => agent.get(&url).call(),
+            "get" | "strong-get" => crate::cli::authorize(agent.get(&url)).call(),
             "cas" => match versions.get(&key) {
-                Some(v) => agent
-                    .put(&url)
+                Some(v) => crate::cli::authorize(agent.put(&url))
                     .header("if-match", v.to_string())
                     .send(&value[..]),
-                None => agent
-                    .put(&url)
+                None => crate::cli::authorize(agent.put(&url))
                     .header("if-none-match", "*")
                     .send(&value[..]),
             },
-            _ => agent.put(&url).send(&value[..]),
+            _ => crate::cli::authorize(agent.put(&url)).send(&value[..]),
         }
         .map(|mut r| (r.status().as_u16(), r.body_mut().read_to_vec().ok()));
         let failed = match r {

@@ -17,6 +17,10 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// A file holding the API token (its first line), for an agent with [[api.tokens]]; or set
+    /// CHORUS_TOKEN to the token itself.
+    #[arg(long, global = true, env = "CHORUS_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -48,6 +52,9 @@ enum Cmd {
     },
     /// Print a new random cluster key (base64) for `cluster.key`.
     Keygen,
+    /// The cluster keyring: rotate the key on a running cluster (install, use, remove).
+    #[command(subcommand)]
+    Keyring(agent::keyring_cli::KeyringCmd),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -275,7 +282,15 @@ struct ClientArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = cli::set_token(
+        cli.token_file.as_deref(),
+        std::env::var("CHORUS_TOKEN").ok(),
+    ) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match cli.cmd {
+        Cmd::Keyring(k) => agent::keyring_cli::run(k),
         Cmd::Agent(a) => run_agent(a),
         Cmd::Members(c) => client(&c, "/v1/members", cli::members_table),
         Cmd::Status(s) => match fetch(&s.c, "/v1/status", cli::status_text) {

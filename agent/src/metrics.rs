@@ -95,6 +95,39 @@ pub fn render(report: &MetricsReport) -> String {
         send_errors,
     );
 
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct KeyLabel {
+        key: String,
+        primary: String,
+    }
+    let opened = Family::<KeyLabel, Counter>::default();
+    for k in &report.keys {
+        opened
+            .get_or_create(&KeyLabel {
+                key: k.id.to_string(),
+                primary: k.primary.to_string(),
+            })
+            .inc_by(k.opened);
+    }
+    reg.register(
+        "packets_opened",
+        "Datagrams and store frames opened, by cluster key id (an old key that opens nothing more is unused)",
+        opened,
+    );
+    let by_reason = Family::<ReasonLabel, Counter>::default();
+    for (r, v) in &report.store_rejected_by {
+        by_reason
+            .get_or_create(&ReasonLabel {
+                reason: r.name().into(),
+            })
+            .inc_by(*v);
+    }
+    reg.register(
+        "store_frames_dropped",
+        "Store transport frames dropped, by reason (replay: a frame of another connection or out of sequence); the connection is closed",
+        by_reason,
+    );
+
     // One family per direction: a rate of "sent" and one of "received" are different things.
     let [sent, received, rejected, dropped] = report.store_frames;
     for (name, help, v) in [

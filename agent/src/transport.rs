@@ -1,9 +1,18 @@
 //! The stream transport for store traffic: TCP on the gossip port, one connection per peer.
 //!
 //! Values can be far larger than a datagram, so replica traffic goes over TCP. Each frame is a
-//! big-endian `u32` length followed by a sealed envelope (the same AEAD and cluster scoping as the
-//! datagrams), whose payload names the sending node and carries one store message. A frame that
-//! fails to open is dropped and counted, and the connection closed. Sending never blocks the core:
+//! big-endian `u32` length followed by a sealed envelope (the same AEAD, keyring and cluster
+//! scoping as the datagrams), whose payload names the sending node and carries one store message.
+//! A frame that fails to open is dropped and counted, and the connection closed.
+//!
+//! Replays: the accepting side opens every connection by sending a random 8-byte *challenge*;
+//! every frame on it carries that challenge and its sequence number on the connection (0, 1, 2,
+//! ...) inside the sealed payload. A frame captured from any other connection names another
+//! challenge, and one duplicated or reordered within a connection has the wrong sequence number:
+//! both are dropped as `replay` and the connection closed. This holds across restarts of either
+//! side (a challenge is never reused), so an acknowledgement can only ever be counted on the
+//! connection, and so for the operation, it was sent for. It costs the sender one read of 8 bytes
+//! per connection and 9-11 bytes per frame. Sending never blocks the core:
 //! each peer has a bounded queue drained by its own task, which connects on demand; when a queue
 //! is full or the peer unreachable, messages are dropped, which the store protocol tolerates
 //! (quorum rounds time out as `indeterminate`, anti-entropy repairs what pushes missed).
@@ -32,6 +41,9 @@ const QUEUE: usize = 4096;
 /// make the agent hold gigabytes of anti-entropy chunks.
 pub const MAX_QUEUED_BYTES: usize = 32 << 20;
 
+/// Bytes of the challenge that opens a connection.
+pub const CHALLENGE: usize = 8;
+
 /// One peer's queue: the sender and the bytes currently waiting in it.
 struct PeerQueue {
     tx: mpsc::Sender<Vec<u8>>,
@@ -41,6 +53,10 @@ struct PeerQueue {
 /// What travels inside a sealed frame.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Frame {
+    /// The challenge of the connection it was sent on.
+    pub conn: [u8; CHALLENGE],
+    /// Its sequence number on that connection.
+    pub seq: u64,
     /// The sending node.
     pub from: NodeId,
     /// The message.
@@ -54,12 +70,32 @@ pub struct TransportStats {
     pub frames_sent: AtomicU64,
     /// Frames received and opened.
     pub frames_received: AtomicU64,
-    /// Frames dropped because they failed to open or decode.
+    /// Frames dropped because they failed to open or decode, or were replays.
     pub frames_rejected: AtomicU64,
+    /// The same by reason, in the order of [`DropReason::ALL`].
+    pub rejected_by: [AtomicU64; DropReason::ALL.len()],
     /// Messages dropped because a peer's queue was full or it could not be reached.
     pub send_dropped: AtomicU64,
     /// Connections replaced because they were stalled in retransmission.
     pub reconnects_stalled: AtomicU64,
+}
+
+impl TransportStats {
+    fn reject(&self, reason: DropReason) {
+        self.frames_rejected.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = DropReason::ALL.iter().position(|r| *r == reason) {
+            self.rejected_by[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Frames rejected, by reason.
+    pub fn rejected_by_reason(&self) -> Vec<(DropReason, u64)> {
+        DropReason::ALL
+            .iter()
+            .zip(&self.rejected_by)
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+            .collect()
+    }
 }
 
 /// Sends store messages to peers by address.
@@ -102,16 +138,12 @@ impl Outbound {
         }
     }
 
-    /// Queues `msg` for the peer at `addr`, connecting if needed. Never blocks.
+    /// Queues `msg` for the peer at `addr`, connecting if needed. Never blocks. The message is
+    /// encoded here and sealed by the peer's writer, which knows the connection it goes on.
     pub fn send(&mut self, addr: SocketAddr, msg: PeerMsg) {
-        let payload = postcard::to_stdvec(&Frame { from: self.me, msg })
-            .expect("encoding a frame cannot fail");
-        let mut nonce = [0u8; 12];
-        if rand::rngs::SysRng.try_fill_bytes(&mut nonce).is_err() {
-            warn!("no OS randomness for a frame nonce; dropping the message");
-            return;
-        }
-        let sealed = self.sealer.seal(Channel::Store, nonce, &payload);
+        // The tail of a `Frame`: postcard encodes a struct as its fields one after another, so
+        // the writer puts the connection's challenge and sequence number in front.
+        let sealed = postcard::to_stdvec(&(self.me, msg)).expect("encoding a frame cannot fail");
         let q = self.peers.entry(addr).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
             let queued = Arc::new(AtomicUsize::new(0));
@@ -119,6 +151,7 @@ impl Outbound {
                 addr,
                 rx,
                 queued.clone(),
+                self.sealer.clone(),
                 self.stats.clone(),
                 self.connect_timeout,
             ));
@@ -205,6 +238,7 @@ async fn peer_writer(
     addr: SocketAddr,
     mut rx: mpsc::Receiver<Vec<u8>>,
     queued: Arc<AtomicUsize>,
+    sealer: Arc<Sealer>,
     stats: Arc<TransportStats>,
     connect_timeout: Duration,
 ) {
@@ -227,7 +261,14 @@ async fn peer_writer(
         // Messages queued before this attempt go if it fails; those queued during it get the
         // next attempt (a partition may heal meanwhile, and quorum rounds ask again anyway).
         let older = rx.len();
-        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+        let connected = tokio::time::timeout(connect_timeout, async {
+            let mut s = TcpStream::connect(addr).await?;
+            let mut challenge = [0u8; CHALLENGE];
+            s.read_exact(&mut challenge).await?;
+            std::io::Result::Ok((s, challenge))
+        })
+        .await;
+        let (stream, challenge) = match connected {
             Ok(Ok(s)) => s,
             _ => {
                 stats
@@ -256,8 +297,15 @@ async fn peer_writer(
             }
         };
         let mut next = Some(first);
+        let mut seq = 0u64;
         while let Some(frame) = next.take() {
-            if let Err(why) = guarded(fd, write_frame(&mut w, &frame)).await {
+            let Some(sealed) = seal_frame(&sealer, challenge, seq, &frame) else {
+                carry = Some(frame);
+                tokio::time::sleep(backoff).await;
+                continue 'outer;
+            };
+            seq += 1;
+            if let Err(why) = guarded(fd, write_frame(&mut w, &sealed)).await {
                 give_up(&w, why);
                 carry = Some(frame);
                 continue 'outer;
@@ -284,6 +332,23 @@ async fn peer_writer(
             };
         }
     }
+}
+
+/// Seals the encoded tail of a frame for the connection `challenge` as its `seq`th frame.
+fn seal_frame(
+    sealer: &Sealer,
+    challenge: [u8; CHALLENGE],
+    seq: u64,
+    tail: &[u8],
+) -> Option<Vec<u8>> {
+    let mut payload = postcard::to_stdvec(&(challenge, seq)).expect("encoding cannot fail");
+    payload.extend_from_slice(tail);
+    let mut nonce = [0u8; 12];
+    if rand::rngs::SysRng.try_fill_bytes(&mut nonce).is_err() {
+        warn!("no OS randomness for a frame nonce; the frame waits");
+        return None;
+    }
+    Some(sealer.seal(Channel::Store, nonce, &payload))
 }
 
 async fn write_frame(w: &mut BufWriter<TcpStream>, frame: &[u8]) -> std::io::Result<()> {
@@ -327,12 +392,21 @@ pub async fn serve(
 }
 
 async fn read_frames(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     sealer: Arc<Sealer>,
     tx: mpsc::Sender<Frame>,
     stats: Arc<TransportStats>,
 ) {
+    let mut challenge = [0u8; CHALLENGE];
+    if rand::rngs::SysRng.try_fill_bytes(&mut challenge).is_err() {
+        warn!(%peer, "no OS randomness for a connection challenge; closing the connection");
+        return;
+    }
+    if stream.write_all(&challenge).await.is_err() {
+        return;
+    }
+    let mut expected = 0u64;
     let mut r = BufReader::new(stream);
     let mut len = [0u8; 4];
     let mut buf = Vec::new();
@@ -343,18 +417,18 @@ async fn read_frames(
         let n = u32::from_be_bytes(len) as usize;
         if n > MAX_FRAME {
             debug!(%peer, n, "store frame too large; closing the connection");
-            stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
+            stats.reject(DropReason::Oversize);
             return;
         }
         buf.resize(n, 0);
         if r.read_exact(&mut buf).await.is_err() {
             return;
         }
-        let frame = match sealer.open_frame(&buf, MAX_FRAME) {
-            Ok(o) if o.channel == Channel::Store => {
-                postcard::from_bytes::<Frame>(&o.payload).map_err(|_| DropReason::Malformed)
+        let frame = match open(&sealer, &buf, challenge, expected) {
+            Ok(f) => {
+                expected += 1;
+                Ok(f)
             }
-            Ok(_) => Err(DropReason::BadChannel),
             Err(e) => Err(e),
         };
         match frame {
@@ -365,12 +439,36 @@ async fn read_frames(
                 }
             }
             Err(reason) => {
-                debug!(%peer, %reason, "store frame rejected; closing the connection");
-                stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
+                if reason == DropReason::Replay {
+                    // Only a holder of a cluster key can produce an authentic frame: a replay
+                    // is an attack or a broken network device, and worth a warning.
+                    warn!(%peer, "dropped a replayed store frame (another connection's, or out of sequence); closing the connection");
+                } else {
+                    debug!(%peer, %reason, "store frame rejected; closing the connection");
+                }
+                stats.reject(reason);
                 return;
             }
         }
     }
+}
+
+/// Opens one frame of the connection `challenge`, which must be its `expected`th.
+pub fn open(
+    sealer: &Sealer,
+    sealed: &[u8],
+    challenge: [u8; CHALLENGE],
+    expected: u64,
+) -> Result<Frame, DropReason> {
+    let o = sealer.open_frame(sealed, MAX_FRAME)?;
+    if o.channel != Channel::Store {
+        return Err(DropReason::BadChannel);
+    }
+    let f = postcard::from_bytes::<Frame>(&o.payload).map_err(|_| DropReason::Malformed)?;
+    if f.conn != challenge || f.seq != expected {
+        return Err(DropReason::Replay);
+    }
+    Ok(f)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Settings of the membership core: timing profile, cluster scope, quorum, discovery.
 
-use crate::envelope::ClusterKey;
+use crate::keyring::ClusterKey;
 use crate::quorum::QuorumRule;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -169,8 +169,10 @@ pub struct SelfDescription {
 pub struct MembershipConfig {
     /// Cluster name: packets of other clusters are dropped.
     pub cluster: String,
-    /// Cluster key used to authenticate and encrypt every packet.
+    /// Cluster key used to authenticate and encrypt every packet (the keyring's primary).
     pub key: ClusterKey,
+    /// Further keys accepted when opening packets (a keyring mid-rotation).
+    pub other_keys: Vec<ClusterKey>,
     /// Timing profile.
     pub profile: Profile,
     /// Expected cluster size, used to scale dissemination and suspicion.
@@ -191,6 +193,7 @@ impl MembershipConfig {
         MembershipConfig {
             cluster: cluster.to_string(),
             key: ClusterKey::insecure_from_name(cluster),
+            other_keys: Vec::new(),
             profile: Profile::Lan,
             expected_nodes: 1,
             quorum: QuorumRule::majority(1).expect("1 vote is valid"),

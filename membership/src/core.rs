@@ -14,9 +14,11 @@
 use crate::config::{MembershipConfig, Timings};
 use crate::envelope::{Channel, DropReason, MAX_PAYLOAD, Sealer};
 use crate::identity::{NodeId, Peer};
+use crate::keyring::Keyring;
 use crate::meta::{MetaBroadcasts, MetaMsg, NodeMeta, SharedMeta};
 use crate::quorum::QuorumStatus;
 use crate::reach::Reach;
+use crate::replay::{NonceSeq, ReplayGuard};
 use crate::report::{Event, MemberState, RECOUNT_EVERY_PROBES};
 use crate::swim::Collect;
 use foca::{Foca, PostcardCodec, Timer};
@@ -24,6 +26,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{Rng, RngExt, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, warn};
 
@@ -64,6 +67,10 @@ pub struct Stats {
     pub dropped: BTreeMap<DropReason, u64>,
 }
 
+/// Generations of senders whose replay windows a core keeps, at least (more in large clusters:
+/// four per expected member).
+const MIN_REPLAY_GENERATIONS: usize = 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Due {
     Foca(Timer<Peer>),
@@ -91,7 +98,11 @@ pub struct Membership {
     pub(crate) identity: Peer,
     pub(crate) cfg: MembershipConfig,
     pub(crate) timings: Timings,
-    pub(crate) sealer: Sealer,
+    pub(crate) sealer: Arc<Sealer>,
+    /// Nonces of the datagrams this node seals.
+    pub(crate) nonces: NonceSeq,
+    /// Nonces of the datagrams it opened, per sender generation.
+    pub(crate) replay: ReplayGuard,
     pub(crate) rng: Xoshiro256PlusPlus,
     pub(crate) now: Duration,
     pub(crate) timers: BTreeMap<(Duration, u64), Due>,
@@ -151,7 +162,11 @@ impl Membership {
     /// Starts a node as `identity` at core time `now`; every random choice derives from `seed`.
     pub fn new(cfg: MembershipConfig, identity: Peer, seed: u64, now: Duration) -> Self {
         let timings = cfg.timings();
-        let sealer = Sealer::new(&cfg.cluster, &cfg.key);
+        let ring = Keyring::new(cfg.key.clone(), cfg.other_keys.iter().cloned());
+        let sealer = Arc::new(Sealer::with_ring(&cfg.cluster, ring));
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6368_6f72_7573_0001);
+        let nonces = NonceSeq::new(rng.next_u64());
+        let replay = ReplayGuard::new(MIN_REPLAY_GENERATIONS.max(4 * cfg.expected_nodes as usize));
         let meta = SharedMeta::default();
         let broadcasts = MetaBroadcasts::new(meta.clone());
         let foca_cfg = timings.foca_config(cfg.expected_nodes, MAX_PAYLOAD);
@@ -192,7 +207,9 @@ impl Membership {
             seed_backoff: timings.seed_retry,
             timings,
             sealer,
-            rng: Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6368_6f72_7573_0001),
+            nonces,
+            replay,
+            rng,
             now,
             timers: BTreeMap::new(),
             seq: 0,
@@ -243,6 +260,12 @@ impl Membership {
         &self.cfg
     }
 
+    /// The sealer with this node's keyring: the stream transport seals and opens with the same
+    /// one, so a keyring operation changes both at once.
+    pub fn sealer(&self) -> Arc<Sealer> {
+        self.sealer.clone()
+    }
+
     /// The current quorum view.
     pub fn quorum(&self) -> QuorumStatus {
         self.quorum
@@ -290,6 +313,10 @@ impl Membership {
         }
         match self.sealer.open(datagram) {
             Err(reason) => self.drop_packet(reason, from),
+            // Only after authentication: a forger must not be able to fill the windows.
+            Ok(opened) if !self.replay.accept(&opened.nonce) => {
+                self.drop_packet(DropReason::Replay, from)
+            }
             Ok(opened) => {
                 *self.stats.recv_packets.entry(opened.channel).or_default() += 1;
                 *self.stats.recv_bytes.entry(opened.channel).or_default() += datagram.len() as u64;
@@ -495,8 +522,8 @@ impl Membership {
     }
 
     pub(crate) fn push_transmit(&mut self, to: Destination, channel: Channel, payload: &[u8]) {
-        let mut nonce = [0u8; 12];
-        self.rng.fill_bytes(&mut nonce);
+        let rng = &mut self.rng;
+        let nonce = self.nonces.next(|| rng.next_u64());
         let bytes = self.sealer.seal(channel, nonce, payload);
         *self.stats.sent_packets.entry(channel).or_default() += 1;
         *self.stats.sent_bytes.entry(channel).or_default() += bytes.len() as u64;

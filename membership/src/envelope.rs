@@ -12,9 +12,12 @@
 //! another key never authenticates, whatever its header claims. The cluster tag is only a fast,
 //! non-secret filter.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use crate::keyring::{ClusterKey, KeyId, Keyring, KeyringError, KeyringOp};
+use chacha20poly1305::Nonce;
+use chacha20poly1305::aead::{Aead, Payload};
 use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{RwLock, RwLockReadGuard};
 
 /// First two bytes of every Chorus datagram.
 pub const MAGIC: [u8; 2] = *b"CH";
@@ -111,11 +114,14 @@ pub enum DropReason {
     /// Authenticated and decoded, but sent by this very node (multicast loopback).
     #[error("sent by this node")]
     FromSelf,
+    /// Authenticated, but a copy of one already received (or of an older connection).
+    #[error("replayed: already received")]
+    Replay,
 }
 
 impl DropReason {
     /// All reasons, for metrics that must list every label even at zero.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Truncated,
         DropReason::Oversize,
         DropReason::BadMagic,
@@ -125,6 +131,7 @@ impl DropReason {
         DropReason::BadAuth,
         DropReason::Malformed,
         DropReason::FromSelf,
+        DropReason::Replay,
     ];
 
     /// Stable snake_case name, used in metrics labels.
@@ -139,48 +146,20 @@ impl DropReason {
             DropReason::BadAuth => "bad_auth",
             DropReason::Malformed => "malformed",
             DropReason::FromSelf => "from_self",
+            DropReason::Replay => "replay",
         }
     }
 }
 
-/// The 32-byte secret shared by every member of a cluster.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClusterKey([u8; 32]);
-
-impl ClusterKey {
-    /// Wraps raw key bytes.
-    pub fn new(bytes: [u8; 32]) -> Self {
-        ClusterKey(bytes)
-    }
-
-    /// A key anyone can compute from the cluster name: used when no key is configured, so that a
-    /// development cluster works out of the box. It scopes clusters but is no secret.
-    pub fn insecure_from_name(cluster: &str) -> Self {
-        let mut out = [0u8; 32];
-        for (i, chunk) in out.chunks_mut(8).enumerate() {
-            let h = fnv1a64(&[
-                b"chorus-insecure-key".as_slice(),
-                &[i as u8],
-                cluster.as_bytes(),
-            ]);
-            chunk.copy_from_slice(&h.to_be_bytes());
-        }
-        ClusterKey(out)
-    }
-}
-
-impl fmt::Debug for ClusterKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClusterKey(<redacted>)")
-    }
-}
-
-/// Seals and opens envelopes for one cluster.
-#[derive(Clone)]
+/// Seals and opens envelopes for one cluster, with its keyring.
+///
+/// The ring sits behind a lock because one sealer serves the membership core and the stream
+/// transport's tasks, and a keyring operation changes it for both at once. Sealing takes the
+/// read lock for one encryption; only a keyring operation writes.
 pub struct Sealer {
     cluster: String,
     tag: [u8; 4],
-    cipher: ChaCha20Poly1305,
+    ring: RwLock<Keyring>,
 }
 
 impl fmt::Debug for Sealer {
@@ -198,18 +177,27 @@ pub struct Opened {
     pub channel: Channel,
     /// The decrypted payload.
     pub payload: Vec<u8>,
+    /// The key it opened under.
+    pub key: KeyId,
+    /// Its nonce (replay protection reads it).
+    pub nonce: [u8; 12],
 }
 
 impl Sealer {
-    /// A sealer for `cluster` using `key`.
+    /// A sealer for `cluster` with a ring of the one key `key`.
     pub fn new(cluster: &str, key: &ClusterKey) -> Self {
+        Sealer::with_ring(cluster, Keyring::new(key.clone(), []))
+    }
+
+    /// A sealer for `cluster` with the keys of `ring`.
+    pub fn with_ring(cluster: &str, ring: Keyring) -> Self {
         let h = fnv1a64(&[cluster.as_bytes()]);
         let mut tag = [0u8; 4];
         tag.copy_from_slice(&h.to_be_bytes()[..4]);
         Sealer {
             cluster: cluster.to_string(),
             tag,
-            cipher: ChaCha20Poly1305::new(&Key::from(key.0)),
+            ring: RwLock::new(ring),
         }
     }
 
@@ -218,8 +206,19 @@ impl Sealer {
         &self.cluster
     }
 
-    /// Seals `payload` for `channel`. `nonce` must never repeat under one key: the core draws it
-    /// from its RNG (96 random bits make a repeat negligible well past 2^32 packets).
+    /// The keyring, for reading.
+    pub fn keyring(&self) -> RwLockReadGuard<'_, Keyring> {
+        self.ring.read().expect("keyring lock poisoned")
+    }
+
+    /// Changes the keyring (see [`Keyring::apply`]); nothing changes on an error.
+    pub fn apply(&self, op: &KeyringOp) -> Result<bool, KeyringError> {
+        self.ring.write().expect("keyring lock poisoned").apply(op)
+    }
+
+    /// Seals `payload` for `channel` under the primary key. `nonce` must never repeat under one
+    /// key: datagrams take theirs from a [`crate::replay::NonceSeq`], stream frames draw 96
+    /// random bits (a repeat is negligible well past 2^32 frames).
     pub fn seal(&self, channel: Channel, nonce: [u8; 12], payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(OVERHEAD + payload.len());
         out.extend_from_slice(&MAGIC);
@@ -228,7 +227,8 @@ impl Sealer {
         out.extend_from_slice(&self.tag);
         out.extend_from_slice(&nonce);
         let aad = self.aad(&out);
-        let ct = self
+        let ring = self.keyring();
+        let ct = ring.keys[0]
             .cipher
             .encrypt(
                 &Nonce::from(nonce),
@@ -248,7 +248,7 @@ impl Sealer {
     }
 
     /// Checks and decrypts a sealed frame of at most `max` bytes (stream transports carry frames
-    /// larger than a datagram).
+    /// larger than a datagram). Tries the primary key first, then the others in ring order.
     pub fn open_frame(&self, datagram: &[u8], max: usize) -> Result<Opened, DropReason> {
         if datagram.len() > max {
             return Err(DropReason::Oversize);
@@ -270,17 +270,25 @@ impl Sealer {
         let mut nonce = [0u8; 12];
         nonce.copy_from_slice(&datagram[8..HEADER_LEN]);
         let aad = self.aad(header);
-        let payload = self
-            .cipher
-            .decrypt(
+        let ring = self.keyring();
+        for k in &ring.keys {
+            if let Ok(payload) = k.cipher.decrypt(
                 &Nonce::from(nonce),
                 Payload {
                     msg: &datagram[HEADER_LEN..],
                     aad: &aad,
                 },
-            )
-            .map_err(|_| DropReason::BadAuth)?;
-        Ok(Opened { channel, payload })
+            ) {
+                k.opened.fetch_add(1, Ordering::Relaxed);
+                return Ok(Opened {
+                    channel,
+                    payload,
+                    key: k.id,
+                    nonce,
+                });
+            }
+        }
+        Err(DropReason::BadAuth)
     }
 
     fn aad(&self, header: &[u8]) -> Vec<u8> {
@@ -323,7 +331,9 @@ mod tests {
             o,
             Opened {
                 channel: Channel::Meta,
-                payload: b"hello".to_vec()
+                payload: b"hello".to_vec(),
+                key: ClusterKey::new([7; 32]).id(),
+                nonce: [1; 12],
             }
         );
     }
@@ -364,10 +374,38 @@ mod tests {
         assert_eq!(s.open(&c), Err(DropReason::BadChannel));
     }
 
+    #[test]
+    fn a_rotation_keeps_every_packet_opening_and_a_removed_key_is_refused() {
+        let (old, new) = (ClusterKey::new([1; 32]), ClusterKey::new([2; 32]));
+        let a = Sealer::new("prod", &old);
+        let b = Sealer::new("prod", &old);
+        let before = a.seal(Channel::Swim, [1; 12], b"under old");
+        // Install on both: both still seal with the old key, both open either.
+        for s in [&a, &b] {
+            assert_eq!(s.apply(&KeyringOp::Install(new.clone())), Ok(true));
+        }
+        // `a` uses the new key before `b` does: each still opens what the other sends.
+        a.apply(&KeyringOp::Use(new.id())).unwrap();
+        let from_a = a.seal(Channel::Swim, [2; 12], b"under new");
+        let from_b = b.seal(Channel::Swim, [3; 12], b"under old");
+        assert_eq!(b.open(&from_a).unwrap().key, new.id());
+        assert_eq!(a.open(&from_b).unwrap().key, old.id());
+        b.apply(&KeyringOp::Use(new.id())).unwrap();
+        for s in [&a, &b] {
+            assert_eq!(s.apply(&KeyringOp::Remove(old.id())), Ok(true));
+        }
+        assert_eq!(a.open(&before), Err(DropReason::BadAuth));
+        assert_eq!(a.open(&from_b), Err(DropReason::BadAuth));
+        assert!(a.open(&b.seal(Channel::Swim, [4; 12], b"x")).is_ok());
+        let counts: Vec<u64> = a.keyring().list().iter().map(|k| k.opened).collect();
+        assert_eq!(counts, vec![1], "one packet opened under the new key on a");
+    }
+
     proptest! {
         #[test]
-        fn any_bit_flip_is_rejected(payload in proptest::collection::vec(any::<u8>(), 0..200), bit in 0usize..10_000) {
+        fn any_bit_flip_is_rejected_under_any_ring(payload in proptest::collection::vec(any::<u8>(), 0..200), bit in 0usize..10_000) {
             let s = sealer();
+            s.apply(&KeyringOp::Install(ClusterKey::new([9; 32]))).unwrap();
             let mut d = s.seal(Channel::Store, [3; 12], &payload);
             let bit = bit % (d.len() * 8);
             d[bit / 8] ^= 1 << (bit % 8);

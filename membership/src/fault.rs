@@ -75,9 +75,12 @@ pub fn fuzz_datagram(data: &[u8]) {
     };
     let mut core = Membership::new(cfg, me, 7, Duration::ZERO);
     let channel = Channel::ALL[usize::from(*first) % Channel::ALL.len()];
-    let datagram = sealer.seal(channel, [first.wrapping_add(1); 12], payload);
     let from = SocketAddr::from(([10, 0, 0, 2], 7946));
     for step in 1..=2u64 {
+        // Two nonces of one sender generation: the second datagram is not a replay.
+        let mut nonce = [first.wrapping_add(1) | 0x80; 12];
+        nonce[11] = step as u8;
+        let datagram = sealer.seal(channel, nonce, payload);
         let now = Duration::from_millis(step);
         core.handle_datagram(now, from, &datagram);
         core.handle_datagram(now, from, data);

@@ -12,21 +12,24 @@ mod discovery;
 pub mod envelope;
 mod fault;
 pub mod identity;
+pub mod keyring;
 pub mod meta;
 mod meta_sync;
 pub mod quorum;
 mod reach;
+pub mod replay;
 pub mod report;
 mod suspicion;
 mod swim;
 
 pub use crate::config::{MembershipConfig, Profile, SelfDescription, Timings};
 pub use crate::core::{Destination, Membership, Stats, Transmit};
-pub use crate::envelope::{Channel, ClusterKey, DropReason, Sealer};
+pub use crate::envelope::{Channel, DropReason, Opened, Sealer};
 pub use crate::fault::Fault;
 #[cfg(feature = "testing")]
 pub use crate::fault::fuzz_datagram;
 pub use crate::identity::{NodeId, Peer};
+pub use crate::keyring::{ClusterKey, KeyId, KeyInfo, Keyring, KeyringError, KeyringOp};
 pub use crate::meta::NodeMeta;
 pub use crate::quorum::{QuorumRule, QuorumStatus};
 pub use crate::report::{Event, MemberRef, MemberState, MemberView};

@@ -14,6 +14,8 @@ pub enum PeerMsg {
     Store(StoreMsg),
     /// For the coordination cores.
     Coord(coord::CoordMsg),
+    /// A cluster-wide keyring operation or its answer.
+    Keyring(crate::keyring::KeyringMsg),
 }
 
 /// Something that happened to the node. The typed `handle_*` methods of [`crate::Node`] take the
@@ -66,6 +68,14 @@ pub enum Input {
     Seeds(Vec<SocketAddr>),
     /// Announce this node to `addr` now (a seed at start, an operator's join).
     Announce(SocketAddr),
+    /// Change the keyring on every live member; the answer is an [`Output::KeyringReply`] with
+    /// the same token.
+    Keyring {
+        /// The driver's name for this request.
+        token: u64,
+        /// The change.
+        op: membership::KeyringOp,
+    },
 }
 
 /// Something the driver must do. Drain [`crate::Node::poll_output`] after every input and
@@ -121,4 +131,14 @@ pub enum Output {
     MarkCatchingUp,
     /// The node has caught up with its peers: local reads are fresh. Remove the catch-up marker.
     CaughtUp,
+    /// The keyring changed: persist these keys, the primary first, so a restart keeps them.
+    PersistKeyring(Vec<membership::ClusterKey>),
+    /// Answer a keyring operation: which nodes did it, or why this node refused it (then nothing
+    /// changed anywhere).
+    KeyringReply {
+        /// The token of its [`Input::Keyring`].
+        token: u64,
+        /// The answer.
+        result: Result<crate::keyring::KeyringReport, membership::KeyringError>,
+    },
 }

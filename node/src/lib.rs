@@ -13,6 +13,7 @@
 pub mod events;
 mod hold;
 mod io;
+pub mod keyring;
 pub mod leader;
 mod node;
 mod recover;
@@ -23,6 +24,7 @@ pub mod view;
 pub use crate::events::{EVENT_TYPES, EventKind, NodeEvent};
 pub use crate::hold::HoldStats;
 pub use crate::io::{Input, Output, PeerMsg};
+pub use crate::keyring::{KeyringMsg, KeyringReport, NodeOutcome, Outcome};
 pub use crate::leader::{LEADER_LOCK, LeaderConfig, Leadership};
 pub use crate::node::{Faults, Node, NodeConfig};
 pub use crate::recover::Recovered;

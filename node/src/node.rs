@@ -8,6 +8,7 @@
 use crate::events::{EventKind, NodeEvent};
 use crate::hold::{Hold, HoldStats};
 use crate::io::{Input, Output, PeerMsg};
+use crate::keyring::{Fanouts, KeyringMsg};
 use crate::leader::{Campaign, LeaderConfig, Leadership};
 use crate::recover::Recovered;
 use crate::snapshot::SnapshotPolicy;
@@ -110,6 +111,8 @@ pub struct Node {
     /// Store operation to the driver's token.
     tokens: BTreeMap<OpId, u64>,
     catching_up: bool,
+    /// Keyring operations waiting for members' answers.
+    keyring: Fanouts,
 }
 
 impl Node {
@@ -155,6 +158,8 @@ impl Node {
         });
         let store = cfg.store.map(|scfg| {
             let mut s = StoreCore::new(identity.id, scfg, seed.rotate_left(17), now, wall_ms);
+            // Operation names unique across restarts (2^40 operations per run).
+            s.number_ops_from(identity.generation << 40 | 1);
             #[cfg(feature = "testing")]
             for f in &faults.store {
                 s.inject_fault(*f);
@@ -186,6 +191,7 @@ impl Node {
             hold: Hold::default(),
             snapshots: SnapshotPolicy::new(cfg.snapshot_min_records),
             tokens: BTreeMap::new(),
+            keyring: Fanouts::new(identity.generation),
         };
         if let Some(lcfg) = cfg.leader.filter(|_| node.coord.is_some()) {
             let owner = format!("{}/{}", node.membership.config().me.name, identity.id);
@@ -215,6 +221,7 @@ impl Node {
             Input::Leave => self.leave(now, wall_ms),
             Input::Seeds(seeds) => self.set_seeds(seeds),
             Input::Announce(addr) => self.announce_to(now, wall_ms, addr),
+            Input::Keyring { token, op } => self.handle_keyring(now, wall_ms, token, op),
         }
     }
 
@@ -245,6 +252,109 @@ impl Node {
                     c.handle_message(self.now, from, m);
                 }
             }
+            PeerMsg::Keyring(KeyringMsg::Apply { req, op }) => {
+                let result = self.apply_keyring(&op);
+                tracing::info!(op = ?op, from = %from, ?result, "keyring operation from a peer");
+                let msg = PeerMsg::Keyring(KeyringMsg::Applied { req, result });
+                match self.membership.members().into_iter().find(|m| m.id == from) {
+                    Some(m) => self.outputs.push_back(Output::Frame {
+                        to: m.gossip_addr,
+                        peer: from,
+                        msg,
+                    }),
+                    None => {
+                        debug!(%from, "keyring operation from a node not a member: not answered")
+                    }
+                }
+            }
+            PeerMsg::Keyring(KeyringMsg::Applied { req, result }) => {
+                if let Some((token, report)) = self.keyring.answered(from, req, result) {
+                    self.outputs.push_back(Output::KeyringReply {
+                        token,
+                        result: Ok(report),
+                    });
+                }
+            }
+        }
+        self.collect();
+    }
+
+    /// Applies a keyring operation to this node's ring, asking for it to be persisted if it
+    /// changed.
+    fn apply_keyring(
+        &mut self,
+        op: &membership::KeyringOp,
+    ) -> Result<bool, membership::KeyringError> {
+        let sealer = self.membership.sealer();
+        let changed = sealer.apply(op)?;
+        if changed {
+            self.outputs
+                .push_back(Output::PersistKeyring(sealer.keyring().keys()));
+        }
+        Ok(changed)
+    }
+
+    /// A keyring operation for the whole cluster: applied here, then sent to every live member;
+    /// the report comes out as [`Output::KeyringReply`] with `token` once every member answered
+    /// or [`crate::keyring::ANSWER_WAIT`] passed. Refused here (nothing changed anywhere) when
+    /// this node refuses it.
+    pub fn handle_keyring(
+        &mut self,
+        now: Duration,
+        wall_ms: u64,
+        token: u64,
+        op: membership::KeyringOp,
+    ) {
+        self.advance(now, wall_ms);
+        let local = match self.apply_keyring(&op) {
+            Err(e) => {
+                self.outputs.push_back(Output::KeyringReply {
+                    token,
+                    result: Err(e),
+                });
+                self.collect();
+                return;
+            }
+            Ok(changed) => changed,
+        };
+        tracing::info!(op = ?op, changed = local, "keyring operation started here");
+        let members = self.membership.members();
+        let me = members
+            .iter()
+            .find(|m| m.is_self)
+            .map(|m| (m.id, m.name.clone()))
+            .expect("the member list has this node");
+        let targets: Vec<_> = members
+            .into_iter()
+            .filter(|m| {
+                !m.is_self
+                    && matches!(
+                        m.state,
+                        membership::MemberState::Alive | membership::MemberState::Suspect
+                    )
+            })
+            .collect();
+        let names = targets.iter().map(|m| (m.id, m.name.clone())).collect();
+        match self
+            .keyring
+            .start(token, &op, me, Ok(local), names, self.now)
+        {
+            Err((token, report)) => self.outputs.push_back(Output::KeyringReply {
+                token,
+                result: Ok(report),
+            }),
+            Ok(req) => {
+                for m in targets {
+                    self.outputs.push_back(Output::Frame {
+                        to: m.gossip_addr,
+                        peer: m.id,
+                        msg: PeerMsg::Keyring(KeyringMsg::Apply {
+                            req,
+                            op: op.clone(),
+                        }),
+                    });
+                }
+            }
         }
         self.collect();
     }
@@ -270,6 +380,12 @@ impl Node {
             camp.tick(c, now);
         }
         self.hold.expire(now);
+        for (token, report) in self.keyring.expire(now) {
+            self.outputs.push_back(Output::KeyringReply {
+                token,
+                result: Ok(report),
+            });
+        }
         self.collect();
     }
 
@@ -365,6 +481,7 @@ impl Node {
             self.coord.as_ref().and_then(|c| c.poll_timeout()),
             self.campaign.as_ref().and_then(|c| c.next_deadline()),
             self.hold.next_expiry(),
+            self.keyring.next_deadline(),
             self.unnamed
                 .values()
                 .map(|(_, since)| *since + NAME_WAIT)

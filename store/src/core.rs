@@ -63,6 +63,13 @@ pub struct StoreCore {
 }
 
 impl StoreCore {
+    /// Numbers this core's operations from `first` on. The node starts each run of a node at
+    /// `generation << 40`: an answer captured from an earlier run (a replay, or a message late
+    /// across a restart) never names an operation of this one. Call before the first request.
+    pub fn number_ops_from(&mut self, first: OpId) {
+        self.next_op = first.max(1);
+    }
+
     /// A store core for node `me`; random choices derive from `seed`; `now` is core time and
     /// `wall_ms` the wall clock in Unix milliseconds (used for versions and TTLs).
     pub fn new(me: NodeId, cfg: StoreConfig, seed: u64, now: Duration, wall_ms: u64) -> Self {

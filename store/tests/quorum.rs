@@ -741,3 +741,66 @@ fn a_real_minority_refuses_within_the_probe_window_and_writes_nowhere() {
         );
     }
 }
+
+/// Node 0 writes; the peers' acknowledgements are captured. Node 0 restarts, is cut off from
+/// its peers, and writes again while the captured acknowledgements are replayed to it. They name
+/// an operation of the previous run, so the new write must not count them (the transport also
+/// refuses replayed frames; this is the core's own line of defence). With operations numbered
+/// from 1 in every run (`number_ops_from` not called), the replay would acknowledge a write no
+/// peer holds, and the test shows it.
+fn replayed_acks_after_a_restart(numbered_by_generation: bool) -> Result<Reply, StoreError> {
+    let captured = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let mut net = Net::new(3);
+    if numbered_by_generation {
+        net.nodes[0].number_ops_from(1 << 40 | 1);
+    }
+    let keep = captured.clone();
+    net.drop_if = Some(Box::new(move |from, to, msg| {
+        if to == 0 && matches!(msg, StoreMsg::WriteAck { .. }) {
+            keep.borrow_mut().push((from, msg.clone()));
+        }
+        false
+    }));
+    assert!(net.call(0, put("a", "1")).is_ok());
+    assert!(!captured.borrow().is_empty(), "acks were captured");
+    net.drop_if = None;
+    net.restart(0, false, None);
+    if numbered_by_generation {
+        net.nodes[0].number_ops_from(2 << 40 | 1);
+    }
+    net.view_of_reachable(0);
+    // Phase one gets through; every write of phase two is lost on the way to the peers (and
+    // they answer nothing to it), so only a replayed acknowledgement could complete the write.
+    net.drop_if = Some(Box::new(|from, _, msg| {
+        from == 0 && matches!(msg, StoreMsg::WriteReq { .. })
+    }));
+    let op = net.request(0, put("b", "2"));
+    for _ in 0..3000 {
+        let (now, wall) = (net.now, net.wall());
+        for (from, msg) in captured.borrow().iter() {
+            let id = net.ids[*from];
+            net.nodes[0].handle_message(now, wall, id, msg.clone());
+        }
+        net.flush(0);
+        if let Some(r) = net.replies.remove(&(0, op)) {
+            assert!(net.held(1, "b").is_none() && net.held(2, "b").is_none());
+            return r;
+        }
+        net.run_for(MS);
+    }
+    panic!("no reply");
+}
+
+#[test]
+fn a_replayed_acknowledgement_is_never_counted_for_an_operation_of_a_later_run() {
+    let r = replayed_acks_after_a_restart(true);
+    assert!(
+        r.is_err(),
+        "a write no peer holds was acknowledged by replayed acks: {r:?}"
+    );
+    let broken = replayed_acks_after_a_restart(false);
+    assert!(
+        broken.is_ok(),
+        "the check must be able to fail: with operation ids reused across runs the replay counts ({broken:?})"
+    );
+}

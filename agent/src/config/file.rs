@@ -146,6 +146,10 @@ pub struct ClusterSection {
     pub name: Option<String>,
     /// `cluster.key`
     pub key: Option<String>,
+    /// `cluster.key_file`
+    pub key_file: Option<String>,
+    /// `cluster.keys`
+    pub keys: Option<Vec<String>>,
     /// `cluster.expected_nodes`
     pub expected_nodes: Option<u32>,
     /// `cluster.quorum`
@@ -160,6 +164,26 @@ pub struct ClusterSection {
 pub struct ApiSection {
     /// `api.bind`
     pub bind: Option<String>,
+    /// `[[api.tokens]]`
+    #[serde(default)]
+    pub tokens: Vec<TokenDecl>,
+    /// `api.tls_cert`
+    pub tls_cert: Option<String>,
+    /// `api.tls_key`
+    pub tls_key: Option<String>,
+}
+
+/// One `[[api.tokens]]` entry: a role and where its secret is read from (never the file itself,
+/// so the configuration can be world-readable and the secret not).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenDecl {
+    /// `read` or `write`.
+    pub role: Option<String>,
+    /// A file holding the token.
+    pub file: Option<String>,
+    /// A systemd credential name (`LoadCredential=NAME:...`), read from `$CREDENTIALS_DIRECTORY`.
+    pub credential: Option<String>,
 }
 
 /// `[log]` keys.

@@ -35,6 +35,11 @@ impl<'a> Layers<'a> {
         }
         Ok(file)
     }
+
+    /// An environment variable as it is (for `$CREDENTIALS_DIRECTORY`).
+    pub(super) fn var(&self, var: &str) -> Option<String> {
+        self.env.get(var)
+    }
 }
 
 /// Text as it is.

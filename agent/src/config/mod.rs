@@ -12,7 +12,7 @@ mod sections;
 mod tests;
 
 pub use self::file::*;
-pub use self::sections::parse_addr;
+pub use self::sections::{parse_addr, parse_key};
 use membership::{ClusterKey, MembershipConfig, Profile, QuorumRule, SelfDescription};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -125,6 +125,8 @@ pub struct Config {
     pub cluster: String,
     /// Cluster key.
     pub key: ClusterKey,
+    /// Further cluster keys accepted (`cluster.keys`): they seed the keyring with the key.
+    pub other_keys: Vec<ClusterKey>,
     /// False when no key was configured and the insecure name-derived key is used.
     pub key_configured: bool,
     /// Expected cluster size.
@@ -133,6 +135,10 @@ pub struct Config {
     pub quorum: QuorumRule,
     /// HTTP API address.
     pub api_bind: SocketAddr,
+    /// API tokens (none: the API is open).
+    pub api_tokens: Vec<crate::auth::Token>,
+    /// TLS certificate chain and private key files for the API.
+    pub api_tls: Option<(PathBuf, PathBuf)>,
     /// Log filter (tracing-subscriber syntax).
     pub log_level: String,
     /// Log lines as JSON objects (for log shippers) rather than text.
@@ -200,12 +206,18 @@ impl Config {
         if self.key != new.key {
             out.push("cluster.key");
         }
+        if self.other_keys != new.other_keys {
+            out.push("cluster.keys");
+        }
+        if self.api_tokens != new.api_tokens {
+            out.push("api.tokens");
+        }
         out
     }
 }
 
 /// The keys a SIGHUP applies to a running agent; every other change needs a restart.
-pub const RELOADABLE: &[&str] = &["discovery.seeds", "handlers", "log.level"];
+pub const RELOADABLE: &[&str] = &["discovery.seeds", "handlers", "log.level", "api.tokens"];
 
 /// Where environment values come from; a trait so tests need not touch the process environment.
 pub trait Env {
@@ -267,6 +279,7 @@ impl Config {
         MembershipConfig {
             cluster: self.cluster.clone(),
             key: self.key.clone(),
+            other_keys: self.other_keys.clone(),
             profile: self.profile,
             expected_nodes: self.expected_nodes,
             quorum: self.quorum,

@@ -39,6 +39,23 @@ pub(super) fn resolve(
         .get("api.bind", "CHORUS_API_BIND", o.api.clone(), api.bind, text)?
         .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_API_PORT}"));
     let api_bind = parse_addr("api.bind", &api_bind, DEFAULT_API_PORT)?;
+    let api_tokens = resolve_tokens(api.tokens, l)?;
+    let api_tls = match (api.tls_cert, api.tls_key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+        (Some(_), None) => {
+            return Err(invalid(
+                "api.tls_key",
+                "api.tls_cert is set: give the private key file too",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "api.tls_cert",
+                "api.tls_key is set: give the certificate chain file too",
+            ));
+        }
+    };
     let log_level = l
         .get("log.level", "CHORUS_LOG", None, log.level, text)?
         .unwrap_or_else(|| "info".into());
@@ -109,10 +126,13 @@ pub(super) fn resolve(
         seeds,
         cluster: cluster.name,
         key: cluster.key,
+        other_keys: cluster.other_keys,
         key_configured: cluster.key_configured,
         expected_nodes: cluster.expected_nodes,
         quorum: cluster.quorum,
         api_bind,
+        api_tokens,
+        api_tls,
         log_level,
         log_json,
         leader,
@@ -345,9 +365,67 @@ fn resolve_discovery(
     Ok((multicast, seeds))
 }
 
+/// `[[api.tokens]]`: each read from its file or systemd credential now.
+fn resolve_tokens(
+    decls: Vec<super::TokenDecl>,
+    l: &Layers<'_>,
+) -> Result<Vec<crate::auth::Token>, ConfigError> {
+    use crate::auth::{Role, Token, read_token};
+    let mut out = Vec::new();
+    for (i, d) in decls.into_iter().enumerate() {
+        let key = format!("api.tokens[{i}]");
+        let role = match d.role.as_deref() {
+            Some("read") => Role::Read,
+            Some("write") => Role::Write,
+            Some(other) => {
+                return Err(invalid(
+                    &format!("{key}.role"),
+                    format!("{other:?} is not one of read, write"),
+                ));
+            }
+            None => return Err(invalid(&format!("{key}.role"), "missing: read or write")),
+        };
+        let path = match (d.file, d.credential) {
+            (Some(f), None) => PathBuf::from(f),
+            (None, Some(name)) => match l.var("CREDENTIALS_DIRECTORY") {
+                Some(dir) => PathBuf::from(dir).join(name),
+                None => {
+                    return Err(invalid(
+                        &format!("{key}.credential"),
+                        format!(
+                            "{name:?} names a systemd credential, but $CREDENTIALS_DIRECTORY is not set \
+                             (add LoadCredential={name}:/path/to/token to the unit, or use file =)"
+                        ),
+                    ));
+                }
+            },
+            _ => {
+                return Err(invalid(
+                    &key,
+                    "give exactly one of file = \"PATH\" or credential = \"NAME\"",
+                ));
+            }
+        };
+        let secret = read_token(&path).map_err(|why| invalid(&key, why))?;
+        if out.iter().any(|t: &Token| t.secret == secret) {
+            return Err(invalid(
+                &key,
+                format!("{} holds the same token as another entry", path.display()),
+            ));
+        }
+        out.push(Token {
+            role,
+            secret,
+            source: path.display().to_string(),
+        });
+    }
+    Ok(out)
+}
+
 struct Cluster {
     name: String,
     key: ClusterKey,
+    other_keys: Vec<ClusterKey>,
     key_configured: bool,
     expected_nodes: u32,
     quorum: QuorumRule,
@@ -369,11 +447,46 @@ fn resolve_cluster(
         )?
         .unwrap_or_else(|| "chorus".into());
     validate_label("cluster.name", &name, 64)?;
-    let (key, key_configured) =
-        match l.get("cluster.key", "CHORUS_CLUSTER_KEY", None, f.key, text)? {
-            Some(k) => (parse_key(&k)?, true),
-            None => (ClusterKey::insecure_from_name(&name), false),
-        };
+    let from_file = match f.key_file {
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .map_err(|e| invalid("cluster.key_file", format!("reading {path}: {e}")))?,
+        ),
+        None => None,
+    };
+    let given = l.get("cluster.key", "CHORUS_CLUSTER_KEY", None, f.key, text)?;
+    let (key, key_configured) = match (given, from_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "cluster.key_file",
+                "cluster.key is set too: give the key one way",
+            ));
+        }
+        (Some(k), None) => (parse_key("cluster.key", &k)?, true),
+        (None, Some(k)) => (parse_key("cluster.key_file", &k)?, true),
+        (None, None) => (ClusterKey::insecure_from_name(&name), false),
+    };
+    let mut other_keys = Vec::new();
+    for (i, k) in l
+        .get("cluster.keys", "CHORUS_CLUSTER_KEYS", None, f.keys, list)?
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let k = parse_key(&format!("cluster.keys[{i}]"), k)?;
+        if k != key && !other_keys.contains(&k) {
+            other_keys.push(k);
+        }
+    }
+    if other_keys.len() >= membership::keyring::MAX_KEYS {
+        return Err(invalid(
+            "cluster.keys",
+            format!(
+                "a keyring holds at most {} keys",
+                membership::keyring::MAX_KEYS
+            ),
+        ));
+    }
     let expected_nodes = l
         .get(
             "cluster.expected_nodes",
@@ -408,6 +521,7 @@ fn resolve_cluster(
     Ok(Cluster {
         name,
         key,
+        other_keys,
         key_configured,
         expected_nodes,
         quorum,
@@ -586,15 +700,13 @@ fn validate_seed(s: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn parse_key(k: &str) -> Result<ClusterKey, ConfigError> {
+/// A cluster key as `chorus keygen` prints it (base64 of 32 bytes); errors name `what`.
+pub fn parse_key(what: &str, k: &str) -> Result<ClusterKey, ConfigError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(k.trim())
-        .map_err(|e| invalid("cluster.key", format!("not valid base64: {e}")))?;
-    let arr: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
-        invalid(
-            "cluster.key",
-            format!("must decode to 32 bytes, got {}", b.len()),
-        )
-    })?;
+        .map_err(|e| invalid(what, format!("not valid base64: {e}")))?;
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| invalid(what, format!("must decode to 32 bytes, got {}", b.len())))?;
     Ok(ClusterKey::new(arr))
 }

@@ -260,6 +260,7 @@ impl Sim {
             vec![]
         };
         MembershipConfig {
+            other_keys: Vec::new(),
             cluster: "sim".into(),
             key: ClusterKey::new([42; 32]),
             profile: self.cfg.profile,
