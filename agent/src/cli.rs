@@ -39,11 +39,11 @@ impl CliError {
         match self {
             CliError::NoAgent { .. } | CliError::Protocol(_) | CliError::Stdin(_) => 1,
             CliError::Api { code, .. } => match code.as_str() {
-                "not_found" => 3,
+                "not_found" | "unknown_key" => 3,
                 "no_quorum" | "contended" => 4,
                 "indeterminate" => 5,
                 "bad_request" | "too_large" => 6,
-                "conflict" | "stale_token" => 7,
+                "conflict" | "stale_token" | "key_is_primary" | "keyring_full" => 7,
                 "token_missing" | "token_invalid" | "forbidden" => 8,
                 _ => 1,
             },

@@ -62,10 +62,11 @@ pub fn run(cmd: KeyringCmd) -> ExitCode {
     let answer = match body {
         None => client.get_json(path),
         Some(k) => client
-            .call(
+            .call_with(
                 "POST",
                 path,
                 Some(json!({ "key": k }).to_string().into_bytes()),
+                &[("content-type", "application/json".to_string())],
             )
             .and_then(|r| {
                 serde_json::from_slice::<Value>(&r.body)

@@ -536,6 +536,34 @@ impl Lab {
         )
     }
 
+    /// Runs `chorus kv ARGS...` against agent `a` giving a token `(how, value)`: `--token-file`
+    /// as a flag, or an environment variable (`CHORUS_TOKEN`, `CHORUS_TOKEN_FILE`).
+    #[allow(dead_code)] // used by some test targets only
+    pub fn kv_with_token(
+        &self,
+        a: usize,
+        args: &[&str],
+        token: Option<(&str, &str)>,
+    ) -> (i32, String, String) {
+        let mut full: Vec<String> = vec!["env".into()];
+        match token {
+            Some((var, v)) if var.starts_with("CHORUS_") => full.push(format!("{var}={v}")),
+            _ => {}
+        }
+        full.extend([CHORUS.to_string(), "kv".into()]);
+        full.extend(args.iter().map(|s| s.to_string()));
+        if let Some(("--token-file", f)) = token {
+            full.extend(["--token-file".into(), f.to_string()]);
+        }
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        let out = self.exec(self.agents[a].host, &refs);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Restarts a stopped agent with its data directory.
     pub fn restart(&mut self, a: usize) {
         self.restart_with(a, &[]);
