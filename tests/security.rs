@@ -629,3 +629,178 @@ fn a_bad_token_configuration_stops_the_agent_and_says_what_is_wrong() {
         );
     }
 }
+
+/// Makes a CA and a server certificate for 127.0.0.1 signed by it, in `dir` with `prefix`:
+/// `PREFIX-ca.pem`, `PREFIX-cert.pem`, `PREFIX-key.pem`.
+fn make_certs(dir: &std::path::Path, prefix: &str) {
+    let p = |s: &str| dir.join(format!("{prefix}-{s}")).display().to_string();
+    let ext = dir.join(format!("{prefix}-ext.cnf"));
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    for args in [
+        vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &p("ca-key.pem"),
+            "-out",
+            &p("ca.pem"),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=chorus test CA",
+        ],
+        vec![
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &p("key.pem"),
+            "-out",
+            &p("csr.pem"),
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            &p("csr.pem"),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca-key.pem"),
+            "-CAcreateserial",
+            "-out",
+            &p("cert.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &ext.display().to_string(),
+        ],
+    ] {
+        support::run(std::process::Command::new("openssl").args(&args));
+    }
+}
+
+#[test]
+fn an_api_over_tls_serves_with_tokens_and_reloads_its_certificate_on_sighup() {
+    let mut lab = lab_or_skip!(1);
+    let dir = lab.dir().to_path_buf();
+    make_certs(&dir, "one");
+    let cert = dir.join("api-cert.pem");
+    let key = dir.join("api-key.pem");
+    std::fs::copy(dir.join("one-cert.pem"), &cert).unwrap();
+    std::fs::copy(dir.join("one-key.pem"), &key).unwrap();
+    let token = dir.join("w.token");
+    std::fs::write(&token, format!("{WRITE_TOKEN}\n")).unwrap();
+    let mut spec = AgentSpec::new("n1", 1);
+    spec.extra_toml = format!(
+        "[[api.tokens]]\nrole = \"write\"\nfile = {:?}\n",
+        token.display().to_string()
+    );
+    let a = lab.start(0, spec);
+    // The lab writes [api] bind; TLS goes in by editing that section.
+    lab.terminate(a);
+    lab.edit_config(
+        a,
+        "[api]\nbind = \"127.0.0.1:7947\"\n",
+        &format!(
+            "[api]\nbind = \"127.0.0.1:7947\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    );
+    lab.restart(a);
+    let https = "https://127.0.0.1:7947";
+    let status = |l: &Lab, ca: &str| {
+        let out = l.exec(
+            0,
+            &[
+                CHORUS,
+                "status",
+                "--api",
+                https,
+                "--ca-file",
+                ca,
+                "--token-file",
+                &token.display().to_string(),
+            ],
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let one_ca = dir.join("one-ca.pem").display().to_string();
+    lab.wait_for(Duration::from_secs(10), "the agent answers over TLS", |l| {
+        status(l, &one_ca).0 == Some(0)
+    });
+    // Plain HTTP to the TLS port fails; so does TLS without trusting the CA; and the token is
+    // still needed.
+    let out = lab.exec(0, &[CHORUS, "status", "--api", "127.0.0.1:7947"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lab.exec(
+        0,
+        &[
+            CHORUS,
+            "status",
+            "--api",
+            https,
+            "--token-file",
+            &token.display().to_string(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"),
+        "{err}"
+    );
+    let out = lab.exec(0, &[CHORUS, "status", "--api", https, "--ca-file", &one_ca]);
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A renewed certificate (from another CA here, so the switch shows) takes effect on SIGHUP.
+    make_certs(&dir, "two");
+    std::fs::copy(dir.join("two-cert.pem"), &cert).unwrap();
+    std::fs::copy(dir.join("two-key.pem"), &key).unwrap();
+    let two_ca = dir.join("two-ca.pem").display().to_string();
+    assert_eq!(
+        status(&lab, &one_ca).0,
+        Some(0),
+        "before the reload: the old certificate"
+    );
+    lab.sighup(a);
+    lab.wait_for(
+        Duration::from_secs(10),
+        "the new certificate is served",
+        |l| status(l, &two_ca).0 == Some(0),
+    );
+    assert_eq!(
+        status(&lab, &one_ca).0,
+        Some(1),
+        "the old CA no longer verifies"
+    );
+    assert!(
+        lab.log_of(a).contains("API certificate reloaded"),
+        "{}",
+        lab.log_of(a)
+    );
+}

@@ -73,6 +73,64 @@ pub fn set_token(
     Ok(())
 }
 
+/// The certificate authorities this process trusts for `https://` agents (`--ca-file`), set once
+/// at start; `None`: the system's web roots.
+static CA: std::sync::OnceLock<Option<Vec<ureq::tls::Certificate<'static>>>> =
+    std::sync::OnceLock::new();
+
+/// Trusts the certificates in the PEM file `ca_file` (`--ca-file`, `CHORUS_CA_FILE`) for agents
+/// reached by `https://`.
+pub fn set_ca(ca_file: Option<&std::path::Path>) -> Result<(), String> {
+    let certs = match ca_file {
+        None => None,
+        Some(f) => {
+            let pem = std::fs::read(f)
+                .map_err(|e| format!("reading the CA file {}: {e}", f.display()))?;
+            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+                .filter_map(|i| match i {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(format!("no PEM certificate in the CA file {}", f.display()));
+            }
+            Some(certs)
+        }
+    };
+    let _ = CA.set(certs);
+    Ok(())
+}
+
+/// An HTTP agent for talking to Chorus agents: `timeout` per request (`None`: none), statuses
+/// as answers rather than errors, and the trusted CAs for `https://`.
+pub fn http_agent(timeout: Option<Duration>) -> ureq::Agent {
+    let mut b = ureq::Agent::config_builder()
+        .timeout_global(timeout)
+        .http_status_as_error(false);
+    if let Some(Some(certs)) = CA.get() {
+        b = b.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(
+                    certs.clone(),
+                )))
+                .build(),
+        );
+    }
+    b.build().into()
+}
+
+/// The base URL for an `--api` value: `host:port` (plain HTTP), or a full `http://` or
+/// `https://` URL; and the address part, for messages.
+pub fn base_url(api: &str) -> (String, String) {
+    let api = api.trim_end_matches('/');
+    if let Some(rest) = api.strip_prefix("https://") {
+        return (api.to_string(), rest.to_string());
+    }
+    let rest = api.strip_prefix("http://").unwrap_or(api);
+    (format!("http://{rest}"), rest.to_string())
+}
+
 /// The `Authorization` header value to send, if a token was given.
 pub fn authorization() -> Option<&'static str> {
     AUTH.get().and_then(|a| a.as_deref())
@@ -115,19 +173,12 @@ impl Client {
     /// A client whose requests may take `timeout` and bring back `body_limit` bytes (backups).
     pub fn with_limits(api: &str, timeout: Duration, body_limit: u64) -> Self {
         // `--api http://127.0.0.1:7947/` is what Consul and etcd users type: take it as the
-        // address it names.
-        let api = api
-            .strip_prefix("http://")
-            .unwrap_or(api)
-            .trim_end_matches('/');
-        let config = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .build();
+        // address it names; `https://` talks TLS.
+        let (base, api) = base_url(api);
         Client {
-            base: format!("http://{api}"),
-            api: api.to_string(),
-            agent: config.into(),
+            base,
+            api,
+            agent: http_agent(Some(timeout)),
             body_limit,
         }
     }

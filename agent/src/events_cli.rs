@@ -81,7 +81,7 @@ pub fn run(a: EventsArgs) -> ExitCode {
     } else {
         format!("?type={}", a.types.join(","))
     };
-    let url = format!("http://{}/v1/events{query}", a.api);
+    let url = format!("{}/v1/events{query}", crate::cli::base_url(&a.api).0);
     follow(&url, a.since, a.json)
 }
 
@@ -123,11 +123,7 @@ pub fn follow_lines<S>(
     last_id: impl Fn(&S) -> Option<u64>,
     mut on_line: impl FnMut(&mut S, &str),
 ) -> ExitCode {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(None)
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = crate::cli::http_agent(None);
     let mut warned = false;
     loop {
         let mut req = crate::cli::authorize(agent.get(url));
@@ -184,8 +180,8 @@ pub fn watch(a: WatchArgs) -> ExitCode {
     use base64::Engine;
     if let Some(prefix) = &a.prefix {
         let url = format!(
-            "http://{}/v1/watch/{}?prefix={}",
-            a.api,
+            "{}/v1/watch/{}?prefix={}",
+            crate::cli::base_url(&a.api).0,
             enc(&a.store),
             enc(prefix)
         );

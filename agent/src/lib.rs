@@ -87,6 +87,10 @@ pub async fn run(
         }
     }
 
+    // One crypto provider for every TLS use in the process (the API server; the CLI's client
+    // brings its own).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
     let signals = install_signals()?;
     let node_file = NodeFile::open_and_advance(&config.data_dir)
         .with_context(|| format!("opening node.data_dir {}", config.data_dir.display()))?;
@@ -229,19 +233,54 @@ pub async fn run(
     let (stop_api_tx, stop_api_rx) = tokio::sync::oneshot::channel::<()>();
     let tokens = Arc::new(auth::Tokens::new(config.api_tokens.clone()));
     let app = api::router(handle.clone(), config.max_value_bytes, tokens.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
+    let tls = match &config.api_tls {
+        None => None,
+        Some((cert, key)) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "reading api.tls_cert {} and api.tls_key {} (PEM: the certificate chain, \
+                         then the private key)",
+                        cert.display(),
+                        key.display()
+                    )
+                })?,
+        ),
+    };
+    let server = match tls.clone() {
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop_api_rx.await;
+                })
+                .await
+        }),
+        Some(tls) => {
+            let listener = listener
+                .into_std()
+                .context("handing the API listener to the TLS server")?;
+            let stop = axum_server::Handle::new();
+            let stopper = stop.clone();
+            tokio::spawn(async move {
                 let _ = stop_api_rx.await;
+                stopper.graceful_shutdown(Some(Duration::from_secs(2)));
+            });
+            tokio::spawn(async move {
+                axum_server::from_tcp_rustls(listener, tls)
+                    .handle(stop)
+                    .serve(app.into_make_service())
+                    .await
             })
-            .await
-    });
+        }
+    };
 
     // Ready: the API answers and the core runs.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    info!(api = %api_local, "ready");
+    info!(api = %api_local, tls = config.api_tls.is_some(), "ready");
 
     let reload = Reload {
+        tls,
         tokens,
         handlers: reload_handlers,
         log: log_reload,
@@ -280,6 +319,8 @@ fn install_signals() -> anyhow::Result<Signals> {
 
 /// What a SIGHUP needs to reload the configuration.
 struct Reload {
+    /// The API's TLS configuration, re-read from its files on SIGHUP (a renewed certificate).
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
     tokens: Arc<auth::Tokens>,
     handlers: handlers::Reload,
     log: LogReload,
@@ -313,6 +354,13 @@ async fn wait_for_stop(signals: Signals, handle: &Handle, reload: &Reload, mut r
                         // Token files are read again on every reload: a rotated token takes
                         // effect without a restart.
                         reload.tokens.set(c.api_tokens.clone());
+                        if let (Some(tls), Some((cert, key))) = (&reload.tls, &c.api_tls) {
+                            match tls.reload_from_pem_file(cert, key).await {
+                                Ok(()) => info!(cert = %cert.display(), "SIGHUP: API certificate reloaded"),
+                                Err(e) => warn!(cert = %cert.display(), key = %key.display(), error = %e,
+                                    "SIGHUP: API certificate NOT reloaded; the previous one stays in use"),
+                            }
+                        }
                         let _ = reload.handlers.send(std::sync::Arc::new(c.handlers.clone()));
                         let mut log_error = None;
                         if changed.contains(&"log.level") && let Err(e) = (reload.log)(&c.log_level) {

@@ -139,11 +139,8 @@ fn client(
     deadline: Instant,
     done: &std::sync::atomic::AtomicU64,
 ) -> (Vec<Duration>, BTreeMap<String, u64>) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = crate::cli::http_agent(Some(Duration::from_secs(10)));
+    let base = crate::cli::base_url(api).0;
     let value = vec![b'x'; spec.value_bytes];
     let mut lat = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -162,9 +159,9 @@ fn client(
             format!("bench-{c}-{}", i % spec.keys.max(1))
         };
         let url = match spec.op.as_str() {
-            "cas" | "strong-get" => format!("http://{api}/v1/strong/{}", encode_segment(&key)),
+            "cas" | "strong-get" => format!("{base}/v1/strong/{}", encode_segment(&key)),
             _ => format!(
-                "http://{api}/v1/kv/{}/{}?consistency={}",
+                "{base}/v1/kv/{}/{}?consistency={}",
                 encode_segment(&spec.store),
                 encode_segment(&key),
                 spec.consistency.name()

@@ -21,6 +21,10 @@ struct Cli {
     /// CHORUS_TOKEN to the token itself.
     #[arg(long, global = true, env = "CHORUS_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// A PEM file of the certificate authorities to trust when --api is an https:// URL (an agent
+    /// with api.tls_cert).
+    #[arg(long, global = true, env = "CHORUS_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -285,7 +289,9 @@ fn main() -> ExitCode {
     if let Err(e) = cli::set_token(
         cli.token_file.as_deref(),
         std::env::var("CHORUS_TOKEN").ok(),
-    ) {
+    )
+    .and_then(|()| cli::set_ca(cli.ca_file.as_deref()))
+    {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
@@ -450,7 +456,7 @@ fn fetch(
         }
         Err(e) => {
             eprintln!("error: {e}");
-            Err(ExitCode::FAILURE)
+            Err(ExitCode::from(e.exit_code()))
         }
     }
 }

@@ -99,7 +99,7 @@ pub struct MonitorArgs {
 /// Runs `chorus monitor`: prints the agent's log lines as they come, until interrupted;
 /// reconnects when the agent restarts (saying so once), and says when lines were missed.
 pub fn run(a: MonitorArgs) -> ExitCode {
-    let url = format!("http://{}/v1/monitor", a.api);
+    let url = format!("{}/v1/monitor", crate::cli::base_url(&a.api).0);
     let mut kind = String::new();
     crate::events_cli::follow_lines(
         "chorus monitor",

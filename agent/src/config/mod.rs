@@ -212,6 +212,9 @@ impl Config {
         if self.api_tokens != new.api_tokens {
             out.push("api.tokens");
         }
+        if self.api_tls.is_some() != new.api_tls.is_some() {
+            out.push("api.tls_cert");
+        }
         out
     }
 }
