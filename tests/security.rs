@@ -532,7 +532,7 @@ fn the_api_refuses_missing_wrong_and_underprivileged_tokens_with_stable_codes() 
 
     // The CLI: no token exits 8 and says how to give one; each way of giving it works.
     let (code, _, err) = lab.kv_with_token(a, &["put", "default", "c", "1"], None);
-    assert_eq!(code, 8, "{err}");
+    assert_eq!(code, 10, "{err}");
     assert!(
         err.contains("token_missing") && err.contains("--token-file"),
         "{err}"
@@ -544,7 +544,7 @@ fn the_api_refuses_missing_wrong_and_underprivileged_tokens_with_stable_codes() 
         &["put", "default", "c", "1"],
         Some(("--token-file", &file)),
     );
-    assert_eq!(code, 8, "a read token may not write: {err}");
+    assert_eq!(code, 10, "a read token may not write: {err}");
     assert!(err.contains("forbidden"), "{err}");
     for (i, (how, v)) in [
         ("--token-file", wfile.as_str()),
@@ -772,7 +772,7 @@ fn an_api_over_tls_serves_with_tokens_and_reloads_its_certificate_on_sighup() {
     let out = lab.exec(0, &[CHORUS, "status", "--api", https, "--ca-file", &one_ca]);
     assert_eq!(
         out.status.code(),
-        Some(8),
+        Some(10),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

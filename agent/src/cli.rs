@@ -44,7 +44,7 @@ impl CliError {
                 "indeterminate" => 5,
                 "bad_request" | "too_large" => 6,
                 "conflict" | "stale_token" | "key_is_primary" | "keyring_full" => 7,
-                "token_missing" | "token_invalid" | "forbidden" => 8,
+                "token_missing" | "token_invalid" | "forbidden" => 10,
                 _ => 1,
             },
         }
