@@ -232,3 +232,51 @@ fn log_format_and_leader_keys_are_checked() {
         "handlers[0].command"
     );
 }
+
+#[test]
+fn keys_and_tokens_come_from_files_and_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("cluster.key");
+    std::fs::write(&key_file, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
+    std::fs::write(dir.path().join("api-read"), "read-token-0123456789\n").unwrap();
+    let text = format!(
+        "[cluster]\nkey_file = {:?}\nkeys = [\"HxweHRwbGhkYFxYVFBMSERAPDg0MCwoJCAcGBQQDAgE=\", \
+         \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"]\n\
+         [[api.tokens]]\nrole = \"read\"\ncredential = \"api-read\"\n",
+        key_file.display().to_string()
+    );
+    let f = Config::parse_file(Path::new("test.toml"), &text).unwrap();
+    let creds = env(&[("CREDENTIALS_DIRECTORY", &dir.path().display().to_string())]);
+    let c = Config::resolve(f, &creds, &Overrides::default()).unwrap();
+    assert!(c.key_configured);
+    assert_eq!(c.key.bytes()[1], 1);
+    assert_eq!(c.other_keys.len(), 1, "the primary is not repeated");
+    assert_eq!(c.api_tokens.len(), 1);
+    assert_eq!(c.api_tokens[0].secret.0, b"read-token-0123456789");
+    assert!(
+        !format!("{c:?}").contains("read-token"),
+        "a token never shows in a Debug"
+    );
+    // Both ways of giving the key at once, a bad extra key, two entries with one token.
+    let both = format!(
+        "[cluster]\nkey = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\nkey_file = {:?}\n",
+        key_file.display().to_string()
+    );
+    assert_eq!(err_key(from_toml(&both)), "cluster.key_file");
+    assert_eq!(
+        err_key(from_toml("[cluster]\nkeys = [\"AAEC\"]")),
+        "cluster.keys[0]"
+    );
+    let twice = format!(
+        "[[api.tokens]]\nrole = \"read\"\ncredential = \"api-read\"\n\
+         [[api.tokens]]\nrole = \"write\"\ncredential = \"api-read\"\n"
+    );
+    let f = Config::parse_file(Path::new("test.toml"), &twice).unwrap();
+    match Config::resolve(f, &creds, &Overrides::default()) {
+        Err(ConfigError::Invalid { key, message }) => {
+            assert_eq!(key, "api.tokens[1]");
+            assert!(message.contains("same token"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
