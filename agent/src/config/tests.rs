@@ -267,11 +267,9 @@ fn keys_and_tokens_come_from_files_and_credentials() {
         err_key(from_toml("[cluster]\nkeys = [\"AAEC\"]")),
         "cluster.keys[0]"
     );
-    let twice = format!(
-        "[[api.tokens]]\nrole = \"read\"\ncredential = \"api-read\"\n\
-         [[api.tokens]]\nrole = \"write\"\ncredential = \"api-read\"\n"
-    );
-    let f = Config::parse_file(Path::new("test.toml"), &twice).unwrap();
+    let twice = "[[api.tokens]]\nrole = \"read\"\ncredential = \"api-read\"\n\
+         [[api.tokens]]\nrole = \"write\"\ncredential = \"api-read\"\n";
+    let f = Config::parse_file(Path::new("test.toml"), twice).unwrap();
     match Config::resolve(f, &creds, &Overrides::default()) {
         Err(ConfigError::Invalid { key, message }) => {
             assert_eq!(key, "api.tokens[1]");
