@@ -429,10 +429,15 @@ fn a_holder_told_to_act_for_its_whole_lease_is_caught_overlapping_the_next() {
         ok.detail.contains("2 holders"),
         "both clients held the lock: {ok:?}"
     );
-    let broken = lock_contention_under_clock_drift(&[coord::Fault::FullLeaseWindow], 5);
+    // Whether the broken holder's overlap falls inside a run depends on the trace; some seed of
+    // a few must show it (a change of any core's random draws moves it between seeds).
+    let caught = (1..=12).find_map(|seed| {
+        let broken = lock_contention_under_clock_drift(&[coord::Fault::FullLeaseWindow], seed);
+        (!broken.ok && broken.detail.contains("acted at once")).then_some((seed, broken))
+    });
     assert!(
-        !broken.ok && broken.detail.contains("acted at once"),
-        "a holder acting for the grantors' whole lease went unnoticed: {broken:?}"
+        caught.is_some(),
+        "a holder acting for the grantors' whole lease went unnoticed in seeds 1-12"
     );
 }
 
