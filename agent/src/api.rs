@@ -250,6 +250,14 @@ struct QuorumJson {
     since_unix_ms: u128,
     /// Live members that publish another quorum rule, `{"name": "REQUIRED/TOTAL"}`.
     disagreeing_members: BTreeMap<String, String>,
+    /// `votes` or `datacenters`.
+    mode: &'static str,
+    /// In `datacenters` mode, each configured datacenter as this node reaches it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    datacenters: Option<Vec<membership::DatacenterReach>>,
+    /// In `datacenters` mode, datacenters a quorum needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    required_datacenters: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -311,6 +319,13 @@ fn status_json(s: StatusReport) -> StatusJson {
         cluster: s.cluster,
         quorum: QuorumJson {
             disagreeing_members: s.disagreeing.into_iter().collect(),
+            mode: if s.datacenters.is_some() {
+                "datacenters"
+            } else {
+                "votes"
+            },
+            required_datacenters: s.datacenters.as_ref().map(|d| d.len() / 2 + 1),
+            datacenters: s.datacenters,
             has_quorum: s.quorum.has_quorum,
             reachable_votes: s.quorum.reachable_votes,
             required_votes: s.quorum.required_votes,

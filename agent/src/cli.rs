@@ -375,15 +375,43 @@ pub fn status_text(v: &Value) -> String {
         s(&node["generation"])
     );
     let has = q["has_quorum"].as_bool() == Some(true);
-    let _ = writeln!(
-        out,
-        "quorum:      {} ({} of {} votes reachable, {} required) since {}",
-        if has { "yes" } else { "NO" },
-        s(&q["reachable_votes"]),
-        s(&q["total_votes"]),
-        s(&q["required_votes"]),
-        s(&q["since"]),
-    );
+    if let Some(dcs) = q["datacenters"].as_array() {
+        let counted = dcs.iter().filter(|d| d["counted"] == true).count();
+        let _ = writeln!(
+            out,
+            "quorum:      {} ({} of {} datacenters reached, {} required) since {}",
+            if has { "yes" } else { "NO" },
+            counted,
+            dcs.len(),
+            s(&q["required_datacenters"]),
+            s(&q["since"]),
+        );
+        for d in dcs {
+            let _ = writeln!(
+                out,
+                "  {:<12} {} of {} votes reachable, {} required{}",
+                s(&d["name"]),
+                s(&d["reachable"]),
+                s(&d["configured"]),
+                s(&d["required"]),
+                if d["counted"] == true {
+                    ""
+                } else {
+                    "  (not reached)"
+                }
+            );
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "quorum:      {} ({} of {} votes reachable, {} required) since {}",
+            if has { "yes" } else { "NO" },
+            s(&q["reachable_votes"]),
+            s(&q["total_votes"]),
+            s(&q["required_votes"]),
+            s(&q["since"]),
+        );
+    }
     if let Some(d) = q["disagreeing_members"]
         .as_object()
         .filter(|d| !d.is_empty())

@@ -85,6 +85,8 @@ pub struct StatusReport {
     pub leading: Option<u64>,
     /// Live members whose published quorum rule (`REQUIRED/TOTAL`) differs from this node's.
     pub disagreeing: Vec<(String, String)>,
+    /// In `datacenters` quorum mode, each configured datacenter as this node reaches it.
+    pub datacenters: Option<Vec<membership::DatacenterReach>>,
 }
 
 /// Counters for `/metrics`.
@@ -623,6 +625,11 @@ impl Driver {
             catch_up: store.catching_up(),
             leader_candidate: self.node.is_candidate(),
             leading: self.node.leading().map(|l| l.token),
+            datacenters: core
+                .config()
+                .quorum
+                .datacenter_votes()
+                .map(|_| core.datacenter_reach()),
             disagreeing: {
                 let members = core.members();
                 let mine = node::quorum_tag(&core.config().quorum);

@@ -1,5 +1,6 @@
 //! The coordination core's settings.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Settings of the coordination core.
@@ -9,6 +10,10 @@ pub struct CoordConfig {
     pub required_votes: u32,
     /// This node's votes.
     pub my_votes: u32,
+    /// `datacenters` quorum mode: the configured votes of each datacenter (as the store's).
+    pub datacenters: Option<BTreeMap<String, u32>>,
+    /// This node's datacenter.
+    pub my_datacenter: String,
     /// How long a proposal may take before it answers `no_quorum` (nothing was applied) or
     /// `indeterminate` (an accept went out and may have been chosen).
     pub round_timeout: Duration,
@@ -30,6 +35,8 @@ impl CoordConfig {
         CoordConfig {
             required_votes,
             my_votes: 1,
+            datacenters: None,
+            my_datacenter: String::new(),
             round_timeout: Duration::from_secs(2),
             max_value_bytes: 1 << 20,
             durable: false,

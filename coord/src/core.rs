@@ -77,6 +77,8 @@ pub struct CoordCore {
     pub(crate) rng: Xoshiro256PlusPlus,
     pub(crate) now: Duration,
     pub(crate) peers: BTreeMap<NodeId, u32>,
+    /// Members' datacenters (for a `datacenters`-mode quorum).
+    pub(crate) dcs: BTreeMap<NodeId, String>,
     pub(crate) view_quorum: bool,
     pub(crate) view_reachable: u32,
     pub(crate) acceptors: BTreeMap<String, AcceptorState>,
@@ -107,7 +109,13 @@ impl CoordCore {
         CoordCore {
             me,
             generation,
-            view_quorum: cfg.my_votes >= cfg.required_votes,
+            view_quorum: match &cfg.datacenters {
+                None => cfg.my_votes >= cfg.required_votes,
+                Some(t) => {
+                    membership::datacenters_met(t, [(cfg.my_datacenter.as_str(), cfg.my_votes)])
+                }
+            },
+            dcs: BTreeMap::new(),
             view_reachable: cfg.my_votes,
             cfg,
             rng: Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xc0_0a7d),
@@ -327,6 +335,30 @@ impl CoordCore {
 
     pub(crate) fn votes<'a>(&self, nodes: impl Iterator<Item = &'a NodeId>) -> u32 {
         nodes.map(|n| self.votes_of(*n)).sum()
+    }
+
+    fn dc_of(&self, n: NodeId) -> &str {
+        if n == self.me {
+            &self.cfg.my_datacenter
+        } else {
+            self.dcs.get(&n).map_or("", String::as_str)
+        }
+    }
+
+    /// Whether `nodes` (distinct) make a quorum by the configured rule.
+    pub(crate) fn is_quorum<'a>(&self, nodes: impl Iterator<Item = &'a NodeId>) -> bool {
+        match &self.cfg.datacenters {
+            None => self.votes(nodes) >= self.cfg.required_votes,
+            Some(table) => membership::datacenters_met(
+                table,
+                nodes.map(|n| (self.dc_of(*n), self.votes_of(*n))),
+            ),
+        }
+    }
+
+    /// The datacenters of the members (by their metadata), for a `datacenters`-mode quorum.
+    pub fn set_datacenters(&mut self, dcs: BTreeMap<NodeId, String>) {
+        self.dcs = dcs;
     }
 
     pub(crate) fn no_quorum(&self) -> CoordError {

@@ -114,7 +114,6 @@ impl CoordCore {
         register: Register,
         age: Option<Duration>,
     ) {
-        let required = self.cfg.required_votes;
         let Some(p) = self.proposals.get_mut(&op).filter(|p| p.ballot == ballot) else {
             return;
         };
@@ -123,7 +122,7 @@ impl CoordCore {
         };
         promises.insert(from, (accepted, register, age));
         let voters: Vec<NodeId> = promises.keys().copied().collect();
-        if self.votes(voters.iter()) < required {
+        if !self.is_quorum(voters.iter()) {
             return;
         }
         let p = self.proposals.get_mut(&op).expect("checked");
@@ -165,7 +164,6 @@ impl CoordCore {
     }
 
     pub(crate) fn on_accepted(&mut self, from: NodeId, op: OpId, ballot: Ballot) {
-        let required = self.cfg.required_votes;
         let Some(p) = self.proposals.get_mut(&op).filter(|p| p.ballot == ballot) else {
             return;
         };
@@ -174,7 +172,7 @@ impl CoordCore {
         };
         acks.insert(from);
         let voters: Vec<NodeId> = acks.iter().copied().collect();
-        if self.votes(voters.iter()) < required {
+        if !self.is_quorum(voters.iter()) {
             return;
         }
         let p = self.proposals.remove(&op).expect("checked");
@@ -186,8 +184,8 @@ impl CoordCore {
 
     pub(crate) fn on_reject(&mut self, from: NodeId, op: OpId, ballot: Ballot, seen: Ballot) {
         self.counter = self.counter.max(seen.counter);
-        let reachable = self.cfg.my_votes + self.peers.values().sum::<u32>();
-        let required = self.cfg.required_votes;
+        let mut reachable: Vec<NodeId> = self.peers.keys().copied().collect();
+        reachable.push(self.me);
         let Some(p) = self.proposals.get_mut(&op).filter(|p| p.ballot == ballot) else {
             return;
         };
@@ -196,8 +194,8 @@ impl CoordCore {
             // to be out of reach (but not known to have failed: a quorum may yet accept a
             // later proposal's read of it).
             rejects.insert(from);
-            let refused: Vec<NodeId> = rejects.iter().copied().collect();
-            if reachable.saturating_sub(self.votes(refused.iter())) < required {
+            let refused: BTreeSet<NodeId> = rejects.clone();
+            if !self.is_quorum(reachable.iter().filter(|n| !refused.contains(n))) {
                 self.finish(op, Err(CoordError::Indeterminate));
             }
             return;

@@ -97,7 +97,7 @@ impl CoordCore {
             let state = st.clone();
             self.persist(key, state);
         }
-        if self.votes(merged.iter()) >= self.cfg.required_votes {
+        if self.is_quorum(merged.iter()) {
             if let Some(s) = self.sync.as_mut() {
                 s.draining = true;
             }

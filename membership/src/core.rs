@@ -189,7 +189,9 @@ impl Membership {
             votes: cfg.me.votes,
             leaving: false,
         };
-        let has = cfg.quorum.is_met(cfg.me.votes);
+        let has = cfg
+            .quorum
+            .met_by([(cfg.me.datacenter.as_str(), cfg.me.votes)]);
         let quorum = QuorumStatus {
             has_quorum: has,
             reachable_votes: cfg.me.votes,

@@ -31,5 +31,5 @@ pub use crate::fault::fuzz_datagram;
 pub use crate::identity::{NodeId, Peer};
 pub use crate::keyring::{ClusterKey, KeyId, KeyInfo, Keyring, KeyringError, KeyringOp};
 pub use crate::meta::NodeMeta;
-pub use crate::quorum::{QuorumRule, QuorumStatus};
+pub use crate::quorum::{DatacenterReach, QuorumRule, QuorumStatus, datacenters_met};
 pub use crate::report::{Event, MemberRef, MemberState, MemberView};

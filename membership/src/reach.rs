@@ -7,27 +7,49 @@
 //! and then and rebuilds the tally if it ever drifted.
 
 use crate::identity::{NodeId, Peer};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-/// Reachable votes of other members (the node's own votes are not included).
+/// A member's votes and datacenter, as its metadata says (1 and "" until its record arrives).
+pub(crate) type Voter = (u32, String);
+
+/// Reachable votes of other members (the node's own votes are not included), in all and per
+/// datacenter.
 #[derive(Debug, Default)]
 pub(crate) struct Reach {
-    /// Per node: the active generations (foca may briefly list two) and the votes counted.
-    active: HashMap<NodeId, (BTreeSet<u64>, u32)>,
+    /// Per node: the active generations (foca may briefly list two) and the vote counted.
+    active: HashMap<NodeId, (BTreeSet<u64>, Voter)>,
     total: u32,
+    by_dc: BTreeMap<String, u32>,
 }
 
 impl Reach {
-    /// `p` is active (alive or suspect) with `votes`.
-    pub(crate) fn up(&mut self, p: Peer, votes: u32) {
+    fn add(&mut self, v: &Voter) {
+        self.total += v.0;
+        *self.by_dc.entry(v.1.clone()).or_default() += v.0;
+    }
+
+    fn sub(&mut self, v: &Voter) {
+        self.total -= v.0;
+        if let Some(n) = self.by_dc.get_mut(&v.1) {
+            *n -= v.0;
+            if *n == 0 {
+                self.by_dc.remove(&v.1);
+            }
+        }
+    }
+
+    /// `p` is active (alive or suspect) with `voter`.
+    pub(crate) fn up(&mut self, p: Peer, voter: Voter) {
         let e = self
             .active
             .entry(p.id)
-            .or_insert_with(|| (BTreeSet::new(), votes));
-        if e.0.is_empty() {
-            self.total += e.1;
-        }
+            .or_insert_with(|| (BTreeSet::new(), voter));
+        let first = e.0.is_empty();
         e.0.insert(p.generation);
+        if first {
+            let v = e.1.clone();
+            self.add(&v);
+        }
     }
 
     /// `p` is down.
@@ -35,17 +57,18 @@ impl Reach {
         if let Some(e) = self.active.get_mut(&p.id) {
             e.0.remove(&p.generation);
             if e.0.is_empty() {
-                self.total -= e.1;
-                self.active.remove(&p.id);
+                let (_, v) = self.active.remove(&p.id).expect("present");
+                self.sub(&v);
             }
         }
     }
 
-    /// Node `id` now has `votes` (its metadata changed).
-    pub(crate) fn set_votes(&mut self, id: NodeId, votes: u32) {
+    /// Node `id` now has `voter` (its metadata changed).
+    pub(crate) fn set_voter(&mut self, id: NodeId, voter: Voter) {
         if let Some(e) = self.active.get_mut(&id) {
-            self.total = self.total - e.1 + votes;
-            e.1 = votes;
+            let old = std::mem::replace(&mut e.1, voter.clone());
+            self.sub(&old);
+            self.add(&voter);
         }
     }
 
@@ -54,11 +77,16 @@ impl Reach {
         self.total
     }
 
+    /// Votes of active members per datacenter.
+    pub(crate) fn by_dc(&self) -> &BTreeMap<String, u32> {
+        &self.by_dc
+    }
+
     /// Starts over from a full list of active members and their votes.
-    pub(crate) fn rebuild(&mut self, members: impl Iterator<Item = (Peer, u32)>) {
+    pub(crate) fn rebuild(&mut self, members: impl Iterator<Item = (Peer, Voter)>) {
         *self = Reach::default();
-        for (p, votes) in members {
-            self.up(p, votes);
+        for (p, voter) in members {
+            self.up(p, voter);
         }
     }
 }
@@ -76,25 +104,32 @@ mod tests {
         }
     }
 
+    fn v(votes: u32, dc: &str) -> Voter {
+        (votes, dc.to_string())
+    }
+
     #[test]
     fn tally_follows_ups_downs_renames_and_vote_changes() {
         let mut r = Reach::default();
-        r.up(peer(1, 1), 1);
-        r.up(peer(2, 1), 3);
+        r.up(peer(1, 1), v(1, "a"));
+        r.up(peer(2, 1), v(3, "b"));
         assert_eq!(r.total(), 4);
         // A restart shows both generations for a moment: the node counts once.
-        r.up(peer(2, 2), 3);
+        r.up(peer(2, 2), v(3, "b"));
         assert_eq!(r.total(), 4);
         r.down(peer(2, 1));
         assert_eq!(r.total(), 4);
-        r.set_votes(NodeId(2), 5);
+        r.set_voter(NodeId(2), v(5, "a"));
         assert_eq!(r.total(), 6);
+        assert_eq!(r.by_dc().get("a"), Some(&6));
+        assert_eq!(r.by_dc().get("b"), None);
         r.down(peer(2, 2));
         assert_eq!(r.total(), 1);
         r.down(peer(9, 1));
-        r.set_votes(NodeId(9), 7);
+        r.set_voter(NodeId(9), v(7, "a"));
         assert_eq!(r.total(), 1);
-        r.rebuild([(peer(3, 1), 2), (peer(4, 1), 2)].into_iter());
+        r.rebuild([(peer(3, 1), v(2, "a")), (peer(4, 1), v(2, "c"))].into_iter());
         assert_eq!(r.total(), 4);
+        assert_eq!(r.by_dc().len(), 2);
     }
 }

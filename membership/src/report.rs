@@ -267,8 +267,8 @@ impl Membership {
     /// SWIM has not shown us (to be introduced to).
     fn apply_fresh_records(&mut self, fresh: Vec<NodeId>) -> Vec<NodeId> {
         for id in &fresh {
-            let votes = self.votes_of(*id);
-            self.reach.set_votes(*id, votes);
+            let voter = self.voter_of(*id);
+            self.reach.set_voter(*id, voter);
         }
         self.described.extend(fresh.iter().copied());
         let mut strangers = Vec::new();
@@ -308,7 +308,11 @@ impl Membership {
     /// Recomputes the quorum view from the reachable votes; a change is an event.
     fn update_quorum(&mut self) {
         let reachable = self.own_meta.votes + self.reach.total();
-        let has = self.cfg.quorum.is_met(reachable) && !self.leaving;
+        let met = match self.cfg.quorum.datacenter_votes() {
+            None => self.cfg.quorum.is_met(reachable),
+            Some(_) => self.cfg.quorum.met_by(self.voters()),
+        };
+        let has = met && !self.leaving;
         self.quorum.reachable_votes = reachable;
         if has != self.quorum.has_quorum {
             self.quorum.has_quorum = has;
@@ -336,6 +340,14 @@ impl Membership {
         self.described.pop_front()
     }
 
+    /// The datacenter node `id` gives in its metadata, once its record has arrived.
+    pub fn datacenter_of(&self, id: NodeId) -> Option<String> {
+        self.table()
+            .get(id)
+            .map(|m| m.datacenter.clone())
+            .filter(|d| !d.is_empty())
+    }
+
     /// The name node `id` gives in its metadata, once its record has arrived.
     pub fn name_of(&self, id: NodeId) -> Option<String> {
         self.table()
@@ -344,10 +356,27 @@ impl Membership {
             .filter(|n| !n.is_empty())
     }
 
-    /// The votes of node `id` by its metadata (1 until its record arrives).
-    pub(crate) fn votes_of(&self, id: NodeId) -> u32 {
+    /// The votes and datacenter of node `id` by its metadata (1 and "" until its record arrives:
+    /// a member of no datacenter counts for nothing in `datacenters` mode).
+    pub(crate) fn voter_of(&self, id: NodeId) -> crate::reach::Voter {
         let table = self.table();
-        table.get(id).map_or(1, |meta| meta.votes)
+        table.get(id).map_or((1, String::new()), |meta| {
+            (meta.votes, meta.datacenter.clone())
+        })
+    }
+
+    /// This node and every member it reaches, as (datacenter, votes) per datacenter.
+    fn voters(&self) -> impl Iterator<Item = (&str, u32)> {
+        std::iter::once((self.own_meta.datacenter.as_str(), self.own_meta.votes))
+            .chain(self.reach.by_dc().iter().map(|(dc, v)| (dc.as_str(), *v)))
+    }
+
+    /// Each configured datacenter's reach from this node (`datacenters` mode; empty otherwise).
+    pub fn datacenter_reach(&self) -> Vec<crate::quorum::DatacenterReach> {
+        if self.leaving {
+            return self.cfg.quorum.datacenter_reach([]);
+        }
+        self.cfg.quorum.datacenter_reach(self.voters())
     }
 
     /// Recounts reachable votes from foca's member list and rebuilds the incremental tally if
@@ -362,22 +391,42 @@ impl Membership {
                 .map(|id| (id, table.get(id).map_or(1, |meta| meta.votes)))
                 .collect()
         };
+        let drifted_dcs = {
+            let mut by_dc: std::collections::BTreeMap<String, u32> = Default::default();
+            let table = self.table();
+            let mut seen = std::collections::BTreeSet::new();
+            for m in self.foca.iter_members() {
+                let id = m.id().id;
+                if id != self.identity.id && seen.insert(id) {
+                    let (v, dc) = table.get(id).map_or((1, String::new()), |meta| {
+                        (meta.votes, meta.datacenter.clone())
+                    });
+                    *by_dc.entry(dc).or_default() += v;
+                }
+            }
+            by_dc != *self.reach.by_dc()
+        };
         members.sort_unstable();
         members.dedup_by_key(|(id, _)| *id);
         let counted: u32 = members.iter().map(|(_, v)| v).sum();
-        if counted != self.reach.total() {
+        if counted != self.reach.total() || drifted_dcs {
             warn!(
                 counted,
                 tallied = self.reach.total(),
                 "reachable votes drifted; recounted"
             );
-            let peers: Vec<(Peer, u32)> = {
+            let peers: Vec<(Peer, crate::reach::Voter)> = {
                 let table = self.table();
                 self.foca
                     .iter_members()
                     .map(|m| *m.id())
                     .filter(|p| p.id != self.identity.id)
-                    .map(|p| (p, table.get(p.id).map_or(1, |meta| meta.votes)))
+                    .map(|p| {
+                        let voter = table.get(p.id).map_or((1, String::new()), |meta| {
+                            (meta.votes, meta.datacenter.clone())
+                        });
+                        (p, voter)
+                    })
                     .collect()
             };
             self.reach.rebuild(peers.into_iter());

@@ -110,8 +110,8 @@ impl Membership {
     /// A member is up: count its votes, report it joined, recovered or restarted, and ask for its
     /// record if we lack it.
     fn on_member_up(&mut self, p: Peer) {
-        let votes = self.votes_of(p.id);
-        self.reach.up(p, votes);
+        let voter = self.voter_of(p.id);
+        self.reach.up(p, voter);
         let member = self.member_ref(p);
         let prev = self.known.insert(
             p.id,
@@ -194,8 +194,8 @@ impl Membership {
     /// foca renamed a member: a restart under the same id, or two nodes claiming one address.
     fn on_rename(&mut self, old: Peer, new: Peer) {
         self.reach.down(old);
-        let votes = self.votes_of(new.id);
-        self.reach.up(new, votes);
+        let voter = self.voter_of(new.id);
+        self.reach.up(new, voter);
         if old.id == new.id {
             if let Some(k) = self.known.get_mut(&new.id)
                 && new.generation > k.generation

@@ -73,12 +73,13 @@ pub fn locks_exclusive(sim: &Sim) -> Verdict {
     let mut minority = 0;
     for g in grants {
         let from = g.invoked.saturating_sub(Duration::from_secs(1));
-        let reach = sim.net.ever_reachable_from(g.node, from, g.from).len();
-        if reach < required {
+        let reached = sim.net.ever_reachable_from(g.node, from, g.from);
+        if !sim.is_quorum(&reached) {
             minority += 1;
             violations.push(format!(
-                "{} was granted while its node reached {reach} of {required} required",
-                describe(g)
+                "{} was granted while its node reached {}",
+                describe(g),
+                crate::check::describe_reach(sim, &reached, required)
             ));
         }
     }

@@ -52,6 +52,10 @@ pub const FAULTS: &[(&str, AnyFault)] = &[
     ),
     ("store:ask-once", AnyFault::Store(store::Fault::AskOnce)),
     (
+        "store:count-votes-not-datacenters",
+        AnyFault::Store(store::Fault::CountVotesNotDatacenters),
+    ),
+    (
         "membership:deaf-to-metadata",
         AnyFault::Membership(membership::Fault::DeafToMetadata),
     ),

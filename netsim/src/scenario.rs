@@ -76,6 +76,11 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "multi-dc",
         "3 datacenters 20-40 ms apart; one is cut off, then healed",
     ),
+    (
+        "dc-quorum",
+        "unequal datacenters (n-2, 1, 1 nodes) with quorum by datacenters; each is cut off in \
+         turn (the big one too, where a count of votes would choose the other side), then healed",
+    ),
 ];
 
 /// Share of client operations (per million) on the strong keyspace in every scenario.
@@ -274,6 +279,12 @@ pub fn run_keeping(
             cfg.link.duplicate_ppm = 50_000;
             cfg.link.reorder_ppm = 100_000;
             cfg.link.reorder_by = 50 * MS;
+        }
+        "dc-quorum" => {
+            cfg.datacenters = 3;
+            cfg.dc_sizes = Some(vec![n - 2, 1, 1]);
+            cfg.quorum_by_datacenter = true;
+            cfg.seed_node_zero = true;
         }
         "multi-dc" => {
             cfg.datacenters = 3;
@@ -569,10 +580,9 @@ fn trouble(run: &mut Run, name: &str, n: usize) {
             run.sim.partition(&refs);
             let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
             run.note(format!("network split {sizes:?}"));
-            let required = run.sim.store_config().required_votes as usize;
             let minority: Vec<usize> = groups
                 .iter()
-                .filter(|g| g.len() < required)
+                .filter(|g| !run.sim.is_quorum(g))
                 .flatten()
                 .copied()
                 .collect();
@@ -640,7 +650,55 @@ fn trouble(run: &mut Run, name: &str, n: usize) {
             run.sim.run_for(5 * S);
         }
         "shapes" => shapes(run, n),
+        "dc-quorum" => dc_quorum(run, n),
         other => unreachable!("scenario {other} is listed but has no trouble"),
+    }
+}
+
+/// Cuts each datacenter off in turn for 12 s (healing 8 s in between): the side with a majority
+/// of datacenters keeps its quorum, the cut one loses it, whatever their numbers of votes.
+fn dc_quorum(run: &mut Run, n: usize) {
+    let dcs: Vec<Vec<usize>> = (0..3)
+        .map(|d| (0..n).filter(|i| run.sim.net.dc_of(*i) == d).collect())
+        .collect();
+    for (d, cut) in dcs.iter().enumerate() {
+        let rest: Vec<usize> = (0..n).filter(|i| !cut.contains(i)).collect();
+        run.sim.partition(&[cut, &rest]);
+        run.note(format!("datacenter dc{} ({cut:?}) cut off", d + 1));
+        let lost = run.sim.run_until_cond_every(30 * S, MS, |s| {
+            cut.iter()
+                .all(|i| !s.core(*i).is_some_and(|c| c.quorum().has_quorum))
+        });
+        run.measure(
+            &format!("dc{} cut: its nodes without quorum after", d + 1),
+            secs(lost),
+        );
+        run.verdict(
+            "a cut-off datacenter loses quorum",
+            lost.is_some(),
+            format!(
+                "dc{}: {} node(s), {} of the votes",
+                d + 1,
+                cut.len(),
+                if cut.len() * 2 > n {
+                    "a majority"
+                } else {
+                    "a minority"
+                }
+            ),
+        );
+        run.sim.run_for(12 * S);
+        let kept = rest
+            .iter()
+            .all(|i| run.sim.core(*i).is_some_and(|c| c.quorum().has_quorum));
+        run.verdict(
+            "the other datacenters keep quorum",
+            kept,
+            format!("dc{} cut; {} node(s) on the other side", d + 1, rest.len()),
+        );
+        run.sim.heal();
+        run.note("healed");
+        run.sim.run_for(8 * S);
     }
 }
 

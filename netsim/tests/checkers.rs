@@ -135,6 +135,25 @@ fn minority_writes_are_caught() {
     );
 }
 
+/// With quorum by datacenters, a store that counts votes writes from the big datacenter when it
+/// is cut off alone (it holds most of the votes, but one datacenter of three): the checker, which
+/// judges by the configured rule, catches it.
+#[test]
+fn a_store_counting_votes_instead_of_datacenters_is_caught_writing_from_one_datacenter() {
+    let name = "no minority write takes effect";
+    let ok = first_failure("dc-quorum", &Faults::default(), name);
+    assert!(ok.ok, "correct cores: {ok:?}");
+    let v = first_failure(
+        "dc-quorum",
+        &store_fault(store::Fault::CountVotesNotDatacenters),
+        name,
+    );
+    assert!(
+        !v.ok && v.detail.contains("no majority of datacenters"),
+        "a store counting votes in datacenters mode went unnoticed: {v:?}"
+    );
+}
+
 #[test]
 fn rounds_that_ask_once_stall_after_a_change_of_shape_and_are_caught() {
     let name = "quorum side writes soon after every change of shape";

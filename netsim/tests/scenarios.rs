@@ -76,6 +76,7 @@ sweeps! {
     pauses => "pauses",
     skew => "skew",
     multi_dc => "multi-dc",
+    dc_quorum => "dc-quorum",
 }
 
 #[test]

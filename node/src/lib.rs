@@ -35,5 +35,5 @@ pub const QUORUM_TAG: &str = "chorus.quorum";
 
 /// The value of [`QUORUM_TAG`] for `rule`.
 pub fn quorum_tag(rule: &membership::QuorumRule) -> String {
-    format!("{}/{}", rule.required(), rule.total())
+    rule.tag()
 }

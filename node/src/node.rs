@@ -98,6 +98,9 @@ pub struct Node {
     duplicate_names: std::collections::BTreeSet<(String, membership::NodeId, membership::NodeId)>,
     /// Members found with another quorum rule, warned about once per rule they published.
     quorum_disagreements: std::collections::BTreeSet<(membership::NodeId, String)>,
+    /// Datacenters found holding more votes than configured (or not configured), warned about
+    /// once per datacenter and vote count.
+    datacenter_overflows: std::collections::BTreeSet<(String, u32)>,
     /// The leadership last reported as an event.
     reported_leading: Option<u64>,
     now: Duration,
@@ -139,6 +142,8 @@ impl Node {
         let ccfg = cfg.store.as_ref().map(|s| CoordConfig {
             required_votes: s.required_votes,
             my_votes: s.my_votes,
+            datacenters: s.datacenters.clone(),
+            my_datacenter: s.my_datacenter.clone(),
             round_timeout: s.round_timeout,
             max_value_bytes: s.max_value_bytes,
             durable: s.durable,
@@ -180,6 +185,7 @@ impl Node {
             unnamed: BTreeMap::new(),
             duplicate_names: std::collections::BTreeSet::new(),
             quorum_disagreements: std::collections::BTreeSet::new(),
+            datacenter_overflows: std::collections::BTreeSet::new(),
             reported_leading: None,
             catching_up: store.is_some(),
             store,
@@ -574,6 +580,7 @@ impl Node {
                 "a member counts quorum differently (required/total votes): give every node the same \
                  cluster.expected_nodes, cluster.total_votes and cluster.quorum (docs/operations.md)");
         }
+        self.check_datacenter_votes(&members);
         for other in members {
             let live = matches!(
                 other.state,
@@ -587,6 +594,43 @@ impl Node {
                 tracing::warn!(name = %m.name, id = %m.id, addr = %m.addr, other_id = %other.id,
                     other_addr = %other.gossip_addr, this_node = other.is_self,
                     "two members share the name {:?}: give every node its own node.name", m.name);
+            }
+        }
+    }
+
+    /// In `datacenters` quorum mode, warns (once per datacenter and count) when the members of a
+    /// datacenter hold more votes than the configuration gives it, or a member's datacenter is not
+    /// configured: two sides could then both count a datacenter (docs/datacenters.md).
+    fn check_datacenter_votes(&mut self, members: &[membership::MemberView]) {
+        let Some(table) = self.membership.config().quorum.datacenter_votes().cloned() else {
+            return;
+        };
+        let mut by_dc: BTreeMap<String, u32> = BTreeMap::new();
+        for m in members
+            .iter()
+            .filter(|m| m.state != membership::MemberState::Left)
+        {
+            if !m.datacenter.is_empty() {
+                *by_dc.entry(m.datacenter.clone()).or_default() += m.votes;
+            }
+        }
+        for (dc, votes) in by_dc {
+            match table.get(&dc) {
+                Some(configured) if votes <= *configured => {}
+                Some(configured) => {
+                    if self.datacenter_overflows.insert((dc.clone(), votes)) {
+                        tracing::warn!(datacenter = %dc, votes, configured = *configured,
+                            "the members of a datacenter hold more votes than cluster.datacenter_votes gives it: \
+                             two sides could both count it; give it its real votes on every node");
+                    }
+                }
+                None => {
+                    if self.datacenter_overflows.insert((dc.clone(), votes)) {
+                        tracing::warn!(datacenter = %dc, votes,
+                            "members are in a datacenter that cluster.datacenter_votes does not list: \
+                             their votes count for nothing");
+                    }
+                }
             }
         }
     }
@@ -661,6 +705,13 @@ impl Node {
             if let Some((held, _)) = self.unnamed.remove(&id) {
                 self.emit_held(held);
             }
+            // A member's datacenter arrives with its record, and a `datacenters`-mode quorum
+            // counts a member only in its datacenter: the store's view must learn it.
+            if self.view.dcs.get(&id) != self.membership.datacenter_of(id).as_ref()
+                && id != self.membership.identity().id
+            {
+                self.view_dirty = true;
+            }
         }
         let now = self.now;
         let late: Vec<_> = self
@@ -697,9 +748,11 @@ impl Node {
             self.outputs.push_back(Output::Frame { to, peer, msg });
         }
         let s = self.store.as_mut().expect("checked by the caller");
+        s.set_datacenters(view.dcs.clone());
         s.set_view(view.peers.clone(), view.has_quorum, view.reachable_votes);
         s.set_failed_peers(view.failed.clone());
         if let Some(c) = self.coord.as_mut() {
+            c.set_datacenters(view.dcs.clone());
             c.set_view(view.peers.clone(), view.has_quorum, view.reachable_votes);
         }
         self.view = view;

@@ -18,6 +18,8 @@ pub struct StoreView {
     /// Where each failed peer gossips: store messages go there (a quorum round that waits asks
     /// failed peers too, and they answer), coordination messages wait in the hold.
     pub failed_addrs: BTreeMap<NodeId, SocketAddr>,
+    /// The datacenter of each member by its metadata (for a `datacenters`-mode quorum).
+    pub dcs: BTreeMap<NodeId, String>,
     /// The generation of each of those peers (a new one means the process restarted).
     pub generations: BTreeMap<NodeId, u64>,
     /// Whether this node reaches a quorum of votes.
@@ -41,6 +43,9 @@ impl StoreView {
             ..StoreView::default()
         };
         for m in members.iter().filter(|m| !m.is_self) {
+            if !m.datacenter.is_empty() {
+                view.dcs.insert(m.id, m.datacenter.clone());
+            }
             match m.state {
                 MemberState::Alive | MemberState::Suspect => {
                     view.peers.insert(m.id, m.votes);

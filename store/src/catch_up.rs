@@ -118,8 +118,10 @@ impl StoreCore {
             return;
         }
         // Enough synced, or nobody could ever help (a one-node cluster): done.
-        let enough = self.catch_up_votes(c) >= self.cfg.required_votes;
-        let alone = c.lost && self.cfg.my_votes >= self.cfg.required_votes;
+        let me = [self.me];
+        let own: &[NodeId] = if c.lost { &[] } else { &me };
+        let enough = self.is_quorum(c.synced.iter().chain(own.iter()));
+        let alone = c.lost && self.is_quorum(me.iter());
         if enough || alone {
             let lost = c.lost;
             if let Some(c) = self.catch_up.as_mut() {

@@ -41,6 +41,12 @@ pub struct StoreConfig {
     pub required_votes: u32,
     /// This node's votes.
     pub my_votes: u32,
+    /// `datacenters` quorum mode: the configured votes of each datacenter (a quorum is a
+    /// majority of them, each with a majority of its votes); `None`: a quorum is
+    /// `required_votes`.
+    pub datacenters: Option<BTreeMap<String, u32>>,
+    /// This node's datacenter.
+    pub my_datacenter: String,
     /// How long a quorum round may take before it answers `indeterminate`.
     pub round_timeout: Duration,
     /// How long a quorum round waits for a peer's answer before it asks again (and asks peers
@@ -81,6 +87,8 @@ impl StoreConfig {
         StoreConfig {
             required_votes,
             my_votes: 1,
+            datacenters: None,
+            my_datacenter: String::new(),
             round_timeout: Duration::from_secs(2),
             round_retry: Duration::from_millis(100),
             max_value_bytes: crate::limits::DEFAULT_MAX_VALUE_BYTES,

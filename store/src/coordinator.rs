@@ -223,8 +223,8 @@ impl StoreCore {
     /// Whether the reachable and the failed peers together hold a quorum of votes: if not, no
     /// round can succeed and a refusal needs no round.
     pub(crate) fn could_reach_quorum(&self) -> bool {
-        let all: u32 = self.peers.values().chain(self.failed.values()).sum();
-        self.cfg.my_votes + all >= self.cfg.required_votes
+        let me = [self.me];
+        self.is_quorum(self.peers.keys().chain(self.failed.keys()).chain(me.iter()))
     }
 
     /// Sends the first request of a round to every reachable peer, and for a probe to the
@@ -314,26 +314,28 @@ impl StoreCore {
     /// Moves an operation forward after it learned something.
     pub(crate) fn progress(&mut self, op: OpId) {
         let Some(o) = self.ops.get(&op) else { return };
-        let required = self.cfg.required_votes;
-        let write_quorum = if self.faults.contains(&Fault::QuorumOfOne) {
-            self.cfg.my_votes
-        } else {
-            required
+        let one = self.faults.contains(&Fault::QuorumOfOne);
+        let write_quorum = |nodes: &mut dyn Iterator<Item = &NodeId>| {
+            if one {
+                self.votes(nodes) >= self.cfg.my_votes
+            } else {
+                self.is_quorum(nodes)
+            }
         };
         match &o.phase {
             Phase::Learn { answers } => {
-                if self.votes(answers.keys()) >= write_quorum {
+                if write_quorum(&mut answers.keys()) {
                     self.enter_store_phase(op);
                 }
             }
             Phase::Store { entry, acks } => {
-                if self.votes(acks.iter()) >= write_quorum {
+                if write_quorum(&mut acks.iter()) {
                     let version = entry.version;
                     self.finish(op, Ok(Reply::Written { version }));
                 }
             }
             Phase::Gather { answers } => {
-                if self.votes(answers.keys()) < required {
+                if !self.is_quorum(answers.keys()) {
                     return;
                 }
                 let best = answers
@@ -357,7 +359,7 @@ impl StoreCore {
                     .copied()
                     .collect();
                 let (store, key) = (o.store.clone(), o.key.clone());
-                if self.votes(holders.iter()) >= required {
+                if self.is_quorum(holders.iter()) {
                     self.answer_read(op, &best);
                     return;
                 }
@@ -385,7 +387,7 @@ impl StoreCore {
                 }
             }
             Phase::WriteBack { entry, holders } => {
-                if self.votes(holders.iter()) >= required {
+                if self.is_quorum(holders.iter()) {
                     let entry = entry.clone();
                     self.answer_read(op, &entry);
                 }
@@ -482,10 +484,53 @@ impl StoreCore {
         nodes.map(|n| self.votes_of(*n)).sum()
     }
 
+    /// The datacenter of node `n` by the view ("" while unknown: it then counts for nothing in
+    /// `datacenters` mode, which errs on the safe side).
+    pub(crate) fn dc_of(&self, n: NodeId) -> &str {
+        if n == self.me {
+            &self.cfg.my_datacenter
+        } else {
+            self.dcs.get(&n).map_or("", String::as_str)
+        }
+    }
+
+    /// Whether `nodes` (distinct) make a quorum by the configured rule.
+    pub(crate) fn is_quorum<'a>(&self, nodes: impl Iterator<Item = &'a NodeId>) -> bool {
+        if self.faults.contains(&Fault::CountVotesNotDatacenters) {
+            // A count of votes out of all of them: the majority of the datacenters' votes.
+            let total: u32 = self.cfg.datacenters.iter().flat_map(|t| t.values()).sum();
+            return self.votes(nodes) * 2 > total.max(self.cfg.required_votes);
+        }
+        match &self.cfg.datacenters {
+            None => self.votes(nodes) >= self.cfg.required_votes,
+            Some(table) => membership::datacenters_met(
+                table,
+                nodes.map(|n| (self.dc_of(*n), self.votes_of(*n))),
+            ),
+        }
+    }
+
+    /// Each configured datacenter as this node's view reaches it (`datacenters` mode).
+    pub(crate) fn datacenter_reach(&self) -> Vec<membership::DatacenterReach> {
+        let Some(table) = &self.cfg.datacenters else {
+            return Vec::new();
+        };
+        let rule =
+            membership::QuorumRule::datacenters(table.clone()).expect("validated when configured");
+        let me = [self.me];
+        rule.datacenter_reach(
+            self.peers
+                .keys()
+                .chain(me.iter())
+                .map(|n| (self.dc_of(*n), self.votes_of(*n))),
+        )
+    }
+
     pub(crate) fn no_quorum(&self) -> StoreError {
         StoreError::NoQuorum {
             reachable_votes: self.view_reachable,
             required_votes: self.cfg.required_votes,
+            datacenters: self.datacenter_reach(),
         }
     }
 }

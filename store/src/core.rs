@@ -48,6 +48,8 @@ pub struct StoreCore {
     pub(crate) peers: BTreeMap<NodeId, u32>,
     /// Peers membership holds failed, with their votes (see [`StoreCore::set_failed_peers`]).
     pub(crate) failed: BTreeMap<NodeId, u32>,
+    /// Members' datacenters (for a `datacenters`-mode quorum).
+    pub(crate) dcs: BTreeMap<NodeId, String>,
     pub(crate) view_quorum: bool,
     pub(crate) view_reachable: u32,
     pub(crate) ops: BTreeMap<OpId, Op>,
@@ -82,7 +84,13 @@ impl StoreCore {
             wall_ms,
             peers: BTreeMap::new(),
             failed: BTreeMap::new(),
-            view_quorum: cfg.my_votes >= cfg.required_votes,
+            view_quorum: match &cfg.datacenters {
+                None => cfg.my_votes >= cfg.required_votes,
+                Some(t) => {
+                    membership::datacenters_met(t, [(cfg.my_datacenter.as_str(), cfg.my_votes)])
+                }
+            },
+            dcs: BTreeMap::new(),
             view_reachable: cfg.my_votes,
             ops: BTreeMap::new(),
             next_op: 1,
@@ -167,6 +175,11 @@ impl StoreCore {
         for p in new {
             self.send_digest(p, 0);
         }
+    }
+
+    /// The datacenters of the members (by their metadata), for a `datacenters`-mode quorum.
+    pub fn set_datacenters(&mut self, dcs: BTreeMap<NodeId, String>) {
+        self.dcs = dcs;
     }
 
     /// Updates the peers membership holds failed, with their votes. Rounds never count on them,

@@ -31,6 +31,9 @@ pub enum Fault {
     /// quorum refuses at once (the behaviour before issue 18): a round whose requests were lost,
     /// or that needs a peer the view still holds failed, waits for its timeout.
     AskOnce,
+    /// Quorum rounds count votes (`required_votes`) even in `datacenters` mode: a side with most
+    /// of the votes but not a majority of the datacenters writes.
+    CountVotesNotDatacenters,
 }
 
 #[cfg(feature = "testing")]

@@ -34,12 +34,15 @@ pub enum StoreError {
         message: String,
     },
     /// This node cannot reach a quorum of votes.
-    #[error("no quorum: {reachable_votes} of the {required_votes} required votes reachable")]
+    #[error("no quorum: {}", no_quorum_text(*reachable_votes, *required_votes, datacenters))]
     NoQuorum {
         /// Votes reachable.
         reachable_votes: u32,
-        /// Votes required.
+        /// Votes required (in `datacenters` mode, the fewest of any quorum).
         required_votes: u32,
+        /// In `datacenters` mode, each configured datacenter as this node reaches it.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        datacenters: Vec<membership::DatacenterReach>,
     },
     /// The quorum round did not complete in time: the write may or may not have taken effect.
     #[error("indeterminate: the quorum round timed out; the write may or may not take effect")]
@@ -50,6 +53,43 @@ pub enum StoreError {
         /// What failed.
         message: String,
     },
+}
+
+/// The message of a `no_quorum`: votes, or in `datacenters` mode the datacenters reached.
+pub fn no_quorum_text(
+    reachable: u32,
+    required: u32,
+    datacenters: &[membership::DatacenterReach],
+) -> String {
+    if datacenters.is_empty() {
+        return format!("{reachable} of the {required} required votes reachable");
+    }
+    let counted: Vec<&str> = datacenters
+        .iter()
+        .filter(|d| d.counted)
+        .map(|d| d.name.as_str())
+        .collect();
+    let each: Vec<String> = datacenters
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {} of {} votes (needs {})",
+                d.name, d.reachable, d.configured, d.required
+            )
+        })
+        .collect();
+    format!(
+        "this node reaches {} of the {} datacenters a quorum needs (of {}): {}{}",
+        counted.len(),
+        datacenters.len() / 2 + 1,
+        datacenters.len(),
+        if counted.is_empty() {
+            "none".to_string()
+        } else {
+            counted.join(", ")
+        },
+        format_args!("; {}", each.join(", "))
+    )
 }
 
 impl StoreError {

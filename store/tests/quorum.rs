@@ -358,7 +358,8 @@ fn without_quorum_writes_fail_fast_and_reads_follow_the_setting() {
         net.replies.remove(&(1, op)),
         Some(Err(StoreError::NoQuorum {
             reachable_votes: 1,
-            required_votes: 2
+            required_votes: 2,
+            datacenters: vec![],
         })),
         "a write without quorum must fail at once"
     );
@@ -724,7 +725,8 @@ fn a_real_minority_refuses_within_the_probe_window_and_writes_nowhere() {
         net.replies.remove(&(1, op)),
         Some(Err(StoreError::NoQuorum {
             reachable_votes: 1,
-            required_votes: 2
+            required_votes: 2,
+            datacenters: vec![],
         })),
         "a probe that reached no quorum refuses at the end of its window"
     );

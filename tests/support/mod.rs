@@ -77,6 +77,10 @@ pub struct AgentSpec {
     pub seeds: Vec<String>,
     /// Multicast discovery on.
     pub multicast: bool,
+    /// The node's datacenter (`node.datacenter`; the agent's default when `None`).
+    pub datacenter: Option<String>,
+    /// More keys of the `[cluster]` section (e.g. `quorum_mode = "datacenters"`).
+    pub cluster_extra: String,
     /// More TOML appended to the config (sections the lab does not write, e.g. `[store]`).
     pub extra_toml: String,
     /// `node.votes`, when not the default 1.
@@ -100,6 +104,8 @@ impl AgentSpec {
             multicast: true,
             extra_toml: String::new(),
             votes: None,
+            datacenter: None,
+            cluster_extra: String::new(),
         }
     }
 }
@@ -370,16 +376,21 @@ impl Lab {
         let log = self.dir.path().join(format!("{}.log", spec.name));
         let seeds: Vec<String> = spec.seeds.iter().map(|s| format!("{s:?}")).collect();
         let text = format!(
-            "[node]\nname = {name:?}\ndata_dir = {dd:?}\n{votes}\
+            "[node]\nname = {name:?}\ndata_dir = {dd:?}\n{votes}{dc}\
              [gossip]\nbind = \"{ip}:7946\"\nprofile = \"lan\"\n\
              [discovery]\nmulticast = {mc}\nmulticast_interface = \"eth0\"\nseeds = [{seeds}]\n\
-             [cluster]\nname = {cluster:?}\nkey = {key:?}\nexpected_nodes = {n}\n\
+             [cluster]\nname = {cluster:?}\nkey = {key:?}\nexpected_nodes = {n}\n{cluster_extra}\
              [api]\nbind = \"127.0.0.1:7947\"\n[log]\nlevel = \"info,membership=debug\"\n{extra}",
             name = spec.name,
             dd = data_dir.display().to_string(),
             votes = spec
                 .votes
                 .map_or(String::new(), |v| format!("votes = {v}\n")),
+            dc = spec
+                .datacenter
+                .as_ref()
+                .map_or(String::new(), |d| format!("datacenter = {d:?}\n")),
+            cluster_extra = spec.cluster_extra,
             ip = self.ip(host),
             mc = spec.multicast,
             seeds = seeds.join(", "),

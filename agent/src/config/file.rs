@@ -156,6 +156,10 @@ pub struct ClusterSection {
     pub quorum: Option<u32>,
     /// `cluster.total_votes`
     pub total_votes: Option<u32>,
+    /// `cluster.quorum_mode`
+    pub quorum_mode: Option<String>,
+    /// `[cluster.datacenter_votes]`
+    pub datacenter_votes: Option<std::collections::BTreeMap<String, u32>>,
 }
 
 /// `[api]` keys.

@@ -285,7 +285,7 @@ impl Config {
             other_keys: self.other_keys.clone(),
             profile: self.profile,
             expected_nodes: self.expected_nodes,
-            quorum: self.quorum,
+            quorum: self.quorum.clone(),
             me: SelfDescription {
                 name: self.name.clone(),
                 datacenter: self.datacenter.clone(),
@@ -307,6 +307,8 @@ impl Config {
     pub fn store_config(&self) -> store::StoreConfig {
         let mut c = store::StoreConfig::new(self.quorum.required());
         c.my_votes = self.votes;
+        c.datacenters = self.quorum.datacenter_votes().cloned();
+        c.my_datacenter = self.datacenter.clone();
         c.round_timeout = self.round_timeout;
         // A lost request is asked again after about ten LAN round trips under load; over WAN
         // links a round trip alone can take 100-300 ms.

@@ -34,7 +34,7 @@ pub(super) fn resolve(
     let node = resolve_node(node, l, o)?;
     let gossip = resolve_gossip(gossip, l, o)?;
     let (multicast, seeds) = resolve_discovery(discovery, l, o)?;
-    let cluster = resolve_cluster(cluster, l, o, node.votes)?;
+    let cluster = resolve_cluster(cluster, l, o, node.votes, &node.datacenter)?;
     let api_bind = l
         .get("api.bind", "CHORUS_API_BIND", o.api.clone(), api.bind, text)?
         .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_API_PORT}"));
@@ -436,6 +436,7 @@ fn resolve_cluster(
     l: &Layers<'_>,
     o: &Overrides,
     votes: u32,
+    datacenter: &str,
 ) -> Result<Cluster, ConfigError> {
     let name = l
         .get(
@@ -499,25 +500,86 @@ fn resolve_cluster(
     if expected_nodes == 0 {
         return Err(invalid("cluster.expected_nodes", "must be at least 1"));
     }
-    let total_votes = f.total_votes.unwrap_or(expected_nodes);
-    let quorum = match l.get(
+    let mode = l
+        .get(
+            "cluster.quorum_mode",
+            "CHORUS_CLUSTER_QUORUM_MODE",
+            None,
+            f.quorum_mode,
+            text,
+        )?
+        .unwrap_or_else(|| "votes".into());
+    let explicit_quorum = l.get(
         "cluster.quorum",
         "CHORUS_CLUSTER_QUORUM",
         None,
         f.quorum,
         whole,
-    )? {
-        Some(q) => QuorumRule::explicit(total_votes, q)
-            .map_err(|e| invalid("cluster.quorum", e.to_string()))?,
-        None => QuorumRule::majority(total_votes)
-            .map_err(|e| invalid("cluster.total_votes", e.to_string()))?,
+    )?;
+    let quorum = match mode.as_str() {
+        "votes" => {
+            if f.datacenter_votes.is_some() {
+                return Err(invalid(
+                    "cluster.datacenter_votes",
+                    "is only used with cluster.quorum_mode = \"datacenters\"",
+                ));
+            }
+            let total_votes = f.total_votes.unwrap_or(expected_nodes);
+            let quorum = match explicit_quorum {
+                Some(q) => QuorumRule::explicit(total_votes, q)
+                    .map_err(|e| invalid("cluster.quorum", e.to_string()))?,
+                None => QuorumRule::majority(total_votes)
+                    .map_err(|e| invalid("cluster.total_votes", e.to_string()))?,
+            };
+            if votes > total_votes {
+                return Err(invalid(
+                    "node.votes",
+                    format!("{votes} is more than the cluster's total votes ({total_votes})"),
+                ));
+            }
+            quorum
+        }
+        "datacenters" => {
+            if explicit_quorum.is_some() || f.total_votes.is_some() {
+                return Err(invalid(
+                    "cluster.quorum_mode",
+                    "\"datacenters\" counts a majority of datacenters: leave cluster.quorum and \
+                     cluster.total_votes out and give [cluster.datacenter_votes]",
+                ));
+            }
+            let table = f.datacenter_votes.unwrap_or_default();
+            for dc in table.keys() {
+                validate_label(&format!("cluster.datacenter_votes.{dc}"), dc, 64)?;
+            }
+            let rule = QuorumRule::datacenters(table.clone())
+                .map_err(|e| invalid("cluster.datacenter_votes", e.to_string()))?;
+            let Some(dc_votes) = table.get(datacenter) else {
+                let names: Vec<&str> = table.keys().map(String::as_str).collect();
+                return Err(invalid(
+                    "node.datacenter",
+                    format!(
+                        "{datacenter:?} is not one of the datacenters in cluster.datacenter_votes ({})",
+                        names.join(", ")
+                    ),
+                ));
+            };
+            if votes > *dc_votes {
+                return Err(invalid(
+                    "node.votes",
+                    format!(
+                        "{votes} is more than datacenter {datacenter:?} has in cluster.datacenter_votes ({dc_votes})"
+                    ),
+                ));
+            }
+            rule
+        }
+        other => {
+            return Err(invalid(
+                "cluster.quorum_mode",
+                format!("{other:?} is not one of votes, datacenters"),
+            ));
+        }
     };
-    if votes > total_votes {
-        return Err(invalid(
-            "node.votes",
-            format!("{votes} is more than the cluster's total votes ({total_votes})"),
-        ));
-    }
     Ok(Cluster {
         name,
         key,

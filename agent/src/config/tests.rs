@@ -278,3 +278,50 @@ fn keys_and_tokens_come_from_files_and_credentials() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn quorum_by_datacenters_is_checked_against_the_node() {
+    let ok = from_toml(
+        "[node]\ndatacenter = \"fra\"\n[cluster]\nquorum_mode = \"datacenters\"\n\
+         [cluster.datacenter_votes]\nfra = 3\nams = 1\nlon = 1\n",
+    )
+    .unwrap();
+    let table = ok.quorum.datacenter_votes().unwrap();
+    assert_eq!(table.len(), 3);
+    assert_eq!(ok.quorum.tag(), "dc:ams=1,fra=3,lon=1");
+    let s = ok.store_config();
+    assert_eq!(s.my_datacenter, "fra");
+    assert_eq!(s.datacenters.as_ref().map(|t| t.len()), Some(3));
+    for (text, key) in [
+        (
+            "[node]\ndatacenter = \"par\"\n[cluster]\nquorum_mode = \"datacenters\"\n[cluster.datacenter_votes]\nfra = 1\n",
+            "node.datacenter",
+        ),
+        (
+            "[node]\ndatacenter = \"fra\"\nvotes = 2\n[cluster]\nquorum_mode = \"datacenters\"\n[cluster.datacenter_votes]\nfra = 1\n",
+            "node.votes",
+        ),
+        (
+            "[cluster]\nquorum_mode = \"datacenters\"\n",
+            "cluster.datacenter_votes",
+        ),
+        (
+            "[cluster]\nquorum_mode = \"datacenters\"\nquorum = 2\n[cluster.datacenter_votes]\ndc1 = 1\n",
+            "cluster.quorum_mode",
+        ),
+        (
+            "[cluster]\n[cluster.datacenter_votes]\ndc1 = 1\n",
+            "cluster.datacenter_votes",
+        ),
+        (
+            "[cluster]\nquorum_mode = \"sites\"\n",
+            "cluster.quorum_mode",
+        ),
+        (
+            "[cluster]\nquorum_mode = \"datacenters\"\n[cluster.datacenter_votes]\ndc1 = 0\n",
+            "cluster.datacenter_votes",
+        ),
+    ] {
+        assert_eq!(err_key(from_toml(text)), key, "{text}");
+    }
+}

@@ -52,6 +52,11 @@ pub struct SimConfig {
     pub link: LinkModel,
     /// Number of datacenters; nodes are split into contiguous, near-equal blocks.
     pub datacenters: usize,
+    /// Sizes of the datacenters' blocks instead (unequal datacenters), in order.
+    pub dc_sizes: Option<Vec<usize>>,
+    /// Quorum by datacenters (`cluster.quorum_mode = "datacenters"`), each datacenter's
+    /// configured votes being its number of nodes; otherwise a majority of `expected_nodes`.
+    pub quorum_by_datacenter: bool,
     /// Timing profile of every node.
     pub profile: Profile,
     /// Whether nodes find each other by (simulated) multicast beacons, which reach only the
@@ -90,6 +95,8 @@ impl SimConfig {
             seed,
             link: LinkModel::lan(),
             datacenters: 1,
+            dc_sizes: None,
+            quorum_by_datacenter: false,
             profile: Profile::Lan,
             beacons: true,
             seed_node_zero: false,
@@ -166,7 +173,21 @@ impl Sim {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed);
         let n = cfg.nodes;
         let dcs = cfg.datacenters.max(1);
-        let dc: Vec<u16> = (0..n).map(|i| (i * dcs / n.max(1)) as u16).collect();
+        let dc: Vec<u16> = match &cfg.dc_sizes {
+            Some(sizes) => {
+                assert_eq!(
+                    sizes.iter().sum::<usize>(),
+                    n,
+                    "dc_sizes add up to the nodes"
+                );
+                sizes
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(d, k)| std::iter::repeat_n(d as u16, *k))
+                    .collect()
+            }
+            None => (0..n).map(|i| (i * dcs / n.max(1)) as u16).collect(),
+        };
         let mut slots = Vec::new();
         let mut by_addr = HashMap::new();
         let mut by_id = HashMap::new();
@@ -265,10 +286,10 @@ impl Sim {
             key: ClusterKey::new([42; 32]),
             profile: self.cfg.profile,
             expected_nodes: self.cfg.expected_nodes,
-            quorum: QuorumRule::majority(self.cfg.expected_nodes).expect("expected_nodes > 0"),
+            quorum: self.quorum_rule(),
             me: SelfDescription {
                 name: format!("node{i}"),
-                datacenter: format!("dc{}", self.net.dc_of(i) + 1),
+                datacenter: self.dc_name(i),
                 api_addr: None,
                 tags: BTreeMap::new(),
                 votes: 1,
@@ -278,18 +299,52 @@ impl Sim {
         }
     }
 
-    /// The store configuration every node runs with.
+    /// The quorum rule every node runs with.
+    pub fn quorum_rule(&self) -> QuorumRule {
+        if self.cfg.quorum_by_datacenter {
+            let mut table: BTreeMap<String, u32> = BTreeMap::new();
+            for i in 0..self.slots.len() {
+                *table.entry(self.dc_name(i)).or_default() += 1;
+            }
+            QuorumRule::datacenters(table).expect("every datacenter has a node")
+        } else {
+            QuorumRule::majority(self.cfg.expected_nodes).expect("expected_nodes > 0")
+        }
+    }
+
+    /// Node `i`'s datacenter as its metadata names it.
+    pub fn dc_name(&self, i: usize) -> String {
+        format!("dc{}", self.net.dc_of(i) + 1)
+    }
+
+    /// Whether nodes `nodes` make a quorum by the rule the cluster runs with.
+    pub fn is_quorum(&self, nodes: &[usize]) -> bool {
+        let names: Vec<String> = nodes.iter().map(|i| self.dc_name(*i)).collect();
+        self.quorum_rule()
+            .met_by(names.iter().map(|d| (d.as_str(), 1)))
+    }
+
+    /// The store configuration every node runs with (its datacenter aside: see
+    /// [`Sim::store_config_of`]).
     pub fn store_config(&self) -> StoreConfig {
-        let rule = QuorumRule::majority(self.cfg.expected_nodes).expect("expected_nodes > 0");
+        let rule = self.quorum_rule();
         let mut c = StoreConfig::new(rule.required());
+        c.datacenters = rule.datacenter_votes().cloned();
         c.durable = self.cfg.durable;
+        c
+    }
+
+    /// The store configuration node `i` runs with.
+    pub fn store_config_of(&self, i: usize) -> StoreConfig {
+        let mut c = self.store_config();
+        c.my_datacenter = self.dc_name(i);
         c
     }
 
     fn start(&mut self, i: usize) {
         let mut cfg = NodeConfig::new(
             self.node_config(i),
-            self.cfg.store.then(|| self.store_config()),
+            self.cfg.store.then(|| self.store_config_of(i)),
             self.cfg.snapshot_min_records,
         )
         .with_faults(node::Faults {
