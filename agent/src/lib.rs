@@ -196,15 +196,7 @@ pub async fn run(
         log: wal_file::Writer::start(log_dir.clone(), fsync, log_tx),
         log_dir,
         log_reports,
-        outbound: Outbound::new(
-            me.id,
-            sealer,
-            tstats.clone(),
-            match config.profile {
-                membership::Profile::Wan => transport::WAN_CONNECT_TIMEOUT,
-                _ => transport::LAN_CONNECT_TIMEOUT,
-            },
-        ),
+        outbound: Outbound::new(me.id, sealer, tstats.clone(), config.connect_timeout()),
         frames: frames_rx,
         stats: tstats,
         data_dir: config.data_dir.clone(),

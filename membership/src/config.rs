@@ -113,6 +113,21 @@ impl Timings {
         }
     }
 
+    /// These timings fitted to links whose round trip may take up to `max_rtt` (datacenters
+    /// apart): the direct probe waits for the slowest round trip, the probe period leaves room
+    /// for an indirect probe across it, and a suspect has two more round trips to refute.
+    ///
+    /// foca has one probe timeout for every member, so this is per cluster, not per member;
+    /// a LAN member's failure is then seen a little later (docs/datacenters.md has the figures).
+    /// LAN timings stand as they are for round trips they already cover.
+    pub fn fit_rtt(mut self, max_rtt: Duration) -> Self {
+        let margin = Duration::from_millis(50);
+        self.probe_rtt = self.probe_rtt.max(max_rtt + margin);
+        self.probe_period = self.probe_period.max(self.probe_rtt + max_rtt + 2 * margin);
+        self.suspect_to_down += 2 * max_rtt;
+        self
+    }
+
     /// The foca configuration these timings give, for a packet budget of `max_packet`.
     pub fn foca_config(&self, cluster_size: u32, max_packet: usize) -> foca::Config {
         // ⌊4·log10(n+1)⌋ like foca's presets, in integers, but at least 6: with periodic gossip to
@@ -175,6 +190,9 @@ pub struct MembershipConfig {
     pub other_keys: Vec<ClusterKey>,
     /// Timing profile.
     pub profile: Profile,
+    /// The longest round trip to any member (datacenters apart), when the profile's timings
+    /// must be fitted to it (see [`Timings::fit_rtt`]).
+    pub max_rtt: Option<Duration>,
     /// Expected cluster size, used to scale dissemination and suspicion.
     pub expected_nodes: u32,
     /// The fixed quorum rule.
@@ -195,6 +213,7 @@ impl MembershipConfig {
             key: ClusterKey::insecure_from_name(cluster),
             other_keys: Vec::new(),
             profile: Profile::Lan,
+            max_rtt: None,
             expected_nodes: 1,
             quorum: QuorumRule::majority(1).expect("1 vote is valid"),
             me: SelfDescription {
@@ -211,7 +230,11 @@ impl MembershipConfig {
 
     /// The timings of this configuration.
     pub fn timings(&self) -> Timings {
-        Timings::for_profile(self.profile, self.expected_nodes)
+        let t = Timings::for_profile(self.profile, self.expected_nodes);
+        match self.max_rtt {
+            Some(rtt) => t.fit_rtt(rtt),
+            None => t,
+        }
     }
 }
 
@@ -225,6 +248,24 @@ mod tests {
         assert_eq!(t.foca_config(7, 1000).max_transmissions.get(), 6);
         assert_eq!(t.foca_config(100, 1000).max_transmissions.get(), 8);
         assert_eq!(t.foca_config(1000, 1000).max_transmissions.get(), 12);
+    }
+
+    #[test]
+    fn fitted_timings_cover_the_slowest_round_trip_and_leave_lan_ones_alone() {
+        let lan = Timings::for_profile(Profile::Lan, 5);
+        assert_eq!(
+            lan.clone().fit_rtt(Duration::from_millis(20)).probe_rtt,
+            lan.probe_rtt
+        );
+        let f = lan.clone().fit_rtt(Duration::from_millis(300));
+        assert_eq!(f.probe_rtt, Duration::from_millis(350));
+        assert!(f.probe_period >= f.probe_rtt + Duration::from_millis(300));
+        assert_eq!(
+            f.suspect_to_down,
+            lan.suspect_to_down + Duration::from_millis(600)
+        );
+        // foca needs the probe period above the probe timeout.
+        assert!(f.foca_config(5, 1000).probe_period > f.foca_config(5, 1000).probe_rtt);
     }
 
     #[test]

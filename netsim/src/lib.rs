@@ -18,6 +18,7 @@ pub mod net;
 pub mod scale;
 pub mod scenario;
 pub mod sim;
+pub mod wan;
 pub mod workload;
 
 pub use crate::net::{LinkModel, Network};

@@ -91,6 +91,9 @@ pub const HOLDER_STALL: Duration = Duration::from_millis(180);
 
 /// Every node is a candidate for the cluster leader, with this lease and lock delay.
 pub const LEADER_TTL: Duration = Duration::from_secs(2);
+/// The leader's lease across datacenters (`multi-dc`): a renewal is a CASPaxos round of two
+/// round trips of up to 300 ms, so a 2 s lease would leave its holder little time to act.
+pub const LEADER_TTL_WAN: Duration = Duration::from_secs(6);
 /// See [`LEADER_TTL`].
 pub const LEADER_DELAY: Duration = Duration::from_millis(500);
 /// How long after the merge a leader must exist beyond its lease and lock delay: a candidate asks
@@ -289,12 +292,20 @@ pub fn run_keeping(
         "multi-dc" => {
             cfg.datacenters = 3;
             cfg.seed_node_zero = true;
+            // 50-150 ms one way, with the timings fitted to the slowest round trip, as
+            // `gossip.max_rtt` does for agents (docs/datacenters.md).
+            cfg.link.inter_dc = (50 * MS, 150 * MS);
+            cfg.max_rtt = Some(crate::wan::fitted_rtt(125 * MS));
         }
         _ => {}
     }
     let loss = cfg.link.loss_ppm;
     cfg.leader = Some(node::LeaderConfig {
-        ttl: LEADER_TTL,
+        ttl: if name == "multi-dc" {
+            LEADER_TTL_WAN
+        } else {
+            LEADER_TTL
+        },
         lock_delay: LEADER_DELAY,
     });
     cfg.faults = node::Faults {
@@ -372,7 +383,13 @@ pub fn run_keeping(
         merged.is_some(),
         format!("within {}", secs(merged)),
     );
-    let bound = LEADER_TTL + LEADER_DELAY + LEADER_BOUND;
+    let ttl = run
+        .sim
+        .config()
+        .leader
+        .as_ref()
+        .map_or(LEADER_TTL, |l| l.ttl);
+    let bound = ttl + LEADER_DELAY + LEADER_BOUND;
     let led = run
         .sim
         .run_until_cond_every(bound, MS, |s| s.leader_now().is_some());

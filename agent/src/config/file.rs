@@ -120,6 +120,8 @@ pub struct GossipSection {
     pub advertise: Option<String>,
     /// `gossip.profile`
     pub profile: Option<String>,
+    /// `gossip.max_rtt`
+    pub max_rtt: Option<String>,
 }
 
 /// `[discovery]` keys.

@@ -117,6 +117,8 @@ pub struct Config {
     pub gossip_advertise: Option<SocketAddr>,
     /// Timing profile.
     pub profile: Profile,
+    /// The longest round trip to any member, when timings must be fitted to it.
+    pub max_rtt: Option<std::time::Duration>,
     /// Multicast discovery, if on.
     pub multicast: Option<Multicast>,
     /// Seed addresses as written (`host:port`), re-resolved periodically.
@@ -185,6 +187,7 @@ impl Config {
             gossip_bind => "gossip.bind",
             gossip_advertise => "gossip.advertise",
             profile => "gossip.profile",
+            max_rtt => "gossip.max_rtt",
             multicast => "discovery.multicast",
             seeds => "discovery.seeds",
             cluster => "cluster.name",
@@ -284,6 +287,7 @@ impl Config {
             key: self.key.clone(),
             other_keys: self.other_keys.clone(),
             profile: self.profile,
+            max_rtt: self.max_rtt,
             expected_nodes: self.expected_nodes,
             quorum: self.quorum.clone(),
             me: SelfDescription {
@@ -303,6 +307,16 @@ impl Config {
         }
     }
 
+    /// How long a store connection attempt may take: a round trip and some, over the slowest
+    /// link (a LAN's 100 ms would refuse every connection across a 150 ms link).
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        let base = match self.profile {
+            membership::Profile::Wan => crate::transport::WAN_CONNECT_TIMEOUT,
+            _ => crate::transport::LAN_CONNECT_TIMEOUT,
+        };
+        self.max_rtt.map_or(base, |rtt| base.max(rtt * 4))
+    }
+
     /// The store core's configuration: durable, with every store and its settings.
     pub fn store_config(&self) -> store::StoreConfig {
         let mut c = store::StoreConfig::new(self.quorum.required());
@@ -316,6 +330,10 @@ impl Config {
             membership::Profile::Wan => std::time::Duration::from_secs(1),
             _ => std::time::Duration::from_millis(100),
         };
+        // Asking again before an answer can be back only adds load: wait two round trips.
+        if let Some(rtt) = self.max_rtt {
+            c.round_retry = c.round_retry.max(rtt * 2);
+        }
         c.max_value_bytes = self.max_value_bytes;
         c.gc_grace = self.tombstone_grace;
         c.anti_entropy_every = self.anti_entropy_interval;

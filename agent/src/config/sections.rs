@@ -122,6 +122,7 @@ pub(super) fn resolve(
         gossip_bind: gossip.bind,
         gossip_advertise: gossip.advertise,
         profile: gossip.profile,
+        max_rtt: gossip.max_rtt,
         multicast,
         seeds,
         cluster: cluster.name,
@@ -228,6 +229,7 @@ struct Gossip {
     bind: SocketAddr,
     advertise: Option<SocketAddr>,
     profile: Profile,
+    max_rtt: Option<Duration>,
 }
 
 fn resolve_gossip(
@@ -283,10 +285,30 @@ fn resolve_gossip(
             ));
         }
     };
+    let max_rtt = match l.get(
+        "gossip.max_rtt",
+        "CHORUS_GOSSIP_MAX_RTT",
+        None,
+        f.max_rtt,
+        text,
+    )? {
+        None => None,
+        Some(v) => {
+            let d = duration("gossip.max_rtt", Some(v), "0s")?;
+            if d > Duration::from_secs(5) {
+                return Err(invalid(
+                    "gossip.max_rtt",
+                    format!("{d:?} is over 5s; use gossip.profile = \"wan\" for such links"),
+                ));
+            }
+            Some(d)
+        }
+    };
     Ok(Gossip {
         bind,
         advertise,
         profile,
+        max_rtt,
     })
 }
 

@@ -81,6 +81,19 @@ enum Cmd {
         #[arg(long)]
         svg: Option<String>,
     },
+    /// Across datacenters: quorum write latency, failure detection and false failures against
+    /// the one-way latency between datacenters, with LAN and with fitted timings.
+    Wan {
+        /// One-way latencies between datacenters, in milliseconds, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,50,150")]
+        latencies: Vec<u64>,
+        /// Seeds 1..=N for every latency and timing choice.
+        #[arg(long, default_value_t = 10)]
+        seeds: u64,
+        /// Draw the figures as SVG charts into this directory.
+        #[arg(long)]
+        svg: Option<String>,
+    },
     /// List the scenarios and the defects `--fault` can inject.
     List,
 }
@@ -159,6 +172,11 @@ fn main() -> ExitCode {
             spread_ms,
             svg,
         } => cmd_scale(&nodes, secs, seed, spread_ms, svg.as_deref()),
+        Cmd::Wan {
+            latencies,
+            seeds,
+            svg,
+        } => cmd_wan(&latencies, seeds, svg.as_deref()),
         Cmd::List => {
             println!("scenarios:");
             for (name, about) in SCENARIOS {
@@ -295,6 +313,50 @@ fn cmd_scale(
     if let Some(dir) = svg {
         let files = scale::plot(&results, std::path::Path::new(dir))?;
         for f in files {
+            println!("wrote {}", f.display());
+        }
+    }
+    Ok(true)
+}
+
+fn cmd_wan(latencies: &[u64], seeds: u64, svg: Option<&str>) -> Result<bool, String> {
+    println!(
+        "{:>8} {:>16} {:>10} {:>10} {:>14} {:>14} {:>14} {:>8}",
+        "one-way",
+        "timings",
+        "write p50",
+        "write p99",
+        "detect dc s",
+        "detect all s",
+        "all, worst s",
+        "false"
+    );
+    let mut results = Vec::new();
+    for ms in latencies {
+        for fitted in [false, true] {
+            let latency = Duration::from_millis(*ms);
+            let r = netsim::wan::run(latency, fitted, 1..=seeds);
+            let timings = if fitted {
+                format!("fitted {}ms", netsim::wan::fitted_rtt(latency).as_millis())
+            } else {
+                "lan".to_string()
+            };
+            println!(
+                "{:>6}ms {:>16} {:>8.1}ms {:>8.1}ms {:>14} {:>14} {:>14} {:>8}",
+                ms,
+                timings,
+                r.write_p50.as_secs_f64() * 1e3,
+                r.write_p99.as_secs_f64() * 1e3,
+                opt(r.detect_lan),
+                opt(r.detect_all),
+                opt(r.detect_all_max),
+                r.false_failures
+            );
+            results.push(r);
+        }
+    }
+    if let Some(dir) = svg {
+        for f in netsim::wan::plot(&results, std::path::Path::new(dir))? {
             println!("wrote {}", f.display());
         }
     }

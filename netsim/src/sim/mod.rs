@@ -59,6 +59,8 @@ pub struct SimConfig {
     pub quorum_by_datacenter: bool,
     /// Timing profile of every node.
     pub profile: Profile,
+    /// The profile's timings fitted to this longest round trip (`gossip.max_rtt`).
+    pub max_rtt: Option<Duration>,
     /// Whether nodes find each other by (simulated) multicast beacons, which reach only the
     /// sender's datacenter, as multicast does.
     pub beacons: bool,
@@ -98,6 +100,7 @@ impl SimConfig {
             dc_sizes: None,
             quorum_by_datacenter: false,
             profile: Profile::Lan,
+            max_rtt: None,
             beacons: true,
             seed_node_zero: false,
             expected_nodes: nodes as u32,
@@ -285,6 +288,7 @@ impl Sim {
             cluster: "sim".into(),
             key: ClusterKey::new([42; 32]),
             profile: self.cfg.profile,
+            max_rtt: self.cfg.max_rtt,
             expected_nodes: self.cfg.expected_nodes,
             quorum: self.quorum_rule(),
             me: SelfDescription {
@@ -331,6 +335,10 @@ impl Sim {
         let mut c = StoreConfig::new(rule.required());
         c.datacenters = rule.datacenter_votes().cloned();
         c.durable = self.cfg.durable;
+        // As the agent does with gossip.max_rtt: ask again only after two round trips.
+        if let Some(rtt) = self.cfg.max_rtt {
+            c.round_retry = c.round_retry.max(rtt * 2);
+        }
         c
     }
 
