@@ -1,9 +1,9 @@
 //! Quorum by datacenters on real agents in network namespaces (issue 17).
 //!
-//! Each datacenter is a group of hosts whose multicast beacons do not leave it (nftables in every
-//! host drops beacons from the other datacenters' hosts, as routers between sites do), with seeds
-//! between the datacenters. Cutting a datacenter off drops all traffic between its hosts and the
-//! others, both ways.
+//! Each datacenter is a bridge of its own; the datacenters' bridges are joined to a WAN bridge by
+//! links that carry unicast but not multicast (as routers between sites do), so the agents find
+//! their own datacenter by multicast and the others through seeds. Cutting a datacenter off takes
+//! its link down.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -12,42 +12,10 @@ use serde_json::Value;
 use std::time::Duration;
 use support::{AgentSpec, Lab};
 
-/// Drops, in every host, multicast beacons (UDP 7948) from hosts of other datacenters.
-fn keep_multicast_inside(lab: &Lab, dcs: &[&[usize]]) {
-    use std::io::Write as _;
-    for (d, hosts) in dcs.iter().enumerate() {
-        let others: Vec<String> = dcs
-            .iter()
-            .enumerate()
-            .filter(|(e, _)| *e != d)
-            .flat_map(|(_, h)| h.iter().map(|i| lab.ip(*i).to_string()))
-            .collect();
-        for h in *hosts {
-            let script = format!(
-                "table inet chorus_dc {{\n  chain input {{\n    type filter hook input priority -10;\n    \
-                 udp dport 7948 ip saddr {{ {} }} drop\n  }}\n}}\n",
-                others.join(", ")
-            );
-            let mut child = std::process::Command::new("ip")
-                .args(["netns", "exec", lab.ns(*h), "nft", "-f", "-"])
-                .stdin(std::process::Stdio::piped())
-                .spawn()
-                .expect("nft (Debian package nftables)");
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(script.as_bytes())
-                .unwrap();
-            assert!(child.wait().unwrap().success());
-        }
-    }
-}
-
 /// Starts one agent per host, `dcs[d]` in datacenter `dc{d+1}`, quorum by datacenters with each
 /// datacenter's votes its number of hosts, and the first host of every datacenter as a seed.
 fn start_datacenters(lab: &mut Lab, dcs: &[&[usize]]) -> Vec<usize> {
-    keep_multicast_inside(lab, dcs);
+    lab.datacenters(dcs);
     let n: usize = dcs.iter().map(|d| d.len()).sum();
     let votes: Vec<String> = dcs
         .iter()
@@ -76,17 +44,6 @@ fn start_datacenters(lab: &mut Lab, dcs: &[&[usize]]) -> Vec<usize> {
 fn put(lab: &Lab, a: usize, key: &str, value: &str) -> (i32, String) {
     let (code, _, err) = lab.kv(a, &["put", "default", key, value]);
     (code, err)
-}
-
-/// A split between `cut` and everyone else, both ways.
-fn cut_off(lab: &mut Lab, cut: &[usize], n: usize) {
-    let mut cuts = Vec::new();
-    for &c in cut {
-        for o in (0..n).filter(|o| !cut.contains(o)) {
-            cuts.extend([(c, o), (o, c)]);
-        }
-    }
-    lab.cut(&cuts);
 }
 
 fn datacenters_of(status: &Value) -> Vec<(String, u64, bool)> {
@@ -122,7 +79,7 @@ fn cut_one_datacenter(dcs: &[&[usize]], cut_dc: usize) {
 
     let cut = dcs[cut_dc];
     let rest: Vec<usize> = (0..n).filter(|i| !cut.contains(i)).collect();
-    cut_off(&mut lab, cut, n);
+    lab.dc_link(cut_dc, false);
     let name = format!("dc{}", cut_dc + 1);
     lab.wait_for(
         Duration::from_secs(15),
@@ -162,7 +119,7 @@ fn cut_one_datacenter(dcs: &[&[usize]], cut_dc: usize) {
         let (code, err) = put(&lab, agents[h], &format!("cut-{i}"), "y");
         assert_eq!(code, 0, "node n{} on the quorum side: {err}", h + 1);
     }
-    lab.cut(&[]);
+    lab.dc_link(cut_dc, true);
     lab.wait_whole(&agents);
     lab.wait_for(
         Duration::from_secs(30),

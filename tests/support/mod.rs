@@ -312,6 +312,66 @@ impl Lab {
         ip(&args);
     }
 
+    /// Puts each group of hosts on a bridge of its own, a datacenter, and joins every
+    /// datacenter's bridge to `br0` (the WAN) through a veth link `wK`/`cK` (K = 1, 2, ...).
+    /// Multicast does not cross those links (nftables in the switch drops IPv4 multicast that
+    /// would go over one, as routers between sites do), unicast does. [`Lab::dc_link`] cuts and
+    /// restores a datacenter's link.
+    #[allow(dead_code)] // used by some test targets only
+    pub fn datacenters(&mut self, dcs: &[&[usize]]) {
+        use std::io::Write as _;
+        for (k, hosts) in dcs.iter().enumerate() {
+            let br = self.add_bridge();
+            let (w, c) = (format!("w{}", k + 1), format!("c{}", k + 1));
+            ip(&[
+                "-n",
+                &self.switch,
+                "link",
+                "add",
+                &w,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &c,
+            ]);
+            ip(&["-n", &self.switch, "link", "set", &w, "master", &br, "up"]);
+            ip(&["-n", &self.switch, "link", "set", &c, "master", "br0", "up"]);
+            for h in *hosts {
+                self.set_port(*h, Some(&br));
+            }
+        }
+        let script = "table bridge chorus_sites {\n  chain forward {\n    type filter hook forward priority 0;\n    \
+                      iifname \"w*\" ip daddr 224.0.0.0/4 drop\n    oifname \"w*\" ip daddr 224.0.0.0/4 drop\n  }\n}\n";
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.switch, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft (Debian package nftables) must be installed");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("write nft script");
+        let out = child.wait_with_output().expect("nft");
+        assert!(
+            out.status.success(),
+            "nft in the switch: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Takes datacenter `k`'s (0-based) link to the WAN down (`up = false`) or up again.
+    #[allow(dead_code)] // used by some test targets only
+    pub fn dc_link(&self, k: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        for link in [format!("w{}", k + 1), format!("c{}", k + 1)] {
+            ip(&["-n", &self.switch, "link", "set", &link, state]);
+        }
+    }
+
     /// Cuts host `i` off from every other host.
     pub fn isolate(&mut self, i: usize) {
         self.set_port(i, None);
