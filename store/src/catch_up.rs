@@ -160,6 +160,7 @@ impl StoreCore {
         c.next_round += 1;
         c.rounds_started += 1;
         c.tried.insert(peer, now);
+        tracing::debug!(%peer, round = id, "catch-up round begins");
         c.round = Some(SyncRound {
             peer,
             id,
@@ -181,6 +182,8 @@ impl StoreCore {
             return; // an old round's mark
         };
         r.heard = now;
+        tracing::debug!(%from, round, fetching = r.fetching, versions, seen = r.versions_seen,
+            pending = r.pending.len(), "catch-up mark");
         if !r.fetching {
             if r.versions_seen != versions {
                 // Some versions were lost: start again (with the least recently tried peer).
