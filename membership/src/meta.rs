@@ -62,10 +62,13 @@ pub enum MetaError {
     TooLarge(usize),
 }
 
-/// Every node's newest known record, keyed by node id.
+/// Every node's newest known record, keyed by node id, with the ids under each name.
 #[derive(Debug, Default)]
 pub struct MetaTable {
     records: BTreeMap<NodeId, NodeMeta>,
+    /// Node ids by the name their record gives (checking a joiner's name for duplicates is then
+    /// a lookup, not a scan: a join of n nodes asks it n times on every node).
+    by_name: BTreeMap<String, std::collections::BTreeSet<NodeId>>,
 }
 
 impl MetaTable {
@@ -73,11 +76,34 @@ impl MetaTable {
     pub fn merge(&mut self, meta: NodeMeta) -> bool {
         match self.records.get(&meta.id) {
             Some(old) if old.stamp() >= meta.stamp() => false,
-            _ => {
+            old => {
+                if old.is_none_or(|o| o.name != meta.name) {
+                    if let Some(o) = old
+                        && let Some(ids) = self.by_name.get_mut(&o.name)
+                    {
+                        ids.remove(&meta.id);
+                        if ids.is_empty() {
+                            self.by_name.remove(&o.name);
+                        }
+                    }
+                    self.by_name
+                        .entry(meta.name.clone())
+                        .or_default()
+                        .insert(meta.id);
+                }
                 self.records.insert(meta.id, meta);
                 true
             }
         }
+    }
+
+    /// The records whose name is `name`.
+    pub fn named(&self, name: &str) -> impl Iterator<Item = &NodeMeta> {
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.records.get(id))
     }
 
     /// The newest record of `id`.

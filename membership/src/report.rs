@@ -340,6 +340,31 @@ impl Membership {
         self.described.pop_front()
     }
 
+    /// Live members (alive or suspect, this node included) whose metadata names them `name`,
+    /// with their gossip address and whether it is this node. A scan of names only, without
+    /// building the member list (a join of n nodes asks this n times on every node).
+    pub fn live_named(&self, name: &str) -> Vec<(NodeId, SocketAddr, bool)> {
+        let table = self.table();
+        table
+            .named(name)
+            .filter(|m| {
+                m.id == self.identity.id
+                    || self.known.get(&m.id).is_some_and(|k| {
+                        matches!(k.state, MemberState::Alive | MemberState::Suspect)
+                    })
+            })
+            .map(|m| (m.id, m.gossip_addr, m.id == self.identity.id))
+            .collect()
+    }
+
+    /// The value of tag `key` in node `id`'s metadata (this node's own included).
+    pub fn tag_of(&self, id: NodeId, key: &str) -> Option<String> {
+        if id == self.identity.id {
+            return self.own_meta.tags.get(key).cloned();
+        }
+        self.table().get(id).and_then(|m| m.tags.get(key).cloned())
+    }
+
     /// The datacenter node `id` gives in its metadata, once its record has arrived.
     pub fn datacenter_of(&self, id: NodeId) -> Option<String> {
         self.table()

@@ -563,15 +563,11 @@ impl Node {
         {
             return;
         }
-        let members = self.membership.members();
-        let mine = members
-            .iter()
-            .find(|v| v.is_self)
-            .and_then(|v| v.tags.get(crate::QUORUM_TAG).cloned());
-        let theirs = members
-            .iter()
-            .find(|v| v.id == m.id)
-            .and_then(|v| v.tags.get(crate::QUORUM_TAG).cloned());
+        // Lookups, not the member list: this runs for every join, and building the list is
+        // O(n), which made a simulated 1,000-node join crawl.
+        let me = self.membership.identity().id;
+        let mine = self.membership.tag_of(me, crate::QUORUM_TAG);
+        let theirs = self.membership.tag_of(m.id, crate::QUORUM_TAG);
         if let (Some(mine), Some(theirs)) = (mine, theirs)
             && mine != theirs
             && self.quorum_disagreements.insert((m.id, theirs.clone()))
@@ -580,19 +576,18 @@ impl Node {
                 "a member counts quorum differently (required/total votes): give every node the same \
                  cluster.expected_nodes, cluster.total_votes and cluster.quorum (docs/operations.md)");
         }
-        self.check_datacenter_votes(&members);
-        for other in members {
-            let live = matches!(
-                other.state,
-                membership::MemberState::Alive | membership::MemberState::Suspect
-            );
-            if !live || other.id == m.id || other.name != m.name {
+        if self.membership.config().quorum.datacenter_votes().is_some() {
+            let members = self.membership.members();
+            self.check_datacenter_votes(&members);
+        }
+        for (other, addr, is_self) in self.membership.live_named(&m.name) {
+            if other == m.id {
                 continue;
             }
-            let pair = (m.name.clone(), m.id.min(other.id), m.id.max(other.id));
+            let pair = (m.name.clone(), m.id.min(other), m.id.max(other));
             if self.duplicate_names.insert(pair) {
-                tracing::warn!(name = %m.name, id = %m.id, addr = %m.addr, other_id = %other.id,
-                    other_addr = %other.gossip_addr, this_node = other.is_self,
+                tracing::warn!(name = %m.name, id = %m.id, addr = %m.addr, other_id = %other,
+                    other_addr = %addr, this_node = is_self,
                     "two members share the name {:?}: give every node its own node.name", m.name);
             }
         }
