@@ -45,6 +45,29 @@ fn ip(args: &[&str]) -> Output {
     run(Command::new("ip").args(args))
 }
 
+/// Loads an nftables script in namespace `ns` (one atomic change), failing with nft's message.
+fn nft(ns: &str, script: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft (Debian package nftables) must be installed");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("write nft script");
+    let out = child.wait_with_output().expect("nft");
+    assert!(
+        out.status.success(),
+        "nft in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Returns a lab, or skips the calling test with a clear message.
 #[macro_export]
 macro_rules! lab_or_skip {
@@ -319,7 +342,6 @@ impl Lab {
     /// restores a datacenter's link.
     #[allow(dead_code)] // used by some test targets only
     pub fn datacenters(&mut self, dcs: &[&[usize]]) {
-        use std::io::Write as _;
         for (k, hosts) in dcs.iter().enumerate() {
             let br = self.add_bridge();
             let (w, c) = (format!("w{}", k + 1), format!("c{}", k + 1));
@@ -343,24 +365,7 @@ impl Lab {
         }
         let script = "table bridge chorus_sites {\n  chain forward {\n    type filter hook forward priority 0;\n    \
                       iifname \"w*\" ip daddr 224.0.0.0/4 drop\n    oifname \"w*\" ip daddr 224.0.0.0/4 drop\n  }\n}\n";
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.switch, "nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("nft (Debian package nftables) must be installed");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(script.as_bytes())
-            .expect("write nft script");
-        let out = child.wait_with_output().expect("nft");
-        assert!(
-            out.status.success(),
-            "nft in the switch: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        nft(&self.switch, script);
     }
 
     /// Takes datacenter `k`'s (0-based) link to the WAN down (`up = false`) or up again.
@@ -391,7 +396,6 @@ impl Lab {
     /// link. The rules go with the namespaces.
     #[allow(dead_code)] // used by some test targets only
     pub fn cut(&mut self, cuts: &[(usize, usize)]) {
-        use std::io::Write as _;
         for to in 0..self.hosts.len() {
             let from: Vec<String> = cuts
                 .iter()
@@ -407,25 +411,7 @@ impl Lab {
                 "add table inet chorus_cut\ndelete table inet chorus_cut\n\
                  table inet chorus_cut {{\n  chain input {{\n    type filter hook input priority 0;\n{rule}  }}\n}}\n"
             );
-            let mut child = Command::new("ip")
-                .args(["netns", "exec", &self.hosts[to], "nft", "-f", "-"])
-                .stdin(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("nft (Debian package nftables) must be installed");
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(script.as_bytes())
-                .expect("write nft script");
-            let out = child.wait_with_output().expect("nft");
-            assert!(
-                out.status.success(),
-                "nft in {}: {}",
-                self.hosts[to],
-                String::from_utf8_lossy(&out.stderr)
-            );
+            nft(&self.hosts[to], &script);
         }
     }
 
