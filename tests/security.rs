@@ -258,10 +258,11 @@ fn a_key_rotation_on_a_live_cluster_under_quorum_writes_fails_no_member_and_no_w
 /// frame of each TCP segment sent from `from_ip` to port 7946, as hex lines `udp HEX` / `tcp HEX`.
 const SNIFF: &str = r#"
 import socket, struct, sys, time
-src, secs, out = sys.argv[1], float(sys.argv[2]), open(sys.argv[3], 'w', buffering=1)
+src, secs = sys.argv[1], float(sys.argv[2])
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0800))
 s.bind(('eth0', 0)); s.settimeout(0.2)
-print('ready', flush=True)
+# The output file appears only once the socket captures: the test waits for it.
+out = open(sys.argv[3], 'w', buffering=1)
 end = time.monotonic() + secs
 while time.monotonic() < end:
     try:
@@ -328,7 +329,7 @@ fn captured_datagrams_and_store_frames_replayed_into_a_running_cluster_are_dropp
             &capture.display().to_string(),
         ],
     );
-    lab.wait_for(Duration::from_secs(5), "the sniffer captures", |l| {
+    lab.wait_for(Duration::from_secs(5), "the sniffer is capturing", |l| {
         std::fs::metadata(l.dir().join("captured")).is_ok()
     });
     for i in 0..20 {

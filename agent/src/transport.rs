@@ -652,9 +652,8 @@ mod tests {
         let listener = TcpListener::bind(addr).await.unwrap();
         let (tx, mut rx) = mpsc::channel(8);
         tokio::spawn(serve(listener, sealer, tx, stats));
-        // Let the close reach the sender's socket, as it does long before a restarted peer
-        // answers anything.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The close reached the sender's socket with `drop` (loopback delivers the FIN at once),
+        // as it does long before a restarted peer is asked anything.
         out.send(addr, PeerMsg::Store(StoreMsg::WriteAck { op: 2 }));
         let f = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
