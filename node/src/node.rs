@@ -600,32 +600,17 @@ impl Node {
         let Some(table) = self.membership.config().quorum.datacenter_votes().cloned() else {
             return;
         };
-        let mut by_dc: BTreeMap<String, u32> = BTreeMap::new();
-        for m in members
-            .iter()
-            .filter(|m| m.state != membership::MemberState::Left)
-        {
-            if !m.datacenter.is_empty() {
-                *by_dc.entry(m.datacenter.clone()).or_default() += m.votes;
+        for (dc, votes, configured) in datacenter_overflows(&table, members) {
+            if !self.datacenter_overflows.insert((dc.clone(), votes)) {
+                continue;
             }
-        }
-        for (dc, votes) in by_dc {
-            match table.get(&dc) {
-                Some(configured) if votes <= *configured => {}
-                Some(configured) => {
-                    if self.datacenter_overflows.insert((dc.clone(), votes)) {
-                        tracing::warn!(datacenter = %dc, votes, configured = *configured,
-                            "the members of a datacenter hold more votes than cluster.datacenter_votes gives it: \
-                             two sides could both count it; give it its real votes on every node");
-                    }
-                }
-                None => {
-                    if self.datacenter_overflows.insert((dc.clone(), votes)) {
-                        tracing::warn!(datacenter = %dc, votes,
-                            "members are in a datacenter that cluster.datacenter_votes does not list: \
-                             their votes count for nothing");
-                    }
-                }
+            match configured {
+                Some(configured) => tracing::warn!(datacenter = %dc, votes, configured,
+                    "the members of a datacenter hold more votes than cluster.datacenter_votes gives it: \
+                     two sides could both count it; give it its real votes on every node"),
+                None => tracing::warn!(datacenter = %dc, votes,
+                    "members are in a datacenter that cluster.datacenter_votes does not list: \
+                     their votes count for nothing"),
             }
         }
     }
@@ -838,5 +823,70 @@ impl Node {
             self.reported_leading = leading;
             self.emit(EventKind::Leader(leading));
         }
+    }
+}
+
+/// The datacenters whose members (not left) hold more votes than `table` gives them, or that
+/// `table` does not list: (datacenter, votes held, configured votes if listed).
+fn datacenter_overflows(
+    table: &BTreeMap<String, u32>,
+    members: &[membership::MemberView],
+) -> Vec<(String, u32, Option<u32>)> {
+    let mut by_dc: BTreeMap<String, u32> = BTreeMap::new();
+    for m in members
+        .iter()
+        .filter(|m| m.state != membership::MemberState::Left && !m.datacenter.is_empty())
+    {
+        *by_dc.entry(m.datacenter.clone()).or_default() += m.votes;
+    }
+    by_dc
+        .into_iter()
+        .filter_map(|(dc, votes)| match table.get(&dc) {
+            Some(c) if votes <= *c => None,
+            configured => Some((dc, votes, configured.copied())),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod datacenter_tests {
+    use super::*;
+    use membership::{MemberState, MemberView, NodeId};
+
+    fn member(id: u64, dc: &str, votes: u32, state: MemberState) -> MemberView {
+        MemberView {
+            id: NodeId(id),
+            name: format!("n{id}"),
+            state,
+            datacenter: dc.into(),
+            gossip_addr: std::net::SocketAddr::from(([10, 0, 0, id as u8], 7946)),
+            api_addr: None,
+            generation: 1,
+            tags: BTreeMap::new(),
+            votes,
+            is_self: id == 1,
+        }
+    }
+
+    #[test]
+    fn a_datacenter_holding_more_votes_than_configured_or_unlisted_is_found() {
+        let table: BTreeMap<String, u32> = [("a".to_string(), 2), ("b".to_string(), 1)].into();
+        let ok = [
+            member(1, "a", 1, MemberState::Alive),
+            member(2, "a", 1, MemberState::Failed),
+            member(3, "b", 1, MemberState::Alive),
+            member(4, "b", 1, MemberState::Left),
+        ];
+        assert!(
+            datacenter_overflows(&table, &ok).is_empty(),
+            "left members do not count"
+        );
+        let mut over = ok.to_vec();
+        over.push(member(5, "a", 1, MemberState::Suspect));
+        over.push(member(6, "c", 2, MemberState::Alive));
+        assert_eq!(
+            datacenter_overflows(&table, &over),
+            vec![("a".to_string(), 3, Some(2)), ("c".to_string(), 2, None)]
+        );
     }
 }
