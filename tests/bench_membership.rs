@@ -186,6 +186,7 @@ fn main() {
     let mut split_first = Vec::new();
     let mut minority_quorum = Vec::new();
     let mut merge = Vec::new();
+    let mut chorus_idle = None;
     for run in 0..a.runs {
         let mut lab = match Lab::new(n) {
             Ok(l) => l,
@@ -194,6 +195,9 @@ fn main() {
                 return;
             }
         };
+        for h in 0..n {
+            lab.count_wire(h);
+        }
         let t0 = SystemTime::now();
         let agents: Vec<usize> = (0..n)
             .map(|i| lab.start(i, AgentSpec::new(&names[i], n as u32)))
@@ -214,9 +218,9 @@ fn main() {
             });
             std::thread::sleep(Duration::from_secs(5));
             if a.idle_secs > 0 {
-                // One scrape per agent: (bytes, packets) sent on every channel, summed.
-                let totals = |lab: &Lab| -> (u64, u64) {
-                    let mut t = (0, 0);
+                // Interface counters of every host, and the agents' own payload counters.
+                let payload = |lab: &Lab| -> BTreeMap<String, (u64, u64)> {
+                    let mut t: BTreeMap<String, (u64, u64)> = BTreeMap::new();
                     for x in &agents {
                         for line in lab.metrics(*x).lines() {
                             let v = line
@@ -224,26 +228,33 @@ fn main() {
                                 .next()
                                 .and_then(|v| v.parse::<f64>().ok())
                                 .unwrap_or(0.0) as u64;
+                            let chan = line
+                                .split("channel=\"")
+                                .nth(1)
+                                .and_then(|r| r.split('"').next())
+                                .unwrap_or("")
+                                .to_string();
                             if line.starts_with("chorus_bytes_sent_total{") {
-                                t.0 += v;
+                                t.entry(chan).or_default().1 += v;
                             } else if line.starts_with("chorus_packets_sent_total{") {
-                                t.1 += v;
+                                t.entry(chan).or_default().0 += v;
                             }
                         }
                     }
                     t
                 };
-                let (b0, p0) = totals(&lab);
-                let start = std::time::Instant::now();
-                std::thread::sleep(Duration::from_secs(a.idle_secs));
-                let secs = start.elapsed().as_secs_f64();
-                let (b1, p1) = totals(&lab);
-                let bps = (b1 - b0) as f64 / secs / n as f64;
-                let pps = (p1 - p0) as f64 / secs / n as f64;
-                println!(
-                    "idle traffic, N={n}: {bps:.0} B/node/s UDP payload ({pps:.2} packets/node/s; {:.0} B/node/s with IPv4+UDP headers)",
-                    bps + pps * 28.0
-                );
+                let p0 = payload(&lab);
+                let (wire, secs) = idle_wire(&lab, n, a.idle_secs);
+                let p1 = payload(&lab);
+                for (chan, (p, b)) in &p1 {
+                    let (pa, ba) = p0.get(chan).copied().unwrap_or((0, 0));
+                    println!(
+                        "  chorus UDP payload {chan:<8} {:>7.1} B/node/s in {:>5.2} datagrams/node/s",
+                        (b - ba) as f64 / secs / n as f64,
+                        (p - pa) as f64 / secs / n as f64
+                    );
+                }
+                chorus_idle = Some(report_wire("chorus", n, &wire, secs));
             }
             if a.soak_secs > 0 {
                 let t = SystemTime::now();
@@ -419,4 +430,216 @@ fn main() {
     );
     show("split: minority reports no quorum", &minority_quorum);
     show("merge after heal (everyone alive again)", &merge);
+
+    if which("serf").is_none() {
+        println!("serf not installed (Debian package `serf`): no comparison");
+        return;
+    }
+    let serf = serf_runs(&a);
+    let version = std::process::Command::new("serf")
+        .arg("version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    println!(
+        "Serf ({version}), same topology, same run, LAN profile, joined through the first node"
+    );
+    show("serf: full join", &serf.join);
+    show("serf: kill -9 seen failed everywhere", &serf.kill);
+    let med = |v: &[Duration]| median(v.to_vec()).1.as_secs_f64();
+    println!(
+        "ratio chorus/serf: full join {:.2}, kill -9 detection {:.2}",
+        med(&join) / med(&serf.join),
+        med(&kill) / med(&serf.kill)
+    );
+    if let (Some(c), Some(s)) = (chorus_idle, serf.idle) {
+        println!(
+            "ratio chorus/serf: idle bytes on the wire per node {:.2} ({c:.0} / {s:.0} B/s)",
+            c / s
+        );
+    }
+}
+
+fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(cmd))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Waits `secs` on an idle cluster and returns what every host sent meanwhile (summed), with the
+/// seconds measured.
+fn idle_wire(lab: &Lab, n: usize, secs: u64) -> (support::Wire, f64) {
+    let before: Vec<support::Wire> = (0..n).map(|h| lab.wire(h)).collect();
+    let start = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let secs = start.elapsed().as_secs_f64();
+    let mut sum = support::Wire::default();
+    for (h, b) in before.iter().enumerate() {
+        sum.add(&lab.wire(h).since(b));
+    }
+    (sum, secs)
+}
+
+/// Prints idle traffic per node by kind and returns the interface bytes per node per second.
+fn report_wire(who: &str, n: usize, w: &support::Wire, secs: f64) -> f64 {
+    let per = |x: u64| x as f64 / secs / n as f64;
+    let total = per(w.tx_bytes);
+    println!(
+        "idle traffic, {who}, N={n}: {total:.0} B/node/s on the wire (interface counters, Ethernet frames), {:.2} frames/node/s",
+        per(w.tx_packets)
+    );
+    let mut counted = 0;
+    for (kind, (p, b)) in &w.kinds {
+        counted += b;
+        println!(
+            "  {who} wire {kind:<12} {:>7.1} B/node/s in {:>5.2} frames/node/s{}",
+            per(*b),
+            per(*p),
+            if *p > 0 {
+                format!(" ({:.0} B each)", *b as f64 / *p as f64)
+            } else {
+                String::new()
+            }
+        );
+    }
+    println!(
+        "  {who} wire: kinds sum to {:.1} B/node/s of the interface's {total:.1}",
+        per(counted)
+    );
+    total
+}
+
+struct SerfResult {
+    join: Vec<Duration>,
+    kill: Vec<Duration>,
+    idle: Option<f64>,
+}
+
+/// Serf agents in the same topology: join through the first node, idle traffic in the last run,
+/// kill -9 of the last node; times from the agents' event handlers (the same machine's clock).
+fn serf_runs(a: &Args) -> SerfResult {
+    let n = a.nodes;
+    let mut out = SerfResult {
+        join: Vec::new(),
+        kill: Vec::new(),
+        idle: None,
+    };
+    for run in 0..a.runs {
+        let lab = Lab::new(n).expect("lab for serf");
+        for h in 0..n {
+            lab.count_wire(h);
+        }
+        let handler = lab.dir().join("serf-event.sh");
+        std::fs::write(
+            &handler,
+            "#!/bin/sh\nwhile read -r name rest; do echo \"$(date +%s.%N) $SERF_EVENT $name\" >> \"$1\"; done\n",
+        )
+        .expect("write handler");
+        let logs: Vec<std::path::PathBuf> = (0..n)
+            .map(|h| lab.dir().join(format!("serf-{h}.events")))
+            .collect();
+        let t0 = SystemTime::now();
+        let mut procs: Vec<Option<support::Background>> = (0..n)
+            .map(|h| {
+                let bind = format!("-bind={}:7946", lab.ip(h));
+                let node = format!("-node=n{}", h + 1);
+                let ev = format!(
+                    "-event-handler=member-join,member-failed,member-leave=sh {} {}",
+                    handler.display(),
+                    logs[h].display()
+                );
+                let join = format!("-retry-join={}:7946", lab.ip(0));
+                let mut args = vec![
+                    "serf",
+                    "agent",
+                    &node,
+                    &bind,
+                    "-rpc-addr=127.0.0.1:7373",
+                    "-log-level=err",
+                    "-retry-interval=100ms",
+                    &ev,
+                ];
+                if h > 0 {
+                    args.push(&join);
+                }
+                Some(lab.spawn_in(h, &args))
+            })
+            .collect();
+        let seen = |h: usize, event: &str, after: SystemTime| -> BTreeMap<String, SystemTime> {
+            let text = std::fs::read_to_string(&logs[h]).unwrap_or_default();
+            let mut m = BTreeMap::new();
+            for line in text.lines() {
+                let mut w = line.split_whitespace();
+                let (Some(ts), Some(ev), Some(name)) = (w.next(), w.next(), w.next()) else {
+                    continue;
+                };
+                let Ok(secs) = ts.parse::<f64>() else {
+                    continue;
+                };
+                let at = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs);
+                if ev == event && at >= after {
+                    m.entry(name.to_string()).or_insert(at);
+                }
+            }
+            m
+        };
+        let mut joined = Duration::ZERO;
+        lab.wait_for(Duration::from_secs(60), "serf full join", |_| {
+            let mut w = Duration::ZERO;
+            for h in 0..n {
+                let m = seen(h, "member-join", t0);
+                if m.len() < n {
+                    return false;
+                }
+                w = w.max(
+                    m.values()
+                        .max()
+                        .unwrap()
+                        .duration_since(t0)
+                        .unwrap_or_default(),
+                );
+            }
+            joined = w;
+            true
+        });
+        out.join.push(joined);
+        if run + 1 == a.runs && a.idle_secs > 0 {
+            std::thread::sleep(Duration::from_secs(5));
+            let (wire, secs) = idle_wire(&lab, n, a.idle_secs);
+            out.idle = Some(report_wire("serf", n, &wire, secs));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let victim = n - 1;
+        let t = SystemTime::now();
+        if let Some(mut p) = procs[victim].take() {
+            let _ = p.0.kill();
+            let _ = p.0.wait();
+            std::mem::forget(p); // reaped: nothing left for its drop to stop
+        }
+        let name = format!("n{}", victim + 1);
+        let mut det = Duration::ZERO;
+        lab.wait_for(Duration::from_secs(60), "serf kill -9 seen", |_| {
+            let mut w = Duration::ZERO;
+            for h in 0..n - 1 {
+                match seen(h, "member-failed", t).get(&name) {
+                    Some(at) => w = w.max(at.duration_since(t).unwrap_or_default()),
+                    None => return false,
+                }
+            }
+            det = w;
+            true
+        });
+        out.kill.push(det);
+        eprintln!("serf run {run}: join {joined:?} kill {det:?}");
+        drop(procs);
+    }
+    out
 }

@@ -375,6 +375,11 @@ impl Driver {
     pub async fn run(mut self) {
         let mut buf = vec![0u8; 65_536];
         let mut bbuf = vec![0u8; 65_536];
+        let mut gone = self
+            .io
+            .outbound
+            .gone_reports()
+            .expect("the driver runs once");
         let (resolved_tx, mut resolved_rx) = mpsc::channel::<Vec<SocketAddr>>(4);
         let mut resolver = spawn_resolver(self.seeds.clone(), resolved_tx.clone());
         let mut first_resolution = true;
@@ -473,6 +478,9 @@ impl Driver {
                         self.node.handle_log_health(self.clock.now(), self.wall_ms(), Some(why));
                     }
                 },
+                Some(addr) = gone.recv() => {
+                    self.node.handle_process_gone(self.clock.now(), self.wall_ms(), addr);
+                }
                 Some(addrs) = resolved_rx.recv() => {
                     self.node.set_seeds(addrs.clone());
                     if first_resolution {

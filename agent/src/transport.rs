@@ -105,6 +105,8 @@ pub struct Outbound {
     peers: BTreeMap<SocketAddr, PeerQueue>,
     stats: Arc<TransportStats>,
     connect_timeout: Duration,
+    gone_tx: mpsc::UnboundedSender<SocketAddr>,
+    gone_rx: Option<mpsc::UnboundedReceiver<SocketAddr>>,
 }
 
 /// How long a connection attempt may take on a LAN before it is given up (and the messages
@@ -129,13 +131,23 @@ impl Outbound {
         stats: Arc<TransportStats>,
         connect_timeout: Duration,
     ) -> Self {
+        let (gone_tx, gone_rx) = mpsc::unbounded_channel();
         Outbound {
             me,
             sealer,
             peers: BTreeMap::new(),
             stats,
             connect_timeout,
+            gone_tx,
+            gone_rx: Some(gone_rx),
         }
+    }
+
+    /// The addresses of peers whose process the writers found gone: a connection to it closed
+    /// (or could not be made) and a new one was refused, so nothing listens on its port. Taken
+    /// once, by the driver.
+    pub fn gone_reports(&mut self) -> Option<mpsc::UnboundedReceiver<SocketAddr>> {
+        self.gone_rx.take()
     }
 
     /// Queues `msg` for the peer at `addr`, connecting if needed. Never blocks. The message is
@@ -154,6 +166,7 @@ impl Outbound {
                 self.sealer.clone(),
                 self.stats.clone(),
                 self.connect_timeout,
+                self.gone_tx.clone(),
             ));
             PeerQueue { tx, queued }
         });
@@ -254,6 +267,7 @@ async fn peer_writer(
     sealer: Arc<Sealer>,
     stats: Arc<TransportStats>,
     connect_timeout: Duration,
+    gone: mpsc::UnboundedSender<SocketAddr>,
 ) {
     let taken = |f: Vec<u8>| {
         queued.fetch_sub(f.len(), Ordering::Relaxed);
@@ -283,7 +297,11 @@ async fn peer_writer(
         .await;
         let (stream, challenge) = match connected {
             Ok(Ok(s)) => s,
-            _ => {
+            failed => {
+                if matches!(&failed, Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+                {
+                    let _ = gone.send(addr);
+                }
                 stats
                     .send_dropped
                     .fetch_add(1 + older as u64, Ordering::Relaxed);
@@ -332,7 +350,30 @@ async fn peer_writer(
                         give_up(&w, why);
                         continue 'outer;
                     }
-                    match rx.recv().await {
+                    // While idle, watch the connection: the peer never writes after its
+                    // challenge, so anything readable is its FIN or RST. A process that dies
+                    // closes its connections at once, and a new one is then refused: that tells
+                    // membership before any probe could (issue 16).
+                    let idle = loop {
+                        tokio::select! {
+                            f = rx.recv() => break Some(f),
+                            r = w.get_ref().readable() => {
+                                // A spurious wake-up reads nothing (WouldBlock) and waits again.
+                                if r.is_err() || peer_closed(w.get_ref()) {
+                                    break None;
+                                }
+                            }
+                        }
+                    };
+                    let Some(idle) = idle else {
+                        drop(w);
+                        if process_gone(addr, connect_timeout).await {
+                            debug!(%addr, "store connection closed and a new one refused: the process is gone");
+                            let _ = gone.send(addr);
+                        }
+                        continue 'outer;
+                    };
+                    match idle {
                         Some(f) if stalled(fd) => {
                             give_up(&w, Broken::Stalled);
                             carry = Some(taken(f));
@@ -350,6 +391,14 @@ async fn peer_writer(
             };
         }
     }
+}
+
+/// Whether a connection to `addr` is refused: nothing listens on its port.
+async fn process_gone(addr: SocketAddr, limit: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(limit, TcpStream::connect(addr)).await,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// Seals the encoded tail of a frame for the connection `challenge` as its `seq`th frame.
@@ -392,10 +441,13 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         // A sender that replaced a stalled connection may never close the old one cleanly (its
-        // RST can be lost in the partition): keepalive ends such a reader in about a minute.
+        // RST can be lost in the partition): keepalive ends such a reader within six minutes.
+        // Not sooner: each probe and its answer are two segments of 66 bytes, and with a
+        // connection from every peer, probes every 30 s were 60 of an idle node's 614 B/s on
+        // the wire (issue 16). A reader left over meanwhile holds a socket, nothing more.
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
             &socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(30))
+                .with_time(Duration::from_secs(300))
                 .with_interval(Duration::from_secs(10))
                 .with_retries(3),
         );

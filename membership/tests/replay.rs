@@ -64,7 +64,7 @@ fn every_captured_datagram_replayed_is_dropped_as_a_replay_and_changes_nothing()
     nodes[1].announce_to(Duration::ZERO, peer(1).addr);
     nodes[2].announce_to(Duration::ZERO, peer(1).addr);
     let mut captured = Vec::new();
-    run(&mut nodes, 0, 3_000, |from, bytes| {
+    run(&mut nodes, 0, 5_000, |from, bytes| {
         captured.push((from, bytes.to_vec()))
     });
     assert!(captured.len() > 15, "only {} datagrams", captured.len());
@@ -76,7 +76,7 @@ fn every_captured_datagram_replayed_is_dropped_as_a_replay_and_changes_nothing()
     // Node 2 dies; node 0 sees it failed. Replaying node 2's old datagrams (pings, acks, its
     // metadata) must not bring it back.
     nodes.truncate(2);
-    run(&mut nodes, 3_000, 8_000, |_, _| {});
+    run(&mut nodes, 5_000, 8_000, |_, _| {});
     let before = view(&nodes[0]);
     assert!(
         before
@@ -87,7 +87,7 @@ fn every_captured_datagram_replayed_is_dropped_as_a_replay_and_changes_nothing()
     let replays_before = nodes[0].stats().dropped.get(&DropReason::Replay).copied();
     let n = captured.len() as u64;
     for (i, (from, bytes)) in captured.iter().enumerate() {
-        let now = Duration::from_millis(11_000 + i as u64 / 10);
+        let now = Duration::from_millis(13_000 + i as u64 / 10);
         nodes[0].handle_datagram(now, *from, bytes);
         nodes[0].handle_timeout(now);
         while nodes[0].poll_event().is_some() {}

@@ -483,55 +483,68 @@ fn holders_that_stall_within_the_margin_never_overlap_and_beyond_it_do() {
 /// 0.9 % fast. Once node 0 leads, it is cut off: it leads on until its window runs out while the
 /// others take over once its lease has run out by their clocks. The first seed from 1 on where
 /// node 0 is elected; the leader checker's verdict with `faults`.
-fn leader_cut_off_under_clock_drift(faults: &[coord::Fault]) -> Verdict {
-    for seed in 1..40 {
-        let mut cfg = SimConfig::lan(5, seed);
-        cfg.store = true;
-        cfg.durable = true;
-        cfg.faults.coord = faults.to_vec();
-        cfg.leader = Some(node::LeaderConfig {
-            ttl: 2 * S,
-            lock_delay: Duration::ZERO,
-        });
-        let mut sim = Sim::new(cfg);
-        for i in 0..5 {
-            let drift_ppm = if i == 0 { -9_000 } else { 9_000 };
-            sim.set_skew(
-                i,
-                netsim::Skew {
-                    drift_ppm,
-                    wall_offset_ms: 0,
-                },
-            );
-        }
-        if sim
-            .run_until_cond(10 * S, |s| s.leader_now().is_some())
-            .is_none()
-            || sim.leader_now() != Some(0)
-        {
-            continue;
-        }
-        sim.run_for(3 * S);
-        sim.isolate(0);
-        sim.run_for(10 * S);
-        sim.heal();
-        sim.run_for(5 * S);
-        return netsim::check_locks::one_leader_at_a_time(&sim);
+/// Node 0 elected leader, then cut off while its clock runs slow and the others' fast; `None`
+/// when another node was elected first in this seed.
+fn leader_cut_off_under_clock_drift(faults: &[coord::Fault], seed: u64) -> Option<Verdict> {
+    let mut cfg = SimConfig::lan(5, seed);
+    cfg.store = true;
+    cfg.durable = true;
+    cfg.faults.coord = faults.to_vec();
+    cfg.leader = Some(node::LeaderConfig {
+        ttl: 2 * S,
+        lock_delay: Duration::ZERO,
+    });
+    let mut sim = Sim::new(cfg);
+    for i in 0..5 {
+        let drift_ppm = if i == 0 { -9_000 } else { 9_000 };
+        sim.set_skew(
+            i,
+            netsim::Skew {
+                drift_ppm,
+                wall_offset_ms: 0,
+            },
+        );
     }
-    panic!("node 0 was never elected first");
+    if sim
+        .run_until_cond(10 * S, |s| s.leader_now().is_some())
+        .is_none()
+        || sim.leader_now() != Some(0)
+    {
+        return None;
+    }
+    sim.run_for(3 * S);
+    sim.isolate(0);
+    sim.run_for(10 * S);
+    sim.heal();
+    sim.run_for(5 * S);
+    Some(netsim::check_locks::one_leader_at_a_time(&sim))
 }
 
 #[test]
 fn a_leader_told_to_act_for_its_whole_lease_is_caught_leading_beside_the_next() {
-    let ok = leader_cut_off_under_clock_drift(&[]);
+    // Whether the next leader is elected while the broken one still acts depends on when the
+    // others find it gone; over the seeds where node 0 leads first, correct cores never overlap
+    // and the broken ones are caught in some.
+    let (mut runs, mut caught) = (0, 0);
+    for seed in 1..40 {
+        let Some(ok) = leader_cut_off_under_clock_drift(&[], seed) else {
+            continue;
+        };
+        runs += 1;
+        assert!(
+            ok.ok && ok.detail.contains("2 nodes"),
+            "seed {seed}, correct cores: {ok:?}"
+        );
+        let broken = leader_cut_off_under_clock_drift(&[coord::Fault::FullLeaseWindow], seed)
+            .expect("the same seed elects the same first leader");
+        if !broken.ok && broken.detail.contains("led at once") {
+            caught += 1;
+        }
+    }
+    assert!(runs > 0, "node 0 was never elected first");
     assert!(
-        ok.ok && ok.detail.contains("2 nodes"),
-        "correct cores: {ok:?}"
-    );
-    let broken = leader_cut_off_under_clock_drift(&[coord::Fault::FullLeaseWindow]);
-    assert!(
-        !broken.ok && broken.detail.contains("led at once"),
-        "a leader acting for the grantors' whole lease went unnoticed: {broken:?}"
+        caught > 0,
+        "a leader acting for the grantors' whole lease went unnoticed in {runs} runs"
     );
 }
 

@@ -36,6 +36,9 @@ pub enum Input {
         /// The message.
         msg: PeerMsg,
     },
+    /// The stream transport found the process at this gossip address gone: its connection
+    /// closed and a new one was refused (see `Membership::handle_process_gone`).
+    ProcessGone(SocketAddr),
     /// The time [`crate::Node::poll_timeout`] named has come.
     Timeout,
     /// A client asked for something; its answer is an [`Output::Reply`] with the same token.

@@ -215,6 +215,7 @@ impl Node {
         match input {
             Input::Datagram { from, bytes } => self.handle_datagram(now, wall_ms, from, &bytes),
             Input::Frame { from, msg } => self.handle_frame(now, wall_ms, from, msg),
+            Input::ProcessGone(addr) => self.handle_process_gone(now, wall_ms, addr),
             Input::Timeout => self.handle_timeout(now, wall_ms),
             Input::Request { token, req } => self.handle_request(now, wall_ms, token, req),
             Input::StrongRequest { token, req } => {
@@ -235,6 +236,14 @@ impl Node {
     pub fn handle_datagram(&mut self, now: Duration, wall_ms: u64, from: SocketAddr, bytes: &[u8]) {
         self.advance(now, wall_ms);
         self.membership.handle_datagram(self.now, from, bytes);
+        self.collect();
+    }
+
+    /// The stream transport found the process at gossip address `addr` gone (a connection to it
+    /// closed, a new one refused): membership suspects it at once.
+    pub fn handle_process_gone(&mut self, now: Duration, wall_ms: u64, addr: SocketAddr) {
+        self.advance(now, wall_ms);
+        self.membership.handle_process_gone(self.now, addr);
         self.collect();
     }
 

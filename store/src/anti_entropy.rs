@@ -49,15 +49,40 @@ impl StoreCore {
             .push_back((to, StoreMsg::Digest { stores, round }));
     }
 
+    /// A fingerprint of this replica's digests: equal replicas have equal fingerprints, and a
+    /// store whose digest is all zeros counts as absent, as [`StoreCore::on_digest`] compares.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        let mut h = crc32fast::Hasher::new();
+        let mut h2 = crc32fast::Hasher::new_with_initial(0x9e37_79b9);
+        for name in self.replica.store_names() {
+            let Some(s) = self.replica.store(name) else {
+                continue;
+            };
+            if s.digest().iter().all(|d| *d == 0) {
+                continue;
+            }
+            for part in [name.as_bytes(), &[0xff]] {
+                h.update(part);
+                h2.update(part);
+            }
+            for d in s.digest() {
+                h.update(&d.to_be_bytes());
+                h2.update(&d.to_le_bytes());
+            }
+        }
+        (u64::from(h.finalize()) << 32) | u64::from(h2.finalize())
+    }
+
     /// Answers a digest with our versions of the buckets that differ; returns how many
-    /// `(key, version)` pairs went out.
+    /// `(key, version)` pairs went out, and whether every bucket of every store was equal.
     pub(crate) fn on_digest(
         &mut self,
         from: NodeId,
         theirs: Vec<(String, Vec<u64>)>,
         round: u64,
-    ) -> u64 {
+    ) -> (u64, bool) {
         let mut sent = 0;
+        let mut equal = true;
         let theirs: BTreeMap<String, Vec<u64>> = theirs.into_iter().collect();
         let mut names: BTreeSet<String> = self.replica.store_names().cloned().collect();
         names.extend(
@@ -82,6 +107,7 @@ impl StoreCore {
             if differ.is_empty() {
                 continue;
             }
+            equal = false;
             // Send our versions of those buckets; the peer works out which entries go which way.
             let set: BTreeSet<usize> = differ.iter().copied().collect();
             let versions: Vec<(String, Version)> = self
@@ -108,7 +134,7 @@ impl StoreCore {
                 self.outbox.push_back((from, msg));
             }
         }
-        sent
+        (sent, equal)
     }
 
     pub(crate) fn on_versions(

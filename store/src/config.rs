@@ -58,8 +58,12 @@ pub struct StoreConfig {
     pub max_value_bytes: usize,
     /// How long tombstones and expired entries are kept before they are collected.
     pub gc_grace: Duration,
-    /// Anti-entropy period.
+    /// Anti-entropy period while some peer is not known to be in sync with this replica.
     pub anti_entropy_every: Duration,
+    /// Anti-entropy period once every peer has been found in sync with this replica as it is
+    /// now: nothing can differ unless a replica changed, and the one that changed starts rounds
+    /// itself, so this round is only a safety net.
+    pub anti_entropy_quiet_every: Duration,
     /// Largest sum of value bytes in one anti-entropy message.
     pub sync_chunk_bytes: usize,
     /// Most `(key, version)` pairs in one anti-entropy message.
@@ -94,6 +98,7 @@ impl StoreConfig {
             max_value_bytes: crate::limits::DEFAULT_MAX_VALUE_BYTES,
             gc_grace: Duration::from_secs(24 * 3600),
             anti_entropy_every: Duration::from_secs(5),
+            anti_entropy_quiet_every: Duration::from_secs(60),
             sync_chunk_bytes: 256 * 1024,
             sync_versions_per_message: 8192,
             minority_reads: MinorityReads::Refuse,

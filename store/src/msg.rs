@@ -97,4 +97,11 @@ pub enum StoreMsg {
         /// Entries.
         entries: Vec<(String, Entry)>,
     },
+    /// Anti-entropy: "your digest equals mine", the answer to a periodic digest that found
+    /// nothing to exchange. The sender of the digest then counts the receiver as in sync until
+    /// its own replica changes (see [`StoreCore::fingerprint`](crate::StoreCore)).
+    InSync {
+        /// The fingerprint of the digest that was compared.
+        fingerprint: u64,
+    },
 }

@@ -806,3 +806,62 @@ fn a_replayed_acknowledgement_is_never_counted_for_an_operation_of_a_later_run()
         "the check must be able to fail: with operation ids reused across runs the replay counts ({broken:?})"
     );
 }
+
+/// Digests sent so far by every node.
+fn rounds(net: &Net) -> Vec<u64> {
+    net.nodes.iter().map(|n| n.sync_stats().rounds).collect()
+}
+
+#[test]
+fn an_idle_cluster_in_sync_sends_only_the_slow_safety_net_rounds() {
+    let mut net = Net::new(5);
+    for k in 0..20 {
+        assert!(net.call(k % 5, put(&format!("k{k}"), "v")).is_ok());
+    }
+    // Every node finds every peer in sync within a few fast rounds...
+    net.run_for(Duration::from_secs(120));
+    let before = rounds(&net);
+    // ...and then starts one round a minute, not one every 5 s.
+    net.run_for(Duration::from_secs(600));
+    let after = rounds(&net);
+    for i in 0..5 {
+        let d = after[i] - before[i];
+        assert!(
+            (9..=11).contains(&d),
+            "node {i} started {d} rounds in 10 idle minutes"
+        );
+    }
+}
+
+#[test]
+fn a_push_lost_while_the_cluster_was_quiet_is_repaired_at_the_fast_rate() {
+    let mut net = Net::new(3);
+    assert!(net.call(0, put("a", "1")).is_ok());
+    net.run_for(Duration::from_secs(120)); // every node quiet
+    // A local write on node 0 whose push to node 2 is lost: nodes 0 and 1 changed, node 2 did
+    // not, and it is the changed ones that must start rounds with it.
+    net.drop_if = Some(Box::new(|from, to, m| {
+        from == 0 && to == 2 && matches!(m, StoreMsg::WriteReq { .. })
+    }));
+    let req = Request::Put {
+        store: "fast".into(),
+        key: "b".into(),
+        value: b"2".to_vec(),
+        ttl: None,
+        consistency: None,
+    };
+    assert!(net.call(0, req).is_ok());
+    net.drop_if = None;
+    assert!(net.dropped > 0, "the push to node 2 was not lost");
+    let held = |net: &Net| {
+        net.nodes[2]
+            .replica()
+            .store("fast")
+            .and_then(|s| s.get("b"))
+            .is_some()
+    };
+    assert!(!held(&net));
+    // Within a few 5 s rounds, far before the 60 s safety net.
+    net.run_for(Duration::from_secs(20));
+    assert!(held(&net), "node 2 still lacks the write 20 s later");
+}

@@ -68,6 +68,29 @@ fn nft(ns: &str, script: &str) {
     );
 }
 
+/// Counters of what a host sends, by kind (see [`Lab::count_wire`]). Names carry a prefix: `tcp`,
+/// `igmp` and `arp` are nft keywords.
+const WIRE_COUNTERS: &str = r#"
+table inet chorus_wire {
+counter c_udp_unicast {}
+counter c_multicast {}
+counter c_tcp {}
+counter c_igmp {}
+counter c_other {}
+chain out { type filter hook output priority 0; policy accept;
+ip protocol igmp counter name c_igmp accept
+ip daddr 224.0.0.0/4 counter name c_multicast accept
+meta l4proto udp counter name c_udp_unicast accept
+meta l4proto tcp counter name c_tcp accept
+counter name c_other accept
+}
+}
+table arp chorus_wire {
+counter c_arp {}
+chain out { type filter hook output priority 0; policy accept; counter name c_arp; }
+}
+"#;
+
 /// Returns a lab, or skips the calling test with a clear message.
 #[macro_export]
 macro_rules! lab_or_skip {
@@ -310,6 +333,59 @@ impl Lab {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {args:?} in {}: {e}", self.hosts[i]));
         Background(child)
+    }
+
+    /// Starts counting what host `i` sends, by kind, with nftables counters in its namespace
+    /// (read with [`Lab::wire`]). Counting starts at zero; the counters go with the namespace.
+    pub fn count_wire(&self, i: usize) {
+        // Rules run in order and each accepts, so every packet is counted once. The inet output
+        // hook sees IP packets (IGMP included), the arp one ARP; IPv6 (neighbour discovery,
+        // MLD) falls into `other`.
+        nft(&self.hosts[i], WIRE_COUNTERS);
+    }
+
+    /// What host `i` has sent on its interface so far: the interface's own byte and packet
+    /// counters (Ethernet frames, what an operator's interface counters show) and, when
+    /// [`Lab::count_wire`] was called, the same split by kind (Ethernet headers included).
+    pub fn wire(&self, i: usize) -> Wire {
+        let stat = |name: &str| -> u64 {
+            let out = self.exec(
+                i,
+                &["cat", &format!("/sys/class/net/eth0/statistics/{name}")],
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0)
+        };
+        let mut w = Wire {
+            tx_bytes: stat("tx_bytes"),
+            tx_packets: stat("tx_packets"),
+            kinds: std::collections::BTreeMap::new(),
+        };
+        for family in ["inet", "arp"] {
+            let out = self.exec(i, &["nft", "list", "table", family, "chorus_wire"]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let mut name = String::new();
+            for line in text.lines() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words.as_slice() {
+                    ["counter", n, "{"] => name = n.trim_start_matches("c_").to_string(),
+                    ["packets", p, "bytes", b] if !name.is_empty() => {
+                        let p: u64 = p.parse().unwrap_or(0);
+                        let b: u64 = b.parse().unwrap_or(0);
+                        // The hooks see the IP (or ARP) packet; the interface adds 14 bytes of
+                        // Ethernet header to each (a veth pads nothing).
+                        // (The arp hook's count already includes it.)
+                        let eth = if family == "arp" { 0 } else { 14 * p };
+                        w.kinds.insert(name.clone(), (p, b + eth));
+                        name.clear();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        w
     }
 
     /// Splits the hosts into groups, each on its own bridge; hosts in no group stay on br0.
@@ -861,6 +937,47 @@ impl Drop for Lab {
                 }
             }
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// What one host sent on its interface: totals from the interface counters, and by kind
+/// (`udp_unicast`, `multicast`, `tcp`, `igmp`, `arp`, `other`) as (packets, bytes on the wire).
+#[derive(Debug, Clone, Default)]
+pub struct Wire {
+    /// Bytes the interface sent (Ethernet frames).
+    pub tx_bytes: u64,
+    /// Frames the interface sent.
+    pub tx_packets: u64,
+    /// The same split by kind.
+    pub kinds: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+impl Wire {
+    /// What was sent between `earlier` and this reading.
+    pub fn since(&self, earlier: &Wire) -> Wire {
+        Wire {
+            tx_bytes: self.tx_bytes - earlier.tx_bytes,
+            tx_packets: self.tx_packets - earlier.tx_packets,
+            kinds: self
+                .kinds
+                .iter()
+                .map(|(k, (p, b))| {
+                    let (p0, b0) = earlier.kinds.get(k).copied().unwrap_or((0, 0));
+                    (k.clone(), (p - p0, b - b0))
+                })
+                .collect(),
+        }
+    }
+
+    /// The sum of several hosts' readings.
+    pub fn add(&mut self, other: &Wire) {
+        self.tx_bytes += other.tx_bytes;
+        self.tx_packets += other.tx_packets;
+        for (k, (p, b)) in &other.kinds {
+            let e = self.kinds.entry(k.clone()).or_default();
+            e.0 += p;
+            e.1 += b;
         }
     }
 }

@@ -456,6 +456,16 @@ impl Sim {
         );
     }
 
+    /// Tells node `at` now what the agent's stream transport tells it when a connection to node
+    /// `gone` closed and a new one was refused: its process is gone.
+    pub fn report_process_gone(&mut self, at: usize, gone: usize) {
+        if self.is_up(at) {
+            let addr = Self::addr_of(gone);
+            self.feed(at, node::Input::ProcessGone(addr));
+            self.flush(at);
+        }
+    }
+
     /// True when node `i` is running (not crashed; it may be paused).
     pub fn is_up(&self, i: usize) -> bool {
         self.slots[i].node.is_some()
