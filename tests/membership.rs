@@ -53,6 +53,15 @@ fn kill9_is_failed_sigterm_is_left_and_a_restart_rejoins_cleanly() {
         (0..4).all(|v| l.state_of(v, "n5").as_deref() == Some("failed"))
     });
     eprintln!("kill -9 seen failed everywhere after {took:?}");
+    // Found by the store transport (its connections closed, its port refused), not only by
+    // probing: some survivor says so in its log.
+    assert!(
+        (0..4).any(|v| lab
+            .log_of(v)
+            .contains("its store port refuses connections: the process is gone")),
+        "no survivor found the killed process gone through its store connection\n{}",
+        lab.all_logs()
+    );
 
     // SIGTERM: reported left, and never failed on the way.
     let status = lab.terminate(3);

@@ -217,10 +217,32 @@ fn stalled(fd: std::os::fd::RawFd) -> bool {
 /// connections, but a write into such a connection still succeeds once and is lost without an
 /// error: a restarted node's first catch-up round waited 15 s for an answer lost that way
 /// (issue 15). Checking before writing after an idle wait costs one non-blocking read.
+///
+/// The kernel is asked (a peek), not tokio's cached readiness, which can lag behind it: a FIN that
+/// arrived together with the next message to send was missed that way, and the message went into
+/// the dead connection.
 fn peer_closed(stream: &TcpStream) -> bool {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(stream);
     let mut probe = [0u8; 1];
+    // SAFETY: `probe` is a valid 1-byte buffer and `fd` an open socket the caller keeps open for
+    // the call; MSG_PEEK leaves any byte where it is and MSG_DONTWAIT never blocks.
+    let r = unsafe {
+        libc::recv(
+            fd,
+            probe.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if r >= 0 {
+        return true; // EOF (0), or bytes the protocol never sends
+    }
+    if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+        return true;
+    }
+    // Nothing there: clear tokio's readiness too, so that `readable()` waits for the next event.
     match stream.try_read(&mut probe) {
-        Ok(_) => true, // EOF (0), or bytes the protocol never sends
+        Ok(_) => true,
         Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
     }
 }
@@ -712,6 +734,55 @@ mod tests {
             .expect("the message after the restart was lost")
             .unwrap();
         assert_eq!(f.msg, PeerMsg::Store(StoreMsg::WriteAck { op: 2 }));
+    }
+
+    /// Accepts one connection by hand on `listener`, sends its challenge and reads one frame.
+    async fn accept_one(listener: &TcpListener) -> TcpStream {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        conn.write_all(&[7; CHALLENGE]).await.unwrap();
+        let mut len = [0u8; 4];
+        conn.read_exact(&mut len).await.unwrap();
+        let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+        conn.read_exact(&mut buf).await.unwrap();
+        conn
+    }
+
+    /// A peer's process dies: its connection closes and its port refuses a new one, and the
+    /// writer reports it at once, with no message waiting to be sent. A peer that closed the
+    /// connection but still listens (it restarted) is not reported.
+    #[tokio::test]
+    async fn a_peer_whose_process_died_is_reported_gone_and_one_that_restarted_is_not() {
+        let sealer = Arc::new(Sealer::new("t", &ClusterKey::new([1; 32])));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut out = Outbound::new(
+            NodeId(9),
+            sealer,
+            Arc::new(TransportStats::default()),
+            LAN_CONNECT_TIMEOUT,
+        );
+        let mut gone = out.gone_reports().expect("taken once");
+        assert!(out.gone_reports().is_none());
+        // Restarted: the connection closes, the port still listens.
+        out.send(addr, PeerMsg::Store(StoreMsg::WriteAck { op: 1 }));
+        let conn = accept_one(&listener).await;
+        drop(conn);
+        // The writer's check connects (and is accepted): nothing is reported.
+        let (probe, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("the writer checks the port once the connection closed")
+            .unwrap();
+        drop(probe);
+        assert!(gone.try_recv().is_err(), "a listening peer reported gone");
+        // Died: the next connection closes and the port refuses.
+        out.send(addr, PeerMsg::Store(StoreMsg::WriteAck { op: 2 }));
+        let conn = accept_one(&listener).await;
+        drop(listener);
+        drop(conn);
+        let reported = tokio::time::timeout(Duration::from_secs(5), gone.recv())
+            .await
+            .expect("a dead peer was not reported gone");
+        assert_eq!(reported, Some(addr));
     }
 
     #[test]
