@@ -712,12 +712,7 @@ mod tests {
             LAN_CONNECT_TIMEOUT,
         );
         out.send(addr, PeerMsg::Store(StoreMsg::WriteAck { op: 1 }));
-        let (mut conn, _) = listener.accept().await.unwrap();
-        conn.write_all(&[7; CHALLENGE]).await.unwrap();
-        let mut len = [0u8; 4];
-        conn.read_exact(&mut len).await.unwrap();
-        let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
-        conn.read_exact(&mut buf).await.unwrap();
+        let (conn, buf) = accept_one(&listener).await;
         let f = open(&sealer, &buf, [7; CHALLENGE], 0).unwrap();
         assert_eq!(f.msg, PeerMsg::Store(StoreMsg::WriteAck { op: 1 }));
         drop(conn);
@@ -736,15 +731,16 @@ mod tests {
         assert_eq!(f.msg, PeerMsg::Store(StoreMsg::WriteAck { op: 2 }));
     }
 
-    /// Accepts one connection by hand on `listener`, sends its challenge and reads one frame.
-    async fn accept_one(listener: &TcpListener) -> TcpStream {
+    /// Accepts one connection by hand on `listener` (an old process, or one about to die),
+    /// sends the challenge `[7; 8]` and reads one sealed frame.
+    async fn accept_one(listener: &TcpListener) -> (TcpStream, Vec<u8>) {
         let (mut conn, _) = listener.accept().await.unwrap();
         conn.write_all(&[7; CHALLENGE]).await.unwrap();
         let mut len = [0u8; 4];
         conn.read_exact(&mut len).await.unwrap();
         let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
         conn.read_exact(&mut buf).await.unwrap();
-        conn
+        (conn, buf)
     }
 
     /// A peer's process dies: its connection closes and its port refuses a new one, and the
@@ -765,7 +761,7 @@ mod tests {
         assert!(out.gone_reports().is_none());
         // Restarted: the connection closes, the port still listens.
         out.send(addr, PeerMsg::Store(StoreMsg::WriteAck { op: 1 }));
-        let conn = accept_one(&listener).await;
+        let (conn, _) = accept_one(&listener).await;
         drop(conn);
         // The writer's check connects (and is accepted): nothing is reported.
         let (probe, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
@@ -776,7 +772,7 @@ mod tests {
         assert!(gone.try_recv().is_err(), "a listening peer reported gone");
         // Died: the next connection closes and the port refuses.
         out.send(addr, PeerMsg::Store(StoreMsg::WriteAck { op: 2 }));
-        let conn = accept_one(&listener).await;
+        let (conn, _) = accept_one(&listener).await;
         drop(listener);
         drop(conn);
         let reported = tokio::time::timeout(Duration::from_secs(5), gone.recv())

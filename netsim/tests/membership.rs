@@ -339,6 +339,15 @@ fn no_false_failure_on_a_lossy_idle_cluster() {
     }
 }
 
+/// Five nodes joined and settled for two seconds.
+fn joined_five(seed: u64) -> Sim {
+    let mut sim = Sim::new(SimConfig::lan(5, seed));
+    sim.run_until_cond(5 * S, |s| s.all_see_alive(&all(5)))
+        .expect("join");
+    sim.run_for(2 * S);
+    sim
+}
+
 #[test]
 fn a_killed_process_found_gone_by_one_peer_is_failed_everywhere_one_suspicion_timeout_later() {
     let suspicion = Sim::new(SimConfig::lan(5, 1))
@@ -346,10 +355,7 @@ fn a_killed_process_found_gone_by_one_peer_is_failed_everywhere_one_suspicion_ti
         .timings()
         .suspect_to_down;
     for seed in seeds() {
-        let mut sim = Sim::new(SimConfig::lan(5, seed));
-        sim.run_until_cond(5 * S, |s| s.all_see_alive(&all(5)))
-            .expect("join");
-        sim.run_for(2 * S);
+        let mut sim = joined_five(seed);
         sim.crash(4);
         // One survivor's store connection to it closed and a new one was refused.
         sim.report_process_gone(1, 4);
@@ -368,10 +374,7 @@ fn a_killed_process_found_gone_by_one_peer_is_failed_everywhere_one_suspicion_ti
 #[test]
 fn a_live_member_reported_gone_refutes_and_is_never_reported_failed() {
     for seed in seeds() {
-        let mut sim = Sim::new(SimConfig::lan(5, seed));
-        sim.run_until_cond(5 * S, |s| s.all_see_alive(&all(5)))
-            .expect("join");
-        sim.run_for(2 * S);
+        let mut sim = joined_five(seed);
         // A firewall rejecting TCP to node 3 while its gossip flows: node 1 suspects it...
         sim.report_process_gone(1, 3);
         assert_eq!(
@@ -381,7 +384,17 @@ fn a_live_member_reported_gone_refutes_and_is_never_reported_failed() {
         );
         // ...it refutes, and nobody reports it failed; asking again at once changes nothing.
         sim.run_for(S / 2);
+        assert_eq!(
+            sim.state_seen(1, 3),
+            Some(MemberState::Alive),
+            "seed {seed}: not refuted"
+        );
         sim.report_process_gone(1, 3);
+        assert_eq!(
+            sim.state_seen(1, 3),
+            Some(MemberState::Alive),
+            "seed {seed}: suspected again within the minute"
+        );
         sim.run_for(10 * S);
         assert_eq!(failed_events(&sim, 3), 0, "seed {seed}: reported failed");
         assert!(sim.all_see_alive(&all(5)), "seed {seed}: not all alive");
