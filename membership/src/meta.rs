@@ -139,19 +139,33 @@ impl MetaTable {
     }
 
     /// Records we hold that are newer than `theirs` says, and entries where `theirs` is newer.
-    pub fn compare(&self, theirs: &[DigestEntry]) -> (Vec<NodeMeta>, Vec<DigestEntry>) {
+    ///
+    /// `theirs` is the peer's whole digest of the ids in `range`: a record here with an id in
+    /// the range that `theirs` does not list is one the peer lacks. Ids outside the range are
+    /// not compared (a digest too large for one datagram comes in parts, each naming its range;
+    /// before parts named one, each part was answered with every record outside it, so a
+    /// 1,000-node table exchanged in 24 parts sent about 24 copies of the table: netsim's
+    /// 1,000-node join spent most of its time there).
+    pub fn compare(
+        &self,
+        range: std::ops::RangeInclusive<NodeId>,
+        theirs: &[DigestEntry],
+    ) -> (Vec<NodeMeta>, Vec<DigestEntry>) {
         let their: BTreeMap<NodeId, (u64, u64)> = theirs
             .iter()
+            .filter(|e| range.contains(&e.id))
             .map(|e| (e.id, (e.generation, e.version)))
             .collect();
         let newer_here = self
             .records
-            .values()
+            .range(range.clone())
+            .map(|(_, m)| m)
             .filter(|m| their.get(&m.id).is_none_or(|s| *s < m.stamp()))
             .cloned()
             .collect();
         let newer_there = theirs
             .iter()
+            .filter(|e| range.contains(&e.id))
             .filter(|e| {
                 self.records
                     .get(&e.id)
@@ -201,7 +215,9 @@ pub enum MetaMsg {
         /// the suspecter in one round trip instead of by chance through gossip.
         by: crate::identity::Peer,
     },
-    /// "Here is what I hold": the receiver answers with newer records and asks for what it lacks.
+    /// "Here is what I hold", the whole table in one datagram: the receiver answers with newer
+    /// records and asks for what it lacks. Sent by builds before [`MetaMsg::DigestPart`]; still
+    /// answered so that a rolling upgrade keeps converging.
     Digest(Vec<DigestEntry>),
     /// Newer records, plus the entries the sender wants back (empty when it wants nothing).
     Records {
@@ -210,6 +226,50 @@ pub enum MetaMsg {
         /// Entries the sender saw newer at the peer and wants sent.
         want: Vec<DigestEntry>,
     },
+    /// "Here is what I hold of the ids `from..=to`": one part of a digest, the parts of one
+    /// digest covering every id between them. The receiver compares only ids in the range.
+    DigestPart {
+        /// First id the part covers.
+        from: NodeId,
+        /// Last id the part covers.
+        to: NodeId,
+        /// Every record held with an id in the range, in id order.
+        entries: Vec<DigestEntry>,
+    },
+}
+
+/// Splits a digest (in id order) into parts of at most `per_part` entries that together cover
+/// every id, so that a receiver can tell "you lack this record" within each part.
+pub fn digest_parts(digest: &[DigestEntry], per_part: usize) -> Vec<MetaMsg> {
+    let per_part = per_part.max(1);
+    if digest.is_empty() {
+        return vec![MetaMsg::DigestPart {
+            from: NodeId(0),
+            to: NodeId(u64::MAX),
+            entries: Vec::new(),
+        }];
+    }
+    let count = digest.len().div_ceil(per_part);
+    let mut from = NodeId(0);
+    digest
+        .chunks(per_part)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let last = chunk.last().expect("chunks are never empty").id;
+            let to = if i + 1 == count {
+                NodeId(u64::MAX)
+            } else {
+                last
+            };
+            let part = MetaMsg::DigestPart {
+                from,
+                to,
+                entries: chunk.to_vec(),
+            };
+            from = NodeId(last.0.saturating_add(1));
+            part
+        })
+        .collect()
 }
 
 /// The shared handle foca's broadcast handler writes into and the core reads from.
@@ -329,13 +389,61 @@ mod tests {
         let mut b = MetaTable::default();
         b.merge(meta(1, 1, 3));
         b.merge(meta(3, 1, 1));
-        let (newer_here, newer_there) = a.compare(&b.digest());
+        let (newer_here, newer_there) = a.compare(NodeId(0)..=NodeId(u64::MAX), &b.digest());
         let ids: Vec<_> = newer_here.iter().map(|m| m.id.0).collect();
         assert_eq!(ids, vec![1, 2]);
         assert_eq!(
             newer_there.iter().map(|e| e.id.0).collect::<Vec<_>>(),
             vec![3]
         );
+    }
+
+    /// A digest sent in parts asks for each missing record once: every part covers its own
+    /// id range, and the parts cover every id. (Before parts named a range, a peer answered each
+    /// part with every record outside it: this test then counted each record about once per part.)
+    #[test]
+    fn a_digest_in_parts_is_answered_with_each_missing_record_once() {
+        let mut full = MetaTable::default();
+        for id in 1..=100u64 {
+            full.merge(meta(id * 7919, 1, 1));
+        }
+        let mut sparse = MetaTable::default();
+        for id in (1..=100u64).filter(|id| id % 3 == 0) {
+            sparse.merge(meta(id * 7919, 1, 1));
+        }
+        sparse.merge(meta(5, 1, 1)); // below every id of `full`
+        sparse.merge(meta(u64::MAX, 1, 1)); // above every id of `full`
+        let parts = digest_parts(&sparse.digest(), 7);
+        assert!(parts.len() > 3, "the digest must be split for this test");
+        let mut sent: Vec<u64> = Vec::new();
+        let mut wanted: Vec<u64> = Vec::new();
+        let mut next_from = 0u64;
+        for part in &parts {
+            let MetaMsg::DigestPart { from, to, entries } = part else {
+                panic!("digest_parts made {part:?}");
+            };
+            assert_eq!(from.0, next_from, "parts leave a gap or overlap");
+            assert!(entries.iter().all(|e| (*from..=*to).contains(&e.id)));
+            next_from = to.0.wrapping_add(1);
+            let (here, there) = full.compare(*from..=*to, entries);
+            sent.extend(here.iter().map(|m| m.id.0));
+            wanted.extend(there.iter().map(|e| e.id.0));
+        }
+        assert_eq!(next_from, 0, "the last part must reach the largest id");
+        let mut expected: Vec<u64> = (1..=100u64)
+            .filter(|id| id % 3 != 0)
+            .map(|id| id * 7919)
+            .collect();
+        sent.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(sent, expected, "each missing record exactly once");
+        assert_eq!(wanted, vec![5, u64::MAX]);
+        // An empty table still sends one part covering everything, so it is sent every record.
+        let parts = digest_parts(&[], 7);
+        let [MetaMsg::DigestPart { from, to, entries }] = parts.as_slice() else {
+            panic!("{parts:?}");
+        };
+        assert_eq!(full.compare(*from..=*to, entries).0.len(), 100);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 
 use crate::core::{Destination, Due, Membership};
 use crate::envelope::{Channel, DropReason, MAX_PAYLOAD, fnv1a64};
+use crate::identity::NodeId;
 use crate::identity::Peer;
-use crate::meta::{DigestEntry, MAX_META_BYTES, MetaMsg, NodeMeta};
+use crate::meta::{DigestEntry, MAX_META_BYTES, MetaMsg, NodeMeta, digest_parts};
 use rand::RngExt;
 use std::net::SocketAddr;
 use tracing::{debug, info, warn};
@@ -91,7 +92,16 @@ impl Membership {
                 }
             }
             MetaMsg::Digest(theirs) => {
-                let (newer_here, newer_there) = self.table().compare(&theirs);
+                let all = NodeId(0)..=NodeId(u64::MAX);
+                let (newer_here, newer_there) = self.table().compare(all, &theirs);
+                self.send_records(from, newer_here, newer_there);
+            }
+            MetaMsg::DigestPart {
+                from: first,
+                to: last,
+                entries,
+            } => {
+                let (newer_here, newer_there) = self.table().compare(first..=last, &entries);
                 self.send_records(from, newer_here, newer_there);
             }
             MetaMsg::Records { records, want } => {
@@ -142,12 +152,13 @@ impl Membership {
     }
 
     pub(crate) fn send_digest(&mut self, to: SocketAddr, digest: Vec<DigestEntry>) {
-        // A digest too large for one datagram goes in several; each is answered on its own, and
-        // the receiver only compares the entries it is given, so nothing is lost by splitting.
+        // A digest too large for one datagram goes in parts; each names the id range it covers
+        // and is answered on its own, so nothing is lost or sent twice by splitting. A part's
+        // head is the variant, two 8-byte ids and the entry count: under 32 bytes.
         const ENTRY_MAX: usize = 8 + 10 + 10;
-        let per_packet = (MAX_PAYLOAD - 16) / ENTRY_MAX;
-        for chunk in digest.chunks(per_packet.max(1)) {
-            let payload = postcard::to_stdvec(&MetaMsg::Digest(chunk.to_vec())).expect("encode");
+        let per_packet = (MAX_PAYLOAD - 32) / ENTRY_MAX;
+        for part in digest_parts(&digest, per_packet) {
+            let payload = postcard::to_stdvec(&part).expect("encode");
             self.push_transmit(Destination::Unicast(to), Channel::Meta, &payload);
         }
     }
