@@ -107,6 +107,13 @@ impl Invalidates for &[u8] {
 pub(crate) struct Broadcasts<V> {
     flip: alloc::collections::BinaryHeap<Entry<V>>,
     flop: alloc::collections::BinaryHeap<Entry<V>>,
+    // Chorus patch: no entry's data is shorter than this (usize::MAX
+    // when there are none). `fill` popped every entry of the heap once
+    // the buffer was nearly full, looking for one small enough to fit,
+    // and pushed them all back: O(n log n) per message for n queued
+    // broadcasts, which a 1,000-node join keeps near 1,000. It now
+    // stops as soon as the room left is below this bound.
+    min_len: usize,
 }
 
 impl<T> Broadcasts<T>
@@ -117,6 +124,7 @@ where
         Self {
             flip: Default::default(),
             flop: Default::default(),
+            min_len: usize::MAX,
         }
     }
 
@@ -131,11 +139,22 @@ where
     pub(crate) fn add_or_replace(&mut self, item: T, data: Vec<u8>, max_tx: usize) {
         debug_assert!(max_tx > 0);
         self.flip.retain(|node| !item.invalidates(&node.item));
+        self.min_len = self.min_len.min(data.len());
         self.flip.push(Entry {
             remaining_tx: max_tx,
             item,
             data,
         });
+    }
+
+    // An entry left the heap: the bound may have grown.
+    fn refresh_min_len(&mut self) {
+        self.min_len = self
+            .flip
+            .iter()
+            .map(|node| node.data.len())
+            .min()
+            .unwrap_or(usize::MAX);
     }
 
     pub(crate) fn fill(&mut self, mut buffer: impl BufMut, max_items: usize) -> usize {
@@ -147,7 +166,9 @@ where
         let mut num_taken = 0;
         let mut remaining = max_items;
 
-        while buffer.has_remaining_mut() && remaining > 0 {
+        let mut dropped = false;
+        while buffer.has_remaining_mut() && remaining > 0 && buffer.remaining_mut() >= self.min_len
+        {
             let Some(mut node) = self.flip.pop() else {
                 break;
             };
@@ -163,10 +184,15 @@ where
 
             if node.remaining_tx > 0 {
                 self.flop.push(node);
+            } else {
+                dropped = true;
             }
         }
 
         self.flip.append(&mut self.flop);
+        if dropped {
+            self.refresh_min_len();
+        }
 
         num_taken
     }
@@ -184,7 +210,11 @@ where
         let mut num_taken = 0;
         let mut remaining = max_items;
 
-        while buffer.has_remaining_mut() && remaining > 0 {
+        let mut dropped = false;
+        while buffer.has_remaining_mut()
+            && remaining > 0
+            && buffer.remaining_mut() >= self.min_len.saturating_add(2)
+        {
             let Some(mut node) = self.flip.pop() else {
                 break;
             };
@@ -202,10 +232,15 @@ where
 
             if node.remaining_tx > 0 {
                 self.flop.push(node);
+            } else {
+                dropped = true;
             }
         }
 
         self.flip.append(&mut self.flop);
+        if dropped {
+            self.refresh_min_len();
+        }
 
         num_taken
     }
@@ -306,6 +341,33 @@ mod tests {
         assert_eq!(0, num_items);
         assert_eq!(5, limited.remaining_mut());
         assert_eq!(1, piggyback.len());
+    }
+
+    // Chorus patch: filling stops once no entry can fit, but an entry
+    // small enough for the room left is still found wherever it sits in
+    // the heap, and the bound follows entries that leave.
+    #[test]
+    fn fill_stops_early_but_still_finds_the_smallest_entry() {
+        let mut piggyback = Broadcasts::new();
+        piggyback.add_or_replace(Key("l1"), b"l1-long-value".to_vec(), 5);
+        piggyback.add_or_replace(Key("l2"), b"l2-long-value".to_vec(), 5);
+        piggyback.add_or_replace(Key("s1"), b"s1".to_vec(), 1);
+
+        // Room for one long entry and the short one (which sorts last).
+        let mut limited = bytes::BytesMut::new().limit(16);
+        assert_eq!(2, piggyback.fill(&mut limited, usize::MAX));
+        assert_eq!(b"s1", &limited.get_ref()[13..]);
+        assert_eq!(2, piggyback.len(), "the short entry was sent its only time");
+
+        // Only long entries are left: a buffer shorter than them stops at once
+        // and loses nothing.
+        let mut limited = bytes::BytesMut::new().limit(12);
+        assert_eq!(0, piggyback.fill(&mut limited, usize::MAX));
+        assert_eq!(2, piggyback.len());
+        let mut limited = bytes::BytesMut::new().limit(12);
+        assert_eq!(0, piggyback.fill_with_len_prefix(&mut limited, usize::MAX));
+        let mut buf = Vec::new();
+        assert_eq!(2, piggyback.fill(&mut buf, usize::MAX));
     }
 
     #[test]

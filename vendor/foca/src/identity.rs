@@ -34,7 +34,10 @@ pub trait Identity: Clone + Eq + fmt::Debug {
     /// an example of one)
     ///
     /// It's a good idea to have this type as lean as possible
-    type Addr: PartialEq;
+    ///
+    /// (Chorus patch: `Ord`, was `PartialEq`, so that members can be
+    /// looked up by address in a map instead of by a linear scan.)
+    type Addr: Ord;
 
     /// Opt-in on auto-rejoining by providing a new identity.
     ///
