@@ -132,6 +132,9 @@ pub struct Membership {
     /// Misconfiguration warnings given, by source and reason: when, and how many drops since.
     pub(crate) misconfig_warned: BTreeMap<(SocketAddr, DropReason), (Duration, u64)>,
     pub(crate) hinted_at: BTreeMap<SocketAddr, Duration>,
+    /// While a SWIM datagram is handled: the records of members it made known that we lack,
+    /// asked of its sender in one request when it is done (see `swim::on_member_up`).
+    pub(crate) pull_batch: Option<Vec<crate::meta::DigestEntry>>,
     pub(crate) leaving: bool,
     pub(crate) left_swim: bool,
     pub(crate) last_failure: Option<Duration>,
@@ -233,6 +236,7 @@ impl Membership {
             announced_at: BTreeMap::new(),
             misconfig_warned: BTreeMap::new(),
             hinted_at: BTreeMap::new(),
+            pull_batch: None,
             leaving: false,
             left_swim: false,
             last_failure: None,
@@ -331,7 +335,14 @@ impl Membership {
                 *self.stats.recv_packets.entry(opened.channel).or_default() += 1;
                 *self.stats.recv_bytes.entry(opened.channel).or_default() += datagram.len() as u64;
                 match opened.channel {
-                    Channel::Swim => self.on_swim(from, &opened.payload),
+                    Channel::Swim => {
+                        self.pull_batch = Some(Vec::new());
+                        self.on_swim(from, &opened.payload);
+                        let want = self.pull_batch.take().unwrap_or_default();
+                        if !want.is_empty() {
+                            self.send_records(from, Vec::new(), want);
+                        }
+                    }
                     Channel::Beacon => self.on_beacon(from, &opened.payload),
                     Channel::Meta => self.on_meta(from, &opened.payload),
                     // Store traffic rides the stream transport; a datagram on its channel is

@@ -169,6 +169,17 @@ impl Membership {
         records: Vec<NodeMeta>,
         mut want: Vec<DigestEntry>,
     ) {
+        // A want list longer than a datagram holds goes first, in want-only datagrams.
+        const WANT_MAX: usize = (MAX_PAYLOAD - 32) / 28;
+        while want.len() > WANT_MAX {
+            let rest = want.split_off(WANT_MAX);
+            let msg = MetaMsg::Records {
+                records: Vec::new(),
+                want: std::mem::replace(&mut want, rest),
+            };
+            let payload = postcard::to_stdvec(&msg).expect("encode");
+            self.push_transmit(Destination::Unicast(to), Channel::Meta, &payload);
+        }
         // Greedy packing by encoded size; a record never exceeds MAX_META_BYTES so one always fits.
         let mut batch: Vec<NodeMeta> = Vec::new();
         let mut size = 16 + want.len() * 28;

@@ -139,17 +139,26 @@ impl Membership {
         // Ask for its record right away if we lack it, rather than at the next sync. Only
         // that: a whole digest per new member would make a join cost O(n^2) per node; it
         // asks for ours the same way, and the periodic summary exchange repairs the rest.
+        // Learned from a SWIM datagram, the record is asked of that datagram's sender together
+        // with every other one it made known: in a mass join a datagram introduces dozens of
+        // members whose records have not arrived yet, and asking each member on its own cost
+        // two datagrams per pair of nodes (2 million of a 1,000-node join's 2.2 million in
+        // netsim). The sender knew the member, so it almost always holds the record; what it
+        // lacks the periodic sync finds.
         let have = self
             .table()
             .get(p.id)
             .is_some_and(|m| m.generation >= p.generation);
         if !have {
-            let want = vec![DigestEntry {
+            let want = DigestEntry {
                 id: p.id,
                 generation: p.generation,
                 version: 0,
-            }];
-            self.send_records(p.addr, Vec::new(), want);
+            };
+            match &mut self.pull_batch {
+                Some(batch) => batch.push(want),
+                None => self.send_records(p.addr, Vec::new(), vec![want]),
+            }
         }
     }
 
