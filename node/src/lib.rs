@@ -11,6 +11,7 @@
 //! with every input, and randomness from the seed it was built with.
 
 pub mod events;
+mod held_joins;
 mod hold;
 mod io;
 pub mod keyring;

@@ -6,6 +6,7 @@
 //! a catch-up. The cores never call back into the node.
 
 use crate::events::{EventKind, NodeEvent};
+use crate::held_joins::HeldJoins;
 use crate::hold::{Hold, HoldStats};
 use crate::io::{Input, Output, PeerMsg};
 use crate::keyring::{Fanouts, KeyringMsg};
@@ -21,10 +22,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use store::{OpId, Request, StoreConfig, StoreCore};
 use tracing::debug;
-
-/// How long a join waits for the joiner's name. Metadata rides the next gossip rounds after
-/// the join; a join still unnamed after this is reported without a name rather than late.
-const NAME_WAIT: Duration = Duration::from_secs(2);
 
 /// How a node is built.
 #[derive(Debug, Clone)]
@@ -91,9 +88,9 @@ pub struct Node {
     campaign: Option<Campaign>,
     /// The sequence number of the last event.
     event_seq: u64,
-    /// Joins of members whose metadata (and so name) has not arrived yet, with the time each
-    /// was held: reported once the name arrives or [`NAME_WAIT`] passes, whichever is first.
-    unnamed: BTreeMap<membership::NodeId, (Event, Duration)>,
+    /// Joins of members whose metadata (and so name) has not arrived yet: reported once the
+    /// name arrives or [`crate::held_joins::NAME_WAIT`] passes, whichever is first.
+    unnamed: HeldJoins,
     /// Pairs of members found sharing a name, warned about once each.
     duplicate_names: std::collections::BTreeSet<(String, membership::NodeId, membership::NodeId)>,
     /// Members found with another quorum rule, warned about once per rule they published.
@@ -182,7 +179,7 @@ impl Node {
             strong_tokens: BTreeMap::new(),
             campaign: None,
             event_seq: 0,
-            unnamed: BTreeMap::new(),
+            unnamed: HeldJoins::default(),
             duplicate_names: std::collections::BTreeSet::new(),
             quorum_disagreements: std::collections::BTreeSet::new(),
             datacenter_overflows: std::collections::BTreeSet::new(),
@@ -497,10 +494,7 @@ impl Node {
             self.campaign.as_ref().and_then(|c| c.next_deadline()),
             self.hold.next_expiry(),
             self.keyring.next_deadline(),
-            self.unnamed
-                .values()
-                .map(|(_, since)| *since + NAME_WAIT)
-                .min(),
+            self.unnamed.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -645,11 +639,11 @@ impl Node {
         self.name_member(&mut ev);
         if let Some(m) = ev.member() {
             let (id, unnamed) = (m.id, m.name.is_empty());
-            if let Some((held, _)) = self.unnamed.remove(&id) {
+            if let Some(held) = self.unnamed.release(id) {
                 self.emit_held(held);
             }
             if unnamed && matches!(ev, Event::MemberJoined { .. }) {
-                self.unnamed.insert(id, (ev, self.now));
+                self.unnamed.hold(id, ev, self.now);
                 return;
             }
         }
@@ -691,7 +685,7 @@ impl Node {
             self.emit_member(ev);
         }
         while let Some(id) = self.membership.poll_described() {
-            if let Some((held, _)) = self.unnamed.remove(&id) {
+            if let Some(held) = self.unnamed.release(id) {
                 self.emit_held(held);
             }
             // A member's datacenter arrives with its record, and a `datacenters`-mode quorum
@@ -702,17 +696,8 @@ impl Node {
                 self.view_dirty = true;
             }
         }
-        let now = self.now;
-        let late: Vec<_> = self
-            .unnamed
-            .iter()
-            .filter(|(_, (_, since))| *since + NAME_WAIT <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in late {
-            if let Some((held, _)) = self.unnamed.remove(&id) {
-                self.emit_held(held);
-            }
+        for held in self.unnamed.take_late(self.now) {
+            self.emit_held(held);
         }
         if self.store.is_none() {
             return;
