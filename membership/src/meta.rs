@@ -66,9 +66,15 @@ pub enum MetaError {
 #[derive(Debug, Default)]
 pub struct MetaTable {
     records: BTreeMap<NodeId, NodeMeta>,
-    /// Node ids by the name their record gives (checking a joiner's name for duplicates is then
-    /// a lookup, not a scan: a join of n nodes asks it n times on every node).
-    by_name: BTreeMap<String, std::collections::BTreeSet<NodeId>>,
+    /// Node ids by a hash of the name their record gives (checking a joiner's name for
+    /// duplicates is then a lookup, not a scan: a join of n nodes asks it n times on every
+    /// node). A hash, not the name: a map of names to sets held a copy of every name and a set
+    /// per name, about 200 bytes per member on every node; this is 16 and a share of the tree.
+    by_name: std::collections::BTreeSet<(u64, NodeId)>,
+}
+
+fn name_hash(name: &str) -> u64 {
+    crate::envelope::fnv1a64(&[name.as_bytes()])
 }
 
 impl MetaTable {
@@ -78,18 +84,10 @@ impl MetaTable {
             Some(old) if old.stamp() >= meta.stamp() => false,
             old => {
                 if old.is_none_or(|o| o.name != meta.name) {
-                    if let Some(o) = old
-                        && let Some(ids) = self.by_name.get_mut(&o.name)
-                    {
-                        ids.remove(&meta.id);
-                        if ids.is_empty() {
-                            self.by_name.remove(&o.name);
-                        }
+                    if let Some(o) = old {
+                        self.by_name.remove(&(name_hash(&o.name), meta.id));
                     }
-                    self.by_name
-                        .entry(meta.name.clone())
-                        .or_default()
-                        .insert(meta.id);
+                    self.by_name.insert((name_hash(&meta.name), meta.id));
                 }
                 self.records.insert(meta.id, meta);
                 true
@@ -99,11 +97,11 @@ impl MetaTable {
 
     /// The records whose name is `name`.
     pub fn named(&self, name: &str) -> impl Iterator<Item = &NodeMeta> {
+        let hash = name_hash(name);
         self.by_name
-            .get(name)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.records.get(id))
+            .range((hash, NodeId(0))..=(hash, NodeId(u64::MAX)))
+            .filter_map(|(_, id)| self.records.get(id))
+            .filter(move |m| m.name == name)
     }
 
     /// The newest record of `id`.
@@ -379,6 +377,27 @@ mod tests {
         assert!(!a.merge(meta(1, 1, 2)));
         assert!(a.merge(meta(1, 2, 0)));
         assert_eq!(a.get(NodeId(1)).unwrap().stamp(), (2, 0));
+    }
+
+    #[test]
+    fn named_follows_renames_and_shared_names() {
+        let mut t = MetaTable::default();
+        let mut a = meta(1, 1, 1);
+        a.name = "web".into();
+        let mut b = meta(2, 1, 1);
+        b.name = "web".into();
+        t.merge(a.clone());
+        t.merge(b);
+        t.merge(meta(3, 1, 1));
+        let ids = |t: &MetaTable, n: &str| t.named(n).map(|m| m.id.0).collect::<Vec<_>>();
+        assert_eq!(ids(&t, "web"), vec![1, 2]);
+        assert_eq!(ids(&t, "n3"), vec![3]);
+        assert!(ids(&t, "n1").is_empty());
+        a.version = 2;
+        a.name = "db".into();
+        t.merge(a);
+        assert_eq!(ids(&t, "web"), vec![2]);
+        assert_eq!(ids(&t, "db"), vec![1]);
     }
 
     #[test]

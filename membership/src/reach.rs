@@ -7,7 +7,7 @@
 //! and then and rebuilds the tally if it ever drifted.
 
 use crate::identity::{NodeId, Peer};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 /// A member's votes and datacenter, as its metadata says (1 and "" until its record arrives).
 pub(crate) type Voter = (u32, String);
@@ -16,8 +16,10 @@ pub(crate) type Voter = (u32, String);
 /// datacenter.
 #[derive(Debug, Default)]
 pub(crate) struct Reach {
-    /// Per node: the active generations (foca may briefly list two) and the vote counted.
-    active: HashMap<NodeId, (BTreeSet<u64>, Voter)>,
+    /// Per node: the active generations (foca may briefly list two) and the vote counted. A
+    /// `Vec`: it holds one generation nearly always, and a set cost a tree node per member on
+    /// every node (about 100 bytes each).
+    active: HashMap<NodeId, (Vec<u64>, Voter)>,
     total: u32,
     by_dc: BTreeMap<String, u32>,
 }
@@ -43,9 +45,11 @@ impl Reach {
         let e = self
             .active
             .entry(p.id)
-            .or_insert_with(|| (BTreeSet::new(), voter));
+            .or_insert_with(|| (Vec::new(), voter));
         let first = e.0.is_empty();
-        e.0.insert(p.generation);
+        if !e.0.contains(&p.generation) {
+            e.0.push(p.generation);
+        }
         if first {
             let v = e.1.clone();
             self.add(&v);
@@ -55,7 +59,7 @@ impl Reach {
     /// `p` is down.
     pub(crate) fn down(&mut self, p: Peer) {
         if let Some(e) = self.active.get_mut(&p.id) {
-            e.0.remove(&p.generation);
+            e.0.retain(|g| *g != p.generation);
             if e.0.is_empty() {
                 let (_, v) = self.active.remove(&p.id).expect("present");
                 self.sub(&v);
