@@ -30,6 +30,20 @@ pub struct ScaleResult {
     pub bytes_per_node_sec: f64,
     /// Datagrams per node per second over the idle window.
     pub datagrams_per_node_sec: f64,
+    /// Datagrams each node sent, on average, from its start until the join was complete (or
+    /// until `base` if it never was): the join's total work divided by the cluster size.
+    pub join_datagrams_per_node: f64,
+    /// Resident memory of the whole process with the cluster simulated, at the end of the run,
+    /// in bytes (Linux `/proc/self/status` VmRSS; `None` elsewhere).
+    pub resident_bytes: Option<u64>,
+}
+
+/// The process's resident memory now, from `/proc/self/status`.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Runs `nodes` nodes for `base` of virtual time, then crashes one and measures.
@@ -45,6 +59,7 @@ pub fn run(nodes: usize, seed: u64, base: Duration, start_spread: Duration) -> S
     let join = sim.run_until_cond_every(base.saturating_sub(start_spread), every, |s| {
         s.running().len() == nodes && s.all_running_alive_by_events()
     });
+    let join_datagrams_per_node = sim.sent().0 as f64 / nodes as f64;
     // The idle window is the last third of the base period (or what is left after the join).
     let window_start = sim.now().max(base * 2 / 3);
     sim.run_until(window_start);
@@ -74,6 +89,8 @@ pub fn run(nodes: usize, seed: u64, base: Duration, start_spread: Duration) -> S
         disseminate,
         bytes_per_node_sec: (b1 - b0) as f64 / span,
         datagrams_per_node_sec: (p1 - p0) as f64 / span,
+        join_datagrams_per_node,
+        resident_bytes: resident_bytes(),
     }
 }
 
@@ -89,7 +106,7 @@ type Chart = (
 pub fn plot(results: &[ScaleResult], dir: &Path) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
-    let charts: [Chart; 3] = [
+    let charts: [Chart; 6] = [
         (
             "detection.svg",
             "Failure detection: crash to first report",
@@ -115,6 +132,36 @@ pub fn plot(results: &[ScaleResult], dir: &Path) -> Result<Vec<PathBuf>, String>
             results
                 .iter()
                 .map(|r| (r.nodes, Some(r.bytes_per_node_sec)))
+                .collect(),
+        ),
+        (
+            "join-work.svg",
+            "Join: datagrams sent per node until every node lists every node",
+            "datagrams per node",
+            results
+                .iter()
+                .map(|r| (r.nodes, Some(r.join_datagrams_per_node)))
+                .collect(),
+        ),
+        (
+            "wall.svg",
+            "Wall time to simulate the base period (scaled to 60 simulated s)",
+            "seconds",
+            results
+                .iter()
+                .map(|r| {
+                    let scale = 60.0 / r.base.as_secs_f64();
+                    (r.nodes, Some(r.wall_base.as_secs_f64() * scale))
+                })
+                .collect(),
+        ),
+        (
+            "memory.svg",
+            "Resident memory of the simulation",
+            "MB",
+            results
+                .iter()
+                .map(|r| (r.nodes, r.resident_bytes.map(|b| b as f64 / 1e6)))
                 .collect(),
         ),
     ];

@@ -288,8 +288,17 @@ fn cmd_scale(
 ) -> Result<bool, String> {
     let mut results: Vec<ScaleResult> = Vec::new();
     println!(
-        "{:>7} {:>9} {:>12} {:>10} {:>14} {:>11} {:>12}",
-        "nodes", "join s", "wall s/60s", "detect s", "disseminate s", "B/node/s", "msgs/node/s"
+        "{:>7} {:>9} {:>12} {:>10} {:>14} {:>11} {:>12} {:>13} {:>9} {:>11}",
+        "nodes",
+        "join s",
+        "wall s/60s",
+        "detect s",
+        "disseminate s",
+        "B/node/s",
+        "msgs/node/s",
+        "join msgs/node",
+        "RSS MB",
+        "B/member^2"
     );
     for n in sizes {
         let r = scale::run(
@@ -298,15 +307,19 @@ fn cmd_scale(
             Duration::from_secs(secs),
             Duration::from_millis(spread_ms),
         );
+        let rss = r.resident_bytes.unwrap_or(0) as f64;
         println!(
-            "{:>7} {:>9} {:>12.1} {:>10} {:>14} {:>11.0} {:>12.2}",
+            "{:>7} {:>9} {:>12.1} {:>10} {:>14} {:>11.0} {:>12.2} {:>14.0} {:>9.0} {:>11.0}",
             r.nodes,
             opt(r.join),
             r.wall_base.as_secs_f64() * 60.0 / secs as f64,
             opt(r.detect_first),
             opt(r.disseminate),
             r.bytes_per_node_sec,
-            r.datagrams_per_node_sec
+            r.datagrams_per_node_sec,
+            r.join_datagrams_per_node,
+            rss / 1e6,
+            rss / (r.nodes as f64 * r.nodes as f64),
         );
         results.push(r);
     }
