@@ -18,7 +18,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
-use support::{AgentSpec, Lab};
+use support::{AgentSpec, Lab, which};
 
 struct Args {
     nodes: usize,
@@ -464,14 +464,6 @@ fn main() {
             c / s
         );
     }
-}
-
-fn which(cmd: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(cmd))
-            .find(|p| p.is_file())
-    })
 }
 
 /// Waits `secs` on an idle cluster and returns what every host sent meanwhile (summed), with the

@@ -156,6 +156,16 @@ impl AgentSpec {
     }
 }
 
+/// Where `cmd` is on the `PATH`, if anywhere (benches compare with peers only when installed).
+#[allow(dead_code)] // used by some test targets only
+pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(cmd))
+            .find(|p| p.is_file())
+    })
+}
+
 /// Seconds on CLOCK_MONOTONIC: the clock Python's `time.monotonic()` reads in every namespace, so
 /// a helper script's timestamps compare with the test's.
 #[allow(dead_code)] // used by some test targets only
