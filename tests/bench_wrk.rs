@@ -2,7 +2,11 @@
 //! test: it measures).
 //!
 //! `cargo bench -p chorus-agent --bench wrk -- [--secs S] [--clients 1,32,96] [--keys K]
-//! [--consistency quorum|local] [--no-etcd]`
+//! [--consistency quorum|local] [--no-etcd] [--profile FILE.svg]`
+//!
+//! With `--profile`, the first agent is sampled with `perf record -g --call-graph dwarf` during
+//! the last Chorus line (from 1 s in, for S - 2 seconds) and the profile is drawn as a flame
+//! graph with `inferno` (`cargo install inferno`) into FILE.svg.
 //!
 //! Three agents in network namespaces on one bridge (LAN profile, multicast, `fsync = "always"`),
 //! and an external load generator in its own processes: `wrk` (Debian package `wrk`), one per
@@ -30,6 +34,7 @@ struct Args {
     keys: u64,
     consistency: String,
     etcd: bool,
+    profile: Option<String>,
 }
 
 fn args() -> Args {
@@ -39,6 +44,7 @@ fn args() -> Args {
         keys: 10_000,
         consistency: "quorum".into(),
         etcd: true,
+        profile: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -54,6 +60,7 @@ fn args() -> Args {
                     .collect()
             }
             "--consistency" => a.consistency = next(),
+            "--profile" => a.profile = Some(next()),
             "--no-etcd" => {
                 a.etcd = false;
                 i += 1;
@@ -234,6 +241,94 @@ fn etcd_script(dir: &std::path::Path, keys: u64) -> std::path::PathBuf {
     path
 }
 
+/// Samples process `pid` from 1 s into a `secs`-second line for `secs - 2` seconds and draws the
+/// profile as a flame graph into `svg`, in a thread the caller joins.
+fn profile(pid: u32, secs: u64, svg: &str) -> std::thread::JoinHandle<()> {
+    // Kept after the bench (the lab's directory is not) for a closer look with `perf report`.
+    let data = std::env::temp_dir().join("chorus-wrk-perf.data");
+    let svg = svg.to_string();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        let sample = secs.saturating_sub(2).max(1).to_string();
+        let rec = std::process::Command::new("perf")
+            .args([
+                "record",
+                "-F",
+                "499",
+                "-g",
+                "--call-graph",
+                "dwarf,16384",
+                "-o",
+            ])
+            .arg(&data)
+            .args(["-p", &pid.to_string(), "--", "sleep", &sample])
+            .output()
+            .expect("perf record (is perf installed?)");
+        assert!(
+            rec.status.success(),
+            "perf record: {}",
+            String::from_utf8_lossy(&rec.stderr)
+        );
+        let script = std::process::Command::new("perf")
+            .args(["script", "-i"])
+            .arg(&data)
+            .output()
+            .expect("perf script");
+        let folded = pipe("inferno-collapse-perf", &[], &script.stdout);
+        let drawn = pipe(
+            "inferno-flamegraph",
+            &["--title", "chorus agent under quorum writes (perf, wrk)"],
+            &folded,
+        );
+        std::fs::write(&svg, drawn).expect("write the flame graph");
+        println!(
+            "profile of the first agent during the last line: {svg} (perf data: {})",
+            data.display()
+        );
+        for (what, children) in [("self", "--no-children"), ("with callees", "--children")] {
+            let top = std::process::Command::new("perf")
+                .args([
+                    "report",
+                    children,
+                    "--stdio",
+                    "-g",
+                    "none",
+                    "--percent-limit",
+                    "1.5",
+                    "-i",
+                ])
+                .arg(&data)
+                .output()
+                .expect("perf report");
+            println!("top of the profile ({what}):");
+            String::from_utf8_lossy(&top.stdout)
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .take(40)
+                .for_each(|l| println!("  {l}"));
+        }
+    })
+}
+
+/// Runs `cmd args` with `input` on its standard input and returns its standard output.
+fn pipe(cmd: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(cmd)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd}: {e} (cargo install inferno)"));
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("wait");
+    if let Err(e) = feeder.join().expect("feeder") {
+        panic!("writing to {cmd}: {e}");
+    }
+    out.stdout
+}
+
 /// Sends one request like the load's with curl from host 0 and stops the bench, saying what came
 /// back, unless it succeeded: a load of failing requests measures nothing.
 fn check_one(lab: &Lab, method: &str, url: &str, body: &str) {
@@ -312,8 +407,15 @@ fn main() {
     // A short warm-up line: connections, the first keys' entries, the log file's first blocks.
     load(&lab, &spread(3), url, &script, 2);
     let mut chorus = Vec::new();
-    for &c in &a.clients {
+    for (i, &c) in a.clients.iter().enumerate() {
+        let profiler = (i + 1 == a.clients.len())
+            .then_some(a.profile.as_deref())
+            .flatten()
+            .map(|svg| profile(lab.pid(agents[0]), a.secs, svg));
         let l = load(&lab, &spread(c), url, &script, a.secs);
+        if let Some(p) = profiler {
+            p.join().expect("profiler thread");
+        }
         print_line("chorus", c, &l);
         chorus.push(l);
     }

@@ -593,15 +593,16 @@ impl Lab {
         std::fs::write(&self.agents[a].config, text.replacen(from, to, 1)).expect("write config");
     }
 
+    /// The process id of agent `a` (`ip netns exec` execs the agent, so it is the agent's own).
+    #[allow(dead_code)] // used by some test targets only
+    pub fn pid(&self, a: usize) -> u32 {
+        self.agents[a].child.as_ref().expect("running").id()
+    }
+
     /// Sends SIGHUP to agent `a` (it reloads its configuration).
     #[allow(dead_code)] // used by some test targets only
     pub fn sighup(&self, a: usize) {
-        let pid = self.agents[a]
-            .child
-            .as_ref()
-            .expect("running")
-            .id()
-            .to_string();
+        let pid = self.pid(a).to_string();
         run(Command::new("kill").args(["-HUP", &pid]));
     }
 
