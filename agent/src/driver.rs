@@ -323,6 +323,18 @@ pub struct Driver {
 /// How often seed names are resolved again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 
+/// Most inputs already queued that the driver takes before executing the node's outputs (see
+/// the end of [`Driver::run`]'s loop). Bounded so that timers and sockets are still served.
+const DRAIN_MAX: usize = 64;
+
+/// What the driver's loop keeps besides the driver: the seed resolver and the leave's deadline.
+struct RunState {
+    resolver: tokio::task::JoinHandle<()>,
+    resolved_tx: mpsc::Sender<Vec<SocketAddr>>,
+    first_resolution: bool,
+    leave_deadline: Option<Instant>,
+}
+
 impl Driver {
     /// A driver and the handle to talk to it.
     pub fn new(
@@ -381,9 +393,12 @@ impl Driver {
             .gone_reports()
             .expect("the driver runs once");
         let (resolved_tx, mut resolved_rx) = mpsc::channel::<Vec<SocketAddr>>(4);
-        let mut resolver = spawn_resolver(self.seeds.clone(), resolved_tx.clone());
-        let mut first_resolution = true;
-        let mut leave_deadline: Option<Instant> = None;
+        let mut ctl = RunState {
+            resolver: spawn_resolver(self.seeds.clone(), resolved_tx.clone()),
+            resolved_tx,
+            first_resolution: true,
+            leave_deadline: None,
+        };
         let mut stop_at: Option<Instant> = None;
         loop {
             if let Some(t) = stop_at
@@ -401,60 +416,7 @@ impl Driver {
                 biased;
                 cmd = self.cmds.recv() => match cmd {
                     None => break,
-                    Some(Command::Leave) => {
-                        if !self.node.membership().is_leaving() {
-                            info!("leaving the cluster");
-                            self.node.leave(self.clock.now(), self.wall_ms());
-                            leave_deadline = Some(Instant::now() + Duration::from_secs(5));
-                        }
-                    }
-                    Some(Command::SetSeeds(seeds)) => {
-                        resolver.abort();
-                        self.seeds = seeds.clone();
-                        first_resolution = true;
-                        resolver = spawn_resolver(seeds, resolved_tx.clone());
-                    }
-                    Some(Command::Join(addrs)) => {
-                        for a in addrs {
-                            info!(addr = %a, "joining through an address (chorus join)");
-                            self.node.announce_to(self.clock.now(), self.wall_ms(), a);
-                        }
-                    }
-                    Some(Command::ForceLeave(who, tx)) => {
-                        let _ = tx.send(self.force_leave(&who));
-                    }
-                    Some(Command::Status(tx)) => { let _ = tx.send(self.status()); }
-                    Some(Command::Members(tx)) => { let _ = tx.send(self.node.membership().members()); }
-                    Some(Command::Snapshot(tx)) => {
-                        let store = self.node.store().expect("the agent runs a store");
-                        let (_, records) = store.snapshot();
-                        let catching_up = store.catching_up().is_some();
-                        let _ = tx.send(Backup { records, catching_up });
-                    }
-                    Some(Command::Kv(req, tx)) => {
-                        let token = self.next_token;
-                        self.next_token += 1;
-                        let op = if matches!(req, Request::Get { .. }) { "read" } else { "write" };
-                        self.pending.insert(token, (tx, Instant::now(), op));
-                        self.node.handle_request(self.clock.now(), self.wall_ms(), token, req);
-                    }
-                    Some(Command::Strong(req, tx)) => {
-                        let token = self.next_token;
-                        self.next_token += 1;
-                        self.pending_strong.insert(token, tx);
-                        self.node.handle_strong_request(self.clock.now(), self.wall_ms(), token, req);
-                    }
-                    Some(Command::Events(since, tx)) => { let _ = tx.send(self.event_log.since(since)); }
-                    Some(Command::Keyring(op, tx)) => {
-                        let token = self.next_token;
-                        self.next_token += 1;
-                        self.pending_keyring.insert(token, tx);
-                        self.node.handle_keyring(self.clock.now(), self.wall_ms(), token, op);
-                    }
-                    Some(Command::KeyringList(tx)) => {
-                        let _ = tx.send(self.node.membership().sealer().keyring().list());
-                    }
-                    Some(Command::Metrics(tx)) => { let _ = tx.send(self.metrics()); }
+                    Some(cmd) => self.on_command(cmd, &mut ctl),
                 },
                 r = self.gossip.recv_from(&mut buf) => match r {
                     Ok((n, from)) => self.node.handle_datagram(self.clock.now(), self.wall_ms(), from, &buf[..n]),
@@ -467,24 +429,14 @@ impl Driver {
                 Some(frame) = self.io.frames.recv() => {
                     self.node.handle_frame(self.clock.now(), self.wall_ms(), frame.from, frame.msg);
                 }
-                Some(report) = self.io.log_reports.recv() => match report {
-                    crate::wal_file::Report::Durable(written, synced) => {
-                        if self.node.store().is_some_and(|s| s.log_failure().is_some()) {
-                            self.node.handle_log_health(self.clock.now(), self.wall_ms(), None);
-                        }
-                        self.node.handle_persisted(self.clock.now(), self.wall_ms(), written, synced);
-                    }
-                    crate::wal_file::Report::Failed(why) => {
-                        self.node.handle_log_health(self.clock.now(), self.wall_ms(), Some(why));
-                    }
-                },
+                Some(report) = self.io.log_reports.recv() => self.on_log_report(report),
                 Some(addr) = gone.recv() => {
                     self.node.handle_process_gone(self.clock.now(), self.wall_ms(), addr);
                 }
                 Some(addrs) = resolved_rx.recv() => {
                     self.node.set_seeds(addrs.clone());
-                    if first_resolution {
-                        first_resolution = false;
+                    if ctl.first_resolution {
+                        ctl.first_resolution = false;
                         for a in addrs {
                             self.node.announce_to(self.clock.now(), self.wall_ms(), a);
                         }
@@ -494,6 +446,21 @@ impl Driver {
                     self.node.handle_timeout(self.clock.now(), self.wall_ms());
                 }
             }
+            // Under load many inputs are ready at once. Taking those already queued (a bounded
+            // number) before flushing lets their outputs leave together: one log append, one
+            // wake-up of each peer's writer and one write, instead of one each per request.
+            for _ in 0..DRAIN_MAX {
+                if let Ok(frame) = self.io.frames.try_recv() {
+                    self.node
+                        .handle_frame(self.clock.now(), self.wall_ms(), frame.from, frame.msg);
+                } else if let Ok(report) = self.io.log_reports.try_recv() {
+                    self.on_log_report(report);
+                } else if let Ok(cmd) = self.cmds.try_recv() {
+                    self.on_command(cmd, &mut ctl);
+                } else {
+                    break;
+                }
+            }
             if let Err(e) = self.flush().await {
                 error!(error = %e, "stopping the node");
                 break;
@@ -501,13 +468,109 @@ impl Driver {
             let m = self.node.membership();
             if stop_at.is_none()
                 && m.is_leaving()
-                && (m.has_left() || leave_deadline.is_some_and(|d| Instant::now() >= d))
+                && (m.has_left() || ctl.leave_deadline.is_some_and(|d| Instant::now() >= d))
             {
                 // Keep gossiping a little so the leave reaches everyone, then stop.
                 stop_at = Some(Instant::now() + m.config().timings().probe_period * 2);
             }
         }
-        resolver.abort();
+        ctl.resolver.abort();
+    }
+
+    /// Handles one command from the API or the CLI.
+    fn on_command(&mut self, cmd: Command, ctl: &mut RunState) {
+        match cmd {
+            Command::Leave => {
+                if !self.node.membership().is_leaving() {
+                    info!("leaving the cluster");
+                    self.node.leave(self.clock.now(), self.wall_ms());
+                    ctl.leave_deadline = Some(Instant::now() + Duration::from_secs(5));
+                }
+            }
+            Command::SetSeeds(seeds) => {
+                ctl.resolver.abort();
+                self.seeds = seeds.clone();
+                ctl.first_resolution = true;
+                ctl.resolver = spawn_resolver(seeds, ctl.resolved_tx.clone());
+            }
+            Command::Join(addrs) => {
+                for a in addrs {
+                    info!(addr = %a, "joining through an address (chorus join)");
+                    self.node.announce_to(self.clock.now(), self.wall_ms(), a);
+                }
+            }
+            Command::ForceLeave(who, tx) => {
+                let _ = tx.send(self.force_leave(&who));
+            }
+            Command::Status(tx) => {
+                let _ = tx.send(self.status());
+            }
+            Command::Members(tx) => {
+                let _ = tx.send(self.node.membership().members());
+            }
+            Command::Snapshot(tx) => {
+                let store = self.node.store().expect("the agent runs a store");
+                let (_, records) = store.snapshot();
+                let catching_up = store.catching_up().is_some();
+                let _ = tx.send(Backup {
+                    records,
+                    catching_up,
+                });
+            }
+            Command::Kv(req, tx) => {
+                let token = self.next_token;
+                self.next_token += 1;
+                let op = if matches!(req, Request::Get { .. }) {
+                    "read"
+                } else {
+                    "write"
+                };
+                self.pending.insert(token, (tx, Instant::now(), op));
+                self.node
+                    .handle_request(self.clock.now(), self.wall_ms(), token, req);
+            }
+            Command::Strong(req, tx) => {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.pending_strong.insert(token, tx);
+                self.node
+                    .handle_strong_request(self.clock.now(), self.wall_ms(), token, req);
+            }
+            Command::Events(since, tx) => {
+                let _ = tx.send(self.event_log.since(since));
+            }
+            Command::Keyring(op, tx) => {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.pending_keyring.insert(token, tx);
+                self.node
+                    .handle_keyring(self.clock.now(), self.wall_ms(), token, op);
+            }
+            Command::KeyringList(tx) => {
+                let _ = tx.send(self.node.membership().sealer().keyring().list());
+            }
+            Command::Metrics(tx) => {
+                let _ = tx.send(self.metrics());
+            }
+        }
+    }
+
+    /// Handles a report of the log writer: how far the log is written and synced, or why not.
+    fn on_log_report(&mut self, report: crate::wal_file::Report) {
+        match report {
+            crate::wal_file::Report::Durable(written, synced) => {
+                if self.node.store().is_some_and(|s| s.log_failure().is_some()) {
+                    self.node
+                        .handle_log_health(self.clock.now(), self.wall_ms(), None);
+                }
+                self.node
+                    .handle_persisted(self.clock.now(), self.wall_ms(), written, synced);
+            }
+            crate::wal_file::Report::Failed(why) => {
+                self.node
+                    .handle_log_health(self.clock.now(), self.wall_ms(), Some(why));
+            }
+        }
     }
 
     /// Marks the failed member named (or with the id) `who` left; its id, or why not.
@@ -577,7 +640,7 @@ impl Driver {
                 })
                 .collect(),
             catching_up: store.catching_up().is_some(),
-            leading: self.node.leading().is_some(),
+            leading: self.node.leading_at(self.clock.now()).is_some(),
             storage_failed: store.log_failure().is_some(),
             sync: store.sync_stats(),
         }
@@ -632,7 +695,7 @@ impl Driver {
             stores,
             catch_up: store.catching_up(),
             leader_candidate: self.node.is_candidate(),
-            leading: self.node.leading().map(|l| l.token),
+            leading: self.node.leading_at(self.clock.now()).map(|l| l.token),
             datacenters: core
                 .config()
                 .quorum

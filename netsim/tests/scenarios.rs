@@ -111,3 +111,19 @@ fn unknown_scenarios_and_tiny_clusters_are_refused() {
     let err = scenario::run("steady", 2, 1, &Faults::default()).unwrap_err();
     assert!(err.contains("at least 3"), "{err}");
 }
+
+/// The sweeps above cover the agent's batching only if odd seeds really take inputs while
+/// earlier ones' outputs wait (`SimConfig::batch_inputs`), and even seeds really do not.
+#[test]
+fn odd_seeds_take_inputs_in_batches_and_even_seeds_do_not() {
+    let (odd, sim) = scenario::run_keeping("restart", 5, 7, &Faults::default()).expect("exists");
+    assert!(odd.ok(), "{}", odd.render());
+    assert!(
+        sim.batched_inputs() > 1_000,
+        "seed 7 batched only {} inputs",
+        sim.batched_inputs()
+    );
+    let (even, sim) = scenario::run_keeping("restart", 5, 8, &Faults::default()).expect("exists");
+    assert!(even.ok(), "{}", even.render());
+    assert_eq!(sim.batched_inputs(), 0);
+}

@@ -526,9 +526,19 @@ impl Node {
         self.store.as_mut()
     }
 
-    /// This node's leadership, while it is the cluster leader (a candidate only).
+    /// This node's leadership as of its last input, while it is the cluster leader (a candidate
+    /// only). To answer someone asking, use [`Node::leading_at`].
     pub fn leading(&self) -> Option<Leadership> {
-        self.campaign.as_ref().and_then(|c| c.leading(self.now))
+        self.leading_at(self.now)
+    }
+
+    /// This node's leadership at `now`. A process that stalled (a pause, swapping, a debugger)
+    /// and is asked before its next input would otherwise report a lease that ran out while it
+    /// stood still: netsim's `pauses` scenario caught exactly that once nodes took several inputs
+    /// before flushing, as the agent's driver does.
+    pub fn leading_at(&self, now: Duration) -> Option<Leadership> {
+        let now = now.max(self.now);
+        self.campaign.as_ref().and_then(|c| c.leading(now))
     }
 
     /// True when this node campaigns for the cluster leader.

@@ -76,7 +76,7 @@ impl Sim {
                 req,
             },
         );
-        self.flush(to);
+        self.flush_after_input(to);
     }
 
     /// Starts simulated clients (the simulation must run stores).
@@ -198,7 +198,7 @@ impl Sim {
                 req,
             },
         );
-        self.flush(to);
+        self.flush_after_input(to);
     }
 
     pub(super) fn complete_strong(&mut self, op: usize, outcome: StrongOutcome) {

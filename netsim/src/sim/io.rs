@@ -19,9 +19,10 @@ impl Sim {
     pub(super) fn handle_item(&mut self, what: What) {
         let target = match &what {
             What::Datagram { to, .. } => Some(*to as usize),
-            What::Stream { to, .. } | What::Request { to, .. } | What::StrongRequest { to, .. } => {
-                Some(*to)
-            }
+            What::Stream { to, .. }
+            | What::Request { to, .. }
+            | What::StrongRequest { to, .. }
+            | What::Flush { node: to, .. } => Some(*to),
             _ => None,
         };
         if let Some(to) = target
@@ -39,7 +40,7 @@ impl Sim {
                 self.mix(&[1, to as u64, bytes.len() as u64, now.as_micros() as u64]);
                 let bytes = bytes.to_vec();
                 self.feed(to, Input::Datagram { from, bytes });
-                self.flush(to);
+                self.flush_after_input(to);
             }
             What::Stream {
                 to,
@@ -54,7 +55,7 @@ impl Sim {
                 self.mix(&[2, to as u64, now.as_micros() as u64]);
                 self.frames_received[to] += 1;
                 self.feed(to, Input::Frame { from, msg: *msg });
-                self.flush(to);
+                self.flush_after_input(to);
             }
             What::Request {
                 to,
@@ -98,7 +99,16 @@ impl Sim {
                 self.mix(&[8, node as u64, sync.lsn, now.as_micros() as u64]);
                 self.slots[node].disk.synced(sync);
                 self.disk_progress(node);
-                self.flush(node);
+                self.flush_after_input(node);
+            }
+            What::Flush { node, incarnation } => {
+                if self.slots[node].incarnation == incarnation
+                    && self.is_up(node)
+                    && self.slots[node].flush_due
+                {
+                    self.mix(&[10, node as u64, now.as_micros() as u64]);
+                    self.flush(node);
+                }
             }
             What::Start { node } => {
                 self.mix(&[7, node as u64, now.as_micros() as u64]);
@@ -123,9 +133,35 @@ impl Sim {
         n.handle(local, wall, input);
     }
 
+    /// After node `i` took an input from outside: executes its outputs at once, or, when inputs
+    /// are batched ([`super::SimConfig::batch_inputs`]), within a drawn span unless a flush is
+    /// already due (then this input's outputs leave with the earlier ones').
+    pub(super) fn flush_after_input(&mut self, i: usize) {
+        let Some(span) = self.cfg.batch_inputs else {
+            self.flush(i);
+            return;
+        };
+        if self.slots[i].flush_due {
+            self.batched_inputs += 1;
+            return;
+        }
+        self.slots[i].flush_due = true;
+        let span = u64::try_from(span.as_micros()).unwrap_or(u64::MAX);
+        let at = self.now + Duration::from_micros(self.rng.random_range(0..=span));
+        let incarnation = self.slots[i].incarnation;
+        self.push(
+            at,
+            What::Flush {
+                node: i,
+                incarnation,
+            },
+        );
+    }
+
     /// Executes everything node `i` asked for: datagrams and store messages onto the network,
     /// records and snapshots onto its disk, replies to the clients, events into the log.
     pub(super) fn flush(&mut self, i: usize) {
+        self.slots[i].flush_due = false;
         loop {
             let Some(node) = self.slots[i].node.as_mut() else {
                 self.disarm(i);

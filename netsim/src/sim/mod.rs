@@ -87,6 +87,12 @@ pub struct SimConfig {
     /// Record everything one node is built from, fed and asked to do during its first run (see
     /// [`Sim::recording`]).
     pub record_node: Option<usize>,
+    /// Inputs a node takes before its outputs leave. `None`: every input is followed at once by
+    /// the execution of what it asked for. `Some(span)`: an input that finds no flush pending
+    /// schedules one within `span` (drawn), and inputs arriving meanwhile are taken first, as
+    /// the agent's driver takes the inputs already queued (up to 64) before it executes the
+    /// node's outputs together. Timeouts still flush at once, as the driver's do.
+    pub batch_inputs: Option<Duration>,
 }
 
 impl SimConfig {
@@ -110,6 +116,7 @@ impl SimConfig {
             start_spread: Duration::ZERO,
             snapshot_min_records: 100_000,
             record_node: None,
+            batch_inputs: None,
             faults: node::Faults::default(),
             leader: None,
         }
@@ -131,6 +138,9 @@ struct Slot {
     disk: Disk,
     /// Index into the catch-up records while the node catches up.
     catching: Option<usize>,
+    /// Whether a flush is scheduled for inputs taken since the last one
+    /// ([`SimConfig::batch_inputs`]).
+    flush_due: bool,
 }
 
 /// A simulated cluster.
@@ -168,6 +178,8 @@ pub struct Sim {
     /// Every stretch of time a node led the cluster, by its own account.
     leaders: Vec<observe::LeaderSpan>,
     frames_received: Vec<u64>,
+    /// Inputs taken while a flush for earlier ones was still pending.
+    batched_inputs: u64,
 }
 
 impl Sim {
@@ -213,6 +225,7 @@ impl Sim {
                 armed: None,
                 disk: Disk::default(),
                 catching: None,
+                flush_due: false,
             });
         }
         let net = Network::new(dc, cfg.link.clone());
@@ -245,6 +258,7 @@ impl Sim {
             recording: None,
             leaders: Vec::new(),
             frames_received: vec![0; n],
+            batched_inputs: 0,
             cfg,
         };
         let spread = sim.cfg.start_spread;
@@ -558,6 +572,7 @@ impl Sim {
         self.slots[i].disk.crash(&mut self.rng);
         self.slots[i].paused_until = None;
         self.slots[i].catching = None;
+        self.slots[i].flush_due = false;
         self.disarm(i);
         let n = self.slots.len();
         for s in 0..n {

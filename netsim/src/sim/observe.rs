@@ -149,6 +149,12 @@ impl Sim {
         self.frames_received[i]
     }
 
+    /// Inputs nodes took while a flush of earlier inputs' outputs was still pending
+    /// ([`SimConfig::batch_inputs`]); zero when inputs are not batched.
+    pub fn batched_inputs(&self) -> u64 {
+        self.batched_inputs
+    }
+
     /// Snapshots node `i` has written so far (over all its runs; a wipe starts again at zero).
     pub fn snapshots_written(&self, i: usize) -> u64 {
         self.slots[i].disk.snapshots
@@ -301,7 +307,14 @@ impl Sim {
 impl Sim {
     /// Notes node `i`'s leadership after it handled something.
     pub(super) fn note_leader(&mut self, i: usize) {
-        let Some(l) = self.slots[i].node.as_ref().and_then(|n| n.leading()) else {
+        // Asked at the present, as an application asks: a node whose last input is old (it was
+        // paused before its outputs left) must not count a lease that ran out meanwhile.
+        let local = self.slots[i].skew.local(self.now);
+        let Some(l) = self.slots[i]
+            .node
+            .as_ref()
+            .and_then(|n| n.leading_at(local))
+        else {
             return;
         };
         let until = self.slots[i].skew.global(l.until);

@@ -46,6 +46,11 @@ pub(super) enum What {
     Client {
         client: usize,
     },
+    /// The outputs of inputs a node took since its last flush leave ([`SimConfig::batch_inputs`]).
+    Flush {
+        node: usize,
+        incarnation: u64,
+    },
 }
 
 pub(super) struct Item {
