@@ -3,7 +3,9 @@
 //! has a quorum accept the result. A proposal that meets a higher ballot in phase 1 tries again
 //! with a higher one after a random backoff (dueling proposers); one that meets it in phase 2
 //! stops with `indeterminate`, because its accept may already be chosen and applying the change
-//! again would apply it twice.
+//! again would apply it twice. A read is the exception: its accept writes back the register it
+//! read, so it tries again like a phase-1 loss (an agent asking for the leader or a lock's holder
+//! while the holder renews got `indeterminate` for a question that changes nothing).
 
 use crate::ballot::Ballot;
 use crate::core::{CoordCore, Due, Request};
@@ -189,17 +191,24 @@ impl CoordCore {
         let Some(p) = self.proposals.get_mut(&op).filter(|p| p.ballot == ballot) else {
             return;
         };
+        let read = matches!(p.change, Change::Read);
         if let Phase::Accept { rejects, .. } = &mut p.phase {
             // The others may still make a quorum; only when they cannot is the outcome known
             // to be out of reach (but not known to have failed: a quorum may yet accept a
             // later proposal's read of it).
             rejects.insert(from);
             let refused: BTreeSet<NodeId> = rejects.clone();
-            if !self.is_quorum(reachable.iter().filter(|n| !refused.contains(n))) {
-                self.finish(op, Err(CoordError::Indeterminate));
+            if self.is_quorum(reachable.iter().filter(|n| !refused.contains(n))) {
+                return;
             }
-            return;
+            if !read {
+                self.finish(op, Err(CoordError::Indeterminate));
+                return;
+            }
         }
+        let Some(p) = self.proposals.get_mut(&op) else {
+            return;
+        };
         if matches!(p.phase, Phase::Backoff) {
             return;
         }
@@ -230,7 +239,7 @@ impl CoordCore {
         if p.deadline > self.now {
             return;
         }
-        let err = if p.accept_sent {
+        let err = if p.accept_sent && !matches!(p.change, Change::Read) {
             CoordError::Indeterminate
         } else if p.contended {
             CoordError::Contended

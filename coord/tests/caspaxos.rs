@@ -564,3 +564,42 @@ mod locks {
         );
     }
 }
+
+/// A read whose accept loses to a racing proposer tries again rather than answering
+/// `indeterminate`: its accept only writes back the register it read, so nothing can be applied
+/// twice (an application asking who holds a lock while the holder renews must get an answer).
+/// Writes racing the same key may still end `indeterminate`; this test also shows the race
+/// reaches a read's accept phase.
+#[test]
+fn a_read_that_loses_its_accept_to_a_racing_writer_reads_again() {
+    let mut net = Net::new(3);
+    net.call(0, "k", put("v0", Expect::Any)).unwrap();
+    let mut retried = 0;
+    for round in 0..200 {
+        let r = net.request(0, "k", Change::Read);
+        let attempts_before = net.ballots[0].len();
+        // The writers start while the read is in its first or second phase.
+        net.run_for(MS * (round % 4));
+        let w1 = net.request(1, "k", put(&format!("a{round}"), Expect::Any));
+        let w2 = net.request(2, "k", put(&format!("b{round}"), Expect::Any));
+        for _ in 0..5000 {
+            if [(0, r), (1, w1), (2, w2)]
+                .iter()
+                .all(|k| net.replies.contains_key(k))
+            {
+                break;
+            }
+            net.run_for(MS);
+        }
+        retried += usize::from(net.ballots[0].len() > attempts_before);
+        match net.replies.remove(&(0, r)).expect("the read was answered") {
+            Ok(Outcome::Value(_)) => {}
+            other => panic!("round {round}: a read answered {other:?}"),
+        }
+        net.replies.clear();
+    }
+    assert!(
+        retried > 0,
+        "no read ever had to try again: the race proves nothing"
+    );
+}
