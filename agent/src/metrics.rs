@@ -165,6 +165,16 @@ pub fn render(report: &MetricsReport) -> String {
             sync.entries_sent,
         ),
         (
+            "anti_entropy_versions_sent",
+            "(key, version) pairs listed to peers for comparison; near zero at rest, and under writes only the keys of leaves that differ",
+            sync.versions_sent,
+        ),
+        (
+            "anti_entropy_leaves_sent",
+            "Leaf digests sent to narrow a differing bucket before listing its keys",
+            sync.leaves_sent,
+        ),
+        (
             "anti_entropy_sent_bytes",
             "Key and value bytes of those entries",
             sync.bytes_sent,

@@ -1,15 +1,45 @@
 //! Anti-entropy: bucket digests exchanged with a peer, then the versions of the buckets that
 //! differ, so each side pushes what the other lacks and fetches what it lacks itself; only
 //! differing entries travel.
+//!
+//! A periodic round narrows further: for a differing bucket that holds more than
+//! [`LEAF_MIN`] keys, the digest's receiver answers with the bucket's leaf digests
+//! ([`StoreMsg::Leaves`]) and the digest's sender lists only the keys of the leaves that differ
+//! ([`StoreMsg::LeafVersions`]). Catch-up rounds list whole buckets: a node that catches up
+//! expects most buckets to differ, and its round counts the versions it was sent (see
+//! `catch_up.rs`).
 
 use crate::catch_up::key_hash;
 use crate::core::StoreCore;
 use crate::entry::{Entry, Version};
 use crate::limits::check_store_name;
 use crate::msg::StoreMsg;
-use crate::replica::{BUCKETS, bucket_of};
+use crate::replica::{BUCKETS, LEAVES, bucket_of, slot_of};
 use membership::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// A differing bucket with more keys than this is narrowed to its differing leaves in a
+/// periodic round; a smaller one is listed whole, which costs less than its leaf digests
+/// (`LEAVES` x 8 bytes, against about 30 bytes per key listed).
+pub const LEAF_MIN: usize = 16;
+
+/// Which keys a versions message speaks for.
+enum Cover {
+    Buckets(BTreeSet<usize>),
+    Leaves(BTreeSet<usize>),
+}
+
+impl Cover {
+    fn covers(&self, key: &str) -> bool {
+        match self {
+            Cover::Buckets(set) => set.contains(&bucket_of(key)),
+            Cover::Leaves(set) => {
+                let (b, l) = slot_of(key);
+                set.contains(&(b * LEAVES + l))
+            }
+        }
+    }
+}
 
 /// What anti-entropy has done on this node, for metrics: repairs show replicas that had drifted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -18,6 +48,10 @@ pub struct SyncStats {
     pub rounds: u64,
     /// Entries sent to peers that lacked them or held older versions.
     pub entries_sent: u64,
+    /// `(key, version)` pairs listed to peers so they could compare (versions messages).
+    pub versions_sent: u64,
+    /// Leaf digests sent to narrow a differing bucket.
+    pub leaves_sent: u64,
     /// Bytes of those entries (keys and values).
     pub bytes_sent: u64,
     /// Entries received by anti-entropy that changed this replica (a key it lacked or held older).
@@ -108,6 +142,37 @@ impl StoreCore {
                 continue;
             }
             equal = false;
+            // In a periodic round, big buckets are narrowed to their leaves first.
+            let (narrow, differ): (Vec<usize>, Vec<usize>) = differ.into_iter().partition(|b| {
+                round == 0
+                    && !self.faults.contains(&crate::fault::Fault::WholeBuckets)
+                    && self
+                        .replica
+                        .store(&name)
+                        .is_some_and(|s| s.bucket_len(*b) > LEAF_MIN)
+            });
+            if !narrow.is_empty() {
+                let s = self
+                    .replica
+                    .store(&name)
+                    .expect("narrowed buckets hold keys");
+                // Bounded messages: 32 buckets of leaf digests are about 16 KiB.
+                for part in narrow.chunks(32) {
+                    let leaves: Vec<(u16, Vec<u64>)> = part
+                        .iter()
+                        .map(|b| (*b as u16, s.leaf_digests(*b).to_vec()))
+                        .collect();
+                    self.sync_stats.leaves_sent += (leaves.len() * LEAVES) as u64;
+                    let msg = StoreMsg::Leaves {
+                        store: name.clone(),
+                        leaves,
+                    };
+                    self.outbox.push_back((from, msg));
+                }
+            }
+            if differ.is_empty() {
+                continue;
+            }
             // Send our versions of those buckets; the peer works out which entries go which way.
             let set: BTreeSet<usize> = differ.iter().copied().collect();
             let versions: Vec<(String, Version)> = self
@@ -122,6 +187,7 @@ impl StoreCore {
                 .unwrap_or_default();
             let buckets: Vec<u16> = differ.iter().map(|b| *b as u16).collect();
             sent += versions.len() as u64;
+            self.sync_stats.versions_sent += versions.len() as u64;
             for (lo, hi, chunk) in chunk_versions(versions, self.cfg.sync_versions_per_message) {
                 let msg = StoreMsg::Versions {
                     store: name.clone(),
@@ -137,11 +203,64 @@ impl StoreCore {
         (sent, equal)
     }
 
+    /// Answers the leaf digests of buckets that differ with our versions of the leaves that
+    /// differ (a periodic round's second step; see the module's doc).
+    pub(crate) fn on_leaves(&mut self, from: NodeId, store: String, leaves: Vec<(u16, Vec<u64>)>) {
+        if check_store_name(&store).is_err() {
+            return;
+        }
+        let zeros = vec![0; LEAVES];
+        let mut differ = BTreeSet::new();
+        for (b, theirs) in leaves {
+            let b = b as usize;
+            if b >= BUCKETS || theirs.len() != LEAVES {
+                tracing::debug!(%from, bucket = b, len = theirs.len(), "malformed leaf digests ignored");
+                continue;
+            }
+            let mine = self
+                .replica
+                .store(&store)
+                .map_or(&zeros[..], |s| s.leaf_digests(b));
+            differ.extend(
+                (0..LEAVES)
+                    .filter(|l| mine[*l] != theirs[*l])
+                    .map(|l| b * LEAVES + l),
+            );
+        }
+        if differ.is_empty() {
+            return;
+        }
+        let leaves: Vec<u16> = differ.iter().map(|l| *l as u16).collect();
+        let cover = Cover::Leaves(differ);
+        let versions: Vec<(String, Version)> = self
+            .replica
+            .store(&store)
+            .map(|s| {
+                s.iter()
+                    .filter(|(k, _)| cover.covers(k))
+                    .map(|(k, e)| (k.clone(), e.version))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.sync_stats.versions_sent += versions.len() as u64;
+        for (lo, hi, chunk) in chunk_versions(versions, self.cfg.sync_versions_per_message) {
+            let msg = StoreMsg::LeafVersions {
+                store: store.clone(),
+                leaves: leaves.clone(),
+                versions: chunk,
+                from: lo,
+                until: hi,
+            };
+            self.outbox.push_back((from, msg));
+        }
+    }
+
+    /// A versions message: whole buckets (`buckets`) or leaves (`leaves`).
     pub(crate) fn on_versions(
         &mut self,
         from: NodeId,
         store: String,
-        buckets: Vec<u16>,
+        (buckets, leaves): (Vec<u16>, Vec<u16>),
         versions: Vec<(String, Version)>,
         range: (Option<String>, Option<String>),
         round: u64,
@@ -151,13 +270,22 @@ impl StoreCore {
         }
         let listed = versions.len() as u64;
         let theirs: BTreeMap<String, Version> = versions.into_iter().collect();
-        let set: BTreeSet<usize> = buckets.iter().map(|b| *b as usize % BUCKETS).collect();
+        let cover = if leaves.is_empty() {
+            Cover::Buckets(buckets.iter().map(|b| *b as usize % BUCKETS).collect())
+        } else {
+            Cover::Leaves(
+                leaves
+                    .iter()
+                    .map(|l| *l as usize % (BUCKETS * LEAVES))
+                    .collect(),
+            )
+        };
         let mut push = Vec::new();
         let mut fetch = Vec::new();
         if let Some(s) = self.replica.store(&store) {
             // Only keys inside this message's range: the rest is another message's business.
             let keys = s.range(range.0.as_deref(), range.1.as_deref());
-            for (k, e) in keys.filter(|(k, _)| set.contains(&bucket_of(k))) {
+            for (k, e) in keys.filter(|(k, _)| cover.covers(k)) {
                 match theirs.get(k) {
                     Some(v) if *v >= e.version => {}
                     _ => push.push((k.clone(), e.clone())),

@@ -329,7 +329,20 @@ impl StoreCore {
                 from: lo,
                 until: hi,
                 round,
-            } => self.on_versions(from, store, buckets, versions, (lo, hi), round),
+            } => self.on_versions(from, store, (buckets, vec![]), versions, (lo, hi), round),
+            StoreMsg::Leaves { store, leaves } => self.on_leaves(from, store, leaves),
+            StoreMsg::LeafVersions {
+                store,
+                leaves,
+                versions,
+                from: lo,
+                until: hi,
+            } => {
+                // An empty leaf list would read as "whole buckets" with none listed.
+                if !leaves.is_empty() {
+                    self.on_versions(from, store, (vec![], leaves), versions, (lo, hi), 0);
+                }
+            }
             StoreMsg::Fetch { store, keys } => {
                 if let Some(s) = self.replica.store(&store) {
                     let found: Vec<(String, Entry)> = keys

@@ -34,6 +34,10 @@ pub enum Fault {
     /// Quorum rounds count votes (`required_votes`) even in `datacenters` mode: a side with most
     /// of the votes but not a majority of the datacenters writes.
     CountVotesNotDatacenters,
+    /// Periodic anti-entropy rounds list every key of a differing bucket, as before issue 15,
+    /// instead of narrowing big buckets to their differing leaves: correct, but the comparison
+    /// work the anti-entropy test bounds grows with the store.
+    WholeBuckets,
 }
 
 #[cfg(feature = "testing")]

@@ -83,6 +83,31 @@ pub enum StoreMsg {
         /// The catch-up round of the digest this answers (0: a periodic one).
         round: u64,
     },
+    /// Anti-entropy, periodic rounds: the sender's leaf digests of the buckets that differ from
+    /// the digest it answers and hold more than a few of its keys. The receiver lists its keys
+    /// of the leaves that differ in [`StoreMsg::LeafVersions`], so a bucket that one write
+    /// changed no longer costs every key of the bucket. Not understood by builds before it.
+    Leaves {
+        /// Store.
+        store: String,
+        /// `(bucket, its leaf digests)`; a list of any other length than
+        /// [`LEAVES`](crate::replica::LEAVES) is ignored.
+        leaves: Vec<(u16, Vec<u64>)>,
+    },
+    /// Anti-entropy, periodic rounds: like [`StoreMsg::Versions`], for the keys of the leaves
+    /// listed (`bucket * LEAVES + leaf`) rather than whole buckets.
+    LeafVersions {
+        /// Store.
+        store: String,
+        /// The leaves these versions cover.
+        leaves: Vec<u16>,
+        /// Every key of those leaves with its version, in key order, for keys in `[from, until)`.
+        versions: Vec<(String, Version)>,
+        /// First key this message speaks for (inclusive).
+        from: Option<String>,
+        /// Key this message's range ends before (exclusive).
+        until: Option<String>,
+    },
     /// Anti-entropy: "send me these entries".
     Fetch {
         /// Store.

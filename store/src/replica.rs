@@ -3,6 +3,8 @@
 //! Keys hash into [`BUCKETS`] buckets; a bucket's digest is the wrapping sum of a hash of each
 //! `(key, version, deleted)` it holds, so it updates in O(1) per write and does not depend on the
 //! order writes arrived in. Two replicas compare digests and exchange only differing buckets.
+//! Each bucket is split again into [`LEAVES`] leaves with digests of their own, so a periodic
+//! round narrows a differing bucket to the leaves that differ before any key is listed.
 
 use crate::entry::{Entry, Version};
 use membership::envelope::fnv1a64;
@@ -12,9 +14,23 @@ use std::ops::Bound;
 /// Digest buckets per store.
 pub const BUCKETS: usize = 256;
 
+/// Leaves per bucket. With 1M keys a leaf holds about 61, so a round under sustained writes,
+/// where a few dozen keys are in flight, lists a few thousand keys instead of every key of
+/// every bucket a write touched (issue 15). The leaf digests cost 128 KiB per store.
+pub const LEAVES: usize = 64;
+
 /// The bucket a key belongs to.
 pub fn bucket_of(key: &str) -> usize {
-    (fnv1a64(&[key.as_bytes()]) % BUCKETS as u64) as usize
+    slot_of(key).0
+}
+
+/// The bucket a key belongs to, and its leaf within the bucket (one hash for both).
+pub fn slot_of(key: &str) -> (usize, usize) {
+    let h = fnv1a64(&[key.as_bytes()]);
+    (
+        (h % BUCKETS as u64) as usize,
+        ((h / BUCKETS as u64) % LEAVES as u64) as usize,
+    )
 }
 
 fn entry_hash(key: &str, e: &Entry) -> u64 {
@@ -31,7 +47,12 @@ fn entry_hash(key: &str, e: &Entry) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreMap {
     entries: BTreeMap<String, Entry>,
+    /// Per bucket: the sum of its leaves.
     digest: Vec<u64>,
+    /// Per leaf, `bucket * LEAVES + leaf`.
+    leaves: Vec<u64>,
+    /// Entries per bucket.
+    counts: Vec<u32>,
 }
 
 impl Default for StoreMap {
@@ -39,6 +60,8 @@ impl Default for StoreMap {
         StoreMap {
             entries: BTreeMap::new(),
             digest: vec![0; BUCKETS],
+            leaves: vec![0; BUCKETS * LEAVES],
+            counts: vec![0; BUCKETS],
         }
     }
 }
@@ -46,22 +69,25 @@ impl Default for StoreMap {
 impl StoreMap {
     /// Merges `entry` into `key`; returns whether the replica changed.
     pub fn apply(&mut self, key: &str, entry: Entry) -> bool {
-        let b = bucket_of(key);
-        match self.entries.get_mut(key) {
-            Some(old) if old.version >= entry.version => false,
+        let (b, l) = slot_of(key);
+        let change = match self.entries.get_mut(key) {
+            Some(old) if old.version >= entry.version => return false,
             Some(old) => {
-                self.digest[b] = self.digest[b]
-                    .wrapping_sub(entry_hash(key, old))
-                    .wrapping_add(entry_hash(key, &entry));
+                let change = entry_hash(key, &entry).wrapping_sub(entry_hash(key, old));
                 *old = entry;
-                true
+                change
             }
             None => {
-                self.digest[b] = self.digest[b].wrapping_add(entry_hash(key, &entry));
+                let change = entry_hash(key, &entry);
                 self.entries.insert(key.to_string(), entry);
-                true
+                self.counts[b] += 1;
+                change
             }
-        }
+        };
+        self.digest[b] = self.digest[b].wrapping_add(change);
+        let leaf = &mut self.leaves[b * LEAVES + l];
+        *leaf = leaf.wrapping_add(change);
+        true
     }
 
     /// The entry of `key`, deleted or expired ones included.
@@ -88,6 +114,16 @@ impl StoreMap {
     /// The per-bucket digest.
     pub fn digest(&self) -> &[u64] {
         &self.digest
+    }
+
+    /// The leaf digests of bucket `b` (`LEAVES` of them).
+    pub fn leaf_digests(&self, b: usize) -> &[u64] {
+        &self.leaves[b * LEAVES..(b + 1) * LEAVES]
+    }
+
+    /// Entries in bucket `b`.
+    pub fn bucket_len(&self, b: usize) -> usize {
+        self.counts[b] as usize
     }
 
     /// One hash of the whole store: equal on two replicas exactly when their buckets are.
@@ -147,8 +183,11 @@ impl StoreMap {
             .collect();
         for k in &dead {
             if let Some(e) = self.entries.remove(k) {
-                let b = bucket_of(k);
-                self.digest[b] = self.digest[b].wrapping_sub(entry_hash(k, &e));
+                let (b, l) = slot_of(k);
+                let h = entry_hash(k, &e);
+                self.digest[b] = self.digest[b].wrapping_sub(h);
+                self.leaves[b * LEAVES + l] = self.leaves[b * LEAVES + l].wrapping_sub(h);
+                self.counts[b] -= 1;
             }
         }
         dead.len()
@@ -251,5 +290,42 @@ mod tests {
         let mut fresh = StoreMap::default();
         fresh.apply("live", e(1000, 1, Some("x")));
         assert_eq!(s.digest(), fresh.digest());
+    }
+
+    /// Each bucket's digest is the sum of its leaves' and its count the entries hashed into it,
+    /// through inserts, overwrites and collection; a leaf changes only with its own keys.
+    #[test]
+    fn leaves_add_up_to_their_bucket_and_follow_every_change() {
+        let mut s = StoreMap::default();
+        let check = |s: &StoreMap| {
+            for b in 0..BUCKETS {
+                let sum = s
+                    .leaf_digests(b)
+                    .iter()
+                    .fold(0u64, |a, d| a.wrapping_add(*d));
+                assert_eq!(sum, s.digest()[b], "bucket {b}");
+                let n = s.iter().filter(|(k, _)| bucket_of(k) == b).count();
+                assert_eq!(s.bucket_len(b), n, "bucket {b}");
+            }
+        };
+        for i in 0..2_000u64 {
+            s.apply(&format!("k{i}"), e(1000 + i, 1, Some("x")));
+        }
+        check(&s);
+        let (b, l) = slot_of("k7");
+        let before: Vec<u64> = s.leaf_digests(b).to_vec();
+        s.apply("k7", e(5000, 2, None));
+        let after = s.leaf_digests(b);
+        for leaf in 0..LEAVES {
+            assert_eq!(before[leaf] != after[leaf], leaf == l, "leaf {leaf}");
+        }
+        check(&s);
+        assert_eq!(s.collect(5000 + 1000, 1000), 1);
+        check(&s);
+        let mut fresh = StoreMap::default();
+        for i in (0..2_000u64).filter(|i| *i != 7) {
+            fresh.apply(&format!("k{i}"), e(1000 + i, 1, Some("x")));
+        }
+        assert_eq!(s, fresh);
     }
 }

@@ -117,6 +117,38 @@ fn message_seeds() -> Vec<(String, Vec<u8>)> {
         ),
         ("backwards-range", vec![versions(0, Some("zz"), Some("a"))]),
         (
+            "leaves",
+            vec![
+                StoreMsg::Leaves {
+                    store: "default".into(),
+                    leaves: vec![
+                        (0, vec![0; 64]),
+                        (3, vec![1; 64]),
+                        (255, vec![2; 3]),
+                        (9999, vec![0; 64]),
+                    ],
+                },
+                StoreMsg::Leaves {
+                    store: "Bad Name".into(),
+                    leaves: vec![(1, vec![5; 64])],
+                },
+                StoreMsg::LeafVersions {
+                    store: "default".into(),
+                    leaves: vec![0, 65, 16_383, 65_535],
+                    versions: vec![("k1".into(), entry(9, None).version)],
+                    from: None,
+                    until: Some("a".into()),
+                },
+                StoreMsg::LeafVersions {
+                    store: "default".into(),
+                    leaves: vec![],
+                    versions: vec![("k2".into(), Version::ZERO)],
+                    from: None,
+                    until: None,
+                },
+            ],
+        ),
+        (
             "digests",
             vec![
                 StoreMsg::Digest {
