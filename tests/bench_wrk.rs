@@ -356,6 +356,30 @@ fn check_one(lab: &Lab, method: &str, url: &str, body: &str) {
     }
 }
 
+/// Anti-entropy's comparison work so far over `agents`: `(key, version)` pairs listed, rounds.
+fn ae_work(lab: &Lab, agents: &[usize]) -> (u64, u64) {
+    agents.iter().fold((0, 0), |(v, r), a| {
+        let m = lab.metrics(*a);
+        let get = |name: &str| {
+            m.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .map_or(0, |x| x as u64)
+        };
+        (
+            v + get("chorus_anti_entropy_versions_sent_total"),
+            r + get("chorus_anti_entropy_rounds_total"),
+        )
+    })
+}
+
+fn print_ae(what: &str, before: (u64, u64), after: (u64, u64)) {
+    let (v, r) = (after.0 - before.0, after.1 - before.1);
+    println!(
+        "  anti-entropy {what}: {v} (key, version) pairs listed in {r} rounds ({} per round)",
+        v.checked_div(r).map_or("-".into(), |x| x.to_string())
+    );
+}
+
 fn print_line(who: &str, clients: usize, l: &Line) {
     println!(
         "{who:>6} {clients:>8} {:>10.0} {:>9.2} {:>9.2} {:>10}",
@@ -368,6 +392,16 @@ fn main() {
     if which("wrk").is_none() {
         eprintln!("wrk is not installed: `apt-get install wrk` (Debian), then run again");
         std::process::exit(2);
+    }
+    if a.profile.is_some() {
+        for tool in ["perf", "inferno-collapse-perf", "inferno-flamegraph"] {
+            if which(tool).is_none() {
+                eprintln!(
+                    "--profile needs {tool}: `apt-get install linux-perf`, `cargo install inferno`"
+                );
+                std::process::exit(2);
+            }
+        }
     }
     let etcd = a.etcd && which("etcd").is_some();
     if a.etcd && !etcd {
@@ -412,13 +446,24 @@ fn main() {
             .then_some(a.profile.as_deref())
             .flatten()
             .map(|svg| profile(lab.pid(agents[0]), a.secs, svg));
+        let ae = ae_work(&lab, &agents);
         let l = load(&lab, &spread(c), url, &script, a.secs);
         if let Some(p) = profiler {
             p.join().expect("profiler thread");
         }
         print_line("chorus", c, &l);
+        print_ae("during the line", ae, ae_work(&lab, &agents));
         chorus.push(l);
     }
+    // At rest: two anti-entropy periods to settle, then a window of four.
+    std::thread::sleep(Duration::from_secs(10));
+    let ae = ae_work(&lab, &agents);
+    std::thread::sleep(Duration::from_secs(20));
+    print_ae(
+        "at rest (20 s, after 10 s to settle)",
+        ae,
+        ae_work(&lab, &agents),
+    );
     for ag in &agents {
         lab.kill9(*ag);
     }
