@@ -13,7 +13,7 @@ use crate::catch_up::key_hash;
 use crate::core::StoreCore;
 use crate::entry::{Entry, Version};
 use crate::limits::check_store_name;
-use crate::msg::StoreMsg;
+use crate::msg::{PUSH_EMPTY, StoreMsg};
 use crate::replica::{BUCKETS, LEAVES, bucket_of, slot_of};
 use membership::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
@@ -107,8 +107,9 @@ impl StoreCore {
         (u64::from(h.finalize()) << 32) | u64::from(h2.finalize())
     }
 
-    /// Answers a digest with our versions of the buckets that differ; returns how many
-    /// `(key, version)` pairs went out, and whether every bucket of every store was equal.
+    /// Answers a digest with our versions of the buckets that differ (or, for buckets the peer
+    /// holds nothing of, the entries themselves); returns how many `(key, version)` pairs and
+    /// pushed entries went out, and whether every bucket of every store was equal.
     pub(crate) fn on_digest(
         &mut self,
         from: NodeId,
@@ -142,6 +143,22 @@ impl StoreCore {
                 continue;
             }
             equal = false;
+            // Buckets the peer holds nothing of (a wiped or new node): push their entries at
+            // once, rather than list versions for the peer to fetch every one of them back
+            // (two more passes, and every key sent twice more, on a wiped node's catch-up). In
+            // a catch-up round only when its digest says the sender counts such entries.
+            let (empty, differ): (Vec<usize>, Vec<usize>) = if round == 0 || round & PUSH_EMPTY != 0
+            {
+                differ.into_iter().partition(|b| other.get(*b) == Some(&0))
+            } else {
+                (vec![], differ)
+            };
+            if !empty.is_empty() {
+                sent += self.push_buckets(from, &name, &empty.into_iter().collect(), round);
+            }
+            if differ.is_empty() {
+                continue;
+            }
             // In a periodic round, big buckets are narrowed to their leaves first.
             let (narrow, differ): (Vec<usize>, Vec<usize>) = differ.into_iter().partition(|b| {
                 round == 0
@@ -327,6 +344,29 @@ impl StoreCore {
 
     /// Sends entries in chunks of bounded size.
     pub(crate) fn send_entries(&mut self, to: NodeId, store: &str, entries: Vec<(String, Entry)>) {
+        self.send_entries_for(to, store, entries, None);
+    }
+
+    /// Sends entries in chunks of bounded size: as [`StoreMsg::Entries`], or as
+    /// [`StoreMsg::RoundEntries`] of catch-up round `round`.
+    fn send_entries_for(
+        &mut self,
+        to: NodeId,
+        store: &str,
+        entries: Vec<(String, Entry)>,
+        round: Option<u64>,
+    ) {
+        let msg = |entries| match round {
+            None => StoreMsg::Entries {
+                store: store.into(),
+                entries,
+            },
+            Some(round) => StoreMsg::RoundEntries {
+                store: store.into(),
+                round,
+                entries,
+            },
+        };
         let mut chunk: Vec<(String, Entry)> = Vec::new();
         let mut bytes = 0usize;
         for (k, e) in entries {
@@ -335,24 +375,41 @@ impl StoreCore {
             self.sync_stats.bytes_sent +=
                 (k.len() + e.value.as_ref().map_or(0, |v| v.len())) as u64;
             if !chunk.is_empty() && bytes + size > self.cfg.sync_chunk_bytes {
-                let msg = StoreMsg::Entries {
-                    store: store.into(),
-                    entries: std::mem::take(&mut chunk),
-                };
-                self.outbox.push_back((to, msg));
+                self.outbox.push_back((to, msg(std::mem::take(&mut chunk))));
                 bytes = 0;
             }
             bytes += size;
             chunk.push((k, e));
         }
         if !chunk.is_empty() {
-            self.outbox.push_back((
-                to,
-                StoreMsg::Entries {
-                    store: store.into(),
-                    entries: chunk,
-                },
-            ));
+            self.outbox.push_back((to, msg(chunk)));
+        }
+    }
+
+    /// Sends `to` every entry of the buckets in `set` of `store`, a batch at a time (never the
+    /// whole store cloned at once); in catch-up round `round` (not 0) as that round's entries.
+    /// Returns how many.
+    fn push_buckets(&mut self, to: NodeId, store: &str, set: &BTreeSet<usize>, round: u64) -> u64 {
+        const BATCH: usize = 8192;
+        let mut after: Option<String> = None;
+        let mut pushed = 0;
+        loop {
+            let Some(s) = self.replica.store(store) else {
+                return pushed;
+            };
+            let chunk: Vec<(String, Entry)> = s
+                .range(after.as_deref(), None)
+                .filter(|(k, _)| after.as_deref() != Some(k.as_str()))
+                .filter(|(k, _)| set.contains(&bucket_of(k)))
+                .take(BATCH)
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect();
+            let Some((last, _)) = chunk.last() else {
+                return pushed;
+            };
+            after = Some(last.clone());
+            pushed += chunk.len() as u64;
+            self.send_entries_for(to, store, chunk, (round != 0).then_some(round));
         }
     }
 }

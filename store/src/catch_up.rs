@@ -156,7 +156,7 @@ impl StoreCore {
         };
         c.round = None;
         let Some(peer) = next else { return };
-        let id = c.next_round;
+        let id = c.next_round | crate::msg::PUSH_EMPTY;
         c.next_round += 1;
         c.rounds_started += 1;
         c.tried.insert(peer, now);

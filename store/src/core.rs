@@ -308,19 +308,23 @@ impl StoreCore {
                 };
                 self.outbox.push_back((from, mark));
             }
-            StoreMsg::Entries { store, entries } => {
-                if check_store_name(&store).is_err() {
-                    return;
+            StoreMsg::Entries { store, entries } => self.on_entries(&store, entries),
+            StoreMsg::RoundEntries {
+                store,
+                round,
+                entries,
+            } => {
+                // Counted as they arrive, as the sender counted them: a lost message leaves
+                // the round's count short of its mark's, and the round does not count.
+                if let Some(r) = self
+                    .catch_up
+                    .as_mut()
+                    .and_then(|c| c.round.as_mut())
+                    .filter(|r| r.peer == from && r.id == round && !r.fetching)
+                {
+                    r.versions_seen += entries.len() as u64;
                 }
-                for (k, e) in entries {
-                    if check_key(&k).is_ok() {
-                        self.hlc.observe(e.version.ts);
-                        if self.apply_logged(&store, &k, e) {
-                            self.sync_stats.keys_repaired += 1;
-                        }
-                        self.fetched(&store, &k);
-                    }
-                }
+                self.on_entries(&store, entries);
             }
             StoreMsg::Versions {
                 store,
@@ -351,6 +355,23 @@ impl StoreCore {
                         .collect();
                     self.send_entries(from, &store, found);
                 }
+            }
+        }
+    }
+
+    /// Entries from anti-entropy or a catch-up: each merged, logged, and checked off the round's
+    /// fetches.
+    fn on_entries(&mut self, store: &str, entries: Vec<(String, Entry)>) {
+        if check_store_name(store).is_err() {
+            return;
+        }
+        for (k, e) in entries {
+            if check_key(&k).is_ok() {
+                self.hlc.observe(e.version.ts);
+                if self.apply_logged(store, &k, e) {
+                    self.sync_stats.keys_repaired += 1;
+                }
+                self.fetched(store, &k);
             }
         }
     }

@@ -5,6 +5,11 @@ use crate::request::OpId;
 use serde::{Deserialize, Serialize};
 
 /// Messages between store replicas.
+/// Set in a catch-up round's id by builds that count [`StoreMsg::RoundEntries`] in the round: the
+/// answering peer may then push the entries of buckets the digest shows empty instead of listing
+/// their versions. Older builds echo the id without looking inside, and never set it.
+pub const PUSH_EMPTY: u64 = 1 << 63;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreMsg {
     /// Phase one of a write, or a quorum read: "what do you hold for this key?"
@@ -107,6 +112,18 @@ pub enum StoreMsg {
         from: Option<String>,
         /// Key this message's range ends before (exclusive).
         until: Option<String>,
+    },
+    /// Catch-up: the entries of every bucket that the round's digest showed empty, pushed at
+    /// once instead of listed for the receiver to fetch, and counted in the round's
+    /// [`StoreMsg::SyncMark`] like versions, so a lost one fails the round. Sent only in answer
+    /// to a digest whose round carries [`PUSH_EMPTY`] (builds that count them).
+    RoundEntries {
+        /// Store.
+        store: String,
+        /// The catch-up round of the digest this answers.
+        round: u64,
+        /// Entries.
+        entries: Vec<(String, Entry)>,
     },
     /// Anti-entropy: "send me these entries".
     Fetch {

@@ -139,6 +139,19 @@ fn message_seeds() -> Vec<(String, Vec<u8>)> {
                     from: None,
                     until: Some("a".into()),
                 },
+                StoreMsg::RoundEntries {
+                    store: "default".into(),
+                    round: 1 | store::msg::PUSH_EMPTY,
+                    entries: vec![
+                        ("k1".into(), entry(9, Some(b"v"))),
+                        ("".into(), entry(1, None)),
+                    ],
+                },
+                StoreMsg::RoundEntries {
+                    store: "Bad Name".into(),
+                    round: 0,
+                    entries: vec![],
+                },
                 StoreMsg::LeafVersions {
                     store: "default".into(),
                     leaves: vec![],

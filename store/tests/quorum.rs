@@ -618,9 +618,17 @@ fn a_wiped_node_catches_up_from_a_quorum_of_peers_and_then_votes() {
 
 /// Node 2 restarts having missed 50 writes and catches up from node 0 while the transport loses
 /// one message of the round that `lose` picks: the round must not count, and the next one must
-/// bring what was lost before the node calls itself current.
-fn catch_up_losing(lose: fn(&StoreMsg) -> bool) {
+/// bring what was lost before the node calls itself current. With `held_older`, node 2 held an
+/// older value of each key (its buckets are not empty: versions are listed and fetched);
+/// without, it held nothing (the peer pushes the buckets' entries at once).
+fn catch_up_losing(held_older: bool, lose: fn(&StoreMsg) -> bool) {
     let mut net = Net::new(3);
+    if held_older {
+        for i in 0..50 {
+            assert!(net.call(0, put(&format!("m{i}"), "old")).is_ok());
+        }
+        net.run_for(Duration::from_millis(10));
+    }
     net.partition(&[&[0, 1], &[2]]);
     for i in 0..50 {
         assert!(net.call(0, put(&format!("m{i}"), "x")).is_ok());
@@ -654,12 +662,54 @@ fn catch_up_losing(lose: fn(&StoreMsg) -> bool) {
 
 #[test]
 fn a_catch_up_round_that_loses_fetched_entries_does_not_count() {
-    catch_up_losing(|m| matches!(m, StoreMsg::Entries { .. }));
+    catch_up_losing(true, |m| matches!(m, StoreMsg::Entries { .. }));
+}
+
+#[test]
+fn a_catch_up_round_that_loses_pushed_entries_does_not_count() {
+    catch_up_losing(false, |m| matches!(m, StoreMsg::RoundEntries { .. }));
 }
 
 #[test]
 fn a_catch_up_round_that_loses_versions_does_not_count() {
-    catch_up_losing(|m| matches!(m, StoreMsg::Versions { .. }));
+    catch_up_losing(true, |m| matches!(m, StoreMsg::Versions { .. }));
+}
+
+/// Issue 15: a wiped node's peers push it the entries of the buckets it holds nothing of at once;
+/// no `(key, version)` list goes out for it to fetch every key back.
+#[test]
+fn a_wiped_node_is_pushed_its_entries_without_versions_listed() {
+    let mut net = Net::new(3);
+    for chunk in (0..3_000).collect::<Vec<_>>().chunks(20) {
+        for k in chunk {
+            net.request(k % 3, put(&format!("k{k}"), "v"));
+        }
+        net.run_for(MS);
+    }
+    net.run_for(Duration::from_secs(1));
+    net.restart(2, true, None);
+    let before = comparison_work(&net);
+    let sent_before: u64 = net.nodes.iter().map(|n| n.sync_stats().entries_sent).sum();
+    net.view_of_reachable(2);
+    for _ in 0..10_000 {
+        if net.nodes[2].catching_up().is_none() {
+            break;
+        }
+        net.run_for(MS);
+    }
+    assert_eq!(net.nodes[2].catching_up(), None, "caught up");
+    assert!(
+        net.nodes[2].replica() == net.nodes[0].replica(),
+        "holds every entry"
+    );
+    let listed = comparison_work(&net).0 - before.0;
+    let sent: u64 = net.nodes.iter().map(|n| n.sync_stats().entries_sent).sum();
+    assert_eq!(listed, 0, "versions listed to a node that holds nothing");
+    assert!(
+        sent - sent_before >= 3_000,
+        "{} entries pushed",
+        sent - sent_before
+    );
 }
 
 /// Tells node `i` that its membership holds `failed` failed (one vote each).
