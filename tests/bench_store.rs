@@ -1,12 +1,16 @@
 //! Store benchmark on real agents (not a test: it measures).
 //!
 //! `cargo bench -p chorus-agent --bench store -- [--nodes N] [--secs S] [--memory-keys K]
-//! [--converge-keys K] [--fsync always|never|100ms]`
+//! [--converge-keys K [--keep-store] [--preload-keys P]] [--fsync always|never|100ms]`
 //!
 //! Starts N agents on loopback (LAN profile, seeds), then runs the load generator (`chorus bench`'s
 //! engine, in this process) against them: quorum writes, quorum reads and local writes of 100-byte
 //! values with 1 and 32 clients spread over the nodes, S seconds each. With `--memory-keys K` it
-//! then writes K more keys and reports the growth of each agent's resident memory per key.
+//! then writes K more keys and reports the growth of each agent's resident memory per key. With
+//! `--converge-keys K` one node is stopped while K keys are written at quorum, then started again
+//! with its store wiped (a replaced disk), or with `--keep-store` from its own log (a node that
+//! missed K writes); `--preload-keys P` first writes P keys with every node up (the same names as
+//! the first of the K, which then overwrite them).
 
 use agent::loadgen::{LoadSpec, run};
 #[path = "support/loopback.rs"]
@@ -20,6 +24,8 @@ struct Args {
     secs: u64,
     memory_keys: u64,
     converge_keys: u64,
+    keep_store: bool,
+    preload_keys: u64,
     fsync: String,
 }
 
@@ -29,6 +35,8 @@ fn args() -> Args {
         secs: 10,
         memory_keys: 0,
         converge_keys: 0,
+        keep_store: false,
+        preload_keys: 0,
         fsync: "always".into(),
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
@@ -44,6 +52,12 @@ fn args() -> Args {
             "--secs" => a.secs = num(),
             "--memory-keys" => a.memory_keys = num(),
             "--converge-keys" => a.converge_keys = num(),
+            "--preload-keys" => a.preload_keys = num(),
+            "--keep-store" => {
+                a.keep_store = true;
+                i += 1;
+                continue;
+            }
             "--fsync" => a.fsync = v.get(i + 1).expect("--fsync needs a policy").clone(),
             "--bench" => {
                 i += 1;
@@ -110,8 +124,24 @@ fn main() {
         // One replica misses every write (down, then back with its store wiped), as a replaced
         // disk would; time until its digest equals the others'.
         let last = a.nodes - 1;
-        cluster.kill(last);
         let clients = 32usize;
+        if a.preload_keys > 0 {
+            let per = a.preload_keys.div_ceil(clients as u64);
+            let mut s = spec("put", "quorum", clients);
+            s.duration = Duration::from_secs(3600);
+            s.max_ops_per_client = per;
+            s.keys = per;
+            let r = run(&s, &|ok, e| {
+                eprint!("\r{ok} keys preloaded in {:.0} s", e.as_secs_f64())
+            });
+            eprintln!();
+            println!(
+                "preloaded {} keys with every node up ({})",
+                r.ok,
+                r.errors_text()
+            );
+        }
+        cluster.kill(last);
         let per = a.converge_keys.div_ceil(clients as u64);
         let mut s = spec("put", "quorum", clients);
         s.apis.truncate(last);
@@ -136,7 +166,9 @@ fn main() {
         let target = digest(&cluster.apis[0]);
         // Wipe its store (the log), keeping node.json: a replaced disk, not a new node.
         let data_dir = std::path::PathBuf::from(cluster.commands[last].last().expect("data dir"));
-        std::fs::remove_dir_all(data_dir.join("store")).expect("wipe the store log");
+        if !a.keep_store {
+            std::fs::remove_dir_all(data_dir.join("store")).expect("wipe the store log");
+        }
         let t = Instant::now();
         cluster.restart(last);
         let deadline = t + Duration::from_secs(600);
@@ -163,9 +195,14 @@ fn main() {
         }
         let secs = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
         println!(
-            "convergence: {} keys written at quorum while n{last} was away ({}); n{last} came back with its store wiped: every replica's digest was equal {:.2} s after its restart, and it reported catching_up false after {:.2} s ({rounds} sync rounds)",
+            "convergence: {} keys written at quorum while n{last} was away ({}); n{last} came back {}: every replica's digest was equal {:.2} s after its restart, and it reported catching_up false after {:.2} s ({rounds} sync rounds)",
             r.ok,
             r.errors_text(),
+            if a.keep_store {
+                "with its own log"
+            } else {
+                "with its store wiped"
+            },
             secs(equal),
             secs(current),
         );
