@@ -436,17 +436,7 @@ fn main() {
         return;
     }
     let serf = serf_runs(&a);
-    let version = std::process::Command::new("serf")
-        .arg("version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string()
-        })
-        .unwrap_or_default();
+    let version = support::version_of("serf", "version");
     println!(
         "Serf ({version}), same topology, same run, LAN profile, joined through the first node"
     );

@@ -470,17 +470,7 @@ fn main() {
     if !etcd || a.consistency != "quorum" {
         return;
     }
-    let version = std::process::Command::new("etcd")
-        .arg("--version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string()
-        })
-        .unwrap_or_default();
+    let version = support::version_of("etcd", "--version");
     let cluster: Vec<String> = (0..3)
         .map(|h| format!("e{h}=http://{}:2380", lab.ip(h)))
         .collect();

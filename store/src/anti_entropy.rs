@@ -191,17 +191,8 @@ impl StoreCore {
                 continue;
             }
             // Send our versions of those buckets; the peer works out which entries go which way.
-            let set: BTreeSet<usize> = differ.iter().copied().collect();
-            let versions: Vec<(String, Version)> = self
-                .replica
-                .store(&name)
-                .map(|s| {
-                    s.iter()
-                        .filter(|(k, _)| set.contains(&bucket_of(k)))
-                        .map(|(k, e)| (k.clone(), e.version))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let cover = Cover::Buckets(differ.iter().copied().collect());
+            let versions = self.versions_covered(&name, &cover);
             let buckets: Vec<u16> = differ.iter().map(|b| *b as u16).collect();
             sent += versions.len() as u64;
             self.sync_stats.versions_sent += versions.len() as u64;
@@ -218,6 +209,19 @@ impl StoreCore {
             }
         }
         (sent, equal)
+    }
+
+    /// Our `(key, version)` of every key of `store` that `cover` covers, in key order.
+    fn versions_covered(&self, store: &str, cover: &Cover) -> Vec<(String, Version)> {
+        self.replica
+            .store(store)
+            .map(|s| {
+                s.iter()
+                    .filter(|(k, _)| cover.covers(k))
+                    .map(|(k, e)| (k.clone(), e.version))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Answers the leaf digests of buckets that differ with our versions of the leaves that
@@ -248,17 +252,7 @@ impl StoreCore {
             return;
         }
         let leaves: Vec<u16> = differ.iter().map(|l| *l as u16).collect();
-        let cover = Cover::Leaves(differ);
-        let versions: Vec<(String, Version)> = self
-            .replica
-            .store(&store)
-            .map(|s| {
-                s.iter()
-                    .filter(|(k, _)| cover.covers(k))
-                    .map(|(k, e)| (k.clone(), e.version))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let versions = self.versions_covered(&store, &Cover::Leaves(differ));
         self.sync_stats.versions_sent += versions.len() as u64;
         for (lo, hi, chunk) in chunk_versions(versions, self.cfg.sync_versions_per_message) {
             let msg = StoreMsg::LeafVersions {

@@ -166,6 +166,23 @@ pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
     })
 }
 
+/// The first line `cmd arg` prints (a peer's version, for a benchmark's report; empty if it
+/// cannot run).
+#[allow(dead_code)] // used by some bench targets only
+pub fn version_of(cmd: &str, arg: &str) -> String {
+    std::process::Command::new(cmd)
+        .arg(arg)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
 /// Seconds on CLOCK_MONOTONIC: the clock Python's `time.monotonic()` reads in every namespace, so
 /// a helper script's timestamps compare with the test's.
 #[allow(dead_code)] // used by some test targets only
