@@ -3,8 +3,8 @@
 //! has a quorum accept the result. A proposal that meets a higher ballot in phase 1 tries again
 //! with a higher one after a random backoff (dueling proposers); one that meets it in phase 2
 //! stops with `indeterminate`, because its accept may already be chosen and applying the change
-//! again would apply it twice. A read is the exception: its accept writes back the register it
-//! read, so it tries again like a phase-1 loss (an agent asking for the leader or a lock's holder
+//! again would apply it twice. A read (of a value or of a lock's state) is the exception: its
+//! accept writes back the register it read, so it tries again like a phase-1 loss (an agent asking for the leader or a lock's holder
 //! while the holder renews got `indeterminate` for a question that changes nothing).
 
 use crate::ballot::Ballot;
@@ -191,7 +191,7 @@ impl CoordCore {
         let Some(p) = self.proposals.get_mut(&op).filter(|p| p.ballot == ballot) else {
             return;
         };
-        let read = matches!(p.change, Change::Read);
+        let read = p.change.is_read();
         if let Phase::Accept { rejects, .. } = &mut p.phase {
             // The others may still make a quorum; only when they cannot is the outcome known
             // to be out of reach (but not known to have failed: a quorum may yet accept a
@@ -239,7 +239,7 @@ impl CoordCore {
         if p.deadline > self.now {
             return;
         }
-        let err = if p.accept_sent && !matches!(p.change, Change::Read) {
+        let err = if p.accept_sent && !p.change.is_read() {
             CoordError::Indeterminate
         } else if p.contended {
             CoordError::Contended

@@ -73,6 +73,14 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// Whether the change only reads: its accept writes back the register it found, so running
+    /// it again can apply nothing twice (see the proposer).
+    pub fn is_read(&self) -> bool {
+        matches!(self, Change::Read | Change::Lock(LockOp::Inspect))
+    }
+}
+
 /// What a change did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
