@@ -140,13 +140,23 @@ fn a_lock_passes_to_the_next_owner_with_a_higher_token_only_after_the_lease_and_
     assert_eq!(busy["error"]["holder"], "a");
     // a stops renewing (it hung); b waits and gets the lock, with the next token, no sooner
     // than the lease and the lock delay (3 s) after a got it.
+    let sent = std::time::Instant::now();
     let (code, b) = lab.http(
         1,
         "PUT",
         "/v1/lock/job?owner=b&ttl=2s&lock_delay=0s&wait=20s",
     );
+    let answered = sent.elapsed().as_millis() as u64;
     assert_eq!(code, 200, "{b}");
     assert_eq!(b["fencing_token"], 2);
+    // `act_for_ms` counts from the request's sending, as the docs tell holders to count, so a
+    // wait of seconds is added: b still has most of its window (1.76 s) when the answer comes,
+    // and never more than the lease.
+    let b_act = b["act_for_ms"].as_u64().unwrap();
+    assert!(
+        b_act > answered + 1000 && b_act < answered + 2000,
+        "acts for {b_act} ms from a request answered after {answered} ms"
+    );
     // The grantors' clocks are this machine's: their lease began after t0.
     let took = t0.elapsed();
     assert!(

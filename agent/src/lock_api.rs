@@ -185,7 +185,11 @@ pub(crate) fn wait(q: &BTreeMap<String, String>) -> Result<Duration, ApiError> {
 }
 
 /// Asks for the lock at `key` for `owner`, again and again while another holds it and `wait`
-/// lasts; the last answer.
+/// lasts; the last answer. A grant's `act_for` is counted from when this call began, as clients
+/// count it from when they sent the request: the round's own window starts at the last attempt,
+/// so the time spent waiting before it is added. Without it a holder that waited longer than
+/// its window got a grant already over on arrival (1,759 ms counted from a request answered after
+/// 2,818 ms), and `chorus elect` stopped its command right after starting it.
 pub(crate) async fn acquire_waiting(
     h: &Handle,
     key: String,
@@ -194,17 +198,26 @@ pub(crate) async fn acquire_waiting(
     lock_delay: Duration,
     wait: Duration,
 ) -> Result<LockOutcome, ApiError> {
-    let until = Instant::now() + wait;
+    let began = Instant::now();
+    let until = began + wait;
     loop {
         let op = LockOp::Acquire {
             owner: owner.to_string(),
             ttl,
             lock_delay,
         };
+        let asked = Instant::now();
         let outcome = run(h, key.clone(), op).await?;
-        let retry = match &outcome {
-            LockOutcome::Busy { remaining, .. } => *remaining,
-            _ => return Ok(outcome),
+        let retry = match outcome {
+            LockOutcome::Busy { remaining, .. } => remaining,
+            LockOutcome::Holding { term, ttl, act_for } => {
+                return Ok(LockOutcome::Holding {
+                    term,
+                    ttl,
+                    act_for: act_for + (asked - began),
+                });
+            }
+            other => return Ok(other),
         };
         let now = Instant::now();
         if now >= until {
