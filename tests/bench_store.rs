@@ -209,6 +209,14 @@ fn main() {
     }
     if a.memory_keys > 0 {
         let pids: Vec<u32> = cluster.children.iter().map(|c| c.id()).collect();
+        // Growth is divided by the keys each agent came to hold, not by acknowledged writes:
+        // the throughput lines above already wrote some of these keys.
+        let held = |api: &str| {
+            status(api)
+                .and_then(|v| v["stores"]["default"]["entries"].as_u64())
+                .unwrap_or(0)
+        };
+        let keys_before: Vec<u64> = cluster.apis.iter().map(|a| held(a)).collect();
         let before: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
         let clients = 32usize;
         let per = a.memory_keys.div_ceil(clients as u64);
@@ -224,12 +232,17 @@ fn main() {
         // Let replication and anti-entropy settle before reading memory.
         std::thread::sleep(Duration::from_secs(10));
         let after: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
+        println!(
+            "memory: {} writes acknowledged in {:.0} s ({})",
+            r.ok,
+            t.elapsed().as_secs_f64(),
+            r.errors_text()
+        );
         for (i, (b, a2)) in before.iter().zip(&after).enumerate() {
-            let per_key = (a2.saturating_sub(*b) as f64 * 1024.0) / r.ok as f64;
+            let new_keys = held(&cluster.apis[i]).saturating_sub(keys_before[i]).max(1);
+            let per_key = (a2.saturating_sub(*b) as f64 * 1024.0) / new_keys as f64;
             println!(
-                "memory: agent n{i}: RSS {b} KiB -> {a2} KiB after {} more keys in {:.0} s: {per_key:.0} bytes per key (100-byte values; {:.0} bytes above the value)",
-                r.ok,
-                t.elapsed().as_secs_f64(),
+                "memory: agent n{i}: RSS {b} KiB -> {a2} KiB holding {new_keys} more keys: {per_key:.0} bytes per key (100-byte values; {:.0} bytes above the value)",
                 per_key - 100.0
             );
         }

@@ -49,7 +49,12 @@ fn final_entry(sim: &Sim, key: &str) -> Option<Entry> {
     sim.running()
         .into_iter()
         .filter_map(|i| sim.store(i))
-        .filter_map(|s| s.replica().store(STORE).and_then(|m| m.get(key)).cloned())
+        .filter_map(|s| {
+            s.replica()
+                .store(STORE)
+                .and_then(|m| m.get(key))
+                .map(|e| e.to_entry())
+        })
         .max_by_key(|e| e.version)
 }
 
@@ -161,8 +166,8 @@ pub fn no_minority_write_takes_effect(sim: &Sim) -> Verdict {
     for i in sim.running() {
         if let Some(m) = sim.store(i).and_then(|s| s.replica().store(STORE)) {
             for (k, e) in m.iter() {
-                if let Some(v) = &e.value {
-                    seen_values.insert(v.clone(), format!("held by node {i} under {k}"));
+                if let Some(v) = e.value() {
+                    seen_values.insert(v.to_vec(), format!("held by node {i} under {k}"));
                 }
             }
         }

@@ -218,7 +218,7 @@ impl StoreCore {
             .map(|s| {
                 s.iter()
                     .filter(|(k, _)| cover.covers(k))
-                    .map(|(k, e)| (k.clone(), e.version))
+                    .map(|(k, e)| (k.to_string(), e.version()))
                     .collect()
             })
             .unwrap_or_default()
@@ -298,8 +298,8 @@ impl StoreCore {
             let keys = s.range(range.0.as_deref(), range.1.as_deref());
             for (k, e) in keys.filter(|(k, _)| cover.covers(k)) {
                 match theirs.get(k) {
-                    Some(v) if *v >= e.version => {}
-                    _ => push.push((k.clone(), e.clone())),
+                    Some(v) if *v >= e.version() => {}
+                    _ => push.push((k.to_string(), e.to_entry())),
                 }
             }
         }
@@ -393,10 +393,10 @@ impl StoreCore {
             };
             let chunk: Vec<(String, Entry)> = s
                 .range(after.as_deref(), None)
-                .filter(|(k, _)| after.as_deref() != Some(k.as_str()))
+                .filter(|(k, _)| after.as_deref() != Some(*k))
                 .filter(|(k, _)| set.contains(&bucket_of(k)))
                 .take(BATCH)
-                .map(|(k, e)| (k.clone(), e.clone()))
+                .map(|(k, e)| (k.to_string(), e.to_entry()))
                 .collect();
             let Some((last, _)) = chunk.last() else {
                 return pushed;

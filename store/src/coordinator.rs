@@ -156,7 +156,7 @@ impl StoreCore {
                 Some(e) => match e.visible(self.wall_ms) {
                     Some(v) => Ok(Reply::Value {
                         value: v.to_vec(),
-                        version: e.version,
+                        version: e.version(),
                         stale,
                     }),
                     None => Err(absent()),
@@ -174,7 +174,7 @@ impl StoreCore {
                 self.replica
                     .store(&store)
                     .and_then(|s| s.get(&key))
-                    .cloned(),
+                    .map(|e| e.to_entry()),
             );
         }
         self.ops.insert(

@@ -230,7 +230,7 @@ impl StoreCore {
                     .replica
                     .store(&store)
                     .and_then(|s| s.get(&key))
-                    .cloned();
+                    .map(|e| e.to_entry());
                 self.outbox
                     .push_back((from, StoreMsg::ReadResp { op, entry }));
             }
@@ -351,7 +351,7 @@ impl StoreCore {
                 if let Some(s) = self.replica.store(&store) {
                     let found: Vec<(String, Entry)> = keys
                         .into_iter()
-                        .filter_map(|k| s.get(&k).cloned().map(|e| (k, e)))
+                        .filter_map(|k| s.get(&k).map(|e| (k, e.to_entry())))
                         .collect();
                     self.send_entries(from, &store, found);
                 }

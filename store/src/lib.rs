@@ -18,6 +18,7 @@ mod log_gate;
 pub mod msg;
 pub mod replica;
 pub mod request;
+mod slot;
 pub mod wal;
 
 pub use crate::anti_entropy::SyncStats;
@@ -32,3 +33,4 @@ pub use crate::limits::StoreError;
 pub use crate::msg::StoreMsg;
 pub use crate::replica::{Replica, StoreMap};
 pub use crate::request::{Consistency, OpId, Reply, Request};
+pub use crate::slot::EntryRef;

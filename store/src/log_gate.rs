@@ -105,8 +105,8 @@ impl StoreCore {
                     out.push(Record {
                         lsn: through,
                         store: name.clone(),
-                        key: k.clone(),
-                        entry: e.clone(),
+                        key: k.to_string(),
+                        entry: e.to_entry(),
                     });
                 }
             }

@@ -7,8 +7,9 @@
 //! round narrows a differing bucket to the leaves that differ before any key is listed.
 
 use crate::entry::{Entry, Version};
+use crate::slot::{EntryRef, Slot};
 use membership::envelope::fnv1a64;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 /// Digest buckets per store.
@@ -33,20 +34,24 @@ pub fn slot_of(key: &str) -> (usize, usize) {
     )
 }
 
-fn entry_hash(key: &str, e: &Entry) -> u64 {
-    let deleted = [u8::from(e.value.is_none())];
+fn entry_hash(key: &str, version: Version, deleted: bool) -> u64 {
     fnv1a64(&[
         key.as_bytes(),
-        &e.version.ts.to_be_bytes(),
-        &e.version.node.0.to_be_bytes(),
-        &deleted,
+        &version.ts.to_be_bytes(),
+        &version.node.0.to_be_bytes(),
+        &[u8::from(deleted)],
     ])
 }
 
+fn slot_hash(s: &Slot) -> u64 {
+    entry_hash(s.key(), s.version(), s.deleted())
+}
+
 /// One store's entries and digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct StoreMap {
-    entries: BTreeMap<String, Entry>,
+    /// Each key with its entry, packed (see [`Slot`] for why).
+    entries: BTreeSet<Slot>,
     /// Per bucket: the sum of its leaves.
     digest: Vec<u64>,
     /// Per leaf, `bucket * LEAVES + leaf`.
@@ -58,7 +63,7 @@ pub struct StoreMap {
 impl Default for StoreMap {
     fn default() -> Self {
         StoreMap {
-            entries: BTreeMap::new(),
+            entries: BTreeSet::new(),
             digest: vec![0; BUCKETS],
             leaves: vec![0; BUCKETS * LEAVES],
             counts: vec![0; BUCKETS],
@@ -66,24 +71,35 @@ impl Default for StoreMap {
     }
 }
 
+/// Two stores are equal when they hold the same keys with the same entries.
+impl PartialEq for StoreMap {
+    fn eq(&self, other: &StoreMap) -> bool {
+        self.digest == other.digest
+            && self.entries.len() == other.entries.len()
+            && self
+                .entries
+                .iter()
+                .zip(&other.entries)
+                .all(|(a, b)| a.same(b))
+    }
+}
+
+impl Eq for StoreMap {}
+
 impl StoreMap {
     /// Merges `entry` into `key`; returns whether the replica changed.
     pub fn apply(&mut self, key: &str, entry: Entry) -> bool {
         let (b, l) = slot_of(key);
-        let change = match self.entries.get_mut(key) {
-            Some(old) if old.version >= entry.version => return false,
-            Some(old) => {
-                let change = entry_hash(key, &entry).wrapping_sub(entry_hash(key, old));
-                *old = entry;
-                change
-            }
+        let new = entry_hash(key, entry.version, entry.value.is_none());
+        let change = match self.entries.get(key.as_bytes()) {
+            Some(old) if old.version() >= entry.version => return false,
+            Some(old) => new.wrapping_sub(slot_hash(old)),
             None => {
-                let change = entry_hash(key, &entry);
-                self.entries.insert(key.to_string(), entry);
                 self.counts[b] += 1;
-                change
+                new
             }
         };
+        self.entries.replace(Slot::new(key, &entry));
         self.digest[b] = self.digest[b].wrapping_add(change);
         let leaf = &mut self.leaves[b * LEAVES + l];
         *leaf = leaf.wrapping_add(change);
@@ -91,23 +107,24 @@ impl StoreMap {
     }
 
     /// The entry of `key`, deleted or expired ones included.
-    pub fn get(&self, key: &str) -> Option<&Entry> {
-        self.entries.get(key)
+    pub fn get(&self, key: &str) -> Option<EntryRef<'_>> {
+        self.entries.get(key.as_bytes()).map(EntryRef::new)
     }
 
     /// The version held for `key` ([`Version::ZERO`] if none).
     pub fn version(&self, key: &str) -> Version {
-        self.entries.get(key).map_or(Version::ZERO, |e| e.version)
+        self.entries
+            .get(key.as_bytes())
+            .map_or(Version::ZERO, Slot::version)
     }
 
     /// Keys with a visible value at `now_ms`, starting with `prefix`, in order, at most `limit`.
     pub fn list(&self, prefix: &str, limit: usize, now_ms: u64) -> Vec<String> {
-        self.entries
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+        self.range(Some(prefix), None)
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter(|(_, e)| e.visible(now_ms).is_some())
             .take(limit)
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k.to_string())
             .collect()
     }
 
@@ -133,13 +150,13 @@ impl StoreMap {
     }
 
     /// Every entry of one bucket.
-    pub fn bucket(&self, b: usize) -> impl Iterator<Item = (&String, &Entry)> {
-        self.entries.iter().filter(move |(k, _)| bucket_of(k) == b)
+    pub fn bucket(&self, b: usize) -> impl Iterator<Item = (&str, EntryRef<'_>)> {
+        self.iter().filter(move |(k, _)| bucket_of(k) == b)
     }
 
     /// All entries in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Entry)> {
-        self.entries.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (&str, EntryRef<'_>)> {
+        self.entries.iter().map(|s| (s.key(), EntryRef::new(s)))
     }
 
     /// Entries with keys in `[from, until)`, in key order (`None`: unbounded on that side).
@@ -147,15 +164,17 @@ impl StoreMap {
         &'a self,
         from: Option<&'a str>,
         until: Option<&'a str>,
-    ) -> impl Iterator<Item = (&'a String, &'a Entry)> {
+    ) -> impl Iterator<Item = (&'a str, EntryRef<'a>)> {
         // A backwards range (only a broken peer sends one) is empty, not a panic.
         let from = match (from, until) {
             (Some(f), Some(u)) if f > u => Some(u),
             _ => from,
         };
-        let lo = from.map_or(Bound::Unbounded, Bound::Included);
-        let hi = until.map_or(Bound::Unbounded, Bound::Excluded);
-        self.entries.range::<str, _>((lo, hi))
+        let lo = from.map_or(Bound::Unbounded, |k| Bound::Included(k.as_bytes()));
+        let hi = until.map_or(Bound::Unbounded, |k| Bound::Excluded(k.as_bytes()));
+        self.entries
+            .range::<[u8], _>((lo, hi))
+            .map(|s| (s.key(), EntryRef::new(s)))
     }
 
     /// Number of entries (deleted and expired ones included).
@@ -172,25 +191,22 @@ impl StoreMap {
     /// returns how many. Collecting sooner could let an older value come back from a replica that
     /// has not seen the delete yet, hence the grace period (docs/guarantees.md).
     pub fn collect(&mut self, now_ms: u64, grace_ms: u64) -> usize {
-        let dead: Vec<String> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| {
-                e.dead_since()
-                    .is_some_and(|d| now_ms >= d.saturating_add(grace_ms))
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &dead {
-            if let Some(e) = self.entries.remove(k) {
-                let (b, l) = slot_of(k);
-                let h = entry_hash(k, &e);
-                self.digest[b] = self.digest[b].wrapping_sub(h);
-                self.leaves[b * LEAVES + l] = self.leaves[b * LEAVES + l].wrapping_sub(h);
-                self.counts[b] -= 1;
+        let before = self.entries.len();
+        let (digest, leaves, counts) = (&mut self.digest, &mut self.leaves, &mut self.counts);
+        self.entries.retain(|s| {
+            let dead = EntryRef::new(s)
+                .dead_since()
+                .is_some_and(|d| now_ms >= d.saturating_add(grace_ms));
+            if dead {
+                let (b, l) = slot_of(s.key());
+                let h = slot_hash(s);
+                digest[b] = digest[b].wrapping_sub(h);
+                leaves[b * LEAVES + l] = leaves[b * LEAVES + l].wrapping_sub(h);
+                counts[b] -= 1;
             }
-        }
-        dead.len()
+            !dead
+        });
+        before - self.entries.len()
     }
 }
 
@@ -245,8 +261,9 @@ mod tests {
         for k in ["a", "b", "c", "d"] {
             m.apply(k, e(1, 1, Some("v")));
         }
-        let keys =
-            |from, until| -> Vec<String> { m.range(from, until).map(|(k, _)| k.clone()).collect() };
+        let keys = |from, until| -> Vec<String> {
+            m.range(from, until).map(|(k, _)| k.to_string()).collect()
+        };
         assert_eq!(keys(Some("b"), Some("d")), ["b", "c"]);
         assert_eq!(keys(None, Some("b")), ["a"]);
         assert_eq!(keys(Some("c"), None), ["c", "d"]);
@@ -264,7 +281,7 @@ mod tests {
         assert!(b.apply("k", e(2, 1, Some("y"))));
         assert!(!b.apply("k", e(1, 1, Some("x"))));
         assert_eq!(a, b);
-        assert_eq!(a.get("k").unwrap().value.as_deref(), Some(&b"y"[..]));
+        assert_eq!(a.get("k").unwrap().value(), Some(&b"y"[..]));
     }
 
     #[test]

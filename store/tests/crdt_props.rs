@@ -42,7 +42,7 @@ fn build(items: &[(String, Entry)]) -> StoreMap {
 fn merge(a: &StoreMap, b: &StoreMap) -> StoreMap {
     let mut m = a.clone();
     for (k, e) in b.iter() {
-        m.apply(k, e.clone());
+        m.apply(k, e.to_entry());
     }
     m
 }

@@ -213,7 +213,7 @@ impl Net {
             .replica()
             .store("default")
             .and_then(|s| s.get(key))
-            .and_then(|e| e.value.clone())
+            .and_then(|e| e.value().map(<[u8]>::to_vec))
     }
 }
 
@@ -372,7 +372,7 @@ fn without_quorum_writes_fail_fast_and_reads_follow_the_setting() {
     cfg.minority_reads = MinorityReads::Stale;
     let mut stale = StoreCore::new(net.ids[1], cfg, 9, net.now, net.wall());
     for (k, e) in net.nodes[1].replica().store("default").unwrap().iter() {
-        stale.replica_mut().apply("default", k, e.clone());
+        stale.replica_mut().apply("default", k, e.to_entry());
     }
     stale.set_view(BTreeMap::new(), false, 1);
     let op = stale.request(net.now, net.wall(), get("k"));
