@@ -229,7 +229,13 @@ fn main() {
             eprint!("\r{ok} keys written in {:.0} s", e.as_secs_f64())
         });
         eprintln!();
-        // Let replication and anti-entropy settle before reading memory.
+        // Memory while writes are still arriving (replication and anti-entropy in flight) ...
+        let busy: Vec<(u64, u64)> = pids
+            .iter()
+            .zip(&cluster.apis)
+            .map(|(p, a)| (rss_kib(*p), held(a)))
+            .collect();
+        // ... and after they settle.
         std::thread::sleep(Duration::from_secs(10));
         let after: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
         println!(
@@ -239,11 +245,16 @@ fn main() {
             r.errors_text()
         );
         for (i, (b, a2)) in before.iter().zip(&after).enumerate() {
-            let new_keys = held(&cluster.apis[i]).saturating_sub(keys_before[i]).max(1);
-            let per_key = (a2.saturating_sub(*b) as f64 * 1024.0) / new_keys as f64;
+            let per_key = |rss: u64, keys: u64| {
+                let n = keys.saturating_sub(keys_before[i]).max(1);
+                (n, rss.saturating_sub(*b) as f64 * 1024.0 / n as f64)
+            };
+            let (n, at_rest) = per_key(*a2, held(&cluster.apis[i]));
+            let (busy_n, busy_per) = per_key(busy[i].0, busy[i].1);
             println!(
-                "memory: agent n{i}: RSS {b} KiB -> {a2} KiB holding {new_keys} more keys: {per_key:.0} bytes per key (100-byte values; {:.0} bytes above the value)",
-                per_key - 100.0
+                "memory: agent n{i}: RSS {b} KiB -> {a2} KiB holding {n} more keys: {at_rest:.0} bytes per key (100-byte values; {:.0} above the value); as the last write was acknowledged: {} KiB holding {busy_n} more, {busy_per:.0} per key",
+                at_rest - 100.0,
+                busy[i].0
             );
         }
     }

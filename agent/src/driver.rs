@@ -185,7 +185,7 @@ pub struct Backup {
 #[derive(Debug, Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Command>,
-    events: broadcast::Sender<Arc<serde_json::Value>>,
+    events: broadcast::Sender<Arc<crate::events::Shared>>,
 }
 
 /// The driver stopped (it is shutting down or crashed).
@@ -270,7 +270,7 @@ impl Handle {
     }
 
     /// Subscribes to events as they happen (each as JSON, with its `seq`).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<serde_json::Value>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<crate::events::Shared>> {
         self.events.subscribe()
     }
 
@@ -308,7 +308,7 @@ pub struct Driver {
     seeds: Vec<String>,
     node_file: NodeFile,
     cmds: mpsc::Receiver<Command>,
-    events: broadcast::Sender<Arc<serde_json::Value>>,
+    events: broadcast::Sender<Arc<crate::events::Shared>>,
     send_errors: u64,
     io: StoreIo,
     /// Key/value requests waiting for their reply.
@@ -744,8 +744,8 @@ impl Driver {
                 Output::Event(ev) => {
                     crate::events::log(&ev);
                     *self.events_by_type.entry(ev.kind.name()).or_default() += 1;
-                    let v = Arc::new(ev.to_json());
-                    self.event_log.push(v.clone(), ev.seq);
+                    let v = crate::events::Shared::new(ev);
+                    self.event_log.push(v.clone());
                     let _ = self.events.send(v);
                 }
                 Output::PersistGeneration(generation) => {

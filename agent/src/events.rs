@@ -4,8 +4,44 @@
 use node::{EventKind, NodeEvent};
 use serde_json::Value;
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tracing::{info, warn};
+
+/// One event as the buffer, the stream's subscribers and the handlers share it. Its JSON is built
+/// the first time someone reads it, not when it happens: a wiped node catching up 300,000 keys
+/// spent 30 % of its driver's time building and dropping `key_changed` JSON nobody read (perf,
+/// docs/benchmarks.md).
+#[derive(Debug)]
+pub struct Shared {
+    /// The event.
+    pub ev: NodeEvent,
+    json: OnceLock<Value>,
+}
+
+impl Shared {
+    /// Shares `ev`.
+    pub fn new(ev: NodeEvent) -> Arc<Shared> {
+        Arc::new(Shared {
+            ev,
+            json: OnceLock::new(),
+        })
+    }
+
+    /// Its sequence number.
+    pub fn seq(&self) -> u64 {
+        self.ev.seq
+    }
+
+    /// Its type, as in the JSON's `type`.
+    pub fn type_name(&self) -> &'static str {
+        self.ev.kind.name()
+    }
+
+    /// The event as JSON ([`NodeEvent::to_json`]), built once.
+    pub fn json(&self) -> &Value {
+        self.json.get_or_init(|| self.ev.to_json())
+    }
+}
 
 /// Events kept for clients that reconnect with `Last-Event-ID`.
 pub const BUFFER: usize = 10_000;
@@ -13,7 +49,7 @@ pub const BUFFER: usize = 10_000;
 /// The bounded buffer of recent events, as JSON.
 #[derive(Debug, Default)]
 pub struct EventLog {
-    recent: VecDeque<Arc<Value>>,
+    recent: VecDeque<Arc<Shared>>,
     /// The sequence number of the newest event (0: none yet).
     pub last_seq: u64,
 }
@@ -22,7 +58,7 @@ pub struct EventLog {
 #[derive(Debug, Clone)]
 pub struct Backlog {
     /// The events after `since` that are still buffered, in order.
-    pub events: Vec<Arc<Value>>,
+    pub events: Vec<Arc<Shared>>,
     /// Events after `since` that are no longer buffered (or were of an earlier run of the
     /// agent): `(first, last)` sequence numbers, if any.
     pub gap: Option<(u64, u64)>,
@@ -32,8 +68,8 @@ pub struct Backlog {
 
 impl EventLog {
     /// Keeps an event.
-    pub fn push(&mut self, v: Arc<Value>, seq: u64) {
-        self.last_seq = seq;
+    pub fn push(&mut self, v: Arc<Shared>) {
+        self.last_seq = v.seq();
         self.recent.push_back(v);
         while self.recent.len() > BUFFER {
             self.recent.pop_front();
@@ -42,18 +78,14 @@ impl EventLog {
 
     /// The events after `since`.
     pub fn since(&self, since: u64) -> Backlog {
-        let oldest = self
-            .recent
-            .front()
-            .and_then(|v| v["seq"].as_u64())
-            .unwrap_or(self.last_seq + 1);
+        let oldest = self.recent.front().map_or(self.last_seq + 1, |v| v.seq());
         // A client ahead of us saw an earlier run of the agent: everything of this run is new.
         let since = if since > self.last_seq { 0 } else { since };
         let gap = (since + 1 < oldest).then(|| (since + 1, oldest - 1));
         let events = self
             .recent
             .iter()
-            .filter(|v| v["seq"].as_u64().is_some_and(|s| s > since))
+            .filter(|v| v.seq() > since)
             .cloned()
             .collect();
         Backlog {
@@ -128,21 +160,25 @@ pub fn log(ev: &NodeEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn ev(seq: u64) -> Arc<Value> {
-        Arc::new(json!({ "seq": seq, "type": "caught_up" }))
+    fn ev(seq: u64) -> Arc<Shared> {
+        Shared::new(NodeEvent {
+            seq,
+            time_ms: 0,
+            kind: node::EventKind::CaughtUp,
+        })
     }
 
     #[test]
     fn a_client_gets_exactly_what_it_missed_or_hears_of_a_gap() {
         let mut log = EventLog::default();
         for s in 1..=BUFFER as u64 + 5 {
-            log.push(ev(s), s);
+            log.push(ev(s));
         }
         let b = log.since(BUFFER as u64);
         assert_eq!(b.events.len(), 5);
-        assert_eq!(b.events[0]["seq"], BUFFER as u64 + 1);
+        assert_eq!(b.events[0].json()["seq"], BUFFER as u64 + 1);
+        assert_eq!(b.events[0].json()["type"], "caught_up");
         assert_eq!(b.gap, None);
         let b = log.since(2);
         assert_eq!(b.gap, Some((3, 5)), "events 3 to 5 fell out of the buffer");

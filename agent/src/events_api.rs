@@ -10,6 +10,7 @@
 
 use crate::api::ApiError;
 use crate::driver::Handle;
+use crate::events::Shared;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -45,10 +46,8 @@ fn seq_param(name: &str, v: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("{name} {v:?} is not an event sequence number")))
 }
 
-fn wanted(filter: &Option<BTreeSet<String>>, v: &Value) -> bool {
-    filter
-        .as_ref()
-        .is_none_or(|f| v["type"].as_str().is_some_and(|t| f.contains(t)))
+fn wanted(filter: &Option<BTreeSet<String>>, v: &Shared) -> bool {
+    filter.as_ref().is_none_or(|f| f.contains(v.type_name()))
 }
 
 fn gap(from: u64, to: u64) -> Value {
@@ -83,23 +82,23 @@ pub async fn events(
             b.events
                 .iter()
                 .filter(|v| wanted(&filter, v))
-                .map(|v| (**v).clone()),
+                .map(|v| v.json().clone()),
         );
         return Ok(Json(json!({ "events": out, "last_seq": b.last_seq })).into_response());
     }
     // Subscribe before reading the backlog, so nothing falls between the two.
     let live = h.subscribe();
     let backlog = backlog(&h, &headers).await?;
-    let keep: Filter = Arc::new(move |v: &Value| wanted(&filter, v));
+    let keep: Filter = Arc::new(move |v: &Shared| wanted(&filter, v));
     Ok(stream(live, backlog, keep).into_response())
 }
 
 /// Which events a stream passes on.
-pub type Filter = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
+pub type Filter = Arc<dyn Fn(&Shared) -> bool + Send + Sync>;
 
 /// The backlog, then live events from `live`, as Server-Sent Events with keep-alives.
 pub fn stream(
-    mut live: tokio::sync::broadcast::Receiver<Arc<Value>>,
+    mut live: tokio::sync::broadcast::Receiver<Arc<Shared>>,
     backlog: crate::events::Backlog,
     keep: Filter,
 ) -> Sse<impl futures_core::Stream<Item = Result<Event, Infallible>> + Send> {
@@ -141,8 +140,8 @@ type Recv = std::pin::Pin<
     Box<
         dyn std::future::Future<
                 Output = (
-                    Result<Arc<Value>, RecvError>,
-                    tokio::sync::broadcast::Receiver<Arc<Value>>,
+                    Result<Arc<Shared>, RecvError>,
+                    tokio::sync::broadcast::Receiver<Arc<Shared>>,
                 ),
             > + Send,
     >,
@@ -154,22 +153,23 @@ fn async_stream(
     filter: Filter,
     first: impl FnOnce() -> Recv + Send + 'static,
 ) -> impl futures_core::Stream<Item = Result<Event, Infallible>> + Send {
+    /// A gap, or an event (its JSON built only if the filter keeps it).
+    enum Item {
+        Gap(Value),
+        Event(Arc<Shared>),
+    }
     struct St {
-        queue: std::collections::VecDeque<Value>,
+        queue: std::collections::VecDeque<Item>,
         last: u64,
         next: Option<Recv>,
         filter: Filter,
     }
     let mut queue = std::collections::VecDeque::new();
     if let Some((from, to)) = backlog.gap {
-        queue.push_back(gap(from, to));
+        queue.push_back(Item::Gap(gap(from, to)));
     }
-    let last = backlog
-        .events
-        .last()
-        .and_then(|v| v["seq"].as_u64())
-        .unwrap_or(backlog.last_seq);
-    queue.extend(backlog.events.iter().map(|v| (**v).clone()));
+    let last = backlog.events.last().map_or(backlog.last_seq, |v| v.seq());
+    queue.extend(backlog.events.iter().cloned().map(Item::Event));
     let st = St {
         queue,
         last,
@@ -178,24 +178,25 @@ fn async_stream(
     };
     futures_util::stream::unfold(st, |mut st| async move {
         loop {
-            if let Some(v) = st.queue.pop_front() {
-                if v["type"] == "gap" || (st.filter)(&v) {
-                    return Some((Ok(sse(&v)), st));
+            match st.queue.pop_front() {
+                Some(Item::Gap(v)) => return Some((Ok(sse(&v)), st)),
+                Some(Item::Event(v)) if (st.filter)(&v) => {
+                    return Some((Ok(sse(v.json())), st));
                 }
-                continue;
+                Some(Item::Event(_)) => continue,
+                None => {}
             }
             let fut = st.next.take()?;
             let (r, mut rx) = fut.await;
             match r {
                 Ok(v) => {
-                    let seq = v["seq"].as_u64().unwrap_or(0);
-                    if seq > st.last {
-                        st.last = seq;
-                        st.queue.push_back((*v).clone());
+                    if v.seq() > st.last {
+                        st.last = v.seq();
+                        st.queue.push_back(Item::Event(v));
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
-                    st.queue.push_back(gap(st.last + 1, st.last + n));
+                    st.queue.push_back(Item::Gap(gap(st.last + 1, st.last + n)));
                     st.last += n;
                 }
                 Err(RecvError::Closed) => return None,

@@ -13,11 +13,12 @@
 
 use crate::api::ApiError;
 use crate::driver::Handle;
+use crate::events::Shared;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use node::EventKind;
 use rand::TryRng;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,8 +103,8 @@ pub async fn blocking_get(
     }
 }
 
-fn is_change_of(v: &Value, store: &str, key: &str) -> bool {
-    v["type"] == "key_changed" && v["store"] == store && v["key"] == key
+fn is_change_of(v: &Shared, store: &str, key: &str) -> bool {
+    matches!(&v.ev.kind, EventKind::KeyChanged { store: s, key: k, .. } if s == store && k == key)
 }
 
 /// `GET /v1/watch/{store}?prefix=P`.
@@ -117,10 +118,9 @@ pub async fn watch(
     let prefix = q.get("prefix").cloned().unwrap_or_default();
     let live = h.subscribe();
     let backlog = crate::events_api::backlog(&h, &headers).await?;
-    let keep: crate::events_api::Filter = Arc::new(move |v: &Value| {
-        v["type"] == "key_changed"
-            && v["store"] == store.as_str()
-            && v["key"].as_str().is_some_and(|k| k.starts_with(&prefix))
+    let keep: crate::events_api::Filter = Arc::new(move |v: &Shared| {
+        matches!(&v.ev.kind, EventKind::KeyChanged { store: s, key, .. }
+            if *s == store && key.starts_with(&prefix))
     });
     Ok(crate::events_api::stream(live, backlog, keep).into_response())
 }

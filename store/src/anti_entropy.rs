@@ -13,7 +13,7 @@ use crate::catch_up::key_hash;
 use crate::core::StoreCore;
 use crate::entry::{Entry, Version};
 use crate::limits::check_store_name;
-use crate::msg::{PUSH_EMPTY, StoreMsg};
+use crate::msg::{PUSH_EMPTY, PUSH_PARTS, StoreMsg};
 use crate::replica::{BUCKETS, LEAVES, bucket_of, slot_of};
 use membership::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
@@ -109,15 +109,21 @@ impl StoreCore {
 
     /// Answers a digest with our versions of the buckets that differ (or, for buckets the peer
     /// holds nothing of, the entries themselves); returns how many `(key, version)` pairs and
-    /// pushed entries went out, and whether every bucket of every store was equal.
+    /// pushed entries went out, whether every bucket of every store was equal, and whether some
+    /// empty buckets were left for another round (only when the round carries [`PUSH_PARTS`]).
     pub(crate) fn on_digest(
         &mut self,
         from: NodeId,
         theirs: Vec<(String, Vec<u64>)>,
         round: u64,
-    ) -> (u64, bool) {
+    ) -> (u64, bool, bool) {
         let mut sent = 0;
         let mut equal = true;
+        let mut partial = false;
+        let mut pushed_any = false;
+        // Bytes of entries this answer may still push, when the round takes pushes in parts.
+        let mut budget = (round != 0 && round & PUSH_PARTS != 0)
+            .then_some(self.cfg.sync_push_budget_bytes as u64);
         let theirs: BTreeMap<String, Vec<u64>> = theirs.into_iter().collect();
         let mut names: BTreeSet<String> = self.replica.store_names().cloned().collect();
         names.extend(
@@ -153,8 +159,26 @@ impl StoreCore {
             } else {
                 (vec![], differ)
             };
-            if !empty.is_empty() {
-                sent += self.push_buckets(from, &name, &empty.into_iter().collect(), round);
+            let mut push: BTreeSet<usize> = empty.into_iter().collect();
+            if let (Some(left), Some(s)) = (budget.as_mut(), self.replica.store(&name)) {
+                // Whole buckets, in order, while the budget lasts (and at least one per answer,
+                // so that a huge bucket still goes); the rest wait for the next round.
+                let mut kept = BTreeSet::new();
+                for b in push {
+                    let size = s.bucket_bytes(b);
+                    if size > *left && (pushed_any || !kept.is_empty()) {
+                        partial = true;
+                        *left = 0;
+                        continue;
+                    }
+                    *left = left.saturating_sub(size);
+                    kept.insert(b);
+                }
+                push = kept;
+            }
+            if !push.is_empty() {
+                pushed_any = true;
+                sent += self.push_buckets(from, &name, &push, round);
             }
             if differ.is_empty() {
                 continue;
@@ -208,7 +232,7 @@ impl StoreCore {
                 self.outbox.push_back((from, msg));
             }
         }
-        (sent, equal)
+        (sent, equal, partial)
     }
 
     /// Our `(key, version)` of every key of `store` that `cover` covers, in key order.

@@ -7,7 +7,7 @@ use crate::core::StoreCore;
 use crate::entry::Version;
 use crate::fault::Fault;
 use crate::log_gate::Held;
-use crate::msg::StoreMsg;
+use crate::msg::{PARTIAL, PUSH_EMPTY, PUSH_PARTS, StoreMsg};
 use membership::NodeId;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,6 +40,8 @@ pub(crate) struct SyncRound {
     pub(crate) id: u64,
     /// The peer has answered the digest; the barrier behind our fetches is out.
     pub(crate) fetching: bool,
+    /// The peer pushed only part of what we lack ([`PARTIAL`]): the next round is with it again.
+    pub(crate) partial: bool,
     /// `(key, version)` pairs received in this round's versions.
     pub(crate) versions_seen: u64,
     /// Entries fetched and not yet held at the version the peer listed, by a hash of store and
@@ -61,7 +63,8 @@ pub struct CatchUpStatus {
     pub votes: u32,
     /// Votes needed: a quorum, so that every acknowledged write is among them.
     pub needed_votes: u32,
-    /// Sync rounds begun so far (more than the peers needed means rounds were cut short).
+    /// Sync rounds begun so far: one per peer, plus one per further part of a push that came in
+    /// parts; beyond that, rounds that were cut short.
     pub rounds: u64,
 }
 
@@ -151,12 +154,21 @@ impl StoreCore {
             .filter(|p| !c.synced.contains(p))
             .min_by_key(|p| (c.tried.get(p).copied(), **p))
             .copied();
+        if let Some(c) = self.catch_up.as_mut() {
+            c.round = None;
+        }
+        if let Some(peer) = next {
+            self.begin_round(peer);
+        }
+    }
+
+    /// Begins a catch-up round with `peer`.
+    fn begin_round(&mut self, peer: NodeId) {
+        let now = self.now;
         let Some(c) = self.catch_up.as_mut() else {
             return;
         };
-        c.round = None;
-        let Some(peer) = next else { return };
-        let id = c.next_round | crate::msg::PUSH_EMPTY;
+        let id = c.next_round | PUSH_EMPTY | PUSH_PARTS;
         c.next_round += 1;
         c.rounds_started += 1;
         c.tried.insert(peer, now);
@@ -165,6 +177,7 @@ impl StoreCore {
             peer,
             id,
             fetching: false,
+            partial: false,
             versions_seen: 0,
             pending: BTreeMap::new(),
             heard: now,
@@ -175,6 +188,8 @@ impl StoreCore {
     /// A [`StoreMsg::SyncMark`] from `from` for our round `round`.
     pub(crate) fn on_sync_mark(&mut self, from: NodeId, round: u64, lost: bool, versions: u64) {
         let now = self.now;
+        let partial = round & PARTIAL != 0;
+        let round = round & !PARTIAL;
         let Some(c) = self.catch_up.as_mut() else {
             return;
         };
@@ -193,11 +208,13 @@ impl StoreCore {
             }
             // The versions are in and our fetches are out; a barrier follows them.
             r.fetching = true;
+            r.partial = partial;
             self.outbox
                 .push_back((from, StoreMsg::SyncBarrier { round }));
             return;
         }
         let complete = r.pending.is_empty();
+        let partial = r.partial;
         c.round = None;
         if !complete {
             self.advance_catch_up(); // fetched entries were lost
@@ -205,6 +222,11 @@ impl StoreCore {
         }
         if lost {
             // Its replica may lack what it acknowledged; another peer (or it, later) next tick.
+            return;
+        }
+        if partial {
+            // Everything it sent arrived, but it holds more: the next part, from it again.
+            self.begin_round(from);
             return;
         }
         c.synced.insert(from);

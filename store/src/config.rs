@@ -68,6 +68,10 @@ pub struct StoreConfig {
     pub sync_chunk_bytes: usize,
     /// Most `(key, version)` pairs in one anti-entropy message.
     pub sync_versions_per_message: usize,
+    /// Most bytes of entries pushed in one answer to a catch-up digest that takes pushes in
+    /// parts ([`PUSH_PARTS`](crate::msg::PUSH_PARTS)); at least one bucket goes. Below what the
+    /// transport queues for one peer, or the rest of a push is dropped.
+    pub sync_push_budget_bytes: usize,
     /// Reads on a node without quorum.
     pub minority_reads: MinorityReads,
     /// The stores that exist, by name.
@@ -101,6 +105,7 @@ impl StoreConfig {
             anti_entropy_quiet_every: Duration::from_secs(60),
             sync_chunk_bytes: 256 * 1024,
             sync_versions_per_message: 8192,
+            sync_push_budget_bytes: 16 << 20,
             minority_reads: MinorityReads::Refuse,
             stores,
             durable: false,

@@ -18,7 +18,7 @@ use crate::fault::Fault;
 use crate::hlc::Hlc;
 use crate::limits::{StoreError, check_key, check_store_name};
 use crate::log_gate::{Held, LogState};
-use crate::msg::StoreMsg;
+use crate::msg::{PARTIAL, StoreMsg};
 use crate::replica::Replica;
 use crate::request::{OpId, Reply};
 use membership::NodeId;
@@ -272,7 +272,7 @@ impl StoreCore {
                 if round == 0 && self.catch_up.is_some() {
                     return;
                 }
-                let (versions, equal) = self.on_digest(from, stores, round);
+                let (versions, equal, partial) = self.on_digest(from, stores, round);
                 // Also in a catch-up round: a node that started sees its peers in sync in its
                 // first round, rather than one 5 s round at a time afterwards.
                 if equal {
@@ -284,7 +284,7 @@ impl StoreCore {
                 if round != 0 {
                     let lost = self.catch_up.as_ref().is_some_and(|c| c.lost);
                     let mark = StoreMsg::SyncMark {
-                        round,
+                        round: if partial { round | PARTIAL } else { round },
                         lost,
                         versions,
                     };

@@ -149,7 +149,7 @@ impl StoreCore {
 
     /// Applies `entry` and, with a log, hands the change to it; true when the replica changed.
     pub(crate) fn apply_logged(&mut self, store: &str, key: &str, entry: Entry) -> bool {
-        if !self.replica.apply(store, key, entry.clone()) {
+        if !self.replica.apply_ref(store, key, &entry) {
             return false;
         }
         if self.cfg.durable {

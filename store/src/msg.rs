@@ -10,6 +10,19 @@ use serde::{Deserialize, Serialize};
 /// their versions. Older builds echo the id without looking inside, and never set it.
 pub const PUSH_EMPTY: u64 = 1 << 63;
 
+/// Set in a catch-up round's id by builds that take a push in parts: the answering peer may push
+/// the buckets the digest shows empty only up to
+/// [`sync_push_budget_bytes`](crate::StoreConfig::sync_push_budget_bytes), and then sets
+/// [`PARTIAL`] in its [`StoreMsg::SyncMark`]'s round; the node does not count that peer synced
+/// but begins another round with it, whose digest shows the buckets it now holds. Why: a peer's
+/// transport queues at most 32 MiB for a node, and a wiped node's 300,000 keys pushed at once
+/// overflowed it; the dropped part cost a whole second round listing every key (docs/benchmarks.md).
+pub const PUSH_PARTS: u64 = 1 << 62;
+
+/// Set in the round of a [`StoreMsg::SyncMark`] that answers a digest with only part of the
+/// empty buckets pushed (see [`PUSH_PARTS`]).
+pub const PARTIAL: u64 = 1 << 61;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreMsg {
     /// Phase one of a write, or a quorum read: "what do you hold for this key?"

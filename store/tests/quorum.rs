@@ -29,6 +29,11 @@ struct Net {
 
 impl Net {
     fn new(n: usize) -> Net {
+        Net::with(n, |_| {})
+    }
+
+    /// `n` nodes whose configuration `tune` changes.
+    fn with(n: usize, tune: impl Fn(&mut StoreConfig)) -> Net {
         let ids: Vec<NodeId> = (0..n).map(|i| NodeId(100 + i as u64)).collect();
         let required = n as u32 / 2 + 1;
         let nodes = ids
@@ -43,6 +48,7 @@ impl Net {
                         fsync: store::Fsync::Always,
                     },
                 );
+                tune(&mut cfg);
                 StoreCore::new(*id, cfg, i as u64, Duration::ZERO, WALL0)
             })
             .collect();
@@ -710,6 +716,77 @@ fn a_wiped_node_is_pushed_its_entries_without_versions_listed() {
         "{} entries pushed",
         sent - sent_before
     );
+}
+
+/// A peer pushes a wiped node the buckets it lacks in parts of at most its push budget (a
+/// transport queues only so much for one peer, and drops the rest), and the node counts the peer
+/// synced only once the last part is in: it catches up holding everything, with nothing listed
+/// and every entry sent once. Fails if a partial answer counts as a sync (the node clears with
+/// buckets missing) or if the whole push goes at once.
+#[test]
+fn a_push_over_the_budget_comes_in_parts_and_a_peer_counts_only_when_whole() {
+    const BUDGET: usize = 40_000;
+    let mut net = Net::with(3, |c| c.sync_push_budget_bytes = BUDGET);
+    for chunk in (0..3_000).collect::<Vec<_>>().chunks(20) {
+        for k in chunk {
+            net.request(k % 3, put(&format!("k{k}"), "v"));
+        }
+        net.run_for(MS);
+    }
+    net.run_for(Duration::from_secs(1));
+    net.restart(2, true, None);
+    let before = comparison_work(&net);
+    let sent_before: u64 = net.nodes.iter().map(|n| n.sync_stats().entries_sent).sum();
+    let largest_bucket = (0..store::replica::BUCKETS)
+        .map(|b| {
+            net.nodes[0]
+                .replica()
+                .store("default")
+                .unwrap()
+                .bucket_bytes(b)
+        })
+        .max()
+        .unwrap();
+    net.view_of_reachable(2);
+    let mut most_in_flight = 0u64;
+    for _ in 0..10_000 {
+        if net.nodes[2].catching_up().is_none() {
+            break;
+        }
+        let in_flight: u64 = net
+            .queue
+            .values()
+            .filter(|(_, to, _)| *to == 2)
+            .map(|(_, _, m)| match m {
+                StoreMsg::RoundEntries { entries, .. } => entries
+                    .iter()
+                    .map(|(k, e)| {
+                        store::replica::wire_size(k.len(), e.value.as_ref().map_or(0, Vec::len))
+                    })
+                    .sum(),
+                _ => 0,
+            })
+            .sum();
+        most_in_flight = most_in_flight.max(in_flight);
+        net.run_for(MS);
+    }
+    assert_eq!(net.nodes[2].catching_up(), None, "caught up");
+    assert!(
+        net.nodes[2].replica() == net.nodes[0].replica(),
+        "holds every entry when it clears"
+    );
+    let rounds = net.nodes[2].sync_stats().rounds;
+    println!(
+        "{rounds} rounds, at most {most_in_flight} bytes pushed at once (budget {BUDGET}, largest bucket {largest_bucket})"
+    );
+    assert!(rounds >= 5, "{rounds} rounds: the push came in parts");
+    assert!(
+        most_in_flight <= BUDGET as u64 + largest_bucket,
+        "{most_in_flight} bytes pushed at once (budget {BUDGET})"
+    );
+    assert_eq!(comparison_work(&net).0 - before.0, 0, "nothing listed");
+    let sent: u64 = net.nodes.iter().map(|n| n.sync_stats().entries_sent).sum();
+    assert_eq!(sent - sent_before, 3_000, "every entry sent once");
 }
 
 /// Tells node `i` that its membership holds `failed` failed (one vote each).

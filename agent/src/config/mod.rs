@@ -324,6 +324,9 @@ impl Config {
         c.datacenters = self.quorum.datacenter_votes().cloned();
         c.my_datacenter = self.datacenter.clone();
         c.round_timeout = self.round_timeout;
+        // Half of what the transport queues for one peer: a catch-up push in parts must fit
+        // beside the peer's other traffic, or its tail is dropped.
+        c.sync_push_budget_bytes = crate::transport::MAX_QUEUED_BYTES / 2;
         // A lost request is asked again after about ten LAN round trips under load; over WAN
         // links a round trip alone can take 100-300 ms.
         c.round_retry = match self.profile {
