@@ -681,11 +681,9 @@ fn a_catch_up_round_that_loses_versions_does_not_count() {
     catch_up_losing(true, |m| matches!(m, StoreMsg::Versions { .. }));
 }
 
-/// Issue 15: a wiped node's peers push it the entries of the buckets it holds nothing of at once;
-/// no `(key, version)` list goes out for it to fetch every key back.
-#[test]
-fn a_wiped_node_is_pushed_its_entries_without_versions_listed() {
-    let mut net = Net::new(3);
+/// Writes 3,000 keys through the three nodes, wipes node 2 and restarts it; returns the
+/// comparison work and entries sent so far, to count from.
+fn wipe_after_3000_writes(net: &mut Net) -> ((u64, u64), u64) {
     for chunk in (0..3_000).collect::<Vec<_>>().chunks(20) {
         for k in chunk {
             net.request(k % 3, put(&format!("k{k}"), "v"));
@@ -694,8 +692,16 @@ fn a_wiped_node_is_pushed_its_entries_without_versions_listed() {
     }
     net.run_for(Duration::from_secs(1));
     net.restart(2, true, None);
-    let before = comparison_work(&net);
-    let sent_before: u64 = net.nodes.iter().map(|n| n.sync_stats().entries_sent).sum();
+    let sent: u64 = net.nodes.iter().map(|n| n.sync_stats().entries_sent).sum();
+    (comparison_work(net), sent)
+}
+
+/// Issue 15: a wiped node's peers push it the entries of the buckets it holds nothing of at once;
+/// no `(key, version)` list goes out for it to fetch every key back.
+#[test]
+fn a_wiped_node_is_pushed_its_entries_without_versions_listed() {
+    let mut net = Net::new(3);
+    let (before, sent_before) = wipe_after_3000_writes(&mut net);
     net.view_of_reachable(2);
     for _ in 0..10_000 {
         if net.nodes[2].catching_up().is_none() {
@@ -727,16 +733,7 @@ fn a_wiped_node_is_pushed_its_entries_without_versions_listed() {
 fn a_push_over_the_budget_comes_in_parts_and_a_peer_counts_only_when_whole() {
     const BUDGET: usize = 40_000;
     let mut net = Net::with(3, |c| c.sync_push_budget_bytes = BUDGET);
-    for chunk in (0..3_000).collect::<Vec<_>>().chunks(20) {
-        for k in chunk {
-            net.request(k % 3, put(&format!("k{k}"), "v"));
-        }
-        net.run_for(MS);
-    }
-    net.run_for(Duration::from_secs(1));
-    net.restart(2, true, None);
-    let before = comparison_work(&net);
-    let sent_before: u64 = net.nodes.iter().map(|n| n.sync_stats().entries_sent).sum();
+    let (before, sent_before) = wipe_after_3000_writes(&mut net);
     let largest_bucket = (0..store::replica::BUCKETS)
         .map(|b| {
             net.nodes[0]
