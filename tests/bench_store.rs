@@ -95,6 +95,15 @@ fn main() {
         store: "default".into(),
         keys: 1000,
     };
+    // Puts of `total` distinct keys, spread over `clients`, each key once, however long it takes.
+    let fill = |consistency: &str, clients: usize, total: u64| {
+        let per = total.div_ceil(clients as u64);
+        let mut s = spec("put", consistency, clients);
+        s.duration = Duration::from_secs(3600);
+        s.max_ops_per_client = per;
+        s.keys = per;
+        s
+    };
     println!(
         "N = {} agents on loopback, 100-byte values, {} s per line, one 2-core machine",
         a.nodes, a.secs
@@ -126,11 +135,7 @@ fn main() {
         let last = a.nodes - 1;
         let clients = 32usize;
         if a.preload_keys > 0 {
-            let per = a.preload_keys.div_ceil(clients as u64);
-            let mut s = spec("put", "quorum", clients);
-            s.duration = Duration::from_secs(3600);
-            s.max_ops_per_client = per;
-            s.keys = per;
+            let s = fill("quorum", clients, a.preload_keys);
             let r = run(&s, &|ok, e| {
                 eprint!("\r{ok} keys preloaded in {:.0} s", e.as_secs_f64())
             });
@@ -142,12 +147,8 @@ fn main() {
             );
         }
         cluster.kill(last);
-        let per = a.converge_keys.div_ceil(clients as u64);
-        let mut s = spec("put", "quorum", clients);
+        let mut s = fill("quorum", clients, a.converge_keys);
         s.apis.truncate(last);
-        s.duration = Duration::from_secs(3600);
-        s.max_ops_per_client = per;
-        s.keys = per;
         let r = run(&s, &|ok, e| {
             eprint!("\r{ok} keys written in {:.0} s", e.as_secs_f64())
         });
@@ -218,12 +219,7 @@ fn main() {
         };
         let keys_before: Vec<u64> = cluster.apis.iter().map(|a| held(a)).collect();
         let before: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
-        let clients = 32usize;
-        let per = a.memory_keys.div_ceil(clients as u64);
-        let mut s = spec("put", "local", clients);
-        s.duration = Duration::from_secs(3600);
-        s.max_ops_per_client = per;
-        s.keys = per;
+        let s = fill("local", 32, a.memory_keys);
         let t = Instant::now();
         let r = run(&s, &|ok, e| {
             eprint!("\r{ok} keys written in {:.0} s", e.as_secs_f64())

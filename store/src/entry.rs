@@ -79,10 +79,7 @@ pub struct Entry {
 impl Entry {
     /// The value, unless deleted or expired at `now_ms`.
     pub fn visible(&self, now_ms: u64) -> Option<&[u8]> {
-        if self.expires_at.is_some_and(|e| now_ms >= e) {
-            return None;
-        }
-        self.value.as_deref()
+        visible(self.value.as_deref(), self.expires_at, now_ms)
     }
 
     /// The join of two replicas of the same key.
@@ -93,11 +90,24 @@ impl Entry {
     /// The wall-clock millisecond from which this entry no longer shows a value (a tombstone
     /// from its write, an expiring entry from its expiry); `None` while it is a live value.
     pub fn dead_since(&self) -> Option<u64> {
-        match (&self.value, self.expires_at) {
-            (None, _) => Some(Hlc::millis(self.version.ts)),
-            (Some(_), Some(e)) => Some(e),
-            (Some(_), None) => None,
-        }
+        dead_since(self.version, self.value.is_none(), self.expires_at)
+    }
+}
+
+/// The rule of [`Entry::visible`], for an entry held in any layout.
+pub(crate) fn visible(value: Option<&[u8]>, expires_at: Option<u64>, now_ms: u64) -> Option<&[u8]> {
+    if expires_at.is_some_and(|e| now_ms >= e) {
+        return None;
+    }
+    value
+}
+
+/// The rule of [`Entry::dead_since`], for an entry held in any layout.
+pub(crate) fn dead_since(version: Version, deleted: bool, expires_at: Option<u64>) -> Option<u64> {
+    if deleted {
+        Some(Hlc::millis(version.ts))
+    } else {
+        expires_at
     }
 }
 

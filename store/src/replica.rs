@@ -34,9 +34,9 @@ pub fn slot_of(key: &str) -> (usize, usize) {
     )
 }
 
-fn entry_hash(key: &str, version: Version, deleted: bool) -> u64 {
+fn entry_hash(key: &[u8], version: Version, deleted: bool) -> u64 {
     fnv1a64(&[
-        key.as_bytes(),
+        key,
         &version.ts.to_be_bytes(),
         &version.node.0.to_be_bytes(),
         &[u8::from(deleted)],
@@ -44,7 +44,7 @@ fn entry_hash(key: &str, version: Version, deleted: bool) -> u64 {
 }
 
 fn slot_hash(s: &Slot) -> u64 {
-    entry_hash(s.key(), s.version(), s.deleted())
+    entry_hash(s.key_bytes(), s.version(), s.deleted())
 }
 
 /// One store's entries and digest.
@@ -70,7 +70,7 @@ pub fn wire_size(key_len: usize, value_len: usize) -> u64 {
 }
 
 fn slot_size(s: &Slot) -> u64 {
-    wire_size(s.key().len(), s.value().map_or(0, <[u8]>::len))
+    wire_size(s.key_len(), s.value().map_or(0, <[u8]>::len))
 }
 
 impl Default for StoreMap {
@@ -114,7 +114,7 @@ impl StoreMap {
     /// puts the old slot back.
     pub fn apply_ref(&mut self, key: &str, entry: &Entry) -> bool {
         let (b, l) = slot_of(key);
-        let new = entry_hash(key, entry.version, entry.value.is_none());
+        let new = entry_hash(key.as_bytes(), entry.version, entry.value.is_none());
         let size = wire_size(key.len(), entry.value.as_ref().map_or(0, Vec::len));
         let change = match self.entries.replace(Slot::new(key, entry)) {
             Some(old) if old.version() >= entry.version => {

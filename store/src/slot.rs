@@ -60,11 +60,11 @@ impl Slot {
         FIXED + if self.flags() & EXPIRES != 0 { 8 } else { 0 }
     }
 
-    fn key_len(&self) -> usize {
+    pub(crate) fn key_len(&self) -> usize {
         u16::from_le_bytes([self.0[1], self.0[2]]) as usize
     }
 
-    fn key_bytes(&self) -> &[u8] {
+    pub(crate) fn key_bytes(&self) -> &[u8] {
         let s = self.key_start();
         &self.0[s..s + self.key_len()]
     }
@@ -173,19 +173,13 @@ impl<'a> EntryRef<'a> {
 
     /// The value, unless deleted or expired at `now_ms` (as [`Entry::visible`]).
     pub fn visible(&self, now_ms: u64) -> Option<&'a [u8]> {
-        if self.expires_at().is_some_and(|e| now_ms >= e) {
-            return None;
-        }
-        self.value()
+        crate::entry::visible(self.value(), self.expires_at(), now_ms)
     }
 
     /// The wall-clock millisecond from which this entry no longer shows a value (as
     /// [`Entry::dead_since`]).
     pub fn dead_since(&self) -> Option<u64> {
-        match (self.deleted(), self.expires_at()) {
-            (true, _) => Some(crate::hlc::Hlc::millis(self.version().ts)),
-            (false, e) => e,
-        }
+        crate::entry::dead_since(self.version(), self.deleted(), self.expires_at())
     }
 
     /// An owned copy, for messages, log records and replies.

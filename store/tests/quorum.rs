@@ -786,6 +786,48 @@ fn a_push_over_the_budget_comes_in_parts_and_a_peer_counts_only_when_whole() {
     assert_eq!(sent - sent_before, 3_000, "every entry sent once");
 }
 
+/// A digest from a build that does not take pushes in parts (no `PUSH_PARTS` in its round) is
+/// answered with every entry it lacks at once, whatever the budget, and a mark without `PARTIAL`:
+/// such a node would never ask for the rest. One that does is pushed a part and told so.
+#[test]
+fn a_push_goes_in_parts_only_to_a_node_that_asks_for_them() {
+    use store::msg::{PARTIAL, PUSH_EMPTY, PUSH_PARTS};
+    let mut net = Net::with(3, |c| c.sync_push_budget_bytes = 40_000);
+    wipe_after_3000_writes(&mut net);
+    let (wiped, now, wall) = (net.ids[2], net.now, net.wall());
+    let mut answer = |round: u64| {
+        let digest = StoreMsg::Digest {
+            stores: vec![],
+            round,
+        };
+        net.nodes[0].handle_message(now, wall, wiped, digest);
+        let (mut pushed, mut mark) = (0, None);
+        while let Some((to, m)) = net.nodes[0].poll_send() {
+            match m {
+                StoreMsg::RoundEntries { entries, .. } if to == wiped => pushed += entries.len(),
+                StoreMsg::SyncMark {
+                    round, versions, ..
+                } if to == wiped => mark = Some((round, versions)),
+                _ => {}
+            }
+        }
+        (
+            pushed,
+            mark.expect("a catch-up digest is answered with a mark"),
+        )
+    };
+    let old = 1 | PUSH_EMPTY;
+    assert_eq!(
+        answer(old),
+        (3_000, (old, 3_000)),
+        "an older build gets it all"
+    );
+    let new = 2 | PUSH_EMPTY | PUSH_PARTS;
+    let (pushed, (round, versions)) = answer(new);
+    assert!(pushed < 3_000, "{pushed} pushed: a part");
+    assert_eq!((round, versions), (new | PARTIAL, pushed as u64));
+}
+
 /// Tells node `i` that its membership holds `failed` failed (one vote each).
 fn hold_failed(net: &mut Net, i: usize, failed: &[usize]) {
     let f: BTreeMap<NodeId, u32> = failed.iter().map(|j| (net.ids[*j], 1)).collect();
