@@ -1,7 +1,8 @@
 //! Store benchmark on real agents (not a test: it measures).
 //!
 //! `cargo bench -p chorus-agent --bench store -- [--nodes N] [--secs S] [--memory-keys K]
-//! [--converge-keys K [--keep-store] [--preload-keys P]] [--fsync always|never|100ms]`
+//! [--converge-keys K [--keep-store] [--preload-keys P] [--repeat R [--other-bin PATH]]]
+//! [--fsync always|never|100ms]`
 //!
 //! Starts N agents on loopback (LAN profile, seeds), then runs the load generator (`chorus bench`'s
 //! engine, in this process) against them: quorum writes, quorum reads and local writes of 100-byte
@@ -10,7 +11,10 @@
 //! `--converge-keys K` one node is stopped while K keys are written at quorum, then started again
 //! with its store wiped (a replaced disk), or with `--keep-store` from its own log (a node that
 //! missed K writes); `--preload-keys P` first writes P keys with every node up (the same names as
-//! the first of the K, which then overwrite them).
+//! the first of the K, which then overwrite them). `--repeat R` stops and restarts the node R
+//! times on the same data (wiped each time, or with `--keep-store` having missed nothing after the
+//! first); `--other-bin PATH` runs every agent on that binary in every second repeat, to compare
+//! two builds on one data set and one machine state.
 
 use agent::loadgen::{LoadSpec, run};
 #[path = "support/loopback.rs"]
@@ -26,6 +30,8 @@ struct Args {
     converge_keys: u64,
     keep_store: bool,
     preload_keys: u64,
+    repeat: u64,
+    other_bin: Option<std::path::PathBuf>,
     fsync: String,
 }
 
@@ -37,6 +43,8 @@ fn args() -> Args {
         converge_keys: 0,
         keep_store: false,
         preload_keys: 0,
+        repeat: 1,
+        other_bin: None,
         fsync: "always".into(),
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
@@ -53,6 +61,10 @@ fn args() -> Args {
             "--memory-keys" => a.memory_keys = num(),
             "--converge-keys" => a.converge_keys = num(),
             "--preload-keys" => a.preload_keys = num(),
+            "--repeat" => a.repeat = num(),
+            "--other-bin" => {
+                a.other_bin = Some(v.get(i + 1).expect("--other-bin needs a path").into())
+            }
             "--keep-store" => {
                 a.keep_store = true;
                 i += 1;
@@ -167,46 +179,82 @@ fn main() {
         let target = digest(&cluster.apis[0]);
         // Wipe its store (the log), keeping node.json: a replaced disk, not a new node.
         let data_dir = std::path::PathBuf::from(cluster.commands[last].last().expect("data dir"));
-        if !a.keep_store {
-            std::fs::remove_dir_all(data_dir.join("store")).expect("wipe the store log");
-        }
-        let t = Instant::now();
-        cluster.restart(last);
-        let deadline = t + Duration::from_secs(600);
-        let (mut equal, mut current, mut rounds) = (None, None, 0);
-        while equal.is_none() || current.is_none() {
-            let all: Vec<Option<String>> = cluster.apis.iter().map(|x| digest(x)).collect();
-            if equal.is_none()
-                && all.iter().all(|d| d.is_some() && *d == all[0])
-                && all[0] == target
-            {
-                equal = Some(t.elapsed());
-            }
-            if current.is_none()
-                && let Some(s) = status(&cluster.apis[last])
-            {
-                if s["catching_up"] == false {
-                    current = Some(t.elapsed());
-                } else {
-                    rounds = s["catch_up"]["rounds"].as_u64().unwrap_or(0);
+        let built = cluster.bin.clone();
+        for rep in 0..a.repeat.max(1) {
+            if rep > 0 {
+                // Again from the same data: the node is stopped and (unless `--keep-store`, when
+                // it then missed nothing) wiped; with `--other-bin` every second repeat runs all
+                // agents on that binary, so that two builds are compared on one data set.
+                cluster.kill(last);
+                if let Some(other) = &a.other_bin {
+                    let bin = if rep % 2 == 1 {
+                        other.clone()
+                    } else {
+                        built.clone()
+                    };
+                    if bin != cluster.bin {
+                        cluster.bin = bin;
+                        for i in 0..last {
+                            cluster.kill(i);
+                            cluster.restart(i);
+                        }
+                        let deadline = Instant::now() + Duration::from_secs(300);
+                        while !(0..last).all(|i| {
+                            status(&cluster.apis[i]).is_some_and(|s| s["catching_up"] == false)
+                                && digest(&cluster.apis[i]) == target
+                        }) {
+                            assert!(Instant::now() < deadline, "peers not back within 300 s");
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    }
                 }
             }
-            assert!(Instant::now() < deadline, "no convergence within 600 s");
-            std::thread::sleep(Duration::from_millis(20));
+            if !a.keep_store {
+                std::fs::remove_dir_all(data_dir.join("store")).expect("wipe the store log");
+            }
+            let t = Instant::now();
+            cluster.restart(last);
+            let deadline = t + Duration::from_secs(600);
+            let (mut equal, mut current, mut rounds) = (None, None, 0);
+            while equal.is_none() || current.is_none() {
+                let all: Vec<Option<String>> = cluster.apis.iter().map(|x| digest(x)).collect();
+                if equal.is_none()
+                    && all.iter().all(|d| d.is_some() && *d == all[0])
+                    && all[0] == target
+                {
+                    equal = Some(t.elapsed());
+                }
+                if current.is_none()
+                    && let Some(s) = status(&cluster.apis[last])
+                {
+                    if s["catching_up"] == false {
+                        current = Some(t.elapsed());
+                    } else {
+                        rounds = s["catch_up"]["rounds"].as_u64().unwrap_or(0);
+                    }
+                }
+                assert!(Instant::now() < deadline, "no convergence within 600 s");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let secs = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
+            println!(
+                "convergence{}: {} keys written at quorum while n{last} was away ({}); n{last} came back {}: every replica's digest was equal {:.2} s after its restart, and it reported catching_up false after {:.2} s ({rounds} sync rounds)",
+                if a.repeat > 1 {
+                    format!(" [run {} on {}]", rep + 1, cluster.bin.display())
+                } else {
+                    String::new()
+                },
+                r.ok,
+                r.errors_text(),
+                match (a.keep_store, rep) {
+                    (false, _) => "with its store wiped",
+                    (true, 0) => "with its own log",
+                    (true, _) => "with its own log, having missed nothing",
+                },
+                secs(equal),
+                secs(current),
+            );
         }
-        let secs = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
-        println!(
-            "convergence: {} keys written at quorum while n{last} was away ({}); n{last} came back {}: every replica's digest was equal {:.2} s after its restart, and it reported catching_up false after {:.2} s ({rounds} sync rounds)",
-            r.ok,
-            r.errors_text(),
-            if a.keep_store {
-                "with its own log"
-            } else {
-                "with its store wiped"
-            },
-            secs(equal),
-            secs(current),
-        );
     }
     if a.memory_keys > 0 {
         let pids: Vec<u32> = cluster.children.iter().map(|c| c.id()).collect();

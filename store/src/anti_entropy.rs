@@ -14,30 +14,39 @@ use crate::core::StoreCore;
 use crate::entry::{Entry, Version};
 use crate::limits::check_store_name;
 use crate::msg::{PUSH_EMPTY, PUSH_PARTS, StoreMsg};
-use crate::replica::{BUCKETS, LEAVES, bucket_of, slot_of};
+use crate::replica::{BUCKETS, LEAVES, wire_size};
 use membership::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 /// A differing bucket with more keys than this is narrowed to its differing leaves in a
 /// periodic round; a smaller one is listed whole, which costs less than its leaf digests
 /// (`LEAVES` x 8 bytes, against about 30 bytes per key listed).
 pub const LEAF_MIN: usize = 16;
 
-/// Which keys a versions message speaks for.
-enum Cover {
-    Buckets(BTreeSet<usize>),
-    Leaves(BTreeSet<usize>),
-}
+/// Which keys a versions message speaks for: a set of places (`bucket * LEAVES + leaf`), whole
+/// buckets or single leaves, tested against the place each entry keeps beside its pointer.
+struct Cover(Vec<bool>);
 
 impl Cover {
-    fn covers(&self, key: &str) -> bool {
-        match self {
-            Cover::Buckets(set) => set.contains(&bucket_of(key)),
-            Cover::Leaves(set) => {
-                let (b, l) = slot_of(key);
-                set.contains(&(b * LEAVES + l))
-            }
+    fn buckets(set: impl IntoIterator<Item = usize>) -> Cover {
+        let mut places = vec![false; BUCKETS * LEAVES];
+        for b in set {
+            places[b * LEAVES..(b + 1) * LEAVES].fill(true);
         }
+        Cover(places)
+    }
+
+    fn leaves(set: impl IntoIterator<Item = usize>) -> Cover {
+        let mut places = vec![false; BUCKETS * LEAVES];
+        for p in set {
+            places[p] = true;
+        }
+        Cover(places)
+    }
+
+    fn covers_place(&self, place: usize) -> bool {
+        self.0[place]
     }
 }
 
@@ -215,7 +224,7 @@ impl StoreCore {
                 continue;
             }
             // Send our versions of those buckets; the peer works out which entries go which way.
-            let cover = Cover::Buckets(differ.iter().copied().collect());
+            let cover = Cover::buckets(differ.iter().copied());
             let versions = self.versions_covered(&name, &cover);
             let buckets: Vec<u16> = differ.iter().map(|b| *b as u16).collect();
             sent += versions.len() as u64;
@@ -240,10 +249,11 @@ impl StoreCore {
         self.replica
             .store(store)
             .map(|s| {
-                s.iter()
-                    .filter(|(k, _)| cover.covers(k))
-                    .map(|(k, e)| (k.to_string(), e.version()))
-                    .collect()
+                s.placed((Bound::Unbounded, Bound::Unbounded), |p| {
+                    cover.covers_place(p)
+                })
+                .map(|(k, e)| (k.to_string(), e.version()))
+                .collect()
             })
             .unwrap_or_default()
     }
@@ -276,7 +286,7 @@ impl StoreCore {
             return;
         }
         let leaves: Vec<u16> = differ.iter().map(|l| *l as u16).collect();
-        let versions = self.versions_covered(&store, &Cover::Leaves(differ));
+        let versions = self.versions_covered(&store, &Cover::leaves(differ.iter().copied()));
         self.sync_stats.versions_sent += versions.len() as u64;
         for (lo, hi, chunk) in chunk_versions(versions, self.cfg.sync_versions_per_message) {
             let msg = StoreMsg::LeafVersions {
@@ -306,21 +316,17 @@ impl StoreCore {
         let listed = versions.len() as u64;
         let theirs: BTreeMap<String, Version> = versions.into_iter().collect();
         let cover = if leaves.is_empty() {
-            Cover::Buckets(buckets.iter().map(|b| *b as usize % BUCKETS).collect())
+            Cover::buckets(buckets.iter().map(|b| *b as usize % BUCKETS))
         } else {
-            Cover::Leaves(
-                leaves
-                    .iter()
-                    .map(|l| *l as usize % (BUCKETS * LEAVES))
-                    .collect(),
-            )
+            Cover::leaves(leaves.iter().map(|l| *l as usize % (BUCKETS * LEAVES)))
         };
         let mut push = Vec::new();
         let mut fetch = Vec::new();
         if let Some(s) = self.replica.store(&store) {
             // Only keys inside this message's range: the rest is another message's business.
-            let keys = s.range(range.0.as_deref(), range.1.as_deref());
-            for (k, e) in keys.filter(|(k, _)| cover.covers(k)) {
+            let lo = range.0.as_deref().map_or(Bound::Unbounded, Bound::Included);
+            let hi = range.1.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            for (k, e) in s.placed((lo, hi), |p| cover.covers_place(p)) {
                 match theirs.get(k) {
                     Some(v) if *v >= e.version() => {}
                     _ => push.push((k.to_string(), e.to_entry())),
@@ -388,7 +394,7 @@ impl StoreCore {
         let mut chunk: Vec<(String, Entry)> = Vec::new();
         let mut bytes = 0usize;
         for (k, e) in entries {
-            let size = k.len() + e.value.as_ref().map_or(0, |v| v.len()) + 64;
+            let size = wire_size(&k, &e) as usize;
             self.sync_stats.entries_sent += 1;
             self.sync_stats.bytes_sent +=
                 (k.len() + e.value.as_ref().map_or(0, |v| v.len())) as u64;
@@ -409,6 +415,7 @@ impl StoreCore {
     /// Returns how many.
     fn push_buckets(&mut self, to: NodeId, store: &str, set: &BTreeSet<usize>, round: u64) -> u64 {
         const BATCH: usize = 8192;
+        let cover = Cover::buckets(set.iter().copied());
         let mut after: Option<String> = None;
         let mut pushed = 0;
         loop {
@@ -416,9 +423,13 @@ impl StoreCore {
                 return pushed;
             };
             let chunk: Vec<(String, Entry)> = s
-                .range(after.as_deref(), None)
-                .filter(|(k, _)| after.as_deref() != Some(*k))
-                .filter(|(k, _)| set.contains(&bucket_of(k)))
+                .placed(
+                    (
+                        after.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+                        Bound::Unbounded,
+                    ),
+                    |p| cover.covers_place(p),
+                )
                 .take(BATCH)
                 .map(|(k, e)| (k.to_string(), e.to_entry()))
                 .collect();

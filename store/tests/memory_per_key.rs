@@ -4,8 +4,9 @@
 //! RSS (docs/benchmarks.md, "Memory per key"). RSS also holds malloc's rounding and whatever else
 //! the agent keeps, so this test bounds what the store's own layout asks for: the bytes requested
 //! from the allocator per key, above the key and value themselves. The packed slot layout asks
-//! for about 51; the `BTreeMap<String, Entry>` it replaced asked for 140, and this test
-//! fails on it.
+//! for about 51, 64 since each slot keeps its digest place beside its pointer (24-byte tree
+//! elements instead of 16; what that bought is in `store/src/slot.rs`); the
+//! `BTreeMap<String, Entry>` it replaced asked for 140, and this test fails on it.
 
 use membership::NodeId;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -40,7 +41,7 @@ static ALLOC: Counting = Counting;
 /// Keys shaped like the memory bench's (`bench-17-31249`), written in the bench's interleaved
 /// order, 100-byte values, then every tenth key overwritten and a few deleted.
 #[test]
-fn a_key_costs_the_heap_at_most_64_bytes_above_its_key_and_value() {
+fn a_key_costs_the_heap_at_most_72_bytes_above_its_key_and_value() {
     const KEYS: u64 = 200_000;
     let entry = |ts: u64, value: Option<Vec<u8>>| Entry {
         version: Version {
@@ -66,8 +67,8 @@ fn a_key_costs_the_heap_at_most_64_bytes_above_its_key_and_value() {
     let above = (used - key_bytes as f64 - 100.0 * KEYS as f64) / KEYS as f64;
     println!("{KEYS} keys: {used} bytes requested, {above:.1} per key above key and value");
     assert!(
-        above <= 64.0,
-        "{above:.1} bytes per key above key and value (limit 64)"
+        above <= 72.0,
+        "{above:.1} bytes per key above key and value (limit 72)"
     );
     assert_eq!(m.len(), KEYS as usize);
 }

@@ -11,6 +11,8 @@ pub struct Cluster {
     pub children: Vec<Child>,
     pub apis: Vec<String>,
     pub commands: Vec<Vec<std::ffi::OsString>>,
+    /// The agent binary `restart` runs (the one this build made, unless a bench swaps it).
+    pub bin: std::path::PathBuf,
     fsync: String,
     _dir: tempfile::TempDir,
 }
@@ -46,7 +48,7 @@ impl Cluster {
 
     /// Starts agent `i` again with the same arguments and data dir.
     pub fn restart(&mut self, i: usize) {
-        self.children[i] = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        self.children[i] = Command::new(&self.bin)
             .args(&self.commands[i])
             .env("CHORUS_LOG", AGENT_LOG)
             .env("CHORUS_STORE_FSYNC", &self.fsync)
@@ -135,6 +137,7 @@ pub fn start(n: usize, fsync: &str) -> Cluster {
         children,
         apis,
         commands,
+        bin: env!("CARGO_BIN_EXE_chorus").into(),
         fsync: fsync.to_string(),
         _dir: dir,
     };
