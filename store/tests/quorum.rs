@@ -734,25 +734,11 @@ fn a_push_over_the_budget_comes_in_parts_and_a_peer_counts_only_when_whole() {
     const BUDGET: usize = 25_000;
     let mut net = Net::with(3, |c| c.sync_push_budget_bytes = BUDGET);
     let (before, sent_before) = wipe_after_3000_writes(&mut net);
-    let largest_bucket = (0..store::replica::BUCKETS)
-        .map(|b| {
-            net.nodes[0]
-                .replica()
-                .store("default")
-                .unwrap()
-                .bucket_bytes(b)
-        })
-        .max()
-        .unwrap();
-    let total: u64 = (0..store::replica::BUCKETS)
-        .map(|b| {
-            net.nodes[0]
-                .replica()
-                .store("default")
-                .unwrap()
-                .bucket_bytes(b)
-        })
-        .sum();
+    let held = net.nodes[0].replica().store("default").unwrap();
+    let sizes: Vec<u64> = (0..store::replica::BUCKETS)
+        .map(|b| held.bucket_bytes(b))
+        .collect();
+    let (largest_bucket, total) = (*sizes.iter().max().unwrap(), sizes.iter().sum::<u64>());
     net.view_of_reachable(2);
     let mut most_in_flight = 0u64;
     for _ in 0..10_000 {
