@@ -246,9 +246,15 @@ impl StoreCore {
         }
     }
 
-    /// An entry arrived for `store`/`key`: a fetch of the current round it satisfies is done.
-    pub(crate) fn fetched(&mut self, store: &str, key: &str) {
-        let Some(r) = self.catch_up.as_mut().and_then(|c| c.round.as_mut()) else {
+    /// An entry at version `arriving` is being applied to `store`/`key`: a fetch of the current
+    /// round that it (or what is held) satisfies is done.
+    pub(crate) fn fetched(&mut self, store: &str, key: &str, arriving: Version) {
+        let Some(r) = self
+            .catch_up
+            .as_mut()
+            .and_then(|c| c.round.as_mut())
+            .filter(|r| !r.pending.is_empty())
+        else {
             return;
         };
         let h = key_hash(store, key);
@@ -256,7 +262,8 @@ impl StoreCore {
             let held = self
                 .replica
                 .store(store)
-                .map_or(Version::ZERO, |s| s.version(key));
+                .map_or(Version::ZERO, |s| s.version(key))
+                .max(arriving);
             if held >= *want {
                 r.pending.remove(&h);
             }

@@ -368,10 +368,11 @@ impl StoreCore {
         for (k, e) in entries {
             if check_key(&k).is_ok() {
                 self.hlc.observe(e.version.ts);
-                if self.apply_logged(store, &k, e) {
+                // Applying keeps the newer version, so the key is then held at `e`'s or newer.
+                self.fetched(store, &k, e.version);
+                if self.apply_logged_owned(store, k, e) {
                     self.sync_stats.keys_repaired += 1;
                 }
-                self.fetched(store, &k);
             }
         }
     }

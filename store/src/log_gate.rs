@@ -149,7 +149,13 @@ impl StoreCore {
 
     /// Applies `entry` and, with a log, hands the change to it; true when the replica changed.
     pub(crate) fn apply_logged(&mut self, store: &str, key: &str, entry: Entry) -> bool {
-        if !self.replica.apply_ref(store, key, &entry) {
+        self.apply_logged_owned(store, key.to_string(), entry)
+    }
+
+    /// [`apply_logged`](Self::apply_logged) with the key handed over: the log record keeps it
+    /// instead of a copy (one allocation less per entry a catching-up node applies).
+    pub(crate) fn apply_logged_owned(&mut self, store: &str, key: String, entry: Entry) -> bool {
+        if !self.replica.apply_ref(store, &key, &entry) {
             return false;
         }
         if self.cfg.durable {
@@ -158,7 +164,7 @@ impl StoreCore {
             self.log.out.push_back(Record {
                 lsn,
                 store: store.to_string(),
-                key: key.to_string(),
+                key,
                 entry,
             });
         }

@@ -5,7 +5,8 @@
 //! under writes 230-267 above the value): 80-byte elements in B-tree nodes about two-thirds
 //! full, a 24-byte `String` header plus a 32-byte heap block for the key, and a `Vec` header plus a
 //! second heap block for the value. A slot is one boxed byte string (a small header, the key, the
-//! value), so the tree holds a 16-byte pointer per key and the heap one block.
+//! value), so the tree holds a pointer (and the key's digest place, see [`Slot`]) per key and
+//! the heap one block.
 //!
 //! Layout: `flags` (1 byte: tombstone, has expiry), the key's length (2 bytes, keys are at most
 //! [`MAX_KEY_BYTES`](crate::limits::MAX_KEY_BYTES)), the version's timestamp and node (8 + 8),
