@@ -261,16 +261,9 @@ impl StoreMap {
         from: Option<&'a str>,
         until: Option<&'a str>,
     ) -> impl Iterator<Item = (&'a str, EntryRef<'a>)> {
-        // A backwards range (only a broken peer sends one) is empty, not a panic.
-        let from = match (from, until) {
-            (Some(f), Some(u)) if f > u => Some(u),
-            _ => from,
-        };
-        let lo = from.map_or(Bound::Unbounded, |k| Bound::Included(k.as_bytes()));
-        let hi = until.map_or(Bound::Unbounded, |k| Bound::Excluded(k.as_bytes()));
-        self.entries
-            .range::<[u8], _>((lo, hi))
-            .map(|s| (s.key(), EntryRef::new(s)))
+        let lo = from.map_or(Bound::Unbounded, Bound::Included);
+        let hi = until.map_or(Bound::Unbounded, Bound::Excluded);
+        self.placed((lo, hi), |_| true)
     }
 
     /// Number of entries (deleted and expired ones included).
