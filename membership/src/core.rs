@@ -484,7 +484,7 @@ impl Membership {
                 m.state.name()
             ));
         }
-        let Some(mut record) = self.table().get(id).cloned() else {
+        let Some(mut record) = self.table().get(id).map(|m| m.to_meta()) else {
             return Err(format!("no metadata record of {id} to mark"));
         };
         record.leaving = true;

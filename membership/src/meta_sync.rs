@@ -120,8 +120,8 @@ impl Membership {
                             table
                                 .get(w.id)
                                 .filter(|m| m.stamp() >= (w.generation, w.version))
+                                .map(|m| m.to_meta())
                         })
-                        .cloned()
                         .collect();
                     drop(table);
                     self.send_records(from, send, Vec::new());
@@ -225,7 +225,7 @@ impl Membership {
             let table = self.table();
             members
                 .into_iter()
-                .filter(|p| table.get(p.id).is_none_or(|m| m.generation < p.generation))
+                .filter(|p| table.stamp(p.id).is_none_or(|(g, _)| g < p.generation))
                 .take(MAX_DIRECT_PULLS)
                 .collect()
         };

@@ -3,7 +3,7 @@
 
 use crate::core::{Known, Membership};
 use crate::identity::{NodeId, Peer};
-use crate::meta::NodeMeta;
+use crate::meta::MetaRef;
 use crate::quorum::QuorumStatus;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -179,7 +179,7 @@ impl Membership {
         out.push(self.view_of(
             self.identity,
             MemberState::Alive,
-            Some(&self.own_meta),
+            Some(self.own_meta.view()),
             true,
         ));
         for (id, (peer, state)) in newest {
@@ -188,7 +188,10 @@ impl Membership {
                 foca::State::Alive => MemberState::Alive,
                 foca::State::Suspect => MemberState::Suspect,
                 foca::State::Down => {
-                    if meta.is_some_and(|m| m.leaving && m.generation == peer.generation) {
+                    if meta
+                        .as_ref()
+                        .is_some_and(|m| m.leaving && m.generation == peer.generation)
+                    {
                         MemberState::Left
                     } else {
                         MemberState::Failed
@@ -220,21 +223,24 @@ impl Membership {
         &self,
         peer: Peer,
         state: MemberState,
-        meta: Option<&NodeMeta>,
+        meta: Option<MetaRef<'_>>,
         is_self: bool,
     ) -> MemberView {
         // Only metadata of the same incarnation or newer describes this peer.
         let meta = meta.filter(|m| m.generation >= peer.generation || is_self);
         MemberView {
             id: peer.id,
-            name: meta.map(|m| m.name.clone()).unwrap_or_default(),
+            name: meta.as_ref().map(|m| m.name.to_owned()).unwrap_or_default(),
             state,
-            datacenter: meta.map(|m| m.datacenter.clone()).unwrap_or_default(),
+            datacenter: meta
+                .as_ref()
+                .map(|m| m.datacenter.to_owned())
+                .unwrap_or_default(),
             gossip_addr: peer.addr,
-            api_addr: meta.and_then(|m| m.api_addr),
+            api_addr: meta.as_ref().and_then(|m| m.api_addr),
             generation: peer.generation,
-            tags: meta.map(|m| m.tags.clone()).unwrap_or_default(),
-            votes: meta.map_or(1, |m| m.votes),
+            tags: meta.as_ref().map(|m| m.to_meta().tags).unwrap_or_default(),
+            votes: meta.as_ref().map_or(1, |m| m.votes),
             is_self,
         }
     }
@@ -243,7 +249,7 @@ impl Membership {
         let name = self
             .table()
             .get(p.id)
-            .map(|m| m.name.clone())
+            .map(|m| m.name.to_owned())
             .unwrap_or_default();
         MemberRef {
             id: p.id,
@@ -280,7 +286,7 @@ impl Membership {
             if k.state != MemberState::Failed {
                 continue;
             }
-            let meta = self.table().get(id).cloned();
+            let meta = self.table().get(id).map(|m| m.to_meta());
             if let Some(m) = meta
                 && m.leaving
                 && m.generation == k.generation
@@ -362,14 +368,16 @@ impl Membership {
         if id == self.identity.id {
             return self.own_meta.tags.get(key).cloned();
         }
-        self.table().get(id).and_then(|m| m.tags.get(key).cloned())
+        self.table()
+            .get(id)
+            .and_then(|m| m.tags.get(key).map(|v| (*v).to_owned()))
     }
 
     /// The datacenter node `id` gives in its metadata, once its record has arrived.
     pub fn datacenter_of(&self, id: NodeId) -> Option<String> {
         self.table()
             .get(id)
-            .map(|m| m.datacenter.clone())
+            .map(|m| m.datacenter.to_owned())
             .filter(|d| !d.is_empty())
     }
 
@@ -377,7 +385,7 @@ impl Membership {
     pub fn name_of(&self, id: NodeId) -> Option<String> {
         self.table()
             .get(id)
-            .map(|m| m.name.clone())
+            .map(|m| m.name.to_owned())
             .filter(|n| !n.is_empty())
     }
 
@@ -386,14 +394,14 @@ impl Membership {
     pub(crate) fn voter_of(&self, id: NodeId) -> crate::reach::Voter {
         let table = self.table();
         table.get(id).map_or((1, String::new()), |meta| {
-            (meta.votes, meta.datacenter.clone())
+            (meta.votes, meta.datacenter.to_owned())
         })
     }
 
     /// This node and every member it reaches, as (datacenter, votes) per datacenter.
     fn voters(&self) -> impl Iterator<Item = (&str, u32)> {
         std::iter::once((self.own_meta.datacenter.as_str(), self.own_meta.votes))
-            .chain(self.reach.by_dc().iter().map(|(dc, v)| (dc.as_str(), *v)))
+            .chain(self.reach.by_dc())
     }
 
     /// Each configured datacenter's reach from this node (`datacenters` mode; empty otherwise).
@@ -424,12 +432,15 @@ impl Membership {
                 let id = m.id().id;
                 if id != self.identity.id && seen.insert(id) {
                     let (v, dc) = table.get(id).map_or((1, String::new()), |meta| {
-                        (meta.votes, meta.datacenter.clone())
+                        (meta.votes, meta.datacenter.to_owned())
                     });
                     *by_dc.entry(dc).or_default() += v;
                 }
             }
-            by_dc != *self.reach.by_dc()
+            by_dc.retain(|_, v| *v > 0);
+            by_dc
+                .into_iter()
+                .ne(self.reach.by_dc().map(|(d, v)| (d.to_owned(), v)))
         };
         members.sort_unstable();
         members.dedup_by_key(|(id, _)| *id);
@@ -448,7 +459,7 @@ impl Membership {
                     .filter(|p| p.id != self.identity.id)
                     .map(|p| {
                         let voter = table.get(p.id).map_or((1, String::new()), |meta| {
-                            (meta.votes, meta.datacenter.clone())
+                            (meta.votes, meta.datacenter.to_owned())
                         });
                         (p, voter)
                     })

@@ -147,8 +147,8 @@ impl Membership {
         // lacks the periodic sync finds.
         let have = self
             .table()
-            .get(p.id)
-            .is_some_and(|m| m.generation >= p.generation);
+            .stamp(p.id)
+            .is_some_and(|(generation, _)| generation >= p.generation);
         if !have {
             let want = DigestEntry {
                 id: p.id,

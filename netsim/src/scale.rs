@@ -52,6 +52,7 @@ pub fn run(nodes: usize, seed: u64, base: Duration, start_spread: Duration) -> S
     cfg.beacons = false;
     cfg.seed_node_zero = true;
     cfg.start_spread = start_spread;
+    cfg.event_log = false;
     let started = Instant::now();
     let mut sim = Sim::new(cfg);
     let every = Duration::from_millis(100);

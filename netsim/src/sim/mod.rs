@@ -93,6 +93,11 @@ pub struct SimConfig {
     /// the agent's driver takes the inputs already queued (up to 64) before it executes the
     /// node's outputs together. Timeouts still flush at once, as the driver's do.
     pub batch_inputs: Option<Duration>,
+    /// Whether every member event is kept in [`Sim::log`] for the checkers. The scale runs turn
+    /// it off: the log holds an event per pair of nodes (every join), about 110 bytes each by
+    /// heaptrack of `netsim scale --nodes 1000`, memory of the harness and not of the nodes;
+    /// what they ask of events (who sees whom alive or failed) is kept in a matrix anyway.
+    pub event_log: bool,
 }
 
 impl SimConfig {
@@ -117,6 +122,7 @@ impl SimConfig {
             snapshot_min_records: 100_000,
             record_node: None,
             batch_inputs: None,
+            event_log: true,
             faults: node::Faults::default(),
             leader: None,
         }

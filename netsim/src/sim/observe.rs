@@ -119,7 +119,15 @@ pub struct Traffic {
 
 impl Sim {
     /// Every event reported so far.
+    ///
+    /// # Panics
+    /// When the run keeps no log ([`super::SimConfig::event_log`] off): a checker reading it
+    /// would find nothing wrong in nothing.
     pub fn log(&self) -> &[Logged] {
+        assert!(
+            self.cfg.event_log,
+            "this run keeps no event log (SimConfig::event_log is off)"
+        );
         &self.log
     }
 
@@ -232,11 +240,13 @@ impl Sim {
                 self.alive_of[s] += 1;
             }
         }
-        self.log.push(Logged {
-            at: now,
-            node: viewer,
-            event,
-        });
+        if self.cfg.event_log {
+            self.log.push(Logged {
+                at: now,
+                node: viewer,
+                event,
+            });
+        }
     }
 
     /// What `viewer`'s events say about `subject`.
