@@ -7,7 +7,7 @@
 //! and then and rebuilds the tally if it ever drifted.
 
 use crate::identity::{NodeId, Peer};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A member's votes and datacenter, as its metadata says (1 and "" until its record arrives).
 pub(crate) type Voter = (u32, String);
@@ -125,12 +125,15 @@ impl Reach {
         self.total
     }
 
-    /// Votes of active members per datacenter, for the datacenters that have any.
-    pub(crate) fn by_dc(&self) -> impl Iterator<Item = (&str, u32)> {
+    /// Votes of active members per datacenter, for the datacenters that have any, in name
+    /// order (`dcs` is in the order names were first seen, which differs from node to node and
+    /// after a rebuild; the recount compares this with its own tally in name order).
+    pub(crate) fn by_dc(&self) -> BTreeMap<&str, u32> {
         self.dcs
             .iter()
             .filter(|(_, v)| *v > 0)
             .map(|(dc, v)| (dc.as_str(), *v))
+            .collect()
     }
 
     /// Starts over from a full list of active members and their votes.
@@ -174,6 +177,7 @@ mod tests {
         assert_eq!(r.total(), 6);
         let dcs = |r: &Reach| {
             r.by_dc()
+                .into_iter()
                 .map(|(d, v)| (d.to_owned(), v))
                 .collect::<Vec<_>>()
         };
@@ -196,6 +200,17 @@ mod tests {
         assert!(r.more.is_empty() && r.active.len() == 1);
         r.rebuild([(peer(3, 1), v(2, "a")), (peer(4, 1), v(2, "c"))].into_iter());
         assert_eq!(r.total(), 4);
-        assert_eq!(r.by_dc().count(), 2);
+        assert_eq!(r.by_dc().len(), 2);
+        // Names first seen out of order still come out in name order (the recount compares
+        // them with its own tally in name order: in first-seen order it saw a drift each time).
+        r.up(peer(6, 1), v(1, "b"));
+        assert_eq!(
+            dcs(&r),
+            vec![
+                ("a".to_owned(), 2),
+                ("b".to_owned(), 1),
+                ("c".to_owned(), 2)
+            ]
+        );
     }
 }

@@ -439,8 +439,9 @@ impl Membership {
             }
             by_dc.retain(|_, v| *v > 0);
             by_dc
-                .into_iter()
-                .ne(self.reach.by_dc().map(|(d, v)| (d.to_owned(), v)))
+                .iter()
+                .map(|(d, v)| (d.as_str(), *v))
+                .ne(self.reach.by_dc())
         };
         members.sort_unstable();
         members.dedup_by_key(|(id, _)| *id);
