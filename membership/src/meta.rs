@@ -85,7 +85,7 @@ pub enum MetaError {
 /// A record as the table holds it: its stamp beside its wire encoding.
 ///
 /// Why encoded: every node holds a record of every other, so at scale this is memory per pair of
-/// nodes. A decoded [`NodeMeta`] in the tree cost about 309 bytes per pair in heaptrack of
+/// nodes. A decoded [`NodeMeta`] in the tree cost about 288 bytes per pair in heaptrack of
 /// `netsim scale --nodes 1000` (168 bytes of fields, the tree's slack, the name's allocation);
 /// encoded it is about 55 bytes. Reads borrow it through [`MetaRef`] without allocating. The
 /// stamp stays beside the pointer: every copy of a record that arrives is compared with the one
@@ -106,7 +106,7 @@ impl Held {
 /// The node id and `(generation, version)` an encoded record starts with, read without decoding
 /// the rest: the id's 8 fixed bytes, then two postcard varints (7 bits per byte, low first, the
 /// high bit saying "more"). `None` when the bytes end first or a varint runs past 64 bits.
-pub fn peek_stamp(bytes: &[u8]) -> Option<(NodeId, (u64, u64))> {
+fn peek_stamp(bytes: &[u8]) -> Option<(NodeId, (u64, u64))> {
     let id = NodeId(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?));
     let mut at = 8;
     let mut varint = || {

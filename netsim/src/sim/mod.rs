@@ -94,7 +94,7 @@ pub struct SimConfig {
     /// node's outputs together. Timeouts still flush at once, as the driver's do.
     pub batch_inputs: Option<Duration>,
     /// Whether every member event is kept in [`Sim::log`] for the checkers. The scale runs turn
-    /// it off: the log holds an event per pair of nodes (every join), about 110 bytes each by
+    /// it off: the log holds an event per pair of nodes (every join), about 120 bytes each by
     /// heaptrack of `netsim scale --nodes 1000`, memory of the harness and not of the nodes;
     /// what they ask of events (who sees whom alive or failed) is kept in a matrix anyway.
     pub event_log: bool,

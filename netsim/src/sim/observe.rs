@@ -359,3 +359,21 @@ impl Sim {
             .map(|s| s.node)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Sim, SimConfig};
+    use std::time::Duration;
+
+    /// With the log off, joins are still seen (the matrix) but a checker cannot read the log.
+    #[test]
+    #[should_panic(expected = "keeps no event log")]
+    fn a_run_without_the_event_log_refuses_to_hand_it_out() {
+        let mut cfg = SimConfig::lan(3, 1);
+        cfg.event_log = false;
+        let mut sim = Sim::new(cfg);
+        sim.run_until(Duration::from_secs(5));
+        assert!(sim.all_running_alive_by_events());
+        let _ = sim.log();
+    }
+}
