@@ -35,9 +35,10 @@ pub trait Identity: Clone + Eq + fmt::Debug {
     ///
     /// It's a good idea to have this type as lean as possible
     ///
-    /// (Chorus patch: `Ord`, was `PartialEq`, so that members can be
-    /// looked up by address in a map instead of by a linear scan.)
-    type Addr: Ord;
+    /// (Chorus patch: `Ord + Hash`, was `PartialEq`, so that members can
+    /// be looked up by a hash of their address in a map instead of by a
+    /// linear scan.)
+    type Addr: Ord + core::hash::Hash;
 
     /// Opt-in on auto-rejoining by providing a new identity.
     ///
