@@ -652,8 +652,8 @@ impl Node {
             if let Some(held) = self.unnamed.release(id) {
                 self.emit_held(held);
             }
-            if unnamed && matches!(ev, Event::MemberJoined { .. }) {
-                self.unnamed.hold(id, ev, self.now);
+            if unnamed && let Event::MemberJoined { member } = &ev {
+                self.unnamed.hold(member, self.now);
                 return;
             }
         }
