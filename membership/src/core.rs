@@ -86,7 +86,8 @@ pub(crate) enum Due {
     SuspectDown(Peer, u16),
 }
 
-#[derive(Debug, Clone, Copy)]
+/// What was last reported of a member: its generation and state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Known {
     pub(crate) generation: u64,
     pub(crate) state: MemberState,
@@ -115,7 +116,6 @@ pub struct Membership {
     pub(crate) meta: SharedMeta,
     pub(crate) broadcasts: MetaBroadcasts,
     pub(crate) own_meta: NodeMeta,
-    pub(crate) known: BTreeMap<NodeId, Known>,
     pub(crate) transmits: VecDeque<Transmit>,
     pub(crate) events: VecDeque<Event>,
     pub(crate) stats: Stats,
@@ -143,7 +143,8 @@ pub struct Membership {
     pub(crate) suspect_since: BTreeMap<Peer, (u16, Duration)>,
     /// Members suspected because their process was found gone, and when.
     pub(crate) gone_suspected: BTreeMap<Peer, Duration>,
-    /// Reachable votes, recomputed only when members or metadata changed (it costs O(n)).
+    /// Each member's reported state (last event) and the reachable votes, kept incrementally
+    /// (a recount costs O(n)); one map, since it is memory per pair of members.
     pub(crate) reach: Reach,
     pub(crate) probes: u64,
     /// Nodes whose metadata arrived but whom SWIM has not shown us, waiting for an announce.
@@ -228,7 +229,6 @@ impl Membership {
             meta,
             broadcasts,
             own_meta,
-            known: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),

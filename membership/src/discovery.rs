@@ -137,7 +137,7 @@ impl Membership {
                 let Some(id) = self.strangers.pop_first() else {
                     break;
                 };
-                if id == self.identity.id || self.known.contains_key(&id) {
+                if id == self.identity.id || self.reach.is_known(id) {
                     continue;
                 }
                 if let Some(m) = table.get(id).filter(|m| !m.leaving) {

@@ -1,4 +1,5 @@
-//! The votes this node reaches, kept up to date from member changes.
+//! What this node knows of each other member: its reported state, and the votes it reaches,
+//! kept up to date from member changes, in one map.
 //!
 //! Recounting every member after each input costs O(n) per datagram, and a join of n nodes
 //! delivers n member changes and n metadata records to each node: O(n^2) per node, which made a
@@ -6,24 +7,28 @@
 //! is renamed, or its votes change, so it is kept incrementally; the core recounts from foca now
 //! and then and rebuilds the tally if it ever drifted.
 
+use crate::core::Known;
 use crate::identity::{NodeId, Peer};
+use crate::report::MemberState;
 use std::collections::{BTreeMap, HashMap};
 
 /// A member's votes and datacenter, as its metadata says (1 and "" until its record arrives).
 pub(crate) type Voter = (u32, String);
 
-/// Reachable votes of other members (the node's own votes are not included), in all and per
-/// datacenter.
+/// Each other member's reported state, and the reachable votes of the active ones (the node's
+/// own votes are not included), in all and per datacenter.
 ///
-/// Every node holds an entry per other member, so its size is memory per pair of nodes: a map
-/// of `(Vec<u64>, (u32, String))` per member cost about 166 bytes per pair in heaptrack of
-/// `netsim scale --nodes 1000` (the slot, the vector's allocation, the datacenter's copy). An
-/// entry is now 16 bytes beside its key: the datacenter is an index into `dcs`, and the rare
-/// second generation (a restart that foca lists twice for a moment) is kept aside in `more`.
+/// Every node holds an entry per other member, so its size is memory per pair of nodes. The
+/// states and the tally were two maps keyed by the same id: a `BTreeMap` of states (39 bytes
+/// per pair at the peak of heaptrack of `netsim scale --nodes 1000`) and a `HashMap` of 16-byte
+/// tally entries (51 bytes per pair: a hash table's room is a power of two, mostly empty past
+/// 7/8 full). They are one tree of 24-byte entries now. The datacenter is an index into `dcs`,
+/// and the rare second generation (a restart that foca lists twice for a moment) is kept aside
+/// in `more`.
 #[derive(Debug, Default)]
 pub(crate) struct Reach {
-    active: HashMap<NodeId, Active>,
-    /// Further active generations of a node whose first is in `active`.
+    members: BTreeMap<NodeId, Entry>,
+    /// Further active generations of a node whose first is counted in `members`.
     more: HashMap<NodeId, Vec<u64>>,
     total: u32,
     /// Every datacenter name seen, with the active votes in it. Names are never removed (they
@@ -31,64 +36,106 @@ pub(crate) struct Reach {
     dcs: Vec<(String, u32)>,
 }
 
-/// One active member: a generation foca lists, and the vote counted for it.
+/// One member: its reported state (if reported), and (if active) the generation foca lists and
+/// the vote counted for it.
 #[derive(Debug, Clone, Copy)]
-struct Active {
+struct Entry {
+    /// The reported generation; meaningful when `state` is some.
     generation: u64,
+    /// The generation counted; meaningful when `counted` is true.
+    active: u64,
     votes: u32,
-    dc: u32,
+    dc: u16,
+    state: Option<MemberState>,
+    counted: bool,
+}
+
+impl Entry {
+    const EMPTY: Entry = Entry {
+        generation: 0,
+        active: 0,
+        votes: 0,
+        dc: 0,
+        state: None,
+        counted: false,
+    };
 }
 
 impl Reach {
-    fn dc_index(&mut self, dc: &str) -> u32 {
+    fn dc_index(&mut self, dc: &str) -> u16 {
         match self.dcs.iter().position(|(name, _)| name == dc) {
-            Some(i) => i as u32,
+            Some(i) => i as u16,
             None => {
+                // As many as operators named; a cluster with 65,536 datacenter names has
+                // bigger problems, and the periodic recount would rebuild the tally.
+                debug_assert!(self.dcs.len() < u16::MAX as usize);
                 self.dcs.push((dc.to_owned(), 0));
-                (self.dcs.len() - 1) as u32
+                (self.dcs.len() - 1).min(u16::MAX as usize) as u16
             }
         }
     }
 
-    fn add(&mut self, votes: u32, dc: u32) {
+    fn add(&mut self, votes: u32, dc: u16) {
         self.total += votes;
         self.dcs[dc as usize].1 += votes;
     }
 
-    fn sub(&mut self, votes: u32, dc: u32) {
+    fn sub(&mut self, votes: u32, dc: u16) {
         self.total -= votes;
         self.dcs[dc as usize].1 -= votes;
     }
 
+    /// What was last reported of `id`.
+    pub(crate) fn known(&self, id: NodeId) -> Option<Known> {
+        let e = self.members.get(&id)?;
+        e.state.map(|state| Known {
+            generation: e.generation,
+            state,
+        })
+    }
+
+    /// Whether anything was reported of `id`.
+    pub(crate) fn is_known(&self, id: NodeId) -> bool {
+        self.known(id).is_some()
+    }
+
+    /// Records what is reported of `id` now; returns what was before.
+    pub(crate) fn set_known(&mut self, id: NodeId, k: Known) -> Option<Known> {
+        let prev = self.known(id);
+        let e = self.members.entry(id).or_insert(Entry::EMPTY);
+        e.generation = k.generation;
+        e.state = Some(k.state);
+        prev
+    }
+
     /// `p` is active (alive or suspect) with `voter`.
     pub(crate) fn up(&mut self, p: Peer, voter: Voter) {
-        match self.active.get(&p.id) {
-            Some(a) if a.generation == p.generation => {}
-            Some(_) => {
+        match self.members.get(&p.id) {
+            Some(e) if e.counted && e.active == p.generation => {}
+            Some(e) if e.counted => {
                 let more = self.more.entry(p.id).or_default();
                 if !more.contains(&p.generation) {
                     more.push(p.generation);
                 }
             }
-            None => {
+            _ => {
                 let dc = self.dc_index(&voter.1);
-                let a = Active {
-                    generation: p.generation,
-                    votes: voter.0,
-                    dc,
-                };
-                self.active.insert(p.id, a);
-                self.add(a.votes, a.dc);
+                let e = self.members.entry(p.id).or_insert(Entry::EMPTY);
+                e.active = p.generation;
+                e.votes = voter.0;
+                e.dc = dc;
+                e.counted = true;
+                self.add(voter.0, dc);
             }
         }
     }
 
     /// `p` is down.
     pub(crate) fn down(&mut self, p: Peer) {
-        let Some(a) = self.active.get_mut(&p.id) else {
+        let Some(e) = self.members.get_mut(&p.id).filter(|e| e.counted) else {
             return;
         };
-        if a.generation != p.generation {
+        if e.active != p.generation {
             if let Some(more) = self.more.get_mut(&p.id) {
                 more.retain(|g| *g != p.generation);
                 if more.is_empty() {
@@ -98,26 +145,31 @@ impl Reach {
             return;
         }
         if let Some(more) = self.more.get_mut(&p.id) {
-            a.generation = more.pop().expect("`more` holds no empty list");
+            e.active = more.pop().expect("`more` holds no empty list");
             if more.is_empty() {
                 self.more.remove(&p.id);
             }
             return;
         }
-        let a = self.active.remove(&p.id).expect("present");
-        self.sub(a.votes, a.dc);
+        e.counted = false;
+        let (votes, dc, reported) = (e.votes, e.dc, e.state.is_some());
+        if !reported {
+            self.members.remove(&p.id);
+        }
+        self.sub(votes, dc);
     }
 
     /// Node `id` now has `voter` (its metadata changed).
     pub(crate) fn set_voter(&mut self, id: NodeId, voter: Voter) {
-        if let Some(old) = self.active.get(&id).copied() {
-            let dc = self.dc_index(&voter.1);
-            self.sub(old.votes, old.dc);
-            self.add(voter.0, dc);
-            let a = self.active.get_mut(&id).expect("present");
-            a.votes = voter.0;
-            a.dc = dc;
-        }
+        let Some(old) = self.members.get(&id).copied().filter(|e| e.counted) else {
+            return;
+        };
+        let dc = self.dc_index(&voter.1);
+        self.sub(old.votes, old.dc);
+        self.add(voter.0, dc);
+        let e = self.members.get_mut(&id).expect("present");
+        e.votes = voter.0;
+        e.dc = dc;
     }
 
     /// Sum of the votes of active members.
@@ -136,9 +188,16 @@ impl Reach {
             .collect()
     }
 
-    /// Starts over from a full list of active members and their votes.
+    /// Starts the tally over from a full list of active members and their votes (the reported
+    /// states stay).
     pub(crate) fn rebuild(&mut self, members: impl Iterator<Item = (Peer, Voter)>) {
-        *self = Reach::default();
+        self.members.retain(|_, e| {
+            e.counted = false;
+            e.state.is_some()
+        });
+        self.more.clear();
+        self.total = 0;
+        self.dcs.clear();
         for (p, voter) in members {
             self.up(p, voter);
         }
@@ -197,7 +256,10 @@ mod tests {
         assert_eq!(r.total(), 3);
         r.down(peer(5, 1));
         assert_eq!(r.total(), 1);
-        assert!(r.more.is_empty() && r.active.len() == 1);
+        assert!(
+            r.more.is_empty() && r.members.len() == 1,
+            "entries neither reported nor counted are gone"
+        );
         r.rebuild([(peer(3, 1), v(2, "a")), (peer(4, 1), v(2, "c"))].into_iter());
         assert_eq!(r.total(), 4);
         assert_eq!(r.by_dc().len(), 2);
@@ -212,5 +274,42 @@ mod tests {
                 ("c".to_owned(), 2)
             ]
         );
+    }
+
+    #[test]
+    fn reported_states_and_the_tally_share_entries_without_touching_each_other() {
+        assert_eq!(
+            std::mem::size_of::<Entry>(),
+            24,
+            "an entry is memory per pair of members"
+        );
+        let mut r = Reach::default();
+        let known = |generation, state| Known { generation, state };
+        assert_eq!(r.set_known(NodeId(1), known(1, MemberState::Alive)), None);
+        r.up(peer(1, 1), v(2, "a"));
+        r.up(peer(2, 1), v(3, "a"));
+        assert_eq!(r.total(), 5);
+        // Going down leaves the reported state; an unreported member leaves nothing.
+        r.down(peer(1, 1));
+        r.down(peer(2, 1));
+        assert_eq!(r.total(), 0);
+        assert_eq!(r.known(NodeId(1)), Some(known(1, MemberState::Alive)));
+        assert!(!r.is_known(NodeId(2)));
+        assert_eq!(r.members.len(), 1);
+        // A state reported while counted keeps the count, and the count keeps the state.
+        r.up(peer(1, 2), v(2, "a"));
+        let prev = r.set_known(NodeId(1), known(2, MemberState::Failed));
+        assert_eq!(prev, Some(known(1, MemberState::Alive)));
+        assert_eq!(r.total(), 2);
+        r.set_voter(NodeId(1), v(4, "b"));
+        assert_eq!(r.total(), 4);
+        assert_eq!(r.known(NodeId(1)), Some(known(2, MemberState::Failed)));
+        // A rebuild starts the tally over and keeps every reported state.
+        r.rebuild([(peer(3, 1), v(1, "a"))].into_iter());
+        assert_eq!(r.total(), 1);
+        assert_eq!(r.known(NodeId(1)), Some(known(2, MemberState::Failed)));
+        assert!(!r.is_known(NodeId(3)));
+        r.down(peer(1, 2));
+        assert_eq!(r.total(), 1, "no longer counted after the rebuild");
     }
 }

@@ -279,7 +279,7 @@ impl Membership {
         self.described.extend(fresh.iter().copied());
         let mut strangers = Vec::new();
         for id in fresh {
-            let Some(k) = self.known.get(&id).copied() else {
+            let Some(k) = self.reach.known(id) else {
                 strangers.push(id);
                 continue;
             };
@@ -291,7 +291,7 @@ impl Membership {
                 && m.leaving
                 && m.generation == k.generation
             {
-                self.known.insert(
+                self.reach.set_known(
                     id,
                     Known {
                         generation: k.generation,
@@ -355,7 +355,7 @@ impl Membership {
             .named(name)
             .filter(|m| {
                 m.id == self.identity.id
-                    || self.known.get(&m.id).is_some_and(|k| {
+                    || self.reach.known(m.id).is_some_and(|k| {
                         matches!(k.state, MemberState::Alive | MemberState::Suspect)
                     })
             })

@@ -113,7 +113,7 @@ impl Membership {
         let voter = self.voter_of(p.id);
         self.reach.up(p, voter);
         let member = self.member_ref(p);
-        let prev = self.known.insert(
+        let prev = self.reach.set_known(
             p.id,
             Known {
                 generation: p.generation,
@@ -166,8 +166,8 @@ impl Membership {
     fn on_member_down(&mut self, p: Peer) {
         self.reach.down(p);
         if self
-            .known
-            .get(&p.id)
+            .reach
+            .known(p.id)
             .is_some_and(|k| k.generation > p.generation)
         {
             return; // an old incarnation of a node that already came back
@@ -181,7 +181,7 @@ impl Membership {
         } else {
             MemberState::Failed
         };
-        self.known.insert(
+        self.reach.set_known(
             p.id,
             Known {
                 generation: p.generation,
@@ -206,11 +206,17 @@ impl Membership {
         let voter = self.voter_of(new.id);
         self.reach.up(new, voter);
         if old.id == new.id {
-            if let Some(k) = self.known.get_mut(&new.id)
+            if let Some(k) = self.reach.known(new.id)
                 && new.generation > k.generation
             {
                 let was_alive = k.state == MemberState::Alive;
-                k.generation = new.generation;
+                self.reach.set_known(
+                    new.id,
+                    Known {
+                        generation: new.generation,
+                        state: k.state,
+                    },
+                );
                 if was_alive {
                     let member = self.member_ref(new);
                     let ev = Event::MemberRestarted { member };
