@@ -155,7 +155,7 @@ pub(crate) struct Members<T: Identity> {
 }
 
 // Chorus patch: FNV-1a of an address, for the member index.
-fn addr_hash<A: core::hash::Hash>(addr: &A) -> u64 {
+pub(crate) fn addr_hash<A: core::hash::Hash>(addr: &A) -> u64 {
     struct Fnv(u64);
     impl core::hash::Hasher for Fnv {
         fn finish(&self) -> u64 {
