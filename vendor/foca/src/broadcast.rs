@@ -98,8 +98,8 @@ pub trait Invalidates {
     fn invalidates(&self, other: &Self) -> bool;
 
     /// Chorus patch: a hash of what invalidation compares, such that
-    /// `a.invalidates(b)` implies equal hashes; `None` (the default)
-    /// when there is none. With it, queuing an item skips the scan of
+    /// `a.invalidates(b)` implies that both give the same answer (both
+    /// `None`, or equal hashes); `None` (the default) when there is none. With it, queuing an item skips the scan of
     /// the queue for what it replaces when no queued item shares its
     /// hash (see `Broadcasts::filter`).
     fn invalidation_hash(&self) -> Option<u64> {
