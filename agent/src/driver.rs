@@ -461,6 +461,15 @@ impl Driver {
                     break;
                 }
             }
+            // The select above prefers every input to the timer: under a steady stream of
+            // inputs, work already due (a push composed a batch per step, a probe) runs here.
+            if self
+                .node
+                .poll_timeout()
+                .is_some_and(|t| t <= self.clock.now())
+            {
+                self.node.handle_timeout(self.clock.now(), self.wall_ms());
+            }
             if let Err(e) = self.flush().await {
                 error!(error = %e, "stopping the node");
                 break;

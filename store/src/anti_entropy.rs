@@ -26,10 +26,11 @@ pub const LEAF_MIN: usize = 16;
 
 /// Which keys a versions message speaks for: a set of places (`bucket * LEAVES + leaf`), whole
 /// buckets or single leaves, tested against the place each entry keeps beside its pointer.
-struct Cover(Vec<bool>);
+#[derive(Debug)]
+pub(crate) struct Cover(Vec<bool>);
 
 impl Cover {
-    fn buckets(set: impl IntoIterator<Item = usize>) -> Cover {
+    pub(crate) fn buckets(set: impl IntoIterator<Item = usize>) -> Cover {
         let mut places = vec![false; BUCKETS * LEAVES];
         for b in set {
             places[b * LEAVES..(b + 1) * LEAVES].fill(true);
@@ -45,7 +46,7 @@ impl Cover {
         Cover(places)
     }
 
-    fn covers_place(&self, place: usize) -> bool {
+    pub(crate) fn covers_place(&self, place: usize) -> bool {
         self.0[place]
     }
 }
@@ -117,8 +118,8 @@ impl StoreCore {
     }
 
     /// Answers a digest with our versions of the buckets that differ (or, for buckets the peer
-    /// holds nothing of, the entries themselves); returns how many `(key, version)` pairs and
-    /// pushed entries went out, whether every bucket of every store was equal, and whether some
+    /// holds nothing of, the entries themselves, queued: `push.rs`); returns how many `(key,
+    /// version)` pairs went out, whether every bucket of every store was equal, and whether some
     /// empty buckets were left for another round (only when the round carries [`PUSH_PARTS`]).
     pub(crate) fn on_digest(
         &mut self,
@@ -187,7 +188,7 @@ impl StoreCore {
             }
             if !push.is_empty() {
                 pushed_any = true;
-                sent += self.push_buckets(from, &name, &push, round);
+                self.queue_push(from, &name, &push, round);
             }
             if differ.is_empty() {
                 continue;
@@ -373,7 +374,7 @@ impl StoreCore {
 
     /// Sends entries in chunks of bounded size: as [`StoreMsg::Entries`], or as
     /// [`StoreMsg::RoundEntries`] of catch-up round `round`.
-    fn send_entries_for(
+    pub(crate) fn send_entries_for(
         &mut self,
         to: NodeId,
         store: &str,
@@ -407,38 +408,6 @@ impl StoreCore {
         }
         if !chunk.is_empty() {
             self.outbox.push_back((to, msg(chunk)));
-        }
-    }
-
-    /// Sends `to` every entry of the buckets in `set` of `store`, a batch at a time (never the
-    /// whole store cloned at once); in catch-up round `round` (not 0) as that round's entries.
-    /// Returns how many.
-    fn push_buckets(&mut self, to: NodeId, store: &str, set: &BTreeSet<usize>, round: u64) -> u64 {
-        const BATCH: usize = 8192;
-        let cover = Cover::buckets(set.iter().copied());
-        let mut after: Option<String> = None;
-        let mut pushed = 0;
-        loop {
-            let Some(s) = self.replica.store(store) else {
-                return pushed;
-            };
-            let chunk: Vec<(String, Entry)> = s
-                .placed(
-                    (
-                        after.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
-                        Bound::Unbounded,
-                    ),
-                    |p| cover.covers_place(p),
-                )
-                .take(BATCH)
-                .map(|(k, e)| (k.to_string(), e.to_entry()))
-                .collect();
-            let Some((last, _)) = chunk.last() else {
-                return pushed;
-            };
-            after = Some(last.clone());
-            pushed += chunk.len() as u64;
-            self.send_entries_for(to, store, chunk, (round != 0).then_some(round));
         }
     }
 }

@@ -72,6 +72,9 @@ pub struct StoreConfig {
     /// parts ([`PUSH_PARTS`](crate::msg::PUSH_PARTS)); at least one bucket goes. Below what the
     /// transport queues for one peer, or the rest of a push is dropped.
     pub sync_push_budget_bytes: usize,
+    /// Entries a push composes per step of the core: the first batch leaves at once, and the
+    /// node handles other inputs between two batches (`push.rs`).
+    pub sync_push_batch: usize,
     /// Reads on a node without quorum.
     pub minority_reads: MinorityReads,
     /// The stores that exist, by name.
@@ -106,6 +109,7 @@ impl StoreConfig {
             sync_chunk_bytes: 256 * 1024,
             sync_versions_per_message: 8192,
             sync_push_budget_bytes: 16 << 20,
+            sync_push_batch: 8192,
             minority_reads: MinorityReads::Refuse,
             stores,
             durable: false,

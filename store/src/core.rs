@@ -18,7 +18,7 @@ use crate::fault::Fault;
 use crate::hlc::Hlc;
 use crate::limits::{StoreError, check_key, check_store_name};
 use crate::log_gate::{Held, LogState};
-use crate::msg::{PARTIAL, StoreMsg};
+use crate::msg::StoreMsg;
 use crate::replica::Replica;
 use crate::request::{OpId, Reply};
 use membership::NodeId;
@@ -67,6 +67,8 @@ pub struct StoreCore {
     pub(crate) in_sync: BTreeMap<NodeId, u64>,
     /// When this node last started a periodic anti-entropy round.
     pub(crate) last_round: Duration,
+    /// Pushes still being composed, and the marks that wait behind them (`push.rs`).
+    pub(crate) pushing: VecDeque<crate::push::Pending>,
 }
 
 impl StoreCore {
@@ -102,6 +104,7 @@ impl StoreCore {
             timers: BTreeMap::new(),
             seq: 0,
             outbox: VecDeque::new(),
+            pushing: VecDeque::new(),
             replies: VecDeque::new(),
             faults: BTreeSet::new(),
             log: LogState {
@@ -142,7 +145,10 @@ impl StoreCore {
 
     /// The earliest time [`StoreCore::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        self.timers.keys().next().map(|(t, _)| *t)
+        // A push being composed is work due now: a batch per step (`push.rs`).
+        let push = self.pushing().then_some(self.now);
+        let timer = self.timers.keys().next().map(|(t, _)| *t);
+        push.into_iter().chain(timer).min()
     }
 
     /// The next message to send.
@@ -174,6 +180,7 @@ impl StoreCore {
         // says so.
         let peers = &self.peers;
         self.in_sync.retain(|p, _| peers.contains_key(p));
+        self.forget_pushes();
         self.view_quorum = has_quorum;
         self.view_reachable = reachable_votes;
         if self.faults.contains(&Fault::NoAntiEntropy) {
@@ -282,13 +289,11 @@ impl StoreCore {
                         .push_back((from, StoreMsg::InSync { fingerprint }));
                 }
                 if round != 0 {
-                    let lost = self.catch_up.as_ref().is_some_and(|c| c.lost);
-                    let mark = StoreMsg::SyncMark {
-                        round: if partial { round | PARTIAL } else { round },
-                        lost,
-                        versions,
-                    };
-                    self.outbox.push_back((from, mark));
+                    tracing::debug!(%from, round, versions, partial, "catch-up round answered");
+                    // After this round's pushes, counting them too.
+                    self.queue_mark(from, round, partial, versions);
+                } else {
+                    self.continue_pushes();
                 }
             }
             StoreMsg::InSync { fingerprint } => {
@@ -451,6 +456,9 @@ impl StoreCore {
                     self.schedule(Duration::from_secs(60), Due::Collect);
                 }
             }
+        }
+        if self.pushing() {
+            self.continue_pushes();
         }
     }
 }

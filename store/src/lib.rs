@@ -16,6 +16,7 @@ pub mod hlc;
 pub mod limits;
 mod log_gate;
 pub mod msg;
+mod push;
 pub mod replica;
 pub mod request;
 mod slot;

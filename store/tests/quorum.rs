@@ -800,13 +800,23 @@ fn a_push_goes_in_parts_only_to_a_node_that_asks_for_them() {
         };
         net.nodes[0].handle_message(now, wall, wiped, digest);
         let (mut pushed, mut mark) = (0, None);
-        while let Some((to, m)) = net.nodes[0].poll_send() {
-            match m {
-                StoreMsg::RoundEntries { entries, .. } if to == wiped => pushed += entries.len(),
-                StoreMsg::SyncMark {
-                    round, versions, ..
-                } if to == wiped => mark = Some((round, versions)),
-                _ => {}
+        loop {
+            while let Some((to, m)) = net.nodes[0].poll_send() {
+                match m {
+                    StoreMsg::RoundEntries { entries, .. } if to == wiped => {
+                        pushed += entries.len()
+                    }
+                    StoreMsg::SyncMark {
+                        round, versions, ..
+                    } if to == wiped => mark = Some((round, versions)),
+                    _ => {}
+                }
+            }
+            // The push goes a batch per step, as work due now.
+            if net.nodes[0].poll_timeout().is_some_and(|t| t <= now) {
+                net.nodes[0].handle_timeout(now, wall);
+            } else {
+                break;
             }
         }
         (
@@ -824,6 +834,70 @@ fn a_push_goes_in_parts_only_to_a_node_that_asks_for_them() {
     let (pushed, (round, versions)) = answer(new);
     assert!(pushed < 3_000, "{pushed} pushed: a part");
     assert_eq!((round, versions), (new | PARTIAL, pushed as u64));
+}
+
+/// Issue 15: a push is composed a batch per step of the core, so the first batch leaves at once
+/// and the node answers other requests between two batches; the round's mark still follows the
+/// last entry and counts every entry pushed.
+#[test]
+fn a_push_goes_a_batch_per_step_and_its_mark_follows_every_entry_it_counts() {
+    use store::msg::PUSH_EMPTY;
+    let mut net = Net::with(3, |c| c.sync_push_batch = 400);
+    wipe_after_3000_writes(&mut net);
+    let (wiped, other, now, wall) = (net.ids[2], net.ids[1], net.now, net.wall());
+    let round = 7 | PUSH_EMPTY;
+    let digest = StoreMsg::Digest {
+        stores: vec![],
+        round,
+    };
+    net.nodes[0].handle_message(now, wall, wiped, digest);
+    let (mut pushed, mut steps, mut mark, mut after_mark) = (0, 0, None, 0);
+    let mut answered_between = false;
+    loop {
+        steps += 1;
+        let mut this_step = 0;
+        while let Some((to, m)) = net.nodes[0].poll_send() {
+            match m {
+                StoreMsg::RoundEntries { entries, .. } if to == wiped => {
+                    this_step += entries.len();
+                    if mark.is_some() {
+                        after_mark += entries.len();
+                    }
+                }
+                StoreMsg::SyncMark {
+                    round, versions, ..
+                } if to == wiped => mark = Some((round, versions)),
+                StoreMsg::ReadResp { .. } if to == other => answered_between = true,
+                _ => {}
+            }
+        }
+        assert!(this_step <= 400, "{this_step} entries in one step");
+        pushed += this_step;
+        if steps == 2 {
+            // Another peer's read arrives mid-push: it is answered in this step, not after.
+            let ask = StoreMsg::ReadReq {
+                op: 1,
+                store: "default".into(),
+                key: "k1".into(),
+            };
+            net.nodes[0].handle_message(now, wall, other, ask);
+            assert!(mark.is_none(), "the push is still going");
+        }
+        if net.nodes[0].poll_timeout().is_some_and(|t| t <= now) {
+            net.nodes[0].handle_timeout(now, wall);
+        } else {
+            break;
+        }
+    }
+    assert!(answered_between, "a read waited behind the push");
+    assert_eq!(pushed, 3_000);
+    assert!(steps >= 3_000 / 400, "{steps} steps");
+    assert_eq!(
+        mark,
+        Some((round, 3_000)),
+        "the mark counts every entry pushed"
+    );
+    assert_eq!(after_mark, 0, "entries after the mark that counts them");
 }
 
 /// Tells node `i` that its membership holds `failed` failed (one vote each).

@@ -20,6 +20,12 @@ pub struct Cluster {
 /// Agents log warnings, and membership events (failures, quorum changes) to explain errors.
 const AGENT_LOG: &str = "warn,membership=info";
 
+/// The agents' log filter: `CHORUS_BENCH_LOG` when set (a bench run that wants the store's debug
+/// lines, say), else [`AGENT_LOG`].
+fn agent_log() -> String {
+    std::env::var("CHORUS_BENCH_LOG").unwrap_or_else(|_| AGENT_LOG.into())
+}
+
 impl Cluster {
     /// Membership failures and quorum changes in every agent's log so far, each with its agent.
     pub fn trouble(&self) -> Vec<String> {
@@ -50,7 +56,7 @@ impl Cluster {
     pub fn restart(&mut self, i: usize) {
         self.children[i] = Command::new(&self.bin)
             .args(&self.commands[i])
-            .env("CHORUS_LOG", AGENT_LOG)
+            .env("CHORUS_LOG", agent_log())
             .env("CHORUS_STORE_FSYNC", &self.fsync)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -123,7 +129,7 @@ pub fn start(n: usize, fsync: &str) -> Cluster {
         commands.push(argv.clone());
         let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
             .args(&argv)
-            .env("CHORUS_LOG", AGENT_LOG)
+            .env("CHORUS_LOG", agent_log())
             .env("CHORUS_STORE_FSYNC", fsync)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

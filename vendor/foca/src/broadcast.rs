@@ -99,9 +99,10 @@ pub trait Invalidates {
 
     /// Chorus patch: a hash of what invalidation compares, such that
     /// `a.invalidates(b)` implies that both give the same answer (both
-    /// `None`, or equal hashes); `None` (the default) when there is none. With it, queuing an item skips the scan of
-    /// the queue for what it replaces when no queued item shares its
-    /// hash (see `Broadcasts::filter`).
+    /// `None`, or equal hashes); `None` (the default) when there is none.
+    /// With it, queuing an item skips the scan of the queue for what it
+    /// replaces when no queued item shares its hash (see
+    /// `Broadcasts::filter`).
     fn invalidation_hash(&self) -> Option<u64> {
         None
     }
