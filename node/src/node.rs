@@ -485,6 +485,12 @@ impl Node {
         self.collect();
     }
 
+    /// Whether a core has work it does a batch per step (a store push being composed): the
+    /// driver then calls [`Node::handle_timeout`] every turn, even while inputs keep arriving.
+    pub fn has_queued_work(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.pushing())
+    }
+
     /// The earliest core time at which [`Node::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Duration> {
         [

@@ -76,8 +76,8 @@ impl StoreCore {
         self.continue_pushes();
     }
 
-    /// Whether a push has batches left to compose.
-    pub(crate) fn pushing(&self) -> bool {
+    /// Whether a push has batches left to compose (then [`StoreCore::poll_timeout`] says now).
+    pub fn pushing(&self) -> bool {
         !self.pushing.is_empty()
     }
 
