@@ -359,6 +359,12 @@ impl Sim {
         if let Some(rtt) = self.cfg.max_rtt {
             c.round_retry = c.round_retry.max(rtt * 2);
         }
+        // Small push batches and parts, so that the scenarios' small stores take, where they
+        // push enough, the paths a million keys take in the agent: a push composed over several
+        // steps, interleaved with everything else, and a catch-up in parts (the `wipe` scenario
+        // pushes a handful of entries; store/tests/quorum.rs drives thousands through both).
+        c.sync_push_batch = 16;
+        c.sync_push_budget_bytes = 8 << 10;
         c
     }
 
