@@ -463,8 +463,8 @@ impl Driver {
             }
             // The select above prefers every input to the timer, so a push composed a batch per
             // step would wait while inputs keep arriving: its next batch goes every turn. (Only
-            // that: running every due timer each turn cost 5-9 % of quorum writes at 32 clients,
-            // wrk bench, interleaved.)
+            // that: running every due timer each turn cost about 9 % of quorum writes at 32
+            // clients, wrk bench alternated; docs/benchmarks.md.)
             if self.node.has_queued_work() {
                 self.node.handle_timeout(self.clock.now(), self.wall_ms());
             }
