@@ -19,8 +19,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Deterministic simulation of Chorus clusters: scenarios with faults and checkers, seed sweeps,
-/// and membership at scale.
 /// jemalloc, as the agent (agent/src/main.rs): the simulation then allocates as the agents it
 /// stands for do, and at scale, where every node holds small records of every other, memory
 /// per pair of members is the limit (docs/benchmarks.md, "Membership at scale, third pass").
@@ -28,6 +26,8 @@ use std::time::Duration;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Deterministic simulation of Chorus clusters: scenarios with faults and checkers, seed sweeps,
+/// and membership at scale.
 #[derive(Parser)]
 #[command(name = "netsim", version)]
 struct Cli {
