@@ -587,9 +587,10 @@ mod tests {
     }
 
     /// The table against a plain map of stamps: 20 seeds of 3,000 random merges (ids of any
-    /// size, some seen again with older or newer stamps), with the lookups, the digest and a
-    /// random range's comparison checked after each, so the id order is read while records
-    /// keep arriving. Shown to fail with `settle` leaving new positions unsorted.
+    /// size, some seen again with older or newer stamps), the lookups checked after every
+    /// merge and the digest, a random range's comparison and `iter` after every tenth, so the
+    /// id order is read while records keep arriving. Shown to fail with `settle` leaving new
+    /// positions unsorted.
     #[test]
     fn the_table_agrees_with_a_plain_map() {
         use rand::{RngExt, SeedableRng, rngs::Xoshiro256PlusPlus};
