@@ -114,9 +114,22 @@ impl Invalidates for &[u8] {
     }
 }
 
-pub(crate) struct Broadcasts<V> {
-    flip: alloc::collections::BinaryHeap<Entry<V>>,
-    flop: alloc::collections::BinaryHeap<Entry<V>>,
+pub(crate) struct Broadcasts<V, const N: usize = INLINE> {
+    // Chorus patch: the heaps order small handles (`Handle`, 8 bytes),
+    // and the items and their data sit in `slots`. The heaps held the
+    // whole entry (56 bytes with a member address), and every pop moved
+    // entries down a path of log n levels through memory that misses the
+    // cache: popping was 8 % of a simulated 1,000-node join, and reading
+    // each entry's separately allocated data another 6.5 % (perf, see
+    // docs/benchmarks.md). A handle compares exactly as the entry did, so
+    // the heaps make the same moves and send the same bytes in the same
+    // order (`the_handles_send_what_the_entries_sent`).
+    flip: alloc::collections::BinaryHeap<Handle>,
+    flop: alloc::collections::BinaryHeap<Handle>,
+    // Chorus patch: each queued entry's item and data, where its handle
+    // points; `None` in the places listed in `free`.
+    slots: Vec<Option<Slot<V, N>>>,
+    free: Vec<u32>,
     // Chorus patch: no entry's data is shorter than this (usize::MAX
     // when there are none). `fill` popped every entry of the heap once
     // the buffer was nearly full, looking for one small enough to fit,
@@ -144,9 +157,22 @@ where
     T: Invalidates,
 {
     pub(crate) fn new() -> Self {
+        Self::keeping_inline()
+    }
+}
+
+impl<T, const N: usize> Broadcasts<T, N>
+where
+    T: Invalidates,
+{
+    // Chorus patch: a queue that keeps data of up to `N` bytes in place
+    // (`Data`).
+    pub(crate) fn keeping_inline() -> Self {
         Self {
             flip: Default::default(),
             flop: Default::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
             min_len: usize::MAX,
             filter: Vec::new(),
         }
@@ -157,7 +183,7 @@ where
         debug_assert!(slots.is_power_of_two());
         self.filter.clear();
         self.filter.resize(slots, 0);
-        for node in self.flip.iter() {
+        for node in self.slots.iter().flatten() {
             if let Some(h) = node.item.invalidation_hash() {
                 let c = &mut self.filter[slot(slots, h)];
                 *c = c.saturating_add(1);
@@ -194,11 +220,21 @@ where
             _ => !self.flip.is_empty(),
         };
         if may_replace {
-            let Self { flip, filter, .. } = self;
-            flip.retain(|node| {
-                let keep = !item.invalidates(&node.item);
+            let Self {
+                flip,
+                slots,
+                free,
+                filter,
+                ..
+            } = self;
+            flip.retain(|handle| {
+                let at = handle.at as usize;
+                let held = slots[at].as_ref().expect("a queued handle has its slot");
+                let keep = !item.invalidates(&held.item);
                 if !keep {
-                    Self::unfilter(filter, &node.item);
+                    Self::unfilter(filter, &held.item);
+                    slots[at] = None;
+                    free.push(handle.at);
                 }
                 keep
             });
@@ -212,13 +248,19 @@ where
             *c = c.saturating_add(1);
         }
         self.min_len = self.min_len.min(data.len());
-        self.flip.push(Entry {
-            remaining_tx: max_tx,
+        let key = Handle::key(max_tx, data.len());
+        let held = Slot {
             item,
-            // Chorus patch: exact size (the encoder's buffer doubled
-            // as it grew; a join queues about n of these per node).
-            data: data.into_boxed_slice(),
-        });
+            data: Data::new(data),
+        };
+        let at = if let Some(at) = self.free.pop() {
+            self.slots[at as usize] = Some(held);
+            at
+        } else {
+            self.slots.push(Some(held));
+            u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 queued broadcasts")
+        };
+        self.flip.push(Handle { key, at });
     }
 
     // An entry left the heap: the bound may have grown.
@@ -226,7 +268,7 @@ where
         self.min_len = self
             .flip
             .iter()
-            .map(|node| node.data.len())
+            .map(|handle| handle.len())
             .min()
             .unwrap_or(usize::MAX);
     }
@@ -238,8 +280,8 @@ where
     // `netsim scale --nodes 1000`, those idle capacities were 113 of the
     // 489 bytes of peak heap per pair of members, while the queues held
     // almost nothing. `flop` only ever holds what one fill pops, so it
-    // keeps room for `KEEP`; `flip` halves when it is a quarter full
-    // (amortised O(1), as the growth).
+    // keeps room for `KEEP`; `flip` and the slots halve when a quarter
+    // full (amortised O(1), as the growth).
     fn release_spare(&mut self) {
         const KEEP: usize = 64;
         if self.flop.capacity() > KEEP {
@@ -249,10 +291,46 @@ where
         if self.flip.capacity() > KEEP && self.flip.capacity() / 4 > len {
             self.flip.shrink_to((len * 2).max(KEEP));
         }
+        if self.slots.capacity() > KEEP && self.slots.capacity() / 4 > len {
+            self.compact((len * 2).max(KEEP));
+        }
         if self.filter.len() > 64 && self.filter.len() > 16 * len {
             self.refilter((len * 8).next_power_of_two().max(64));
             self.filter.shrink_to_fit();
         }
+    }
+
+    // Chorus patch: the queued entries moved to the front of a slot list
+    // with room for `room`, the handles pointed at their new places. The
+    // handles keep their positions in the heap: `From<Vec>` on a vector
+    // that is already a heap moves nothing, since a parent that is not
+    // less than its larger child stays put.
+    fn compact(&mut self, room: usize) {
+        let mut handles = core::mem::take(&mut self.flip).into_vec();
+        let mut slots = Vec::with_capacity(room.max(handles.len()));
+        for handle in handles.iter_mut() {
+            slots.push(self.slots[handle.at as usize].take());
+            handle.at = u32::try_from(slots.len() - 1).expect("fewer than 2^32 queued");
+        }
+        self.slots = slots;
+        self.free.clear();
+        self.free.shrink_to(room / 4);
+        self.flip = alloc::collections::BinaryHeap::from(handles);
+    }
+
+    // Chorus patch: the entry behind a handle, sent once more: its slot
+    // is emptied when that was its last transmission (true then).
+    fn sent(&mut self, handle: &mut Handle) -> bool {
+        handle.key -= 1 << 16;
+        if handle.remaining_tx() > 0 {
+            return false;
+        }
+        let held = self.slots[handle.at as usize]
+            .take()
+            .expect("a queued handle has its slot");
+        Self::unfilter(&mut self.filter, &held.item);
+        self.free.push(handle.at);
+        true
     }
 
     pub(crate) fn fill(&mut self, mut buffer: impl BufMut, max_items: usize) -> usize {
@@ -267,25 +345,27 @@ where
         let mut dropped = false;
         while buffer.has_remaining_mut() && remaining > 0 && buffer.remaining_mut() >= self.min_len
         {
-            let Some(mut node) = self.flip.pop() else {
+            let Some(mut handle) = self.flip.pop() else {
                 break;
             };
-            debug_assert!(node.remaining_tx > 0);
+            debug_assert!(handle.remaining_tx() > 0);
 
-            if buffer.remaining_mut() >= node.data.len() {
+            let data = self.slots[handle.at as usize]
+                .as_ref()
+                .expect("a queued handle has its slot")
+                .data
+                .as_slice();
+            if buffer.remaining_mut() >= data.len() {
                 num_taken += 1;
                 remaining -= 1;
 
-                buffer.put_slice(&node.data);
-                node.remaining_tx -= 1;
+                buffer.put_slice(data);
+                if self.sent(&mut handle) {
+                    dropped = true;
+                    continue;
+                }
             }
-
-            if node.remaining_tx > 0 {
-                self.flop.push(node);
-            } else {
-                Self::unfilter(&mut self.filter, &node.item);
-                dropped = true;
-            }
+            self.flop.push(handle);
         }
 
         self.flip.append(&mut self.flop);
@@ -315,27 +395,29 @@ where
             && remaining > 0
             && buffer.remaining_mut() >= self.min_len.saturating_add(2)
         {
-            let Some(mut node) = self.flip.pop() else {
+            let Some(mut handle) = self.flip.pop() else {
                 break;
             };
-            debug_assert!(node.remaining_tx > 0);
+            debug_assert!(handle.remaining_tx() > 0);
 
-            if buffer.remaining_mut() >= node.data.len() + 2 {
+            let data = self.slots[handle.at as usize]
+                .as_ref()
+                .expect("a queued handle has its slot")
+                .data
+                .as_slice();
+            if buffer.remaining_mut() >= data.len() + 2 {
                 num_taken += 1;
                 remaining -= 1;
 
-                debug_assert!(u16::try_from(node.data.len()).is_ok());
-                buffer.put_u16(node.data.len() as u16);
-                buffer.put_slice(&node.data);
-                node.remaining_tx -= 1;
+                debug_assert!(u16::try_from(data.len()).is_ok());
+                buffer.put_u16(data.len() as u16);
+                buffer.put_slice(data);
+                if self.sent(&mut handle) {
+                    dropped = true;
+                    continue;
+                }
             }
-
-            if node.remaining_tx > 0 {
-                self.flop.push(node);
-            } else {
-                Self::unfilter(&mut self.filter, &node.item);
-                dropped = true;
-            }
+            self.flop.push(handle);
         }
 
         self.flip.append(&mut self.flop);
@@ -348,36 +430,93 @@ where
     }
 }
 
-#[derive(Debug, Clone)]
-struct Entry<T> {
-    remaining_tx: usize,
-    // XXX could be Bytes, or keep a pool in parent
-    // Chorus patch: a boxed slice, was `Vec<u8>` (8 bytes less, and no
-    // spare capacity: see `add_or_replace`).
-    data: alloc::boxed::Box<[u8]>,
-    // ignored for eq/ord. sorting is unstable
-    item: T,
+// Chorus patch: what the heaps order. `key` packs an entry's remaining
+// transmissions (high 16 bits; foca's limit is a u8) over its data's
+// length (low 16 bits, saturated: data longer than 65,535 bytes fits no
+// datagram), so comparing keys compares (remaining_tx, data length) as
+// foca's `Entry` did; ties stay unordered ("sorting is unstable").
+#[derive(Debug, Clone, Copy)]
+struct Handle {
+    key: u32,
+    at: u32,
 }
 
-impl<T> PartialEq for Entry<T> {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other).is_eq()
+impl Handle {
+    fn key(remaining_tx: usize, len: usize) -> u32 {
+        debug_assert!(u16::try_from(remaining_tx).is_ok());
+        (remaining_tx.min(0xFFFF) as u32) << 16 | len.min(0xFFFF) as u32
+    }
+
+    const fn remaining_tx(&self) -> usize {
+        (self.key >> 16) as usize
+    }
+
+    // The data's length, 65,535 for anything longer: a lower bound.
+    const fn len(&self) -> usize {
+        (self.key & 0xFFFF) as usize
     }
 }
 
-impl<T> Eq for Entry<T> {}
+impl PartialEq for Handle {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
 
-impl<T> PartialOrd for Entry<T> {
+impl Eq for Handle {}
+
+impl PartialOrd for Handle {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl<T> Ord for Entry<T> {
+impl Ord for Handle {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.remaining_tx
-            .cmp(&other.remaining_tx)
-            .then_with(|| self.data.len().cmp(&other.data.len()))
+        self.key.cmp(&other.key)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Slot<T, const N: usize> {
+    item: T,
+    data: Data<N>,
+}
+
+// Chorus patch: a queued entry's data, in place when at most `N` bytes
+// (`N` < 256). A member update (18 bytes with an IPv4 address in Chorus)
+// was a separate allocation, read once per transmission from wherever the
+// allocator had put it: a cache miss per entry sent. With the default, 32
+// bytes either way.
+pub(crate) const INLINE: usize = 30;
+
+#[derive(Debug, Clone)]
+enum Data<const N: usize> {
+    Inline { len: u8, bytes: [u8; N] },
+    // Exact size (the encoder's buffer doubled as it grew).
+    Boxed(alloc::boxed::Box<[u8]>),
+}
+
+impl<const N: usize> Data<N> {
+    fn new(data: Vec<u8>) -> Self {
+        const { assert!(N < 256) };
+        if data.len() <= N {
+            let mut bytes = [0; N];
+            bytes[..data.len()].copy_from_slice(&data);
+            Data::Inline {
+                len: data.len() as u8,
+                bytes,
+            }
+        } else {
+            Data::Boxed(data.into_boxed_slice())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Data::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Data::Boxed(data) => data,
+        }
     }
 }
 
@@ -385,6 +524,32 @@ impl<T> Ord for Entry<T> {
 mod tests {
 
     use super::*;
+
+    impl<T: Invalidates, const N: usize> Broadcasts<T, N> {
+        // Every queued entry: its item, remaining transmissions and data.
+        fn queued(&self) -> impl Iterator<Item = (&T, usize, Vec<u8>)> {
+            self.flip.iter().map(|handle| {
+                let held = self.slots[handle.at as usize].as_ref().unwrap();
+                (
+                    &held.item,
+                    handle.remaining_tx(),
+                    held.data.as_slice().to_vec(),
+                )
+            })
+        }
+
+        // Queued without looking for what it replaces.
+        fn push_unscanned(&mut self, item: T, data: Vec<u8>, tx: usize) {
+            self.min_len = self.min_len.min(data.len());
+            let key = Handle::key(tx, data.len());
+            self.slots.push(Some(Slot {
+                item,
+                data: Data::new(data),
+            }));
+            let at = (self.slots.len() - 1) as u32;
+            self.flip.push(Handle { key, at });
+        }
+    }
 
     struct Key(&'static str);
 
@@ -583,24 +748,172 @@ mod tests {
                     assert_eq!((na, &a), (nb, &b), "seed {seed}, op {op}: sent differently");
                 }
                 let mut ha: Vec<_> = hashed
-                    .flip
-                    .iter()
-                    .map(|e| (e.item.0, e.remaining_tx, e.data.clone()))
+                    .queued()
+                    .map(|(item, tx, data)| (item.0, tx, data))
                     .collect();
                 let mut pa: Vec<_> = plain
-                    .flip
-                    .iter()
-                    .map(|e| (e.item.0, e.remaining_tx, e.data.clone()))
+                    .queued()
+                    .map(|(item, tx, data)| (item.0, tx, data))
                     .collect();
                 ha.sort();
                 pa.sort();
                 assert_eq!(ha, pa, "seed {seed}, op {op}: queued differently");
                 let mut counts = vec![0u16; hashed.filter.len()];
-                for e in hashed.flip.iter() {
-                    let at = slot(counts.len(), e.item.invalidation_hash().unwrap());
+                for (item, _, _) in hashed.queued() {
+                    let at = slot(counts.len(), item.invalidation_hash().unwrap());
                     counts[at] += 1;
                 }
                 assert_eq!(counts, hashed.filter, "seed {seed}, op {op}: filter off");
+            }
+        }
+    }
+
+    // Chorus patch: the queue of handles sends what foca's queue of
+    // whole entries sent (the reference below is that code, with the
+    // early stop of patch 2), byte for byte and in the same order,
+    // through growth, replacement, draining and the slots' compaction,
+    // with data both in place and boxed. Shown to fail with `compact`
+    // putting the handles back in another order, and with the key's
+    // two halves swapped.
+    #[test]
+    fn the_handles_send_what_the_entries_sent() {
+        use alloc::collections::BinaryHeap;
+        use alloc::vec;
+
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        struct Id(u8);
+        impl Invalidates for Id {
+            fn invalidates(&self, other: &Self) -> bool {
+                self.0 == other.0
+            }
+            fn invalidation_hash(&self) -> Option<u64> {
+                Some(u64::from(self.0))
+            }
+        }
+
+        struct RefEntry {
+            remaining_tx: usize,
+            data: Vec<u8>,
+            item: Id,
+        }
+        impl PartialEq for RefEntry {
+            fn eq(&self, other: &Self) -> bool {
+                self.cmp(other).is_eq()
+            }
+        }
+        impl Eq for RefEntry {}
+        impl PartialOrd for RefEntry {
+            fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl Ord for RefEntry {
+            fn cmp(&self, other: &Self) -> Ordering {
+                self.remaining_tx
+                    .cmp(&other.remaining_tx)
+                    .then_with(|| self.data.len().cmp(&other.data.len()))
+            }
+        }
+
+        #[derive(Default)]
+        struct Reference {
+            flip: BinaryHeap<RefEntry>,
+            flop: BinaryHeap<RefEntry>,
+            min_len: Option<usize>,
+        }
+        impl Reference {
+            fn add(&mut self, item: Id, data: Vec<u8>, max_tx: usize) {
+                self.flip.retain(|e| !item.invalidates(&e.item));
+                self.min_len = Some(self.min_len.map_or(data.len(), |m| m.min(data.len())));
+                self.flip.push(RefEntry {
+                    remaining_tx: max_tx,
+                    data,
+                    item,
+                });
+            }
+            fn fill(&mut self, buf: &mut Vec<u8>, room: usize, max: usize, prefix: bool) -> usize {
+                let extra = if prefix { 2 } else { 0 };
+                let (mut taken, mut dropped) = (0, false);
+                while taken < max
+                    && room - buf.len() >= self.min_len.unwrap_or(usize::MAX).saturating_add(extra)
+                {
+                    let Some(mut e) = self.flip.pop() else { break };
+                    if room - buf.len() >= e.data.len() + extra {
+                        taken += 1;
+                        if prefix {
+                            buf.extend_from_slice(&(e.data.len() as u16).to_be_bytes());
+                        }
+                        buf.extend_from_slice(&e.data);
+                        e.remaining_tx -= 1;
+                    }
+                    if e.remaining_tx > 0 {
+                        self.flop.push(e);
+                    } else {
+                        dropped = true;
+                    }
+                }
+                self.flip.append(&mut self.flop);
+                if dropped {
+                    self.min_len = self.flip.iter().map(|e| e.data.len()).min();
+                }
+                taken
+            }
+        }
+
+        // Data of 1 to 60 bytes: in place and boxed with either size.
+        run::<INLINE>();
+        run::<62>();
+        fn run<const N: usize>() {
+            for seed in 1..=4u64 {
+                let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                let mut next = move |n: u64| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x % n
+                };
+                let mut queue = Broadcasts::<Id, N>::keeping_inline();
+                let mut reference = Reference::default();
+                let mut compacted = 0;
+                for op in 0..12_000u32 {
+                    // Phases of 1,500 operations: the queue grows to a few
+                    // hundred entries, then drains.
+                    let adds = if (op / 1_500) % 2 == 0 { 8 } else { 1 };
+                    if next(10) < adds {
+                        let key = Id(next(250) as u8);
+                        let data = vec![op as u8; 1 + next(60) as usize];
+                        let tx = 1 + next(6) as usize;
+                        queue.add_or_replace(key, data.clone(), tx);
+                        reference.add(key, data, tx);
+                    } else {
+                        let room = 20 + next(300) as usize;
+                        let max = if next(4) == 0 {
+                            next(8) as usize
+                        } else {
+                            usize::MAX
+                        };
+                        let prefix = next(2) == 0;
+                        let mut got = Vec::new();
+                        let slots_before = queue.slots.capacity();
+                        let n = if prefix {
+                            queue.fill_with_len_prefix(bytes::BufMut::limit(&mut got, room), max)
+                        } else {
+                            queue.fill(bytes::BufMut::limit(&mut got, room), max)
+                        };
+                        if queue.slots.capacity() < slots_before {
+                            compacted += 1;
+                        }
+                        let mut want = Vec::new();
+                        let m = reference.fill(&mut want, room, max, prefix);
+                        assert_eq!(
+                            (n, got),
+                            (m, want),
+                            "N {N}, seed {seed}, op {op}: sent differently"
+                        );
+                    }
+                    assert_eq!(queue.len(), reference.flip.len(), "seed {seed}, op {op}");
+                }
+                assert!(compacted > 0, "seed {seed}: the slots were never compacted");
             }
         }
     }
@@ -613,13 +926,10 @@ mod tests {
         for i in 0..1000u32 {
             piggyback.add_or_replace(Key(if i % 2 == 0 { "a" } else { "b" }), vec![0; 40], 1);
             // Pushed past `add_or_replace`, so none replaces another.
-            piggyback.flip.push(Entry {
-                remaining_tx: 1,
-                data: vec![1; 40].into_boxed_slice(),
-                item: Key("c"),
-            });
+            piggyback.push_unscanned(Key("c"), vec![1; 40], 1);
         }
         assert!(piggyback.flip.capacity() >= 1000);
+        assert!(piggyback.slots.capacity() >= 1000);
         let mut sent = 0;
         while !piggyback.is_empty() {
             // A datagram's room: about 35 entries per fill, so the queue
@@ -633,10 +943,12 @@ mod tests {
             sent += n;
             assert!(
                 piggyback.flip.capacity() <= (4 * piggyback.len() + 3).max(64)
+                    && piggyback.slots.capacity() <= (4 * piggyback.len() + 3).max(64)
                     && piggyback.flop.capacity() <= 64,
-                "{} queued, room for {} in flip and {} in flop",
+                "{} queued, room for {} in flip, {} in slots and {} in flop",
                 piggyback.len(),
                 piggyback.flip.capacity(),
+                piggyback.slots.capacity(),
                 piggyback.flop.capacity()
             );
         }

@@ -197,7 +197,9 @@ pub struct Foca<T: Identity, C, RNG, B: BroadcastHandler<T>> {
     updates: Broadcasts<Addr<T::Addr>>,
 
     broadcast_handler: B,
-    custom_broadcasts: Broadcasts<B::Key>,
+    // Chorus patch: records of up to 62 bytes kept in place (Chorus's
+    // node records are 31-33 bytes in netsim; see broadcast.rs, `Data`).
+    custom_broadcasts: Broadcasts<B::Key, 62>,
 }
 
 impl<T, C, RNG> Foca<T, C, RNG, NoCustomBroadcast>
@@ -265,7 +267,7 @@ where
             connection_state: ConnectionState::Disconnected,
             updates: Broadcasts::new(),
             send_buf: Vec::with_capacity(max_bytes),
-            custom_broadcasts: Broadcasts::new(),
+            custom_broadcasts: Broadcasts::keeping_inline(),
             broadcast_handler,
         }
     }
