@@ -11,6 +11,7 @@ pub mod core;
 mod discovery;
 pub mod envelope;
 mod fault;
+pub mod harness;
 pub mod identity;
 pub mod keyring;
 pub mod meta;

@@ -1,8 +1,6 @@
 //! Captured datagrams replayed into a running core are dropped as replays and change nothing.
 
-use membership::{
-    Destination, DropReason, MemberState, Membership, MembershipConfig, NodeId, Peer, QuorumRule,
-};
+use membership::{DropReason, MemberState, Membership, MembershipConfig, NodeId, Peer, QuorumRule};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -21,34 +19,6 @@ fn cfg() -> MembershipConfig {
     cfg
 }
 
-/// Three cores exchanging every datagram for `ms` from `from_ms`; every datagram delivered to
-/// node 0 is also kept, with its sender.
-fn run(nodes: &mut [Membership], from_ms: u64, ms: u64, mut keep: impl FnMut(SocketAddr, &[u8])) {
-    for t in (from_ms..from_ms + ms).step_by(5) {
-        let now = Duration::from_millis(t);
-        for k in 0..nodes.len() {
-            nodes[k].handle_timeout(now);
-            let mut sent = Vec::new();
-            while let Some(tx) = nodes[k].poll_transmit() {
-                sent.push(tx);
-            }
-            while nodes[k].poll_event().is_some() {}
-            let me = nodes[k].identity().addr;
-            for tx in sent {
-                let Destination::Unicast(to) = tx.to else {
-                    continue;
-                };
-                if let Some(j) = nodes.iter().position(|n| n.identity().addr == to) {
-                    if j == 0 {
-                        keep(me, &tx.bytes);
-                    }
-                    nodes[j].handle_datagram(now, me, &tx.bytes);
-                }
-            }
-        }
-    }
-}
-
 fn view(n: &Membership) -> Vec<(NodeId, MemberState, String, u64)> {
     n.members()
         .into_iter()
@@ -64,7 +34,7 @@ fn every_captured_datagram_replayed_is_dropped_as_a_replay_and_changes_nothing()
     nodes[1].announce_to(Duration::ZERO, peer(1).addr);
     nodes[2].announce_to(Duration::ZERO, peer(1).addr);
     let mut captured = Vec::new();
-    run(&mut nodes, 0, 5_000, |from, bytes| {
+    membership::harness::exchange(&mut nodes, 0, 5_000, |from, bytes| {
         captured.push((from, bytes.to_vec()))
     });
     assert!(captured.len() > 15, "only {} datagrams", captured.len());
@@ -76,7 +46,7 @@ fn every_captured_datagram_replayed_is_dropped_as_a_replay_and_changes_nothing()
     // Node 2 dies; node 0 sees it failed. Replaying node 2's old datagrams (pings, acks, its
     // metadata) must not bring it back.
     nodes.truncate(2);
-    run(&mut nodes, 5_000, 8_000, |_, _| {});
+    membership::harness::exchange(&mut nodes, 5_000, 8_000, |_, _| {});
     let before = view(&nodes[0]);
     assert!(
         before
