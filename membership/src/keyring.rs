@@ -9,8 +9,7 @@
 //! A key is named by its id: 4 bytes of a MAC of a fixed message under the key, printed as 8 hex
 //! digits. The id names a key in commands and metrics without revealing anything about it.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -55,19 +54,26 @@ impl ClusterKey {
         ClusterKey(out)
     }
 
+    /// ChaCha20-Poly1305 (RFC 8439) under this key.
+    pub(crate) fn cipher(&self) -> LessSafeKey {
+        LessSafeKey::new(
+            UnboundKey::new(&CHACHA20_POLY1305, &self.0)
+                .expect("a ChaCha20-Poly1305 key is 32 bytes"),
+        )
+    }
+
     /// The key's public name.
     pub fn id(&self) -> KeyId {
-        let tag = ChaCha20Poly1305::new(&Key::from(self.0))
-            .encrypt(
-                &Nonce::from(ID_NONCE),
-                Payload {
-                    msg: &[],
-                    aad: b"chorus key id",
-                },
+        let tag = self
+            .cipher()
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(ID_NONCE),
+                Aad::from(b"chorus key id"),
+                &mut [],
             )
             .expect("sealing an empty message cannot fail");
         let mut id = [0u8; 4];
-        id.copy_from_slice(&tag[..4]);
+        id.copy_from_slice(&tag.as_ref()[..4]);
         KeyId(id)
     }
 }
@@ -190,7 +196,7 @@ impl KeyringError {
 pub(crate) struct RingKey {
     pub(crate) id: KeyId,
     key: ClusterKey,
-    pub(crate) cipher: ChaCha20Poly1305,
+    pub(crate) cipher: LessSafeKey,
     pub(crate) opened: AtomicU64,
 }
 
@@ -198,7 +204,7 @@ impl RingKey {
     fn new(key: ClusterKey) -> Self {
         RingKey {
             id: key.id(),
-            cipher: ChaCha20Poly1305::new(&Key::from(key.0)),
+            cipher: key.cipher(),
             key,
             opened: AtomicU64::new(0),
         }
