@@ -299,6 +299,15 @@ impl Sealer {
     }
 }
 
+/// A bucket hash for a value that is already random or unique (a node id, a sender generation):
+/// a multiply and a fold make sure the low bits, which pick a hash table's bucket, depend on all
+/// of the value's bits. Not keyed: a sender that holds the cluster key could pick colliding
+/// values, and such a sender can already forge records.
+pub(crate) fn spread64(x: u64) -> u64 {
+    let mixed = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    mixed ^ (mixed >> 32)
+}
+
 /// FNV-1a over several byte slices: a stable, dependency-free hash for tags and digests (not a
 /// security primitive; the AEAD authenticates).
 pub fn fnv1a64(parts: &[&[u8]]) -> u64 {

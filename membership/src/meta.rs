@@ -210,11 +210,9 @@ fn name_hash(name: &str) -> u64 {
     crate::envelope::fnv1a64(&[name.as_bytes()])
 }
 
-/// The table's hash of a node id: ids are random, but a multiply and a fold make sure the low
-/// bits, which pick the bucket, depend on all of them.
+/// The table's hash of a node id (ids are random; see `spread64`).
 fn id_hash(id: NodeId) -> u64 {
-    let mixed = id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    mixed ^ (mixed >> 32)
+    crate::envelope::spread64(id.0)
 }
 
 impl MetaTable {

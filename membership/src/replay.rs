@@ -12,8 +12,6 @@
 //! captured before the restart can be delivered to it once (docs/security.md says what that can
 //! and cannot do).
 
-use std::collections::BTreeMap;
-
 /// Counters below the highest seen that are still accepted (reordering tolerance).
 pub const WINDOW: u32 = 128;
 
@@ -46,19 +44,42 @@ impl NonceSeq {
     }
 }
 
+/// One sender generation's window. The 128 bits of `seen` are held as two `u64`s so that the
+/// entry is 40 bytes with 8-byte alignment (a `u128` would align it to 16, 48 bytes): every node
+/// keeps one per other node, so this is memory per pair of nodes.
 #[derive(Debug, Clone, Copy)]
 struct Window {
-    top: u32,
-    /// Bit i set: counter `top - i` arrived.
-    seen: u128,
+    generation: u64,
     /// When the generation was last heard from (an input sequence number), for eviction.
     used: u64,
+    /// Bit i set: counter `top - i` arrived (low half, high half).
+    seen: [u64; 2],
+    top: u32,
+}
+
+impl Window {
+    fn seen(&self) -> u128 {
+        u128::from(self.seen[0]) | u128::from(self.seen[1]) << 64
+    }
+
+    fn set_seen(&mut self, seen: u128) {
+        self.seen = [seen as u64, (seen >> 64) as u64];
+    }
+}
+
+/// The table's hash of a generation.
+fn generation_hash(generation: u64) -> u64 {
+    crate::envelope::spread64(generation)
 }
 
 /// The receiving side: windows per sender generation, bounded in number.
+///
+/// A hash table: every authenticated datagram looks its sender's window up, and in a tree of one
+/// window per member that lookup (a walk through nodes that miss the cache) was 2.1 % of a
+/// simulated 1,000-node join (perf, docs/benchmarks.md "fourth pass").
 #[derive(Debug, Clone)]
 pub struct ReplayGuard {
-    windows: BTreeMap<u64, Window>,
+    windows: hashbrown::HashTable<Window>,
     capacity: usize,
     tick: u64,
 }
@@ -67,7 +88,7 @@ impl ReplayGuard {
     /// A guard remembering at most `capacity` generations (the least recently heard go first).
     pub fn new(capacity: usize) -> Self {
         ReplayGuard {
-            windows: BTreeMap::new(),
+            windows: hashbrown::HashTable::new(),
             capacity: capacity.max(1),
             tick: 0,
         }
@@ -80,35 +101,48 @@ impl ReplayGuard {
         let counter = u32::from_be_bytes(nonce[8..].try_into().expect("4 bytes"));
         self.tick += 1;
         let tick = self.tick;
-        if let Some(w) = self.windows.get_mut(&generation) {
+        let hash = generation_hash(generation);
+        if let Some(w) = self.windows.find_mut(hash, |w| w.generation == generation) {
+            let mut seen = w.seen();
             if counter > w.top {
                 let shift = counter - w.top;
-                w.seen = if shift >= 128 { 0 } else { w.seen << shift };
-                w.seen |= 1;
+                seen = if shift >= 128 { 0 } else { seen << shift };
+                seen |= 1;
                 w.top = counter;
             } else {
                 let d = w.top - counter;
-                if d >= WINDOW || w.seen & (1u128 << d) != 0 {
+                if d >= WINDOW || seen & (1u128 << d) != 0 {
                     return false;
                 }
-                w.seen |= 1u128 << d;
+                seen |= 1u128 << d;
             }
+            w.set_seen(seen);
             w.used = tick;
             return true;
         }
         if self.windows.len() >= self.capacity {
             // Forget the generation heard from least recently (a node long gone or restarted).
-            if let Some((&g, _)) = self.windows.iter().min_by_key(|(_, w)| w.used) {
-                self.windows.remove(&g);
+            if let Some(g) = self
+                .windows
+                .iter()
+                .min_by_key(|w| w.used)
+                .map(|w| w.generation)
+                && let Ok(entry) = self
+                    .windows
+                    .find_entry(generation_hash(g), |w| w.generation == g)
+            {
+                entry.remove();
             }
         }
-        self.windows.insert(
-            generation,
+        self.windows.insert_unique(
+            hash,
             Window {
-                top: counter,
-                seen: 1,
+                generation,
                 used: tick,
+                seen: [1, 0],
+                top: counter,
             },
+            |w| generation_hash(w.generation),
         );
         true
     }
@@ -128,6 +162,7 @@ impl ReplayGuard {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn nonce(generation: u64, counter: u32) -> [u8; 12] {
         let mut n = [0u8; 12];
@@ -173,7 +208,62 @@ mod tests {
         assert!(!g.accept(&nonce(3, 0)));
     }
 
+    /// The guard as it was, a tree of windows by generation: the reference for the hash table.
+    struct TreeGuard {
+        windows: BTreeMap<u64, (u32, u128, u64)>,
+        capacity: usize,
+        tick: u64,
+    }
+
+    impl TreeGuard {
+        fn accept(&mut self, generation: u64, counter: u32) -> bool {
+            self.tick += 1;
+            if let Some((top, seen, used)) = self.windows.get_mut(&generation) {
+                if counter > *top {
+                    let shift = counter - *top;
+                    *seen = if shift >= 128 { 0 } else { *seen << shift } | 1;
+                    *top = counter;
+                } else {
+                    let d = *top - counter;
+                    if d >= WINDOW || *seen & (1u128 << d) != 0 {
+                        return false;
+                    }
+                    *seen |= 1u128 << d;
+                }
+                *used = self.tick;
+                return true;
+            }
+            if self.windows.len() >= self.capacity
+                && let Some((&g, _)) = self.windows.iter().min_by_key(|(_, w)| w.2)
+            {
+                self.windows.remove(&g);
+            }
+            self.windows.insert(generation, (counter, 1, self.tick));
+            true
+        }
+    }
+
     proptest! {
+        /// Many generations through a small guard, so that windows are evicted and come back:
+        /// the same answers as the tree of windows it replaced, nonce for nonce.
+        #[test]
+        fn the_table_answers_as_the_tree_did(
+            order in proptest::collection::vec((0u64..24, 0u32..300), 1..2_000)
+        ) {
+            let mut g = ReplayGuard::new(8);
+            let mut tree = TreeGuard { windows: BTreeMap::new(), capacity: 8, tick: 0 };
+            for (i, (gen_, c)) in order.into_iter().enumerate() {
+                // Spread the generations over all 64 bits, top bit set, as senders draw them.
+                let generation = gen_.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1 << 63;
+                prop_assert_eq!(
+                    g.accept(&nonce(generation, c)),
+                    tree.accept(generation, c),
+                    "nonce {} ({}, {})", i, gen_, c
+                );
+                prop_assert_eq!(g.len(), tree.windows.len());
+            }
+        }
+
         /// Any arrival order: every nonce is accepted at most once, and every nonce that arrives
         /// within the window of the highest seen is accepted the first time.
         #[test]

@@ -120,7 +120,7 @@ pub(crate) struct Broadcasts<V, const N: usize = INLINE> {
     // whole entry (56 bytes with a member address), and every pop moved
     // entries down a path of log n levels through memory that misses the
     // cache: popping was 8 % of a simulated 1,000-node join, and reading
-    // each entry's separately allocated data another 6.5 % (perf, see
+    // each entry's separately allocated data another 6 % (perf, see
     // docs/benchmarks.md). A handle compares exactly as the entry did, so
     // the heaps make the same moves and send the same bytes in the same
     // order (`the_handles_send_what_the_entries_sent`).
