@@ -399,8 +399,7 @@ impl Membership {
             .filter(|n| !n.is_empty())
     }
 
-    /// The votes and datacenter of node `id` by its metadata (1 and "" until its record arrives:
-    /// a member of no datacenter counts for nothing in `datacenters` mode).
+    /// The votes and datacenter of node `id` by its metadata (see [`voter_in`]).
     pub(crate) fn voter_of(&self, id: NodeId) -> crate::reach::Voter {
         voter_in(&self.table(), id)
     }
@@ -461,12 +460,7 @@ impl Membership {
                     .iter_members()
                     .map(|m| *m.id())
                     .filter(|p| p.id != self.identity.id)
-                    .map(|p| {
-                        let voter = table.get(p.id).map_or((1, String::new()), |meta| {
-                            (meta.votes, meta.datacenter.to_owned())
-                        });
-                        (p, voter)
-                    })
+                    .map(|p| (p, voter_in(&table, p.id)))
                     .collect()
             };
             self.reach.rebuild(peers.into_iter());
