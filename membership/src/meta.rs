@@ -199,11 +199,13 @@ pub struct MetaTable {
     /// Positions in id order up to `sorted`, then those of records new since (see `settle`).
     order: Vec<u32>,
     sorted: usize,
-    /// Node ids by a hash of the name their record gives (checking a joiner's name for
-    /// duplicates is then a lookup, not a scan: a join of n nodes asks it n times on every
+    /// Positions in `records` by a hash of the name each record gives (checking a joiner's name
+    /// for duplicates is then a lookup, not a scan: a join of n nodes asks it n times on every
     /// node). A hash, not the name: a map of names to sets held a copy of every name and a set
-    /// per name, about 200 bytes per member on every node; this is 16 and a share of the tree.
-    by_name: std::collections::BTreeSet<(u64, NodeId)>,
+    /// per name, about 200 bytes per member on every node. A tree of (hash, id) pairs after that
+    /// cost 16 bytes and a share of a node per member; this is a 4-byte position and a control
+    /// byte, and the table rehashes a position from its record's name when it grows.
+    by_name: HashTable<u32>,
 }
 
 fn name_hash(name: &str) -> u64 {
@@ -236,18 +238,15 @@ impl MetaTable {
         }
         let old_name = old.map(|o| name_hash(o.view().name));
         let new_name = name_hash(&meta.name);
-        if old_name != Some(new_name) {
-            if let Some(o) = old_name {
-                self.by_name.remove(&(o, meta.id));
-            }
-            self.by_name.insert((new_name, meta.id));
-        }
         let held = Held {
             stamp: meta.stamp(),
             bytes: meta.encode().into_boxed_slice(),
         };
-        match at {
-            Some(at) => self.records[at].1 = held,
+        let at = match at {
+            Some(at) => {
+                self.records[at].1 = held;
+                at as u32
+            }
             None => {
                 let at = u32::try_from(self.records.len()).expect("fewer than 2^32 records");
                 self.records.push((meta.id, held));
@@ -255,7 +254,19 @@ impl MetaTable {
                 self.by_id
                     .insert_unique(id_hash(meta.id), at, |at| id_hash(records[*at as usize].0));
                 self.order.push(at);
+                at
             }
+        };
+        if old_name != Some(new_name) {
+            if let Some(o) = old_name
+                && let Ok(entry) = self.by_name.find_entry(o, |p| *p == at)
+            {
+                entry.remove();
+            }
+            let records = &self.records;
+            self.by_name.insert_unique(new_name, at, |p| {
+                name_hash(records[*p as usize].1.view().name)
+            });
         }
         true
     }
@@ -282,12 +293,11 @@ impl MetaTable {
         &self.order[from..to.max(from)]
     }
 
-    /// The records whose name is `name`.
+    /// The records whose name is `name`, in no particular order.
     pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = MetaRef<'a>> + 'a {
-        let hash = name_hash(name);
         self.by_name
-            .range((hash, NodeId(0))..=(hash, NodeId(u64::MAX)))
-            .filter_map(|(_, id)| self.get(*id))
+            .iter_hash(name_hash(name))
+            .map(|at| self.records[*at as usize].1.view())
             .filter(move |m| m.name == name)
     }
 
@@ -592,11 +602,12 @@ mod tests {
         }
     }
 
-    /// The table against a plain map of stamps: 20 seeds of 3,000 random merges (ids of any
-    /// size, some seen again with older or newer stamps), the lookups checked after every
-    /// merge and the digest, a random range's comparison and `iter` after every tenth, so the
-    /// id order is read while records keep arriving. Shown to fail with `settle` leaving new
-    /// positions unsorted.
+    /// The table against a plain map of stamps and names: 20 seeds of 3,000 random merges (ids
+    /// of any size, some seen again with older or newer stamps, six names shared and changed),
+    /// the lookups by id and by name checked after every merge and the digest, a random range's
+    /// comparison and `iter` after every tenth, so the id order is read while records keep
+    /// arriving. Shown to fail with `settle` leaving new positions unsorted, and with a rename
+    /// leaving the old name's entry behind.
     #[test]
     fn the_table_agrees_with_a_plain_map() {
         use rand::{RngExt, SeedableRng, rngs::Xoshiro256PlusPlus};
@@ -605,20 +616,35 @@ mod tests {
             let ids: Vec<u64> = (0..200).map(|_| rng.random()).collect();
             let mut table = MetaTable::default();
             let mut model: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+            let mut names: BTreeMap<u64, String> = BTreeMap::new();
+            let name = |i: u64| format!("node-{i}");
             for step in 0..3_000 {
                 let id = ids[rng.random_range(0..ids.len())];
                 let stamp = (rng.random_range(0..4u64), rng.random_range(0..4u64));
                 let newer = model.get(&id).is_none_or(|held| *held < stamp);
+                // A few names shared by many nodes, and renames with every newer record.
+                let mut record = meta(id, stamp.0, stamp.1);
+                record.name = name(rng.random_range(0..6));
                 assert_eq!(
-                    table.merge(meta(id, stamp.0, stamp.1)),
+                    table.merge(record.clone()),
                     newer,
                     "seed {seed} step {step}"
                 );
                 if newer {
                     model.insert(id, stamp);
+                    names.insert(id, record.name);
                 }
                 let probe = ids[rng.random_range(0..ids.len())];
                 assert_eq!(table.stamp(NodeId(probe)), model.get(&probe).copied());
+                let asked = name(rng.random_range(0..6));
+                let mut got: Vec<u64> = table.named(&asked).map(|m| m.id.0).collect();
+                got.sort_unstable();
+                let want: Vec<u64> = names
+                    .iter()
+                    .filter(|(_, n)| **n == asked)
+                    .map(|(id, _)| *id)
+                    .collect();
+                assert_eq!(got, want, "seed {seed} step {step}: named {asked}");
                 assert_eq!(
                     table.get(NodeId(probe)).map(|m| m.id),
                     model.get(&probe).map(|_| NodeId(probe))
@@ -728,7 +754,11 @@ mod tests {
         t.merge(a.clone());
         t.merge(b);
         t.merge(meta(3, 1, 1));
-        let ids = |t: &MetaTable, n: &str| t.named(n).map(|m| m.id.0).collect::<Vec<_>>();
+        let ids = |t: &MetaTable, n: &str| {
+            let mut ids = t.named(n).map(|m| m.id.0).collect::<Vec<_>>();
+            ids.sort_unstable();
+            ids
+        };
         assert_eq!(ids(&t, "web"), vec![1, 2]);
         assert_eq!(ids(&t, "n3"), vec![3]);
         assert!(ids(&t, "n1").is_empty());
