@@ -208,8 +208,11 @@ pub struct MetaTable {
     by_name: HashTable<u32>,
 }
 
+/// The name table's hash of a name: FNV-1a, spread (`spread64`) so that the low bits, which pick
+/// the bucket, depend on all of it (an FNV product's low bits depend only on the low bits of
+/// what went in, and names such as `node-17` differ in a few low bits of a few bytes).
 fn name_hash(name: &str) -> u64 {
-    crate::envelope::fnv1a64(&[name.as_bytes()])
+    crate::envelope::spread64(crate::envelope::fnv1a64(&[name.as_bytes()]))
 }
 
 /// The table's hash of a node id (ids are random; see `spread64`).
