@@ -13,6 +13,10 @@ pub struct Register {
     /// Changes made so far (0: never written).
     pub version: u64,
     /// The value; `None` when never written or deleted.
+    ///
+    /// A byte string to postcard: the same bytes as the `Vec<u8>` sequence earlier builds wrote
+    /// (in messages and in the log), without a call per byte (as the store's `Entry`).
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     /// The highest fencing token of each lock that a fenced write of this key carried: a write
     /// with a lower one comes from a holder that has been superseded, and is refused.
@@ -188,6 +192,33 @@ impl Change {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The register as builds before the byte-string encoding declared it.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct SequenceRegister {
+        version: u64,
+        value: Option<Vec<u8>>,
+        fences: BTreeMap<String, u64>,
+    }
+
+    proptest::proptest! {
+        /// The byte-string encoding changed no byte: earlier builds' messages and log records
+        /// decode to the same register, and they read what this build writes.
+        #[test]
+        fn a_value_encodes_as_the_sequence_of_bytes_it_was(
+            version: u64,
+            value in proptest::option::of(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)),
+            fences in proptest::collection::btree_map("[a-z]{0,6}", proptest::prelude::any::<u64>(), 0..3),
+        ) {
+            let old = SequenceRegister { version, value: value.clone(), fences: fences.clone() };
+            let new = Register { version, value, fences };
+            let old_bytes = postcard::to_stdvec(&old).unwrap();
+            let new_bytes = postcard::to_stdvec(&new).unwrap();
+            proptest::prop_assert_eq!(&new_bytes, &old_bytes);
+            proptest::prop_assert_eq!(postcard::from_bytes::<Register>(&old_bytes).unwrap(), new);
+            proptest::prop_assert_eq!(postcard::from_bytes::<SequenceRegister>(&new_bytes).unwrap(), old);
+        }
+    }
 
     fn reg(version: u64, value: Option<&str>) -> Register {
         Register {
