@@ -307,12 +307,12 @@ impl Membership {
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        crate::queue::pop_front_or_shrink(&mut self.transmits)
     }
 
     /// The next event to report.
     pub fn poll_event(&mut self) -> Option<Event> {
-        let ev = self.events.pop_front();
+        let ev = crate::queue::pop_front_or_shrink(&mut self.events);
         if self.silent_failures && matches!(ev, Some(Event::MemberFailed { .. })) {
             return self.poll_event();
         }

@@ -303,7 +303,7 @@ impl Sealer {
 /// a multiply and a fold make sure the low bits, which pick a hash table's bucket, depend on all
 /// of the value's bits. Not keyed: a sender that holds the cluster key could pick colliding
 /// values, and such a sender can already forge records.
-pub(crate) fn spread64(x: u64) -> u64 {
+pub fn spread64(x: u64) -> u64 {
     let mixed = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     mixed ^ (mixed >> 32)
 }

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod keyring;
 pub mod meta;
 mod meta_sync;
+pub mod queue;
 pub mod quorum;
 mod reach;
 pub mod replay;

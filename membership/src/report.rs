@@ -353,7 +353,7 @@ impl Membership {
     /// The next node whose metadata record arrived or changed since the last call (the node
     /// uses it to name members in events that came before their record).
     pub fn poll_described(&mut self) -> Option<NodeId> {
-        self.described.pop_front()
+        crate::queue::pop_front_or_shrink(&mut self.described)
     }
 
     /// Live members (alive or suspect, this node included) whose metadata names them `name`,

@@ -1,12 +1,14 @@
 //! Member joins held back until the joiner's name arrives (see `Node::emit_member`).
 //!
-//! Kept by id (a later event of the member releases its held join) and in the order they were
-//! held (a join held [`NAME_WAIT`] is reported unnamed). The order is what makes this cheap: a
-//! mass join holds one join per member for up to two seconds, and scanning every held join
-//! after every input, as the node did with one map, cost 5 % of netsim's 1,000-node join.
+//! Kept in the order they were held (a join held [`NAME_WAIT`] is reported unnamed) and found
+//! by id (a later event of the member releases its held join). The order is what makes this
+//! cheap: a mass join holds one join per member for up to two seconds, and scanning every held
+//! join after every input, as the node did with one map, cost 5 % of netsim's 1,000-node join.
 
+use hashbrown::HashTable;
+use membership::envelope::spread64;
 use membership::{Event, MemberRef, NodeId};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -16,39 +18,56 @@ pub(crate) const NAME_WAIT: Duration = Duration::from_secs(2);
 
 /// Joins held until their member's name arrives or [`NAME_WAIT`] passes.
 ///
-/// A mass join holds about one join per member on every node at once, so an entry is memory
-/// per pair of members: holding the whole `Event` (its `MemberRef` with an empty name, and a
-/// `Duration`) cost 88 bytes per pair at the peak of heaptrack of `netsim scale --nodes
-/// 1000`, a fifth of the peak heap. A held join is only ever an unnamed `MemberJoined`, so
-/// only what differs is kept: the address, the generation and when (in nanoseconds of core
-/// time).
+/// A mass join holds about one join per member on every node at once, so a held join is memory
+/// per pair of members. Each keeps only what differs from an unnamed `MemberJoined`: the id, the
+/// address, the generation, and when (in nanoseconds of core time).
 ///
-/// The order is a queue, not a sorted set: the node's clock never goes back
-/// (`Node::advance`), so joins are held in time order, and a release leaves its queue entry
-/// behind, to be dropped when it reaches the front (it no longer matches a held join). The
-/// queue holds at most the joins of the last [`NAME_WAIT`]. The sorted set and the tree under
-/// `by_id` were 12.7 % of netsim's 3,000-node join (perf, with what they call), each lookup
-/// and removal a walk through nodes that miss the cache.
+/// Why a slab, a table of slot numbers and a queue of `(time, hold number, slot)`: the node's
+/// clock never goes back (`Node::advance`), so joins are held in time order, and the queue is
+/// that order. A release frees its slot and leaves its queue entry behind, to be dropped when
+/// it reaches the front (its hold number no longer matches the slot's). The held joins
+/// themselves sit in the slab, which never holds more than the joins held at once, and the
+/// table finds one by its id's hash through a 4-byte slot number. The `HashMap` by id that this
+/// replaced kept 56-byte entries in a table that doubles past 7/8 full: 46 MB at the peak of
+/// heaptrack of `netsim scale --nodes 1000 --secs 20`, a ninth of the heap (docs/benchmarks.md).
 #[derive(Debug, Default)]
 pub(crate) struct HeldJoins {
-    by_id: HashMap<NodeId, Held>,
-    /// `(since, id)` in the order held; an entry whose `since` is not its id's held join's
-    /// is stale. The front is never stale (see `drop_stale`).
-    by_time: VecDeque<(u64, NodeId)>,
+    /// Held joins, and free slots (`None`) listed in `free`.
+    slots: Vec<Option<Held>>,
+    free: Vec<u32>,
+    /// The slot of every held join, hashed by its id.
+    by_id: HashTable<u32>,
+    /// `(since, hold, slot)` in the order held; stale when the slot no longer holds hold number
+    /// `hold`. The front is never stale (see `drop_stale`).
+    queue: VecDeque<Queued>,
+    /// Holds so far, wrapping: a hold's number tells a stale queue entry from its slot's next
+    /// join (a stale entry leaves within [`NAME_WAIT`] of its hold, 2^32 holds later at the
+    /// earliest).
+    holds: u32,
+    /// The time of the latest hold (its queue entry may have been dropped already).
+    latest: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Held {
+    id: NodeId,
     addr: SocketAddr,
     generation: u64,
+    hold: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Queued {
     since: u64,
+    hold: u32,
+    slot: u32,
 }
 
 impl Held {
-    fn event(self, id: NodeId) -> Event {
+    fn event(self) -> Event {
         Event::MemberJoined {
             member: MemberRef {
-                id,
+                id: self.id,
                 name: String::new(),
                 addr: self.addr,
                 generation: self.generation,
@@ -61,48 +80,80 @@ fn nanos(t: Duration) -> u64 {
     u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
 }
 
+fn hash(id: NodeId) -> u64 {
+    spread64(id.0)
+}
+
+/// The held join in `slot`: the table lists only slots that hold one.
+fn held_in(slots: &[Option<Held>], slot: u32) -> &Held {
+    slots[slot as usize]
+        .as_ref()
+        .expect("the table lists only slots that hold a join")
+}
+
 impl HeldJoins {
     /// Holds the join of `member` (not named yet) from `now`, which is never before the
-    /// `now` of an earlier call.
+    /// `now` of an earlier call. A join already held for the member is replaced.
     pub(crate) fn hold(&mut self, member: &MemberRef, now: Duration) {
         debug_assert!(member.name.is_empty(), "only unnamed joins are held");
         // Kept in order even if a caller's clock went back: a join is then reported a little
         // late, never early.
-        let since = nanos(now).max(self.by_time.back().map_or(0, |(t, _)| *t));
+        let since = nanos(now).max(self.latest);
+        self.latest = since;
+        self.take(member.id);
+        self.holds = self.holds.wrapping_add(1);
         let held = Held {
+            id: member.id,
             addr: member.addr,
             generation: member.generation,
-            since,
+            hold: self.holds,
         };
-        self.by_id.insert(member.id, held);
-        self.by_time.push_back((since, member.id));
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(held);
+                slot
+            }
+            None => {
+                self.slots.push(Some(held));
+                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 members")
+            }
+        };
+        let slots = &self.slots;
+        self.by_id
+            .insert_unique(hash(member.id), slot, |s| hash(held_in(slots, *s).id));
+        self.queue.push_back(Queued {
+            since,
+            hold: self.holds,
+            slot,
+        });
         self.drop_stale();
     }
 
     /// The held join of `id`, if any, no longer held.
     pub(crate) fn release(&mut self, id: NodeId) -> Option<Event> {
-        let held = self.by_id.remove(&id)?;
+        let held = self.take(id)?;
         self.drop_stale();
         self.shrink();
-        Some(held.event(id))
+        Some(held.event())
     }
 
     /// When the oldest held join is due to be reported unnamed.
     pub(crate) fn next_deadline(&self) -> Option<Duration> {
-        self.by_time
+        self.queue
             .front()
-            .map(|(since, _)| Duration::from_nanos(*since) + NAME_WAIT)
+            .map(|q| Duration::from_nanos(q.since) + NAME_WAIT)
     }
 
     /// The joins held for [`NAME_WAIT`] or longer at `now`, oldest first, no longer held.
     pub(crate) fn take_late(&mut self, now: Duration) -> Vec<Event> {
         let mut late = Vec::new();
-        while let Some(&(since, id)) = self.by_time.front()
-            && Duration::from_nanos(since) + NAME_WAIT <= now
+        while let Some(&q) = self.queue.front()
+            && Duration::from_nanos(q.since) + NAME_WAIT <= now
         {
-            self.by_time.pop_front();
-            if let Some(held) = self.by_id.remove(&id) {
-                late.push(held.event(id));
+            self.queue.pop_front();
+            let id = held_in(&self.slots, q.slot).id;
+            if let Some(held) = self.take(id) {
+                late.push(held.event());
             }
             self.drop_stale();
         }
@@ -112,30 +163,50 @@ impl HeldJoins {
         late
     }
 
-    /// Pops queue entries from the front that no held join matches (released, or held again
+    /// Frees the slot of the held join of `id`, and returns that join.
+    fn take(&mut self, id: NodeId) -> Option<Held> {
+        let slots = &self.slots;
+        let slot = self
+            .by_id
+            .find_entry(hash(id), |s| held_in(slots, *s).id == id)
+            .ok()?
+            .remove()
+            .0;
+        self.free.push(slot);
+        self.slots[slot as usize].take()
+    }
+
+    /// Pops queue entries from the front whose join is no longer held (released, or held again
     /// later), so that the front, and with it `next_deadline`, is always a held join's.
     fn drop_stale(&mut self) {
-        while let Some(&(since, id)) = self.by_time.front()
-            && self.by_id.get(&id).is_none_or(|held| held.since != since)
+        while let Some(q) = self.queue.front()
+            && self.slots[q.slot as usize].is_none_or(|h| h.hold != q.hold)
         {
-            self.by_time.pop_front();
+            self.queue.pop_front();
         }
     }
 
-    /// Gives room back once a mass join has drained: both hold about one entry per member at
-    /// its peak, and a node keeps running for days after.
+    /// Gives room back once a mass join has drained: each holds about one entry per member at
+    /// its peak, and a node keeps running for days after. The slab goes only when empty (a slot
+    /// number is a position in it).
     fn shrink(&mut self) {
         if self.by_id.capacity() > 64 && self.by_id.len() * 4 < self.by_id.capacity() {
-            self.by_id.shrink_to(self.by_id.len() * 2);
+            let slots = &self.slots;
+            self.by_id
+                .shrink_to(self.by_id.len() * 2, |s| hash(held_in(slots, *s).id));
         }
-        if self.by_time.capacity() > 64 && self.by_time.len() * 4 < self.by_time.capacity() {
-            self.by_time.shrink_to(self.by_time.len() * 2);
+        if self.queue.capacity() > 64 && self.queue.len() * 4 < self.queue.capacity() {
+            self.queue.shrink_to(self.queue.len() * 2);
+        }
+        if self.by_id.is_empty() && self.slots.capacity() > 64 {
+            self.slots = Vec::new();
+            self.free = Vec::new();
         }
     }
 
     #[cfg(test)]
     fn queued(&self) -> usize {
-        self.by_time.len()
+        self.queue.len()
     }
 }
 
@@ -183,6 +254,14 @@ mod tests {
         assert_eq!(h.queued(), 0, "nothing stale left behind");
     }
 
+    /// A held join is memory per pair of members in a mass join: pinned, so it does not grow
+    /// unnoticed (a free slot takes no more room than a held one).
+    #[test]
+    fn a_held_join_takes_56_bytes_and_its_queue_entry_16() {
+        assert_eq!(std::mem::size_of::<Option<Held>>(), 56);
+        assert_eq!(std::mem::size_of::<Queued>(), 16);
+    }
+
     #[test]
     fn a_clock_that_goes_back_makes_a_join_late_never_early() {
         let s = Duration::from_secs(1);
@@ -191,6 +270,13 @@ mod tests {
         h.hold(&member(2), 4 * s);
         assert!(h.take_late(6 * s).is_empty());
         assert_eq!(h.take_late(7 * s), vec![join(1), join(2)]);
+        // Also when every earlier join was released already: the latest hold still counts.
+        h.hold(&member(1), 8 * s);
+        h.hold(&member(2), 8 * s);
+        assert!(h.release(NodeId(2)).is_some() && h.release(NodeId(1)).is_some());
+        assert_eq!(h.queued(), 0);
+        h.hold(&member(3), 7 * s);
+        assert_eq!(h.next_deadline(), Some(10 * s));
     }
 
     /// Random holds, releases and deadlines against a plain list of held joins: the same

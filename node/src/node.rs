@@ -509,7 +509,7 @@ impl Node {
 
     /// The next thing the driver must do.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        membership::queue::pop_front_or_shrink(&mut self.outputs)
     }
 
     /// The membership core (for reports).
