@@ -180,7 +180,11 @@ impl HeldJoins {
     /// later), so that the front, and with it `next_deadline`, is always a held join's.
     fn drop_stale(&mut self) {
         while let Some(q) = self.queue.front()
-            && self.slots[q.slot as usize].is_none_or(|h| h.hold != q.hold)
+            && self
+                .slots
+                .get(q.slot as usize)
+                .and_then(Option::as_ref)
+                .is_none_or(|h| h.hold != q.hold)
         {
             self.queue.pop_front();
         }
@@ -207,6 +211,16 @@ impl HeldJoins {
     #[cfg(test)]
     fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Room held: slab slots, table buckets, queue entries.
+    #[cfg(test)]
+    fn room(&self) -> (usize, usize, usize) {
+        (
+            self.slots.capacity(),
+            self.by_id.capacity(),
+            self.queue.capacity(),
+        )
     }
 }
 
@@ -260,6 +274,40 @@ mod tests {
     fn a_held_join_takes_56_bytes_and_its_queue_entry_16() {
         assert_eq!(std::mem::size_of::<Option<Held>>(), 56);
         assert_eq!(std::mem::size_of::<Queued>(), 16);
+    }
+
+    /// A mass join, then its drain: the table shrinks while joins are still held (and finds
+    /// them after its rehash), the slab goes once nothing is held, and holding starts again
+    /// cleanly. The model test below never holds enough joins to reach these paths.
+    #[test]
+    fn a_drained_mass_join_gives_its_room_back_and_holding_goes_on() {
+        let s = Duration::from_secs(1);
+        let mut h = HeldJoins::default();
+        for id in 0..1000 {
+            h.hold(&member(id), s);
+        }
+        let (slots, table, _) = h.room();
+        assert!(slots >= 1000 && table >= 1000);
+        for id in 10..1000 {
+            assert_eq!(h.release(NodeId(id)), Some(join(id)));
+        }
+        assert!(h.room().1 < table / 4, "the table shrank: {:?}", h.room());
+        for id in 0..5 {
+            assert_eq!(
+                h.release(NodeId(id)),
+                Some(join(id)),
+                "found after the rehash"
+            );
+        }
+        assert_eq!(h.take_late(3 * s), (5..10).map(join).collect::<Vec<_>>());
+        assert_eq!(h.queued(), 0);
+        assert_eq!(h.room().0, 0, "the slab goes once nothing is held");
+        assert!(h.room().2 <= 64, "the queue shrank: {:?}", h.room());
+        h.hold(&member(7), 4 * s);
+        h.hold(&member(3), 5 * s);
+        assert_eq!(h.release(NodeId(7)), Some(join(7)));
+        assert_eq!(h.next_deadline(), Some(7 * s));
+        assert_eq!(h.take_late(7 * s), vec![join(3)]);
     }
 
     #[test]
