@@ -53,6 +53,18 @@ pub trait BroadcastHandler<T> {
         sender: Option<&T>,
     ) -> Result<Option<Self::Key>, Self::Error>;
 
+    // Chorus patch: a hint, before the items of one message are received,
+    // with every item's data in the order `receive_item` will get them.
+    // A handler that looks each item up in a large table can touch all
+    // those places first: the lookups do not depend on each other, so the
+    // processor overlaps their cache misses, which one at a time it cannot.
+    // It must not change what `receive_item` then decides. Does nothing by
+    // default.
+    /// Called once per message with the data of each custom broadcast it
+    /// carries, before [`Self::receive_item`] is called for each of them.
+    /// Only a hint: the default does nothing.
+    fn warm<'a>(&mut self, _items: impl Iterator<Item = &'a [u8]>) {}
+
     /// Decides whether Foca should add broadcast data to the message
     /// it's about to send to active member `T`.
     ///

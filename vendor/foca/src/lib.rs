@@ -969,6 +969,7 @@ where
         // the borrow checker. And then put it back in its place, so
         // that we can keep reusing its already-allocated space.
         let mut updates = mem::take(&mut self.updates_buf);
+        self.members.warm(updates.iter().map(Member::id));
         self.apply_many(updates.drain(..), true, &mut runtime)?;
         debug_assert_eq!(
             0,
@@ -1304,6 +1305,21 @@ where
         if !data.is_empty() && data.len() < 3 {
             return Err(Error::MalformedPacket);
         }
+
+        // Chorus patch: the handler sees every item first (a hint; see
+        // `BroadcastHandler::warm`). Framing errors are left to the loop below.
+        self.broadcast_handler.warm(core::iter::from_fn({
+            let mut rest = data;
+            move || {
+                if rest.len() <= 2 {
+                    return None;
+                }
+                let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+                let item = rest.get(2..2 + len)?;
+                rest = &rest[2 + len..];
+                Some(item)
+            }
+        }));
 
         while data.remaining() > 2 {
             let pkt_len = data.get_u16() as usize;
@@ -4446,5 +4462,79 @@ mod tests {
         ));
 
         assert_eq!(Ok(()), foca.handle_data(&msg, AccumulatingRuntime::new()));
+    }
+
+    // Chorus patch: the warm hint gets the items of a message as
+    // `receive_item` does, in the same order, and stops without panicking
+    // where a frame is broken (the loop then reports the packet malformed).
+    #[test]
+    fn warm_sees_the_items_that_arrive() {
+        #[derive(Default)]
+        struct Recording {
+            warmed: Vec<Vec<u8>>,
+            received: Vec<Vec<u8>>,
+        }
+
+        impl BroadcastHandler<ID> for Recording {
+            type Key = GrowOnly;
+            type Error = Msg;
+
+            fn receive_item(
+                &mut self,
+                data: &[u8],
+                _sender: Option<&ID>,
+            ) -> core::result::Result<Option<Self::Key>, Self::Error> {
+                self.received.push(data.to_vec());
+                Ok(None)
+            }
+
+            fn warm<'a>(&mut self, items: impl Iterator<Item = &'a [u8]>) {
+                self.warmed.extend(items.map(<[u8]>::to_vec));
+            }
+        }
+
+        fn framed(items: &[&[u8]]) -> Vec<u8> {
+            let mut out = Vec::new();
+            for item in items {
+                out.put_u16(item.len() as u16);
+                out.put_slice(item);
+            }
+            out
+        }
+
+        let items: [&[u8]; 4] = [b"a", b"record two", &[0; 300], b"z"];
+        let run = |data: &[u8]| {
+            let mut foca = Foca::with_custom_broadcast(
+                ID::new(1),
+                config(),
+                rng(),
+                codec(),
+                Recording::default(),
+            );
+            let result = foca.handle_custom_broadcasts(data, None);
+            let Recording { warmed, received } = foca.broadcast_handler;
+            (result, warmed, received)
+        };
+
+        let (result, warmed, received) = run(&framed(&items));
+        assert_eq!(Ok(()), result);
+        assert_eq!(items.map(<[u8]>::to_vec).to_vec(), received);
+        assert_eq!(received, warmed);
+
+        // The last frame claims more bytes than arrived.
+        let mut cut = framed(&items);
+        cut.truncate(cut.len() - 1);
+        let (result, warmed, received) = run(&cut);
+        assert_eq!(Err(Error::MalformedPacket), result);
+        assert_eq!(3, received.len());
+        assert_eq!(received, warmed);
+
+        // An empty frame in the middle: the loop stops there, the hint may
+        // have gone on (it is only a hint).
+        let broken = framed(&[b"a", b"", b"b"]);
+        let (result, warmed, received) = run(&broken);
+        assert_eq!(Err(Error::MalformedPacket), result);
+        assert_eq!(vec![b"a".to_vec()], received);
+        assert!(warmed.starts_with(&received));
     }
 }

@@ -213,6 +213,21 @@ where
         }
     }
 
+    // Chorus patch: looks up every member in `ids` once, so that the
+    // lookups that follow find the index and the members in the cache.
+    // Each lookup is three loads that miss in a simulation of many nodes
+    // (the index's control bytes, its slot, the member); one at a time,
+    // each waits for the one before. These lookups do not depend on each
+    // other, so the processor runs several at once.
+    pub(crate) fn warm<'a>(&self, ids: impl Iterator<Item = &'a T>)
+    where
+        T: 'a,
+    {
+        for id in ids {
+            core::hint::black_box(self.find(&id.addr()));
+        }
+    }
+
     // Chorus patch: the position of the member at `addr`.
     fn find(&self, addr: &T::Addr) -> Option<usize> {
         self.index
