@@ -46,6 +46,43 @@ fn resident_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Resident memory per pair of nodes at the join's peak, rounded up from what was measured
+/// (`/usr/bin/time` of `netsim scale`: 400 bytes at 1,000 nodes, 369 at 3,000; docs/netsim.md,
+/// "Limits"). Used only to warn before a run that cannot fit.
+pub const PEAK_BYTES_PER_PAIR: u64 = 400;
+
+/// The resident memory a run of `nodes` nodes needs at the join's peak, about.
+pub fn peak_estimate(nodes: usize) -> u64 {
+    (nodes as u64)
+        .saturating_mul(nodes as u64)
+        .saturating_mul(PEAK_BYTES_PER_PAIR)
+}
+
+/// Memory the kernel says is available to a new process (`MemAvailable` in `/proc/meminfo`;
+/// `None` elsewhere).
+pub fn available_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The warning to give before running `sizes` on a host with `available` bytes free, if the
+/// largest cannot fit.
+pub fn memory_warning(sizes: &[usize], available: u64) -> Option<String> {
+    let largest = *sizes.iter().max()?;
+    let need = peak_estimate(largest);
+    (need > available).then(|| {
+        format!(
+            "{largest} nodes need about {:.1} GB at the join's peak ({PEAK_BYTES_PER_PAIR} bytes \
+             per pair of nodes, docs/netsim.md \"Limits\"); this host has {:.1} GB available, so \
+             that run will probably be killed for memory",
+            need as f64 / 1e9,
+            available as f64 / 1e9,
+        )
+    })
+}
+
 /// Runs `nodes` nodes for `base` of virtual time, then crashes one and measures.
 pub fn run(nodes: usize, seed: u64, base: Duration, start_spread: Duration) -> ScaleResult {
     let mut cfg = SimConfig::lan(nodes, seed);
@@ -220,4 +257,25 @@ fn draw(
     }
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 10,000 nodes do not fit in this project's 24 GB machine (about 40 GB at 400 bytes per
+    /// pair); 1,000 nodes (about 0.4 GB) fit anywhere this runs. The largest size decides.
+    #[test]
+    fn a_size_that_cannot_fit_is_warned_of_before_it_runs() {
+        let gb = 1_000_000_000;
+        let warning = memory_warning(&[1000, 10_000, 300], 24 * gb).expect("warned");
+        assert!(
+            warning.contains("10000 nodes need about 40.0 GB"),
+            "{warning}"
+        );
+        assert!(warning.contains("24.0 GB available"), "{warning}");
+        assert_eq!(memory_warning(&[10, 1000], 24 * gb), None);
+        assert_eq!(memory_warning(&[], 0), None);
+        assert!(memory_warning(&[1000], gb / 10).is_some());
+    }
 }

@@ -293,6 +293,13 @@ fn cmd_scale(
     spread_ms: u64,
     svg: Option<&str>,
 ) -> Result<bool, String> {
+    // Said before the first row, not after an hour of it: a size that cannot fit is killed for
+    // memory at its join's peak, minutes into the run.
+    if let Some(warning) =
+        scale::available_bytes().and_then(|available| scale::memory_warning(sizes, available))
+    {
+        eprintln!("netsim scale: warning: {warning}");
+    }
     let mut results: Vec<ScaleResult> = Vec::new();
     println!(
         "{:>7} {:>9} {:>12} {:>10} {:>14} {:>11} {:>12} {:>13} {:>9} {:>11}",
