@@ -142,6 +142,10 @@ pub struct Decoded {
     pub good_len: usize,
     /// Why reading stopped before the end, if it did.
     pub damage: Option<Damage>,
+    /// Zero bytes from `good_len` to the end of the file, starting where a record would: room
+    /// the writer allocated ahead of its records (a segment grows in steps, so that an fsync
+    /// need not record a new file size) and has not written yet. Not damage.
+    pub unwritten: usize,
 }
 
 /// Checks the file header.
@@ -166,10 +170,11 @@ pub fn decode_file(bytes: &[u8]) -> Result<Decoded, HeaderError> {
         records: Vec::new(),
         good_len: FILE_HEADER_LEN,
         damage: None,
+        unwritten: 0,
     };
     let mut at = FILE_HEADER_LEN;
     while at < bytes.len() {
-        match next_payload(bytes, at) {
+        match framed(bytes, at) {
             Ok((payload, next)) => match postcard::from_bytes::<Record>(payload) {
                 Ok(r) => {
                     out.records.push(r);
@@ -185,7 +190,14 @@ pub fn decode_file(bytes: &[u8]) -> Result<Decoded, HeaderError> {
                 }
             },
             Err(d) => {
-                out.damage = Some(d);
+                // Checked only on failure: it scans to the end. Zeros from a record's start to
+                // the end are room allocated and not yet written (or a file a crash extended
+                // without its data, which is the same: nothing there was acknowledged).
+                if bytes[at..].iter().all(|b| *b == 0) {
+                    out.unwritten = bytes.len() - at;
+                } else {
+                    out.damage = Some(torn_if_only_zeros_follow(bytes, at, d));
+                }
                 break;
             }
         }
@@ -193,20 +205,33 @@ pub fn decode_file(bytes: &[u8]) -> Result<Decoded, HeaderError> {
     Ok(out)
 }
 
-/// The payload of the record at `at` and the offset after it.
-fn next_payload(bytes: &[u8], at: usize) -> Result<(&[u8], usize), Damage> {
-    framed(bytes, at).map_err(|damage| {
-        // A file extended by a crash but never written reads as zeros: a tear, whatever the
-        // zeros look like as a record. (Checked only on failure: it scans to the end.)
-        if bytes[at..].iter().all(|b| *b == 0) {
-            Damage::Torn {
-                offset: at,
-                reason: "zeros to the end of the file",
-            }
-        } else {
-            damage
+/// `damage` of the record at `at`, as a tear when nothing but zeros follows that record (and
+/// some do): a batch written into allocated room and cut short by a crash leaves its last
+/// record damaged and zeros after it, where an appended batch left a record cut at the end of
+/// the file. The record ends where its length says if the length passes its checksum, else
+/// after its header. Damage with anything else after it stays corruption.
+fn torn_if_only_zeros_follow(bytes: &[u8], at: usize, damage: Damage) -> Damage {
+    if !matches!(damage, Damage::Corrupt { .. }) {
+        return damage;
+    }
+    let rest = &bytes[at..];
+    let header_ok = rest.len() >= RECORD_HEADER_LEN
+        && crc32fast::hash(&rest[..4]).to_le_bytes() == rest[4..8]
+        && u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize <= MAX_PAYLOAD;
+    let extent = if header_ok {
+        RECORD_HEADER_LEN + u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize
+    } else {
+        RECORD_HEADER_LEN
+    };
+    let after = &rest[extent.min(rest.len())..];
+    if !after.is_empty() && after.iter().all(|b| *b == 0) {
+        Damage::Torn {
+            offset: at,
+            reason: "a record cut short, only zeros after it",
         }
-    })
+    } else {
+        damage
+    }
 }
 
 fn framed(bytes: &[u8], at: usize) -> Result<(&[u8], usize), Damage> {
@@ -269,8 +294,13 @@ pub fn fuzz_check(data: &[u8]) {
         }
         // Re-encoding is canonical only for canonical input; a decoder accepting non-canonical
         // bytes must still account for every byte it accepted.
-        assert!(d.good_len <= data.len());
-        assert_eq!(d.damage.is_none(), d.good_len == data.len());
+        assert!(d.good_len + d.unwritten <= data.len());
+        assert_eq!(d.damage.is_none(), d.good_len + d.unwritten == data.len());
+        assert!(
+            data[d.good_len..d.good_len + d.unwritten]
+                .iter()
+                .all(|b| *b == 0)
+        );
         if again.len() == d.good_len {
             assert_eq!(&again[..], &data[..d.good_len]);
         }
@@ -337,24 +367,34 @@ mod tests {
         assert_eq!(decode_file(&b), Err(HeaderError::Version(9)));
     }
 
-    #[test]
-    fn damage_before_the_tail_is_corruption_and_at_the_tail_a_tear() {
-        let rs = vec![rec(1, b"one"), rec(2, b"two")];
+    /// Two records (the second holding `value`), their file, and where the second starts.
+    fn two(value: &[u8]) -> (Vec<Record>, Vec<u8>, usize) {
+        let rs = vec![rec(1, b"one"), rec(2, value)];
         let b = file(&rs);
         let second =
             FILE_HEADER_LEN + RECORD_HEADER_LEN + postcard::to_stdvec(&rs[0]).unwrap().len();
-        // A flipped payload bit in the first record: corruption at offset 10.
-        let mut c = b.clone();
-        c[FILE_HEADER_LEN + RECORD_HEADER_LEN + 2] ^= 4;
-        let d = decode_file(&c).unwrap();
-        assert!(matches!(
-            d.damage,
-            Some(Damage::Corrupt {
-                offset: FILE_HEADER_LEN,
-                ..
-            })
-        ));
-        assert!(d.records.is_empty());
+        (rs, b, second)
+    }
+
+    #[test]
+    fn damage_before_the_tail_is_corruption_and_at_the_tail_a_tear() {
+        let (rs, b, second) = two(b"two");
+        // A flipped payload bit in the first record: corruption at offset 10, with or without
+        // allocated room (zeros) after the second record.
+        for room in [0, 64] {
+            let mut c = b.clone();
+            c.resize(b.len() + room, 0);
+            c[FILE_HEADER_LEN + RECORD_HEADER_LEN + 2] ^= 4;
+            let d = decode_file(&c).unwrap();
+            assert!(matches!(
+                d.damage,
+                Some(Damage::Corrupt {
+                    offset: FILE_HEADER_LEN,
+                    ..
+                })
+            ));
+            assert!(d.records.is_empty());
+        }
         // The same in the last record: a tear, the first record kept.
         let mut t = b.clone();
         let last = t.len() - 1;
@@ -367,11 +407,57 @@ mod tests {
         l[second] ^= 0x40;
         let d = decode_file(&l).unwrap();
         assert!(matches!(d.damage, Some(Damage::Corrupt { .. })));
-        // Zeros appended by a crash are a tear.
+        // Zeros after the last record are room not yet written: no damage.
         let mut z = b.clone();
         z.extend_from_slice(&[0; 100]);
         let d = decode_file(&z).unwrap();
         assert_eq!(d.records, rs);
-        assert!(matches!(d.damage, Some(Damage::Torn { offset, .. }) if offset == b.len()));
+        assert_eq!((d.damage, d.good_len, d.unwritten), (None, b.len(), 100));
+    }
+
+    /// A batch written into allocated room and cut short by a crash: its last record damaged,
+    /// zeros after it. That is a tear wherever the cut falls (in the payload, in the header),
+    /// and damage followed by anything but zeros is still corruption.
+    #[test]
+    fn a_record_cut_short_in_allocated_room_is_a_tear() {
+        let (rs, b, second) = two(b"two two two");
+        let room = |cut: usize| {
+            let mut f = b[..cut].to_vec();
+            f.resize(b.len() + 64, 0);
+            f
+        };
+        // (The last byte is the expiry, `None`: a zero, so the cut starts one before it.)
+        for cut in [
+            b.len() - 2,
+            second + RECORD_HEADER_LEN + 3,
+            second + 6,
+            second + 1,
+        ] {
+            let d = decode_file(&room(cut)).unwrap();
+            assert_eq!(d.records, rs[..1], "cut at {cut}");
+            assert!(
+                matches!(d.damage, Some(Damage::Torn { offset, .. }) if offset == second),
+                "cut at {cut}: {:?}",
+                d.damage
+            );
+        }
+        // Cut right after the first record: nothing damaged, the rest unwritten.
+        let d = decode_file(&room(second)).unwrap();
+        assert_eq!(
+            (d.records.len(), d.damage, d.unwritten),
+            (1, None, b.len() + 64 - second)
+        );
+        // A bit flipped in the last record's payload with something non-zero after it, far
+        // into the room: corruption, not a tear.
+        let mut far = room(b.len());
+        let end = far.len() - 1;
+        far[end] = 1;
+        far[b.len() - 1] ^= 1;
+        let d = decode_file(&far).unwrap();
+        assert!(
+            matches!(d.damage, Some(Damage::Corrupt { .. })),
+            "{:?}",
+            d.damage
+        );
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! The record format is `store::wal`. A segment is named after the first sequence number it
 //! holds (`wal-00000000000000000001.log`) and is closed at 64 MiB. The writer takes batches of
-//! records, writes each batch with one `write`, and fsyncs once per batch when a store in it has
+//! records, writes each batch with one `write` into room allocated ahead of it (see
+//! `writer::PREALLOCATE`), and fsyncs once per batch when a store in it has
 //! `fsync = always` (group commit: everything that queued up while the previous fsync ran shares
 //! the next one), every interval for `fsync = <interval>`, and never itself for `fsync = never`.
 //! It reports how far the log is written and synced; the store core releases acknowledgements
@@ -17,7 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use store::wal::{self, Damage, Record};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Segments are closed once they reach this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
@@ -175,6 +176,30 @@ pub fn recover(dir: &Path, repair: bool) -> Result<Recovered, RecoverError> {
                     },
                 )),
             ),
+            Ok(d) if d.unwritten > 0 && d.damage.is_none() && !last => {
+                // The writer cuts a segment to its records before it starts the next one, so
+                // zeros at the end of an earlier segment were records once.
+                let damage = Damage::Corrupt {
+                    offset: d.good_len,
+                    reason: format!(
+                        "zeros from here to the end ({} bytes) of a segment that is not the last",
+                        d.unwritten
+                    ),
+                };
+                (d.records, Some((d.good_len, damage)))
+            }
+            Ok(d) if d.unwritten > 0 && d.damage.is_none() => {
+                // Room the writer allocated ahead of its records: cut off, so that the writer
+                // goes on from the last record (it allocates again as it writes).
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io(path))?;
+                f.set_len(d.good_len as u64).map_err(io(path))?;
+                f.sync_all().map_err(io(path))?;
+                debug!(file = %path.display(), bytes = d.unwritten, "store log: unwritten room cut off the last segment");
+                (d.records, None)
+            }
             Ok(d) => {
                 let cut = d.damage.map(|dmg| (d.good_len, dmg));
                 (d.records, cut)

@@ -1,6 +1,6 @@
 //! Recovery, repair, snapshots and the writer against real files in a temporary directory.
 
-use super::writer::write_batch;
+use super::writer::{PREALLOCATE, finish, write_batch};
 use super::*;
 use membership::NodeId;
 use std::collections::BTreeMap;
@@ -82,8 +82,13 @@ fn segments_roll_over_and_read_back_in_order() {
     let mut buf = Vec::new();
     for lsn in 1..=3 {
         write_batch(tmp.path(), &mut seg, &[rec(lsn)], &mut buf, true).unwrap();
-        // Force a new segment for the next batch.
-        seg.as_mut().unwrap().len = SEGMENT_BYTES;
+        if lsn < 3 {
+            // What a full segment gets before the next one starts: cut to its records.
+            let len = seg.as_ref().unwrap().len;
+            finish(seg.take().unwrap()).unwrap();
+            let path = segments(tmp.path()).unwrap().pop().unwrap();
+            assert_eq!(std::fs::metadata(path).unwrap().len(), len);
+        }
     }
     assert_eq!(segments(tmp.path()).unwrap().len(), 3);
     let r = recover(tmp.path(), false).unwrap();
@@ -157,4 +162,76 @@ fn the_writer_reports_written_and_synced_marks() {
     w.close();
     let r = recover(tmp.path(), false).unwrap();
     assert_eq!(r.records.len(), 2);
+}
+
+/// Records are written into room allocated ahead of them (the file is longer than its records
+/// while the writer runs); a start reads every record, cuts the room off without calling it
+/// damage, and the writer then goes on from the last record. Zeros at the end of a segment
+/// that is not the last were records once: that stops the start.
+#[test]
+fn records_written_into_allocated_room_read_back_and_the_log_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut seg = None;
+    let mut buf = Vec::new();
+    for lsn in 1..=4 {
+        write_batch(tmp.path(), &mut seg, &[rec(lsn)], &mut buf, true).unwrap();
+    }
+    let written = seg.as_ref().unwrap().len;
+    let path = segments(tmp.path()).unwrap().remove(0);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        wal::FILE_HEADER_LEN as u64 + PREALLOCATE
+    );
+    drop(seg); // a crash: nothing cut
+    let r = recover(tmp.path(), false).unwrap();
+    assert_eq!(r.records.len(), 4);
+    assert_eq!((r.discarded_bytes, r.repaired, r.next_lsn), (0, false, 5));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), written);
+    // The writer goes on from there, into new room.
+    let mut seg = None;
+    write_batch(tmp.path(), &mut seg, &[rec(5), rec(6)], &mut buf, true).unwrap();
+    drop(seg);
+    let r = recover(tmp.path(), false).unwrap();
+    let lsns: Vec<u64> = r.records.iter().map(|r| r.lsn).collect();
+    assert_eq!(lsns, (1..=6).collect::<Vec<_>>());
+
+    // A later segment exists, and the earlier one ends in zeros.
+    let mut seg = None;
+    write_batch(tmp.path(), &mut seg, &[rec(7)], &mut buf, true).unwrap();
+    finish(seg.take().unwrap()).unwrap();
+    let mut seg = None;
+    write_batch(tmp.path(), &mut seg, &[rec(8)], &mut buf, true).unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len + 100)
+        .unwrap();
+    let msg = recover(tmp.path(), false).unwrap_err().to_string();
+    assert!(
+        msg.contains(&path.display().to_string()) && msg.contains("not the last"),
+        "{msg}"
+    );
+}
+
+/// The writer thread cuts its segment to its records when it stops.
+#[test]
+fn a_stopped_writer_leaves_no_room_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut policies = BTreeMap::new();
+    policies.insert("default".to_string(), Fsync::Always);
+    let w = Writer::start(tmp.path().to_path_buf(), policies, tx);
+    w.append((1..=3).map(rec).collect());
+    assert_eq!(rx.blocking_recv(), Some(Report::Durable(3, 3)));
+    let path = segments(tmp.path()).unwrap().remove(0);
+    assert!(std::fs::metadata(&path).unwrap().len() > PREALLOCATE);
+    w.close();
+    let bytes = std::fs::read(&path).unwrap();
+    let d = wal::decode_file(&bytes).unwrap();
+    assert_eq!(
+        (d.records.len(), d.good_len, d.unwritten),
+        (3, bytes.len(), 0)
+    );
 }
