@@ -53,7 +53,7 @@ pub fn verify(path: &Path, bytes: &[u8]) -> Result<Vec<wal::Record>, BackupError
         reason,
     };
     let decoded = wal::decode_file(bytes).map_err(|e| damaged(0, e.to_string()))?;
-    if let Some(d) = decoded.damage {
+    if let Some(d) = decoded.whole_file_damage() {
         return Err(damaged(d.offset(), d.reason()));
     }
     Ok(decoded.records)
@@ -163,6 +163,15 @@ mod tests {
         let e = save(&file, cut).unwrap_err();
         assert!(e.to_string().contains("damaged at byte"), "{e}");
         assert!(!file.exists(), "nothing is saved from a cut download");
+        // Zeros after the records: a log segment's unwritten room, never a backup's.
+        let mut padded = bytes.clone();
+        padded.resize(bytes.len() + 512, 0);
+        let e = save(&file, &padded).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("bytes of zeros after the last record"),
+            "{e}"
+        );
         bytes[30] ^= 1;
         std::fs::write(&file, &bytes).unwrap();
         let e = restore(&file, &dir.path().join("store"), false).unwrap_err();

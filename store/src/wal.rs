@@ -148,6 +148,19 @@ pub struct Decoded {
     pub unwritten: usize,
 }
 
+impl Decoded {
+    /// What is wrong with a file written whole before anyone read it (a snapshot, a backup): its
+    /// damage, or zeros after its records, which only a log segment's allocated room has.
+    pub fn whole_file_damage(&self) -> Option<Damage> {
+        self.damage.clone().or_else(|| {
+            (self.unwritten > 0).then_some(Damage::Corrupt {
+                offset: self.good_len,
+                reason: format!("{} bytes of zeros after the last record", self.unwritten),
+            })
+        })
+    }
+}
+
 /// Checks the file header.
 pub fn check_header(bytes: &[u8]) -> Result<(), HeaderError> {
     if bytes.len() < FILE_HEADER_LEN {
@@ -412,7 +425,12 @@ mod tests {
         z.extend_from_slice(&[0; 100]);
         let d = decode_file(&z).unwrap();
         assert_eq!(d.records, rs);
-        assert_eq!((d.damage, d.good_len, d.unwritten), (None, b.len(), 100));
+        assert_eq!((&d.damage, d.good_len, d.unwritten), (&None, b.len(), 100));
+        // A file written whole (a snapshot, a backup) never has any: there they are damage.
+        assert!(
+            matches!(d.whole_file_damage(), Some(Damage::Corrupt { offset, .. }) if offset == b.len())
+        );
+        assert_eq!(decode_file(&b).unwrap().whole_file_damage(), None);
     }
 
     /// A batch written into allocated room and cut short by a crash: its last record damaged,

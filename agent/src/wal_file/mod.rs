@@ -147,7 +147,7 @@ pub fn recover(dir: &Path, repair: bool) -> Result<Recovered, RecoverError> {
             offset: 0,
             reason: e.to_string(),
         })?;
-        if let Some(d) = decoded.damage {
+        if let Some(d) = decoded.whole_file_damage() {
             return Err(RecoverError::Corrupt {
                 path: newest.clone(),
                 offset: d.offset(),

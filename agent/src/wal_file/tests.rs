@@ -123,6 +123,21 @@ fn a_snapshot_replaces_the_segments_and_reads_back_with_later_records() {
     assert_eq!(keys[0], "k41");
     assert_eq!(keys[11], "k52");
     assert_eq!(r.next_lsn, 53);
+    // A snapshot was written whole: zeros after its records are damage (in a segment they
+    // would be unwritten room).
+    let snap = snapshots(tmp.path()).unwrap().remove(0);
+    let len = std::fs::metadata(&snap).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&snap)
+        .unwrap()
+        .set_len(len + 64)
+        .unwrap();
+    let msg = recover(tmp.path(), false).unwrap_err().to_string();
+    assert!(
+        msg.contains(&snap.display().to_string()) && msg.contains("zeros"),
+        "{msg}"
+    );
 }
 
 #[test]

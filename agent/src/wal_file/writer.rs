@@ -4,7 +4,6 @@
 use super::{SEGMENT_BYTES, files};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -137,22 +136,21 @@ pub(super) fn finish(seg: Segment) -> std::io::Result<()> {
 
 pub(super) fn open_segment(dir: &Path, first_lsn: u64) -> std::io::Result<Segment> {
     let path = dir.join(format!("wal-{first_lsn:020}.log"));
-    let mut file = OpenOptions::new()
+    // Written at `len` (into allocated room), not appended. An existing segment is the last one,
+    // which the start cut to its records (`recover`).
+    let file = OpenOptions::new()
         .create(true)
-        .append(true)
+        .write(true)
         .read(true)
         .open(&path)?;
     let mut len = file.metadata()?.len();
     if len == 0 {
-        file.write_all(&wal::file_header())?;
+        std::os::unix::fs::FileExt::write_all_at(&file, &wal::file_header(), 0)?;
         file.sync_all()?;
         len = wal::FILE_HEADER_LEN as u64;
         // Make the new name itself durable.
         File::open(dir)?.sync_all()?;
     }
-    // Written at `len` from here on (into allocated room), not appended.
-    drop(file);
-    let file = OpenOptions::new().write(true).read(true).open(&path)?;
     Ok(Segment {
         file,
         len,
