@@ -140,6 +140,7 @@ pub(super) fn open_segment(dir: &Path, first_lsn: u64) -> std::io::Result<Segmen
     // which the start cut to its records (`recover`).
     let file = OpenOptions::new()
         .create(true)
+        .truncate(false)
         .write(true)
         .read(true)
         .open(&path)?;
