@@ -155,7 +155,11 @@ impl Decoded {
         self.damage.clone().or_else(|| {
             (self.unwritten > 0).then_some(Damage::Corrupt {
                 offset: self.good_len,
-                reason: format!("{} bytes of zeros after the last record", self.unwritten),
+                reason: format!(
+                    "{} bytes of zeros after the last record (only the last log segment may end \
+                     in room not yet written)",
+                    self.unwritten
+                ),
             })
         })
     }

@@ -179,14 +179,8 @@ pub fn recover(dir: &Path, repair: bool) -> Result<Recovered, RecoverError> {
             Ok(d) if d.unwritten > 0 && d.damage.is_none() && !last => {
                 // The writer cuts a segment to its records before it starts the next one, so
                 // zeros at the end of an earlier segment were records once.
-                let damage = Damage::Corrupt {
-                    offset: d.good_len,
-                    reason: format!(
-                        "zeros from here to the end ({} bytes) of a segment that is not the last",
-                        d.unwritten
-                    ),
-                };
-                (d.records, Some((d.good_len, damage)))
+                let damage = d.whole_file_damage();
+                (d.records, damage.map(|dmg| (d.good_len, dmg)))
             }
             Ok(d) if d.unwritten > 0 && d.damage.is_none() => {
                 // Room the writer allocated ahead of its records: cut off, so that the writer

@@ -225,7 +225,9 @@ fn records_written_into_allocated_room_read_back_and_the_log_goes_on() {
         .unwrap();
     let msg = recover(tmp.path(), false).unwrap_err().to_string();
     assert!(
-        msg.contains(&path.display().to_string()) && msg.contains("not the last"),
+        msg.contains(&path.display().to_string())
+            && msg.contains("zeros after the last record")
+            && msg.contains("only the last log segment"),
         "{msg}"
     );
 }
