@@ -137,7 +137,12 @@ impl Timings {
     }
 
     /// The foca configuration these timings give, for a packet budget of `max_packet`.
-    pub fn foca_config(&self, cluster_size: u32, max_packet: usize) -> foca::Config {
+    pub fn foca_config(
+        &self,
+        cluster_size: u32,
+        max_packet: usize,
+        max_queued: usize,
+    ) -> foca::Config {
         // ⌊4·log10(n+1)⌋ like foca's presets, in integers, but at least 6: with periodic gossip to
         // three members every tick, foca's 3 for small clusters spends an update in one tick.
         let n = cluster_size.max(1) + 1;
@@ -168,6 +173,7 @@ impl Timings {
                 frequency: self.gossip_every,
                 num_members: NonZeroUsize::new(3).expect("3 > 0"),
             }),
+            max_queued_updates: NonZeroUsize::new(max_queued.max(8)),
         }
     }
 }
@@ -211,7 +217,20 @@ pub struct MembershipConfig {
     pub beacons: bool,
     /// Resolved seed addresses (the driver re-resolves names and calls `set_seeds`).
     pub seeds: Vec<SocketAddr>,
+    /// The most member updates queued for dissemination ([`MAX_QUEUED_UPDATES`] unless a test
+    /// wants fewer; at least 8).
+    pub max_queued_updates: usize,
 }
+
+/// The most member updates a node keeps queued for gossip (foca's `max_queued_updates`, a
+/// Chorus patch; vendor/foca/PATCHES.md 8).
+///
+/// Why 1,024: a message carries about 25 updates and a node sends a few dozen messages a second,
+/// each update 12-16 times, so a queue of 1,024 is many seconds of sending; what a join of
+/// thousands of members queues beyond that would wait behind it, while it cost 86 bytes per
+/// pair of members at the peak of a 3,000-node join in netsim (heaptrack; docs/benchmarks.md,
+/// "Membership at scale, seventh pass"). A cluster of fewer than 1,024 members never reaches it.
+pub const MAX_QUEUED_UPDATES: usize = 1024;
 
 impl MembershipConfig {
     /// A single-node configuration for `cluster`, handy in tests and as the agent's default.
@@ -233,6 +252,7 @@ impl MembershipConfig {
             },
             beacons: false,
             seeds: Vec::new(),
+            max_queued_updates: MAX_QUEUED_UPDATES,
         }
     }
 
@@ -253,9 +273,24 @@ mod tests {
     #[test]
     fn max_tx_matches_foca_shape() {
         let t = Timings::for_profile(Profile::Lan, 7);
-        assert_eq!(t.foca_config(7, 1000).max_transmissions.get(), 6);
-        assert_eq!(t.foca_config(100, 1000).max_transmissions.get(), 8);
-        assert_eq!(t.foca_config(1000, 1000).max_transmissions.get(), 12);
+        assert_eq!(
+            t.foca_config(7, 1000, MAX_QUEUED_UPDATES)
+                .max_transmissions
+                .get(),
+            6
+        );
+        assert_eq!(
+            t.foca_config(100, 1000, MAX_QUEUED_UPDATES)
+                .max_transmissions
+                .get(),
+            8
+        );
+        assert_eq!(
+            t.foca_config(1000, 1000, MAX_QUEUED_UPDATES)
+                .max_transmissions
+                .get(),
+            12
+        );
     }
 
     #[test]
@@ -273,7 +308,10 @@ mod tests {
             lan.suspect_to_down + Duration::from_millis(600)
         );
         // foca needs the probe period above the probe timeout.
-        assert!(f.foca_config(5, 1000).probe_period > f.foca_config(5, 1000).probe_rtt);
+        assert!(
+            f.foca_config(5, 1000, MAX_QUEUED_UPDATES).probe_period
+                > f.foca_config(5, 1000, MAX_QUEUED_UPDATES).probe_rtt
+        );
     }
 
     #[test]

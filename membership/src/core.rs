@@ -180,7 +180,7 @@ impl Membership {
         let replay = ReplayGuard::new(MIN_REPLAY_GENERATIONS.max(4 * cfg.expected_nodes as usize));
         let meta = SharedMeta::default();
         let broadcasts = MetaBroadcasts::new(meta.clone());
-        let foca_cfg = timings.foca_config(cfg.expected_nodes, MAX_PAYLOAD);
+        let foca_cfg = timings.foca_config(cfg.expected_nodes, MAX_PAYLOAD, cfg.max_queued_updates);
         let foca = Foca::with_custom_broadcast(
             identity,
             foca_cfg,
@@ -288,6 +288,13 @@ impl Membership {
     /// Packet counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Member updates dropped from the gossip queue, in all, to keep it within
+    /// [`MembershipConfig::max_queued_updates`] (only a join of more members than that at once
+    /// gets there).
+    pub fn updates_shed(&self) -> u64 {
+        self.foca.updates_shed()
     }
 
     /// True once [`Membership::leave`] was called.

@@ -26,9 +26,11 @@ impl Membership {
             Fault::IgnoreDownPeers => self.ignore_down_peers = true,
             Fault::SilentFailures => self.silent_failures = true,
             Fault::HastyFailureDetector => {
-                let mut c = self
-                    .timings
-                    .foca_config(self.cfg.expected_nodes, crate::envelope::MAX_PAYLOAD);
+                let mut c = self.timings.foca_config(
+                    self.cfg.expected_nodes,
+                    crate::envelope::MAX_PAYLOAD,
+                    self.cfg.max_queued_updates,
+                );
                 c.num_indirect_probes = std::num::NonZeroUsize::MIN;
                 c.suspect_to_down_after = std::time::Duration::from_millis(1);
                 self.foca

@@ -24,7 +24,7 @@ pub mod report;
 mod suspicion;
 mod swim;
 
-pub use crate::config::{MembershipConfig, Profile, SelfDescription, Timings};
+pub use crate::config::{MAX_QUEUED_UPDATES, MembershipConfig, Profile, SelfDescription, Timings};
 pub use crate::core::{Destination, Membership, Stats, Transmit};
 pub use crate::envelope::{Channel, DropReason, Opened, Sealer};
 pub use crate::fault::Fault;

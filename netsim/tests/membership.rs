@@ -439,3 +439,40 @@ fn a_mass_join_spreads_every_record_without_a_request_per_pair_of_nodes() {
         );
     }
 }
+
+/// A join of more members at once than a node's gossip queue holds (foca patch 8,
+/// `max_queued_updates`): the updates sent most are dropped, the join still completes through
+/// other gossipers and periodic announces, a crash is still seen failed by every node, and no
+/// other node is ever reported failed. The queue here holds 16 updates for 200 joining nodes,
+/// where the agent's holds 1,024 (`membership::MAX_QUEUED_UPDATES`).
+#[test]
+fn a_join_larger_than_the_update_queue_completes_and_a_crash_is_seen_everywhere() {
+    const N: usize = 200;
+    for seed in seeds().take(5) {
+        let mut cfg = SimConfig::lan(N, seed);
+        cfg.beacons = false;
+        cfg.seed_node_zero = true;
+        cfg.max_queued_updates = 16;
+        let mut sim = Sim::new(cfg);
+        let joined = sim.run_until_cond_every(60 * S, S / 10, |s| s.all_running_alive_by_events());
+        let joined =
+            joined.unwrap_or_else(|| panic!("seed {seed}: {N} nodes not all alive after 60 s"));
+        let shed: u64 = (0..N).map(|i| sim.core(i).unwrap().updates_shed()).sum();
+        assert!(
+            shed > 0,
+            "seed {seed}: no update was dropped: the test tests nothing"
+        );
+        sim.run_for(5 * S);
+        sim.crash(N - 1);
+        let t = sim.run_until_cond_every(30 * S, S / 100, |s| {
+            s.count_reporting(N - 1, netsim::Seen::Failed) == N - 1
+        });
+        let t = t.unwrap_or_else(|| panic!("seed {seed}: the crash was not seen everywhere"));
+        let false_failures: usize = (0..N - 1).map(|i| failed_events(&sim, i)).sum();
+        assert_eq!(false_failures, 0, "seed {seed}: live nodes reported failed");
+        println!(
+            "seed {seed}: joined in {joined:?}, {shed} updates dropped in all, crash seen \
+             everywhere after {t:?}"
+        );
+    }
+}

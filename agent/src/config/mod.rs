@@ -304,6 +304,7 @@ impl Config {
             },
             beacons,
             seeds: Vec::new(),
+            max_queued_updates: membership::MAX_QUEUED_UPDATES,
         }
     }
 

@@ -98,6 +98,9 @@ pub struct SimConfig {
     /// heaptrack of `netsim scale --nodes 1000`, memory of the harness and not of the nodes;
     /// what they ask of events (who sees whom alive or failed) is kept in a matrix anyway.
     pub event_log: bool,
+    /// The most member updates each node keeps queued for gossip (membership's
+    /// `MAX_QUEUED_UPDATES`; a test makes it smaller than the cluster to see the limit work).
+    pub max_queued_updates: usize,
 }
 
 impl SimConfig {
@@ -123,6 +126,7 @@ impl SimConfig {
             record_node: None,
             batch_inputs: None,
             event_log: true,
+            max_queued_updates: membership::MAX_QUEUED_UPDATES,
             faults: node::Faults::default(),
             leader: None,
         }
@@ -320,6 +324,7 @@ impl Sim {
             },
             beacons: self.cfg.beacons,
             seeds,
+            max_queued_updates: self.cfg.max_queued_updates,
         }
     }
 

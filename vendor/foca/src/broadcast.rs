@@ -275,6 +275,45 @@ where
         self.flip.push(Handle { key, at });
     }
 
+    // Chorus patch (see `Config::max_queued_updates`): with more than
+    // `cap` entries queued, drops the entries with the fewest remaining
+    // transmissions (ties: the shortest) until `cap - cap / 8` are left,
+    // never one whose item `protected` says to keep. Dropping an eighth
+    // at a time makes it O(1) per queued entry, amortised: a selection
+    // and a heap rebuild over `cap` entries every `cap / 8` additions.
+    pub(crate) fn shed(&mut self, cap: usize, protected: impl Fn(&T) -> bool) -> usize {
+        if self.flip.len() <= cap {
+            return 0;
+        }
+        let keep = cap - cap / 8;
+        let mut handles = core::mem::take(&mut self.flip).into_vec();
+        // The `keep` largest keys first, then the rest.
+        handles.select_nth_unstable_by(keep, |a, b| b.cmp(a));
+        let mut kept = keep;
+        let mut dropped = 0;
+        for i in keep..handles.len() {
+            let handle = handles[i];
+            let at = handle.at as usize;
+            let held = self.slots[at]
+                .as_ref()
+                .expect("a queued handle has its slot");
+            if protected(&held.item) {
+                handles.swap(kept, i);
+                kept += 1;
+                continue;
+            }
+            let held = self.slots[at].take().expect("a queued handle has its slot");
+            Self::unfilter(&mut self.filter, &held.item);
+            self.free.push(handle.at);
+            dropped += 1;
+        }
+        handles.truncate(kept);
+        self.flip = alloc::collections::BinaryHeap::from(handles);
+        self.refresh_min_len();
+        self.release_spare();
+        dropped
+    }
+
     // An entry left the heap: the bound may have grown.
     fn refresh_min_len(&mut self) {
         self.min_len = self
@@ -778,6 +817,102 @@ mod tests {
                 assert_eq!(counts, hashed.filter, "seed {seed}, op {op}: filter off");
             }
         }
+    }
+
+    // Chorus patch 8: `shed` keeps a queue within its limit by dropping
+    // the entries with the fewest remaining transmissions, never a
+    // protected one, and leaves the filter and the length bound true to
+    // what stays queued. Random adds, fills and sheds, checked against
+    // the queue's contents before each shed. Shown to fail with the
+    // selection keeping the smallest keys, and with the protected
+    // entries dropped like the others.
+    #[test]
+    fn shedding_drops_the_entries_sent_most_and_keeps_the_protected() {
+        use alloc::vec;
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        struct Hashed(u8);
+        impl Invalidates for Hashed {
+            fn invalidates(&self, other: &Self) -> bool {
+                self.0 == other.0
+            }
+            fn invalidation_hash(&self) -> Option<u64> {
+                Some(u64::from(self.0 % 7))
+            }
+        }
+        let protected = |h: &Hashed| h.0 < 3;
+        let mut sheds = 0;
+        for seed in 1..=20u64 {
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut next = move |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let cap = 8 + next(40) as usize;
+            let mut q = Broadcasts::new();
+            for op in 0..3_000u32 {
+                if next(10) < 8 {
+                    let key = next(200) as u8;
+                    let data = vec![op as u8; 1 + next(40) as usize];
+                    q.add_or_replace(Hashed(key), data, 1 + next(6) as usize);
+                } else {
+                    let mut buf = vec![0u8; 20 + next(120) as usize];
+                    q.fill(&mut buf[..], usize::MAX);
+                }
+                let before: Vec<(u8, usize, Vec<u8>)> =
+                    q.queued().map(|(i, tx, d)| (i.0, tx, d)).collect();
+                let dropped = q.shed(cap, protected);
+                let after: Vec<(u8, usize, Vec<u8>)> =
+                    q.queued().map(|(i, tx, d)| (i.0, tx, d)).collect();
+                assert_eq!(before.len(), after.len() + dropped, "seed {seed}, op {op}");
+                if before.len() <= cap {
+                    assert_eq!(dropped, 0, "seed {seed}, op {op}: shed within the limit");
+                    continue;
+                }
+                sheds += 1;
+                let guarded = before.iter().filter(|e| protected(&Hashed(e.0))).count();
+                // An eighth of the limit below it, plus the protected
+                // entries that ranked among the dropped.
+                let keep = cap - cap / 8;
+                assert!(
+                    after.len() >= keep && after.len() <= keep + guarded,
+                    "seed {seed}, op {op}: kept {} of {} ({guarded} protected)",
+                    after.len(),
+                    before.len()
+                );
+                // Every protected entry stays.
+                for e in before.iter().filter(|e| protected(&Hashed(e.0))) {
+                    assert!(after.contains(e), "seed {seed}, op {op}: dropped {e:?}");
+                }
+                // No unprotected entry dropped outranks one kept.
+                let key = |e: &(u8, usize, Vec<u8>)| (e.1, e.2.len());
+                let gone: Vec<_> = before.iter().filter(|e| !after.contains(e)).collect();
+                let lowest_kept = after
+                    .iter()
+                    .filter(|e| !protected(&Hashed(e.0)))
+                    .map(key)
+                    .min();
+                for g in &gone {
+                    assert!(!protected(&Hashed(g.0)));
+                    if let Some(low) = lowest_kept {
+                        assert!(key(g) <= low, "seed {seed}, op {op}: dropped {g:?}");
+                    }
+                }
+                let mut counts = vec![0u16; q.filter.len()];
+                let slots = counts.len();
+                for (item, _, _) in q.queued() {
+                    counts[slot(slots, item.invalidation_hash().unwrap())] += 1;
+                }
+                assert_eq!(counts, q.filter, "seed {seed}, op {op}: filter off");
+                let min = after.iter().map(|e| e.2.len()).min().unwrap_or(usize::MAX);
+                assert!(
+                    q.min_len <= min,
+                    "seed {seed}, op {op}: length bound too high"
+                );
+            }
+        }
+        assert!(sheds > 100, "only {sheds} sheds: the test tests little");
     }
 
     // Chorus patch: the queue of handles sends what foca's queue of

@@ -186,6 +186,21 @@ pub struct Config {
     /// This feature is an extension to the SWIM protocol and should be left
     /// disabled if you're aiming at pure SWIM behavior.
     pub periodic_gossip: Option<PeriodicParams>,
+
+    /// Chorus patch: the most member updates kept queued for
+    /// dissemination; `None` (foca's behaviour) keeps every one until
+    /// it has been sent [`Config::max_transmissions`] times.
+    ///
+    /// A join of n members at once queues about n updates on every
+    /// member, far more than the messages of the next seconds can
+    /// carry: at 3,000 members the queues were 86 bytes per pair of
+    /// members at the join's peak (heaptrack of a netsim join). Past the
+    /// limit, the updates that have been sent the most (and so have
+    /// spread the furthest) are dropped first, an eighth of the limit at
+    /// a time; updates about this member's own address are never
+    /// dropped. Members that miss an update learn it from others, and
+    /// from periodic announces.
+    pub max_queued_updates: Option<NonZeroUsize>,
 }
 
 /// Configuration for a task that should happen periodically
@@ -222,6 +237,8 @@ impl Config {
             periodic_announce: None,
             periodic_announce_to_down_members: None,
             periodic_gossip: None,
+
+            max_queued_updates: None,
         }
     }
 
@@ -291,6 +308,8 @@ impl Config {
                 frequency: Duration::from_millis(200),
                 num_members: NonZeroUsize::new(3).unwrap(),
             }),
+
+            max_queued_updates: None,
         }
     }
 
@@ -333,6 +352,8 @@ impl Config {
                 frequency: Duration::from_millis(500),
                 num_members: NonZeroUsize::new(4).unwrap(),
             }),
+
+            max_queued_updates: None,
         }
     }
 

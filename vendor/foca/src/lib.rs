@@ -200,6 +200,8 @@ pub struct Foca<T: Identity, C, RNG, B: BroadcastHandler<T>> {
     // Chorus patch: records of up to 62 bytes kept in place (Chorus's
     // node records are 31-33 bytes in netsim; see broadcast.rs, `Data`).
     custom_broadcasts: Broadcasts<B::Key, 62>,
+    // Chorus patch: member updates dropped by `Config::max_queued_updates`.
+    updates_shed: u64,
 }
 
 impl<T, C, RNG> Foca<T, C, RNG, NoCustomBroadcast>
@@ -268,6 +270,7 @@ where
             updates: Broadcasts::new(),
             send_buf: Vec::with_capacity(max_bytes),
             custom_broadcasts: Broadcasts::keeping_inline(),
+            updates_shed: 0,
             broadcast_handler,
         }
     }
@@ -334,8 +337,7 @@ where
             if !previous_is_down {
                 let addr = Addr(previous_id.addr());
                 let data = self.serialize_member(Member::down(previous_id))?;
-                self.updates
-                    .add_or_replace(addr, data, self.config.max_transmissions.get().into());
+                self.queue_update(addr, data);
             }
 
             self.gossip(runtime)?;
@@ -572,8 +574,7 @@ where
     pub fn leave_cluster(&mut self, mut runtime: impl Runtime<T>) -> Result<()> {
         let addr = Addr(self.identity().addr());
         let data = self.serialize_member(Member::down(self.identity().clone()))?;
-        self.updates
-            .add_or_replace(addr, data, self.config.max_transmissions.get().into());
+        self.queue_update(addr, data);
 
         self.gossip(&mut runtime)?;
 
@@ -809,6 +810,12 @@ where
     /// member.
     pub fn updates_backlog(&self) -> usize {
         self.updates.len()
+    }
+
+    /// Chorus patch: how many queued member updates were dropped, in
+    /// all, to keep the queue within [`Config::max_queued_updates`].
+    pub const fn updates_shed(&self) -> u64 {
+        self.updates_shed
     }
 
     /// Reports the current length of the custom broadcast queue.
@@ -1088,6 +1095,18 @@ where
         custom_broadcasts_result
     }
 
+    // Chorus patch: queues a member update, then keeps the queue within
+    // `Config::max_queued_updates` (updates about our own address stay).
+    fn queue_update(&mut self, addr: Addr<T::Addr>, data: Vec<u8>) {
+        self.updates
+            .add_or_replace(addr, data, self.config.max_transmissions.get().into());
+        if let Some(cap) = self.config.max_queued_updates {
+            let own = self.identity.addr();
+            let dropped = self.updates.shed(cap.get(), |a| a.0 == own);
+            self.updates_shed += dropped as u64;
+        }
+    }
+
     fn serialize_member(&mut self, member: Member<T>) -> Result<Vec<u8>> {
         let mut buf = Vec::new();
         self.codec
@@ -1263,8 +1282,7 @@ where
             if do_broadcast {
                 let addr = Addr(id.addr());
                 let data = self.serialize_member(update)?;
-                self.updates
-                    .add_or_replace(addr, data, self.config.max_transmissions.get().into());
+                self.queue_update(addr, data);
             }
 
             // Down is a terminal state, so set up a handler for removing
