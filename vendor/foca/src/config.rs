@@ -194,11 +194,11 @@ pub struct Config {
     /// A join of n members at once queues about n updates on every
     /// member, far more than the messages of the next seconds can
     /// carry: at 3,000 members the queues were 86 bytes per pair of
-    /// members at the join's peak (heaptrack of a netsim join). Past the
+    /// members at the join's peak (heaptrack of a netsim join). At the
     /// limit, the updates that have been sent the most (and so have
     /// spread the furthest) are dropped first, an eighth of the limit at
     /// a time; updates about this member's own address are never
-    /// dropped. Members that miss an update learn it from others, and
+    /// dropped (so only they can take the queue past the limit). Members that miss an update learn it from others, and
     /// from periodic announces.
     pub max_queued_updates: Option<NonZeroUsize>,
 }
