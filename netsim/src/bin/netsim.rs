@@ -26,6 +26,26 @@ use std::time::Duration;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options for this binary (its `malloc_conf`, read at the first allocation;
+/// `_RJEM_MALLOC_CONF` in the environment still overrides it): memory freed goes back to the
+/// kernel at once rather than after jemalloc's default 10 s. A join at scale frees as it grows
+/// (every table's old room when it doubles), and the freed pages, held resident meanwhile, added
+/// to the peak: `netsim scale --nodes 3000 --secs 20`, side by side, peak resident 2,416 against
+/// 2,587 MB (0.93) for 3.5 % more wall time (docs/benchmarks.md, "seventh pass"). Memory is
+/// what limits the largest run, not time.
+#[cfg(not(target_env = "msvc"))]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: MallocConf = MallocConf(c"dirty_decay_ms:0,muzzy_decay_ms:0".as_ptr());
+
+/// A C string's address, as jemalloc's `malloc_conf` is (`const char *`).
+#[cfg(not(target_env = "msvc"))]
+#[repr(transparent)]
+struct MallocConf(*const std::ffi::c_char);
+
+// SAFETY: it points at a string constant, which nothing writes.
+#[cfg(not(target_env = "msvc"))]
+unsafe impl Sync for MallocConf {}
+
 /// Deterministic simulation of Chorus clusters: scenarios with faults and checkers, seed sweeps,
 /// and membership at scale.
 #[derive(Parser)]
