@@ -260,8 +260,8 @@ fn name_hash(name: &str) -> u64 {
     crate::envelope::spread64(crate::envelope::fnv1a64(&[name.as_bytes()]))
 }
 
-/// The table's hash of a node id (ids are random; see `spread64`).
-fn id_hash(id: NodeId) -> u64 {
+/// The table's hash of a node id (ids are random; see `spread64`); the tally's table uses it too.
+pub(crate) fn id_hash(id: NodeId) -> u64 {
     crate::envelope::spread64(id.0)
 }
 

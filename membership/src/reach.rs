@@ -9,6 +9,7 @@
 
 use crate::core::Known;
 use crate::identity::{NodeId, Peer};
+use crate::meta::id_hash;
 use crate::report::MemberState;
 use hashbrown::HashTable;
 use std::collections::{BTreeMap, HashMap};
@@ -62,11 +63,6 @@ struct Entries {
     by_id: HashTable<u32>,
 }
 
-/// The table's hash of a node id (ids are random; see `spread64`).
-fn id_hash(id: NodeId) -> u64 {
-    crate::envelope::spread64(id.0)
-}
-
 impl Entries {
     fn position(&self, id: NodeId) -> Option<usize> {
         let list = &self.list;
@@ -100,14 +96,14 @@ impl Entries {
     }
 
     fn remove(&mut self, id: &NodeId) {
-        let Some(at) = self.position(*id) else { return };
         let list = &self.list;
-        if let Ok(slot) = self
+        let Ok(slot) = self
             .by_id
             .find_entry(id_hash(*id), |p| list[*p as usize].0 == *id)
-        {
-            slot.remove();
-        }
+        else {
+            return;
+        };
+        let at = slot.remove().0 as usize;
         let last = self.list.len() - 1;
         if at != last {
             // The last entry moves into the hole: its slot in the table follows.
