@@ -86,9 +86,7 @@ pub fn memory_warning(sizes: &[usize], available: u64) -> Option<String> {
 
 /// Runs `nodes` nodes for `base` of virtual time, then crashes one and measures.
 pub fn run(nodes: usize, seed: u64, base: Duration, start_spread: Duration) -> ScaleResult {
-    let mut cfg = SimConfig::lan(nodes, seed);
-    cfg.beacons = false;
-    cfg.seed_node_zero = true;
+    let mut cfg = SimConfig::lan_through_a_seed(nodes, seed);
     cfg.start_spread = start_spread;
     cfg.event_log = false;
     let started = Instant::now();

@@ -63,10 +63,7 @@ fn five_nodes_join_by_beacons() {
 #[test]
 fn nodes_join_through_a_seed_without_beacons() {
     for seed in seeds() {
-        let mut cfg = SimConfig::lan(5, seed);
-        cfg.beacons = false;
-        cfg.seed_node_zero = true;
-        let mut sim = Sim::new(cfg);
+        let mut sim = Sim::new(SimConfig::lan_through_a_seed(5, seed));
         let t = sim.run_until_cond(10 * S, |s| s.all_see_alive(&all(5)));
         assert!(
             t.is_some(),
@@ -274,10 +271,7 @@ fn quorum_follows_a_split_and_its_heal() {
 #[test]
 fn a_healed_split_merges_through_seeds_alone() {
     for seed in seeds() {
-        let mut cfg = SimConfig::lan(5, seed);
-        cfg.beacons = false;
-        cfg.seed_node_zero = true;
-        let mut sim = Sim::new(cfg);
+        let mut sim = Sim::new(SimConfig::lan_through_a_seed(5, seed));
         sim.run_until_cond(10 * S, |s| s.all_see_alive(&all(5)))
             .expect("join");
         sim.partition(&[&[0, 1], &[2, 3, 4]]);
@@ -409,10 +403,7 @@ fn a_live_member_reported_gone_refutes_and_is_never_reported_failed() {
 fn a_mass_join_spreads_every_record_without_a_request_per_pair_of_nodes() {
     const N: usize = 80;
     for seed in seeds().take(5) {
-        let mut cfg = SimConfig::lan(N, seed);
-        cfg.beacons = false;
-        cfg.seed_node_zero = true;
-        let mut sim = Sim::new(cfg);
+        let mut sim = Sim::new(SimConfig::lan_through_a_seed(N, seed));
         let t = sim.run_until_cond_every(60 * S, S / 10, |s| {
             s.all_running_alive_by_events()
                 && (0..N).all(|i| s.core(i).unwrap().known_metadata() == N)
@@ -449,9 +440,7 @@ fn a_mass_join_spreads_every_record_without_a_request_per_pair_of_nodes() {
 fn a_join_larger_than_the_update_queue_completes_and_a_crash_is_seen_everywhere() {
     const N: usize = 200;
     for seed in seeds().take(5) {
-        let mut cfg = SimConfig::lan(N, seed);
-        cfg.beacons = false;
-        cfg.seed_node_zero = true;
+        let mut cfg = SimConfig::lan_through_a_seed(N, seed);
         cfg.max_queued_updates = 16;
         let mut sim = Sim::new(cfg);
         let joined = sim.run_until_cond_every(60 * S, S / 10, |s| s.all_running_alive_by_events());

@@ -131,6 +131,17 @@ impl SimConfig {
             leader: None,
         }
     }
+
+    /// `nodes` nodes on a clean LAN that find each other only through node 0 as their seed (no
+    /// beacons), as hosts do where multicast does not reach: the scale runs, and the tests of
+    /// joins through a seed.
+    pub fn lan_through_a_seed(nodes: usize, seed: u64) -> Self {
+        SimConfig {
+            beacons: false,
+            seed_node_zero: true,
+            ..SimConfig::lan(nodes, seed)
+        }
+    }
 }
 
 struct Slot {
