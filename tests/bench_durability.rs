@@ -55,7 +55,7 @@ fn main() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut policies = BTreeMap::new();
     policies.insert("default".to_string(), Fsync::Never);
-    let writer = Writer::start(dir.clone(), policies, tx);
+    let mut writer = Writer::start(dir.clone(), policies, tx);
     let t = Instant::now();
     let batch = 10_000;
     let mut lsn = 0;

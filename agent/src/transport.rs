@@ -196,6 +196,15 @@ impl Outbound {
 /// connection resends only when its backed-off timer fires (200 ms, 400 ms, ... 1.6 s and more),
 /// while a new connection gets through at once; issue 18 measured 0.3-1.5 s stalls from it.
 fn stalled(fd: std::os::fd::RawFd) -> bool {
+    tcp_info(fd).is_some_and(|i| stalled_info(&i))
+}
+
+fn stalled_info(info: &libc::tcp_info) -> bool {
+    info.tcpi_unacked > 0 && (info.tcpi_retransmits > 0 || info.tcpi_backoff > 0)
+}
+
+/// The kernel's `TCP_INFO` of a connection, `None` if it cannot be had.
+fn tcp_info(fd: std::os::fd::RawFd) -> Option<libc::tcp_info> {
     // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it, and the
     // descriptor belongs to a TCP socket that the caller keeps open for the call.
     unsafe {
@@ -208,7 +217,34 @@ fn stalled(fd: std::os::fd::RawFd) -> bool {
             (&mut info as *mut libc::tcp_info).cast(),
             &mut len,
         );
-        r == 0 && info.tcpi_unacked > 0 && (info.tcpi_retransmits > 0 || info.tcpi_backoff > 0)
+        (r == 0).then_some(info)
+    }
+}
+
+/// `tcpi_state` of an established connection (Linux's `include/net/tcp_states.h`; the libc
+/// crate names it only for other systems).
+const TCP_ESTABLISHED: u8 = 1;
+
+/// What a writer finds of its connection when a message arrives after an idle wait.
+#[derive(Debug, PartialEq, Eq)]
+enum Health {
+    Open,
+    /// The peer's FIN or RST arrived (see [`peer_closed`] for why that matters).
+    Closed,
+    /// See [`stalled`].
+    Stalled,
+}
+
+/// One `TCP_INFO` query for both checks a writer makes before writing after an idle wait: the
+/// connection's state (a FIN or RST received moves it out of `ESTABLISHED` at once, so this asks
+/// the kernel just as the peek of [`peer_closed`] does) and its retransmissions. One system call
+/// per frame sent after a pause instead of two (a peek and a query), on the path of every quorum
+/// round with few requests in flight (issue 15).
+fn health(fd: std::os::fd::RawFd) -> Health {
+    match tcp_info(fd) {
+        Some(i) if stalled_info(&i) => Health::Stalled,
+        Some(i) if i.tcpi_state == TCP_ESTABLISHED => Health::Open,
+        _ => Health::Closed,
     }
 }
 
@@ -405,19 +441,19 @@ async fn peer_writer(
                         }
                         continue 'outer;
                     };
-                    match idle {
-                        Some(f) if stalled(fd) => {
+                    let Some(f) = idle else { break 'outer };
+                    match health(fd) {
+                        Health::Stalled => {
                             give_up(&w, Broken::Stalled);
                             carry = Some(taken(f));
                             continue 'outer;
                         }
-                        Some(f) if peer_closed(w.get_ref()) => {
+                        Health::Closed => {
                             debug!(%addr, "store connection closed by the peer (it restarted?); reconnecting");
                             carry = Some(taken(f));
                             continue 'outer;
                         }
-                        Some(f) => Some(taken(f)),
-                        None => break 'outer,
+                        Health::Open => Some(taken(f)),
                     }
                 }
             };
@@ -693,11 +729,13 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&client);
         assert!(!peer_closed(&client), "a live, quiet connection is open");
+        assert_eq!(health(fd), Health::Open);
         // The peer's process dies: its kernel closes the connection.
         drop(server);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !peer_closed(&client) {
+        while !peer_closed(&client) || health(fd) != Health::Closed {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the close was not seen"

@@ -1,5 +1,6 @@
 //! The store's write-ahead log on disk: segment files in `<data_dir>/store/`, read back at start
-//! and appended to by one writer thread (fsync blocks, so it stays off the driver's task).
+//! and appended to by one writer thread (fsync blocks, so it stays off the driver's task), or
+//! under light load by the driver itself when the thread holds nothing (`Writer::write_inline`).
 //!
 //! The record format is `store::wal`. A segment is named after the first sequence number it
 //! holds (`wal-00000000000000000001.log`) and is closed at 64 MiB. The writer takes batches of

@@ -102,7 +102,7 @@ fn a_snapshot_replaces_the_segments_and_reads_back_with_later_records() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut policies = BTreeMap::new();
     policies.insert("default".to_string(), Fsync::Always);
-    let w = Writer::start(tmp.path().to_path_buf(), policies, tx);
+    let mut w = Writer::start(tmp.path().to_path_buf(), policies, tx);
     w.append((1..=50).map(rec).collect());
     // The replica then holds 10 live entries; a snapshot of them covers 1..=50.
     let live: Vec<Record> = (41..=50).map(|l| Record { lsn: 50, ..rec(l) }).collect();
@@ -147,7 +147,7 @@ fn never_and_interval_stores_are_acknowledged_once_written_and_synced_later() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut policies = BTreeMap::new();
         policies.insert("default".to_string(), policy);
-        let w = Writer::start(tmp.path().to_path_buf(), policies, tx);
+        let mut w = Writer::start(tmp.path().to_path_buf(), policies, tx);
         w.append(vec![rec(1), rec(2), rec(3)]);
         let first = rx.blocking_recv().unwrap();
         assert_eq!(
@@ -170,7 +170,7 @@ fn the_writer_reports_written_and_synced_marks() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut policies = BTreeMap::new();
     policies.insert("default".to_string(), Fsync::Always);
-    let w = Writer::start(tmp.path().to_path_buf(), policies, tx);
+    let mut w = Writer::start(tmp.path().to_path_buf(), policies, tx);
     w.append(vec![rec(1), rec(2)]);
     let report = rx.blocking_recv().unwrap();
     assert_eq!(report, Report::Durable(2, 2));
@@ -239,7 +239,7 @@ fn a_stopped_writer_leaves_no_room_behind() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut policies = BTreeMap::new();
     policies.insert("default".to_string(), Fsync::Always);
-    let w = Writer::start(tmp.path().to_path_buf(), policies, tx);
+    let mut w = Writer::start(tmp.path().to_path_buf(), policies, tx);
     w.append((1..=3).map(rec).collect());
     assert_eq!(rx.blocking_recv(), Some(Report::Durable(3, 3)));
     let path = segments(tmp.path()).unwrap().remove(0);
@@ -251,4 +251,67 @@ fn a_stopped_writer_leaves_no_room_behind() {
         (d.records.len(), d.good_len, d.unwritten),
         (3, bytes.len(), 0)
     );
+}
+
+/// The driver writes a small batch itself only when the thread holds nothing: the log keeps
+/// its order whichever way each batch goes. Each round queues a batch for the thread and at once
+/// offers the next to `write_inline`, which must refuse while the thread is busy with the
+/// first (taking it would put it on disk ahead of the earlier batch); then, with the thread
+/// idle, it must take one. (Shown to fail with the `finished != sent` guard removed: batches
+/// land out of order.)
+#[test]
+fn batches_written_inline_keep_the_log_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut policies = BTreeMap::new();
+    policies.insert("default".to_string(), Fsync::Always);
+    policies.insert("fast".to_string(), Fsync::Never);
+    let mut w = Writer::start(tmp.path().to_path_buf(), policies, tx);
+    // No segment yet: opening one is the thread's work.
+    let first = w.write_inline(vec![rec(1)]).unwrap_err();
+    w.append(first);
+    assert_eq!(rx.blocking_recv(), Some(Report::Durable(1, 1)));
+    let (mut inline, mut refused) = (0, 0);
+    let mut lsn = 2;
+    for _ in 0..100 {
+        w.append(vec![rec(lsn)]);
+        match w.write_inline(vec![rec(lsn + 1)]) {
+            Ok(report) => {
+                // Only sound if the thread had finished the batch before it.
+                assert_eq!(report, Report::Durable(lsn + 1, lsn + 1));
+                inline += 1;
+                assert_eq!(rx.blocking_recv(), Some(Report::Durable(lsn, lsn)));
+            }
+            Err(back) => {
+                assert_eq!(back.len(), 1, "handed back untouched");
+                w.append(back);
+                refused += 1;
+                // One report per write: the thread may have taken both batches in one.
+                loop {
+                    match rx.blocking_recv() {
+                        Some(Report::Durable(l, s)) if l == s && l == lsn => {}
+                        Some(Report::Durable(l, s)) if l == s && l == lsn + 1 => break,
+                        other => panic!("after batch {lsn}: {other:?}"),
+                    }
+                }
+            }
+        }
+        // The thread is idle now: a small batch that must be synced is written here.
+        let r = w.write_inline(vec![rec(lsn + 2)]);
+        assert_eq!(r, Ok(Report::Durable(lsn + 2, lsn + 2)));
+        inline += 1;
+        lsn += 3;
+    }
+    // A batch that needs no fsync (a `never` store) goes to the thread.
+    let mut fast = rec(lsn);
+    fast.store = "fast".into();
+    assert!(w.write_inline(vec![fast]).is_err());
+    w.close();
+    assert!(
+        refused > 0 && inline >= 100,
+        "refused {refused}, inline {inline}"
+    );
+    let r = recover(tmp.path(), false).unwrap();
+    let lsns: Vec<u64> = r.records.iter().map(|r| r.lsn).collect();
+    assert_eq!(lsns, (1..lsn).collect::<Vec<_>>());
 }

@@ -5,11 +5,12 @@ use super::{SEGMENT_BYTES, files};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 use store::Fsync;
 use store::wal::{self, Record};
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 /// How far the log is on disk, or why it cannot be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,10 +21,16 @@ pub enum Report {
     Failed(String),
 }
 
-/// Handle to the writer thread.
+/// Handle to the writer thread, and the driver's way to write a small batch itself.
 pub struct Writer {
     tx: mpsc::Sender<Msg>,
     thread: std::thread::JoinHandle<()>,
+    disk: Arc<Mutex<Disk>>,
+    /// Messages sent to the thread, and how many it has finished: equal when it holds nothing.
+    sent: u64,
+    finished: Arc<AtomicU64>,
+    /// Writes in the caller's thread are off until then: one took too long.
+    inline_off_until: Option<Instant>,
 }
 
 /// Work for the writer thread, done in order.
@@ -31,6 +38,15 @@ enum Msg {
     Append(Vec<Record>),
     Snapshot { through: u64, records: Vec<Record> },
 }
+
+/// Largest batch written in the caller's thread (encoded bytes, about): bigger ones go to the
+/// thread, whose write the caller need not wait for.
+const INLINE_MAX_BYTES: usize = 64 << 10;
+
+/// A write in the caller's thread that takes longer than this turns such writes off for
+/// [`INLINE_BACKOFF`]: the caller (the driver) must not stall on a slow disk.
+const INLINE_SLOW: Duration = Duration::from_millis(10);
+const INLINE_BACKOFF: Duration = Duration::from_secs(1);
 
 impl Writer {
     /// Starts the writer for `dir`, whose next record is `next_lsn`; `fsync` maps store names to
@@ -41,11 +57,37 @@ impl Writer {
         reports: tokio::sync::mpsc::UnboundedSender<Report>,
     ) -> Writer {
         let (tx, rx) = mpsc::channel::<Msg>();
+        let interval = fsync
+            .values()
+            .filter_map(|f| match f {
+                Fsync::Interval(d) => Some(*d),
+                _ => None,
+            })
+            .min();
+        let disk = Arc::new(Mutex::new(Disk {
+            dir,
+            fsync,
+            interval,
+            segment: None,
+            buf: Vec::new(),
+            written: 0,
+            synced: 0,
+            last_sync: Instant::now(),
+        }));
+        let finished = Arc::new(AtomicU64::new(0));
+        let (d, f) = (disk.clone(), finished.clone());
         let thread = std::thread::Builder::new()
             .name("store-log".into())
-            .spawn(move || write_loop(dir, fsync, rx, reports))
+            .spawn(move || write_loop(d, rx, reports, f))
             .expect("spawning the store log writer");
-        Writer { tx, thread }
+        Writer {
+            tx,
+            thread,
+            disk,
+            sent: 0,
+            finished,
+            inline_off_until: None,
+        }
     }
 
     /// Lets the writer finish what is queued, fsync, and stop.
@@ -55,7 +97,8 @@ impl Writer {
     }
 
     /// Queues records (in sequence order) for the disk.
-    pub fn append(&self, records: Vec<Record>) {
+    pub fn append(&mut self, records: Vec<Record>) {
+        self.sent += 1;
         if self.tx.send(Msg::Append(records)).is_err() {
             error!("the store log writer has stopped; writes will not be acknowledged");
         }
@@ -63,10 +106,107 @@ impl Writer {
 
     /// Queues a snapshot of the whole replica, covering every record through `through`; once
     /// it is on disk, the segments and older snapshots are deleted.
-    pub fn snapshot(&self, through: u64, records: Vec<Record>) {
+    pub fn snapshot(&mut self, through: u64, records: Vec<Record>) {
+        self.sent += 1;
         if self.tx.send(Msg::Snapshot { through, records }).is_err() {
             error!("the store log writer has stopped; no snapshot taken");
         }
+    }
+
+    /// Writes and fsyncs `records` (next in sequence order) in the caller's thread and returns
+    /// the report, when the thread holds nothing (so the order stays), the batch is small and
+    /// must be synced (a store in it has `fsync = always`), and no such write was slow lately;
+    /// otherwise, or if the write fails, the records are handed back untouched (a failed batch
+    /// is cut back off the file), for [`Writer::append`].
+    ///
+    /// Why (issue 15): with few requests in flight, the hand-offs to the thread and back are two
+    /// wake-ups of sleeping threads around every fsync, on the path of every quorum write's
+    /// acknowledgement; on this project's 2-core virtual machine each cost tens of microseconds
+    /// (docs/benchmarks.md, "Log writes in the driver's thread"). Under load the thread is busy
+    /// and inputs are waiting, so batches go to it as before and group commit stays.
+    pub fn write_inline(&mut self, records: Vec<Record>) -> Result<Report, Vec<Record>> {
+        if self.finished.load(Ordering::Acquire) != self.sent
+            || self.inline_off_until.is_some_and(|t| Instant::now() < t)
+            || encoded_about(&records) > INLINE_MAX_BYTES
+        {
+            return Err(records);
+        }
+        // Free unless the thread is in an interval fsync: then it is busy, and so not this way.
+        let Ok(mut disk) = self.disk.try_lock() else {
+            return Err(records);
+        };
+        // A new segment or more room (file creation, `fallocate`) is the thread's work.
+        let bytes = encoded_about(&records) as u64;
+        let room = disk
+            .segment
+            .as_ref()
+            .is_some_and(|s| s.len < SEGMENT_BYTES && s.len + bytes <= s.allocated);
+        if !room || !disk.must_sync(&records) {
+            return Err(records);
+        }
+        let start = Instant::now();
+        let report = disk.write(&records);
+        drop(disk);
+        let took = start.elapsed();
+        if took > INLINE_SLOW {
+            debug!(
+                took_ms = took.as_secs_f64() * 1000.0,
+                "store log: a write in the driver's thread was slow; the writer thread takes \
+                 every write for the next second"
+            );
+            self.inline_off_until = Some(Instant::now() + INLINE_BACKOFF);
+        }
+        report.map_err(|_| records)
+    }
+}
+
+/// About how many bytes `records` encode to (a record's header is under 64 bytes).
+fn encoded_about(records: &[Record]) -> usize {
+    records
+        .iter()
+        .map(|r| 64 + r.store.len() + r.key.len() + r.entry.value.as_ref().map_or(0, Vec::len))
+        .sum()
+}
+
+/// The log's files and marks, shared by the writer thread and [`Writer::write_inline`]: whoever
+/// writes holds the lock, and the two never have records outstanding at once.
+struct Disk {
+    dir: PathBuf,
+    fsync: BTreeMap<String, Fsync>,
+    /// The shortest fsync interval of a store with one.
+    interval: Option<Duration>,
+    segment: Option<Segment>,
+    buf: Vec<u8>,
+    /// Written and synced through these sequence numbers.
+    written: u64,
+    synced: u64,
+    last_sync: Instant,
+}
+
+impl Disk {
+    /// Whether a batch of `records` is followed by an fsync: a store in it has `fsync =
+    /// always`, or an interval is due.
+    fn must_sync(&self, records: &[Record]) -> bool {
+        records
+            .iter()
+            .any(|r| self.fsync.get(&r.store).copied().unwrap_or_default() == Fsync::Always)
+            || self
+                .interval
+                .is_some_and(|d| self.written > self.synced && self.last_sync.elapsed() >= d)
+    }
+
+    /// Writes `records` (and fsyncs, when due) and says how far the log now is.
+    fn write(&mut self, records: &[Record]) -> std::io::Result<Report> {
+        let sync = self.must_sync(records);
+        write_batch(&self.dir, &mut self.segment, records, &mut self.buf, sync)?;
+        if let Some(last) = records.last() {
+            self.written = last.lsn;
+        }
+        if sync {
+            self.synced = self.written;
+            self.last_sync = Instant::now();
+        }
+        Ok(Report::Durable(self.written, self.synced))
     }
 }
 
@@ -160,23 +300,15 @@ pub(super) fn open_segment(dir: &Path, first_lsn: u64) -> std::io::Result<Segmen
 }
 
 fn write_loop(
-    dir: PathBuf,
-    fsync: BTreeMap<String, Fsync>,
+    disk: Arc<Mutex<Disk>>,
     rx: mpsc::Receiver<Msg>,
     reports: tokio::sync::mpsc::UnboundedSender<Report>,
+    finished: Arc<AtomicU64>,
 ) {
-    let interval = fsync
-        .values()
-        .filter_map(|f| match f {
-            Fsync::Interval(d) => Some(*d),
-            _ => None,
-        })
-        .min();
-    let mut segment: Option<Segment> = None;
+    let lock = || disk.lock().unwrap_or_else(|p| p.into_inner());
     let mut pending: Vec<Record> = Vec::new();
-    let (mut written, mut synced) = (0u64, 0u64);
-    let mut last_sync = Instant::now();
-    let mut buf = Vec::new();
+    // Messages taken and not yet finished.
+    let mut taken = 0u64;
     let mut snap: Option<(u64, Vec<Record>)> = None;
     let take =
         |msg: Msg, pending: &mut Vec<Record>, snap: &mut Option<(u64, Vec<Record>)>| match msg {
@@ -187,41 +319,53 @@ fn write_loop(
         // Wait for records (or for the next interval fsync), then take everything queued up to
         // a snapshot (which must follow the records before it).
         if pending.is_empty() && snap.is_none() {
-            let got = match interval {
-                Some(d) if written > synced => {
-                    rx.recv_timeout(d.saturating_sub(last_sync.elapsed()))
+            let wait = {
+                let d = lock();
+                match d.interval {
+                    Some(i) if d.written > d.synced => {
+                        Some(i.saturating_sub(d.last_sync.elapsed()))
+                    }
+                    _ => None,
                 }
-                _ => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            let got = match wait {
+                Some(w) => rx.recv_timeout(w),
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
             };
             match got {
-                Ok(msg) => take(msg, &mut pending, &mut snap),
+                Ok(msg) => {
+                    taken += 1;
+                    take(msg, &mut pending, &mut snap)
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
         while snap.is_none() {
             match rx.try_recv() {
-                Ok(msg) => take(msg, &mut pending, &mut snap),
+                Ok(msg) => {
+                    taken += 1;
+                    take(msg, &mut pending, &mut snap)
+                }
                 Err(_) => break,
             }
         }
-        let must_sync = pending
-            .iter()
-            .any(|r| fsync.get(&r.store).copied().unwrap_or_default() == Fsync::Always)
-            || interval.is_some_and(|d| written > synced && last_sync.elapsed() >= d);
-        match write_batch(&dir, &mut segment, &pending, &mut buf, must_sync) {
-            Ok(()) => {
-                if let Some(last) = pending.last() {
-                    written = last.lsn;
-                }
-                if must_sync {
-                    synced = written;
-                    last_sync = Instant::now();
-                }
+        let mut d = lock();
+        match d.write(&pending) {
+            Ok(report) => {
                 pending.clear();
-                let _ = reports.send(Report::Durable(written, synced));
+                // Finished before the report goes (the driver that reads it may write the next
+                // batch itself), except a snapshot, which must not hold the report back.
+                if snap.is_none() {
+                    finished.fetch_add(std::mem::take(&mut taken), Ordering::Release);
+                    drop(d);
+                    let _ = reports.send(report);
+                    continue;
+                }
+                let _ = reports.send(report);
                 if let Some((through, records)) = snap.take() {
-                    match write_snapshot(&dir, &mut segment, through, &records) {
+                    let Disk { dir, segment, .. } = &mut *d;
+                    match write_snapshot(dir, segment, through, &records) {
                         Ok(removed) => info!(
                             through,
                             entries = records.len(),
@@ -231,15 +375,18 @@ fn write_loop(
                         Err(e) => error!(error = %e, "store log: snapshot failed; the log is kept"),
                     }
                 }
+                drop(d);
+                finished.fetch_add(std::mem::take(&mut taken), Ordering::Release);
             }
             Err(e) => {
+                drop(d);
                 error!(error = %e, "store log: cannot write; retrying every second");
                 let _ = reports.send(Report::Failed(e.to_string()));
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
     }
-    if let Some(s) = segment
+    if let Some(s) = lock().segment.take()
         && let Err(e) = finish(s)
     {
         error!(error = %e, "store log: cannot cut the last segment to its records on close");
