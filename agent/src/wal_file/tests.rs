@@ -315,3 +315,36 @@ fn batches_written_inline_keep_the_log_in_order() {
     let lsns: Vec<u64> = r.records.iter().map(|r| r.lsn).collect();
     assert_eq!(lsns, (1..lsn).collect::<Vec<_>>());
 }
+
+/// A write in the driver's thread that fails hands its records back and leaves nothing in the
+/// file, so the thread writes them next (and reports the failure only if it fails too); one that
+/// is slow turns such writes off for a while, so a slow disk does not keep stalling the driver.
+#[test]
+fn a_failed_or_slow_inline_write_leaves_the_batch_to_the_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut policies = BTreeMap::new();
+    policies.insert("default".to_string(), Fsync::Always);
+    let mut w = Writer::start(tmp.path().to_path_buf(), policies, tx);
+    w.append(vec![rec(1)]);
+    assert_eq!(rx.blocking_recv(), Some(Report::Durable(1, 1)));
+    w.inject(Duration::ZERO, true);
+    let back = w.write_inline(vec![rec(2), rec(3)]).unwrap_err();
+    assert_eq!(back.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![2, 3]);
+    w.append(back);
+    assert_eq!(rx.blocking_recv(), Some(Report::Durable(3, 3)));
+    // Slow: written, and the next batch, on a fast disk again, still goes to the thread.
+    w.inject(Duration::from_millis(15), false);
+    assert_eq!(w.write_inline(vec![rec(4)]), Ok(Report::Durable(4, 4)));
+    w.inject(Duration::ZERO, false);
+    assert!(
+        w.write_inline(vec![rec(5)]).is_err(),
+        "off after a slow write"
+    );
+    w.append(vec![rec(5)]);
+    assert_eq!(rx.blocking_recv(), Some(Report::Durable(5, 5)));
+    w.close();
+    let r = recover(tmp.path(), false).unwrap();
+    let lsns: Vec<u64> = r.records.iter().map(|r| r.lsn).collect();
+    assert_eq!(lsns, vec![1, 2, 3, 4, 5]);
+}

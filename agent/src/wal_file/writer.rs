@@ -73,6 +73,8 @@ impl Writer {
             written: 0,
             synced: 0,
             last_sync: Instant::now(),
+            #[cfg(test)]
+            injected: (Duration::ZERO, false),
         }));
         let finished = Arc::new(AtomicU64::new(0));
         let (d, f) = (disk.clone(), finished.clone());
@@ -168,6 +170,14 @@ fn encoded_about(records: &[Record]) -> usize {
         .sum()
 }
 
+#[cfg(test)]
+impl Writer {
+    /// Makes every later write wait `delay` first, and the next one fail if `fail`.
+    pub(super) fn inject(&self, delay: Duration, fail: bool) {
+        self.disk.lock().unwrap().injected = (delay, fail);
+    }
+}
+
 /// The log's files and marks, shared by the writer thread and [`Writer::write_inline`]: whoever
 /// writes holds the lock, and the two never have records outstanding at once.
 struct Disk {
@@ -181,6 +191,9 @@ struct Disk {
     written: u64,
     synced: u64,
     last_sync: Instant,
+    /// Tests only: a delay before each write, and whether the next write fails.
+    #[cfg(test)]
+    injected: (Duration, bool),
 }
 
 impl Disk {
@@ -197,6 +210,13 @@ impl Disk {
 
     /// Writes `records` (and fsyncs, when due) and says how far the log now is.
     fn write(&mut self, records: &[Record]) -> std::io::Result<Report> {
+        #[cfg(test)]
+        {
+            std::thread::sleep(self.injected.0);
+            if std::mem::take(&mut self.injected.1) {
+                return Err(std::io::Error::other("injected failure"));
+            }
+        }
         let sync = self.must_sync(records);
         write_batch(&self.dir, &mut self.segment, records, &mut self.buf, sync)?;
         if let Some(last) = records.last() {
