@@ -252,7 +252,9 @@ fn health(fd: std::os::fd::RawFd) -> Health {
 /// so anything readable is its FIN or RST. A process that died (`kill -9`, a restart) closes its
 /// connections, but a write into such a connection still succeeds once and is lost without an
 /// error: a restarted node's first catch-up round waited 15 s for an answer lost that way
-/// (issue 15). Checking before writing after an idle wait costs one non-blocking read.
+/// (issue 15). An idle writer calls this when the connection turns readable; before writing after
+/// an idle wait it asks the kernel's connection state instead ([`health`]), which also tells a
+/// stall, in one call.
 ///
 /// The kernel is asked (a peek), not tokio's cached readiness, which can lag behind it: a FIN that
 /// arrived together with the next message to send was missed that way, and the message went into
