@@ -539,7 +539,8 @@ fn run_agent(a: AgentArgs) -> ExitCode {
     // client a p50 of 0.47-0.49 ms against 0.50-0.54 ms and 32 clients within 1 % (medians
     // 16,915 and 17,080/s); a wiped node caught up 1M keys in 1.07-1.09 s against 1.27-1.33 s
     // (docs/benchmarks.md, "One runtime worker, again"). Blocking work goes to its own threads
-    // (the log writer, `spawn_blocking` for backups).
+    // (the log writer, `spawn_blocking` for backups), but for the driver's own log writes under
+    // light load, which one slow write turns off for a second (`Writer::write_inline`).
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
