@@ -24,6 +24,17 @@ fn rec(lsn: u64) -> Record {
     }
 }
 
+/// A writer thread for `dir`, with these stores' fsync policies, and its reports.
+fn writer(
+    dir: &Path,
+    policies: &[(&str, Fsync)],
+) -> (Writer, tokio::sync::mpsc::UnboundedReceiver<Report>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let policies: BTreeMap<String, Fsync> =
+        policies.iter().map(|(s, f)| (s.to_string(), *f)).collect();
+    (Writer::start(dir.to_path_buf(), policies, tx), rx)
+}
+
 fn write(dir: &Path, lsns: std::ops::RangeInclusive<u64>) {
     let mut seg = None;
     let records: Vec<Record> = lsns.map(rec).collect();
@@ -99,10 +110,7 @@ fn segments_roll_over_and_read_back_in_order() {
 #[test]
 fn a_snapshot_replaces_the_segments_and_reads_back_with_later_records() {
     let tmp = tempfile::tempdir().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut policies = BTreeMap::new();
-    policies.insert("default".to_string(), Fsync::Always);
-    let mut w = Writer::start(tmp.path().to_path_buf(), policies, tx);
+    let (mut w, mut rx) = writer(tmp.path(), &[("default", Fsync::Always)]);
     w.append((1..=50).map(rec).collect());
     // The replica then holds 10 live entries; a snapshot of them covers 1..=50.
     let live: Vec<Record> = (41..=50).map(|l| Record { lsn: 50, ..rec(l) }).collect();
@@ -144,10 +152,7 @@ fn a_snapshot_replaces_the_segments_and_reads_back_with_later_records() {
 fn never_and_interval_stores_are_acknowledged_once_written_and_synced_later() {
     for policy in [Fsync::Never, Fsync::Interval(Duration::from_millis(30))] {
         let tmp = tempfile::tempdir().unwrap();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut policies = BTreeMap::new();
-        policies.insert("default".to_string(), policy);
-        let mut w = Writer::start(tmp.path().to_path_buf(), policies, tx);
+        let (mut w, mut rx) = writer(tmp.path(), &[("default", policy)]);
         w.append(vec![rec(1), rec(2), rec(3)]);
         let first = rx.blocking_recv().unwrap();
         assert_eq!(
@@ -167,10 +172,7 @@ fn never_and_interval_stores_are_acknowledged_once_written_and_synced_later() {
 #[test]
 fn the_writer_reports_written_and_synced_marks() {
     let tmp = tempfile::tempdir().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut policies = BTreeMap::new();
-    policies.insert("default".to_string(), Fsync::Always);
-    let mut w = Writer::start(tmp.path().to_path_buf(), policies, tx);
+    let (mut w, mut rx) = writer(tmp.path(), &[("default", Fsync::Always)]);
     w.append(vec![rec(1), rec(2)]);
     let report = rx.blocking_recv().unwrap();
     assert_eq!(report, Report::Durable(2, 2));
@@ -236,10 +238,7 @@ fn records_written_into_allocated_room_read_back_and_the_log_goes_on() {
 #[test]
 fn a_stopped_writer_leaves_no_room_behind() {
     let tmp = tempfile::tempdir().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut policies = BTreeMap::new();
-    policies.insert("default".to_string(), Fsync::Always);
-    let mut w = Writer::start(tmp.path().to_path_buf(), policies, tx);
+    let (mut w, mut rx) = writer(tmp.path(), &[("default", Fsync::Always)]);
     w.append((1..=3).map(rec).collect());
     assert_eq!(rx.blocking_recv(), Some(Report::Durable(3, 3)));
     let path = segments(tmp.path()).unwrap().remove(0);
@@ -262,11 +261,10 @@ fn a_stopped_writer_leaves_no_room_behind() {
 #[test]
 fn batches_written_inline_keep_the_log_in_order() {
     let tmp = tempfile::tempdir().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut policies = BTreeMap::new();
-    policies.insert("default".to_string(), Fsync::Always);
-    policies.insert("fast".to_string(), Fsync::Never);
-    let mut w = Writer::start(tmp.path().to_path_buf(), policies, tx);
+    let (mut w, mut rx) = writer(
+        tmp.path(),
+        &[("default", Fsync::Always), ("fast", Fsync::Never)],
+    );
     // No segment yet: opening one is the thread's work.
     let first = w.write_inline(vec![rec(1)]).unwrap_err();
     w.append(first);
@@ -322,10 +320,7 @@ fn batches_written_inline_keep_the_log_in_order() {
 #[test]
 fn a_failed_or_slow_inline_write_leaves_the_batch_to_the_thread() {
     let tmp = tempfile::tempdir().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut policies = BTreeMap::new();
-    policies.insert("default".to_string(), Fsync::Always);
-    let mut w = Writer::start(tmp.path().to_path_buf(), policies, tx);
+    let (mut w, mut rx) = writer(tmp.path(), &[("default", Fsync::Always)]);
     w.append(vec![rec(1)]);
     assert_eq!(rx.blocking_recv(), Some(Report::Durable(1, 1)));
     w.inject(Duration::ZERO, true);
