@@ -77,6 +77,9 @@ pub(crate) enum Due {
     Beacon,
     Seeds,
     MetaSync,
+    /// Members whose record is still missing are asked for it directly (see
+    /// [`Membership::on_pull_missing_timer`]).
+    PullMissing,
     DownHints,
     /// Members held suspect are told so again (see [`Membership::hint_suspects`]).
     SuspectHints,
@@ -135,6 +138,8 @@ pub struct Membership {
     /// While a SWIM datagram is handled: the records of members it made known that we lack,
     /// asked of its sender in one request when it is done (see `swim::on_member_up`).
     pub(crate) pull_batch: Option<Vec<crate::meta::DigestEntry>>,
+    /// Whether a [`Due::PullMissing`] is scheduled.
+    pub(crate) pull_due: bool,
     pub(crate) leaving: bool,
     pub(crate) left_swim: bool,
     pub(crate) last_failure: Option<Duration>,
@@ -237,6 +242,7 @@ impl Membership {
             misconfig_warned: BTreeMap::new(),
             hinted_at: BTreeMap::new(),
             pull_batch: None,
+            pull_due: false,
             leaving: false,
             left_swim: false,
             last_failure: None,
@@ -404,6 +410,7 @@ impl Membership {
                 Due::Beacon => self.on_beacon_timer(),
                 Due::Seeds => self.on_seed_timer(),
                 Due::MetaSync => self.on_meta_sync_timer(),
+                Due::PullMissing => self.on_pull_missing_timer(),
                 Due::DownHints => {
                     if !self.leaving {
                         self.hint_down_members(3);
