@@ -140,6 +140,9 @@ pub struct Membership {
     pub(crate) pull_batch: Option<Vec<crate::meta::DigestEntry>>,
     /// Whether a [`Due::PullMissing`] is scheduled.
     pub(crate) pull_due: bool,
+    /// Members whose records were asked for in the last probe round trip (see
+    /// `meta_sync::expect_record`).
+    pub(crate) awaited: Vec<Peer>,
     pub(crate) leaving: bool,
     pub(crate) left_swim: bool,
     pub(crate) last_failure: Option<Duration>,
@@ -243,6 +246,7 @@ impl Membership {
             hinted_at: BTreeMap::new(),
             pull_batch: None,
             pull_due: false,
+            awaited: Vec::new(),
             leaving: false,
             left_swim: false,
             last_failure: None,

@@ -159,7 +159,7 @@ impl Membership {
                 Some(batch) => batch.push(want),
                 None => self.send_records(p.addr, Vec::new(), vec![want]),
             }
-            self.expect_record();
+            self.expect_record(p);
         }
     }
 

@@ -33,6 +33,8 @@ pub struct ScaleResult {
     /// Datagrams each node sent, on average, from its start until the join was complete (or
     /// until `base` if it never was): the join's total work divided by the cluster size.
     pub join_datagrams_per_node: f64,
+    /// The same datagrams by channel (SWIM, metadata, ...), per node.
+    pub join_datagrams_by_channel: Vec<(membership::Channel, f64)>,
     /// Resident memory of the whole process with the cluster simulated, at the end of the run,
     /// in bytes (Linux `/proc/self/status` VmRSS; `None` elsewhere).
     pub resident_bytes: Option<u64>,
@@ -97,6 +99,18 @@ pub fn run(nodes: usize, seed: u64, base: Duration, start_spread: Duration) -> S
         s.running().len() == nodes && s.all_running_alive_by_events()
     });
     let join_datagrams_per_node = sim.sent().0 as f64 / nodes as f64;
+    let mut by_channel = std::collections::BTreeMap::new();
+    for i in sim.running() {
+        if let Some(core) = sim.core(i) {
+            for (channel, n) in &core.stats().sent_packets {
+                *by_channel.entry(*channel).or_insert(0u64) += n;
+            }
+        }
+    }
+    let join_datagrams_by_channel = by_channel
+        .into_iter()
+        .map(|(c, n)| (c, n as f64 / nodes as f64))
+        .collect();
     // The idle window is the last third of the base period (or what is left after the join).
     let window_start = sim.now().max(base * 2 / 3);
     sim.run_until(window_start);
@@ -127,6 +141,7 @@ pub fn run(nodes: usize, seed: u64, base: Duration, start_spread: Duration) -> S
         bytes_per_node_sec: (b1 - b0) as f64 / span,
         datagrams_per_node_sec: (p1 - p0) as f64 / span,
         join_datagrams_per_node,
+        join_datagrams_by_channel,
         resident_bytes: resident_bytes(),
     }
 }

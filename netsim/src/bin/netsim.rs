@@ -355,6 +355,15 @@ fn cmd_scale(
             rss / 1e6,
             rss / (r.nodes as f64 * r.nodes as f64),
         );
+        let by_channel: Vec<String> = r
+            .join_datagrams_by_channel
+            .iter()
+            .map(|(c, n)| format!("{c:?} {n:.0}"))
+            .collect();
+        println!(
+            "        join msgs/node by channel: {}",
+            by_channel.join(", ")
+        );
         results.push(r);
     }
     if let Some(dir) = svg {
