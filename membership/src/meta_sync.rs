@@ -232,14 +232,12 @@ impl Membership {
 
     /// A member came up whose record we lack, and we asked for it: of the gossiper that made it
     /// known, or of the member (see `swim::on_member_up`). The gossiper may lack it too: in a
-    /// simultaneous start it learned the member moments before. So a probe round trip later,
-    /// each of these records still missing is asked of its member, which always holds its own
-    /// record. Without this the periodic sync found it, up to 12.5 s later, and the node
+    /// simultaneous start it learned the member moments before. So a probe round trip after the
+    /// first such ask, each record asked for since and still missing is asked of its member,
+    /// which always holds its own record. Without this the periodic sync found it, up to 12.5 s later, and the node
     /// reported the join unnamed after its 2 s wait (netsim: 9 of 50 seeds of 15 nodes started
     /// at once took 10 s to hold every record; the membership bench saw 2.0 s joins in half its
-    /// runs). Only the records asked for in the last round trip: a gossiper almost always holds
-    /// what it made known, and asking every new member directly cost two datagrams per pair of
-    /// nodes in a mass join.
+    /// runs). Only the records asked for in the last round trip; a sync finds any other.
     pub(crate) fn expect_record(&mut self, member: Peer) {
         if self.awaited.len() < MAX_AWAITED {
             self.awaited.push(member);
@@ -252,11 +250,10 @@ impl Membership {
 
     /// The second ask of [`Self::expect_record`], of the members themselves, when only a few
     /// records are still missing: a lost or unanswerable ask. Many missing is a mass join under
-    /// way, which broadcasts and the syncs carry. Asked there as well, they cost 2.5 times the
-    /// metadata datagrams of an 80-node join through a seed (netsim
-    /// `a_mass_join_spreads_every_record_without_a_request_per_pair_of_nodes`: 5,410 against
-    /// 2,000), and a record pulled early is not gossiped on, so fewer strangers are introduced
-    /// by records and the join itself took longer.
+    /// way, which broadcasts and the syncs carry. Asked there as well, they cost nearly three times
+    /// the metadata datagrams of an 80-node join through a seed (netsim
+    /// `a_mass_join_spreads_every_record_without_a_request_per_pair_of_nodes`, seed 1: 5,410
+    /// against 1,880).
     pub(crate) fn on_pull_missing_timer(&mut self) {
         self.pull_due = false;
         let awaited = std::mem::take(&mut self.awaited);
