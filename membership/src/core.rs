@@ -138,10 +138,8 @@ pub struct Membership {
     /// While a SWIM datagram is handled: the records of members it made known that we lack,
     /// asked of its sender in one request when it is done (see `swim::on_member_up`).
     pub(crate) pull_batch: Option<Vec<crate::meta::DigestEntry>>,
-    /// Whether a [`Due::PullMissing`] is scheduled.
-    pub(crate) pull_due: bool,
-    /// Members whose records were asked for in the last probe round trip (see
-    /// `meta_sync::expect_record`).
+    /// Members whose records were asked for since the last [`Due::PullMissing`], which is
+    /// scheduled whenever this is not empty (see `meta_sync::expect_record`).
     pub(crate) awaited: Vec<Peer>,
     pub(crate) leaving: bool,
     pub(crate) left_swim: bool,
@@ -245,7 +243,6 @@ impl Membership {
             misconfig_warned: BTreeMap::new(),
             hinted_at: BTreeMap::new(),
             pull_batch: None,
-            pull_due: false,
             awaited: Vec::new(),
             leaving: false,
             left_swim: false,

@@ -239,12 +239,11 @@ impl Membership {
     /// at once took 10 s to hold every record; the membership bench saw 2.0 s joins in half its
     /// runs). Only the records asked for in the last round trip; a sync finds any other.
     pub(crate) fn expect_record(&mut self, member: Peer) {
+        if self.awaited.is_empty() {
+            self.schedule(self.timings.probe_rtt, Due::PullMissing);
+        }
         if self.awaited.len() < MAX_AWAITED {
             self.awaited.push(member);
-        }
-        if !self.pull_due {
-            self.pull_due = true;
-            self.schedule(self.timings.probe_rtt, Due::PullMissing);
         }
     }
 
@@ -255,7 +254,6 @@ impl Membership {
     /// `a_mass_join_spreads_every_record_without_a_request_per_pair_of_nodes`, seed 1: 5,410
     /// against 1,880).
     pub(crate) fn on_pull_missing_timer(&mut self) {
-        self.pull_due = false;
         let awaited = std::mem::take(&mut self.awaited);
         if self.leaving {
             return;
