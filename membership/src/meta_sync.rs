@@ -234,8 +234,8 @@ impl Membership {
     /// known, or of the member (see `swim::on_member_up`). The gossiper may lack it too: in a
     /// simultaneous start it learned the member moments before. So a probe round trip after the
     /// first such ask, each record asked for since and still missing is asked of its member,
-    /// which always holds its own record. Without this the periodic sync found it, up to 12.5 s later, and the node
-    /// reported the join unnamed after its 2 s wait (netsim: 9 of 50 seeds of 15 nodes started
+    /// which always holds its own record. Without this the periodic sync found it, up to 12.5 s
+    /// later, and the node reported the join unnamed after its 2 s wait (netsim: 9 of 50 seeds of 15 nodes started
     /// at once took 10 s to hold every record; the membership bench saw 2.0 s joins in half its
     /// runs). Only the records asked for in the last round trip; a sync finds any other.
     pub(crate) fn expect_record(&mut self, member: Peer) {
@@ -302,6 +302,6 @@ impl Membership {
 }
 
 /// Whether `table` lacks `p`'s record of its current generation.
-fn lacks_record(table: &MetaTable, p: &Peer) -> bool {
+pub(crate) fn lacks_record(table: &MetaTable, p: &Peer) -> bool {
     table.stamp(p.id).is_none_or(|(g, _)| g < p.generation)
 }

@@ -143,13 +143,9 @@ impl Membership {
         // with every other one it made known: in a mass join a datagram introduces dozens of
         // members whose records have not arrived yet, and asking each member on its own cost
         // two datagrams per pair of nodes (2 million of a 1,000-node join's 2.2 million in
-        // netsim). The sender knew the member, so it almost always holds the record; what it
-        // lacks the periodic sync finds.
-        let have = self
-            .table()
-            .stamp(p.id)
-            .is_some_and(|(generation, _)| generation >= p.generation);
-        if !have {
+        // netsim). The sender knew the member, so it usually holds the record; what it lacks
+        // is asked of the member a probe round trip later (`expect_record`).
+        if crate::meta_sync::lacks_record(&self.table(), &p) {
             let want = DigestEntry {
                 id: p.id,
                 generation: p.generation,
