@@ -333,6 +333,36 @@ where
     ) where
         F: Fn(&Member<T>) -> bool,
     {
+        // Chorus patch: a few members out of many are drawn at random positions, each position
+        // once, until enough pass `picker`; the first `wanted` that pass in a random order are
+        // a uniformly random choice of them, as the reservoir's is. The reservoir below reads
+        // every member and draws a random number for each past `wanted`: every gossip, feed and
+        // indirect probe cost O(members), 10 % of a simulated 5,000-node join (perf). When draws
+        // run out before enough pass (most members inactive or filtered), the reservoir decides;
+        // conditioned on that the choice is still uniform, so the whole is.
+        if wanted > 0 && wanted.saturating_mul(4) <= self.inner.len() {
+            let start = output.len();
+            let max_draws = wanted * 8 + 16;
+            let mut drawn: Vec<usize> = Vec::with_capacity(max_draws);
+            let mut draws = 0;
+            while output.len() - start < wanted && draws < max_draws {
+                draws += 1;
+                let at = rng.random_range(0..self.inner.len());
+                if drawn.contains(&at) {
+                    continue;
+                }
+                drawn.push(at);
+                let member = &self.inner[at];
+                if picker(member) {
+                    output.push(member.clone());
+                }
+            }
+            if output.len() - start == wanted {
+                return;
+            }
+            output.truncate(start);
+        }
+
         // Basic reservoir sampling
         let mut num_chosen = 0;
         let mut num_seen = 0;
@@ -928,6 +958,60 @@ mod tests {
         assert_eq!(2, out.len());
         assert!(out.iter().any(|m| m.id == Id("7")));
         assert!(out.iter().any(|m| m.id == Id("6")));
+    }
+
+    /// Chorus patch: a choice of a few out of many, drawn at random positions, is uniform
+    /// over the members that pass the filter and never includes one that does not; a choice
+    /// the draws cannot fill (few pass) still finds every one that does.
+    #[test]
+    fn a_sparse_choice_is_uniform_and_filtered() {
+        use crate::testing::ID;
+        let inner: Vec<Member<ID>> = (0..200u8)
+            .map(|i| {
+                if i % 10 == 9 {
+                    Member::down(ID::new(i))
+                } else {
+                    Member::alive(ID::new(i))
+                }
+            })
+            .collect();
+        let members = Members::new(inner);
+        let mut rng = SmallRng::seed_from_u64(0xF0CA);
+        let mut counts = [0u32; 200];
+        let rounds = 20_000;
+        let mut out = Vec::new();
+        for _ in 0..rounds {
+            out.clear();
+            // Not member 0: a picker as the indirect probe's, which skips the probed member.
+            members.choose_active_members(3, &mut out, &mut rng, |id| *id != ID::new(0));
+            assert_eq!(out.len(), 3);
+            let mut ids: Vec<u8> = out.iter().map(|m| m.id.addr()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!(ids.len(), 3, "a member chosen twice: {out:?}");
+            for m in &out {
+                assert!(m.is_active() && m.id != ID::new(0), "{m:?} chosen");
+                counts[m.id.addr() as usize] += 1;
+            }
+        }
+        // 179 eligible members, 3 chosen a round: each expected 335 times; a bias of a fifth
+        // toward or away from any one member fails.
+        let expected = f64::from(rounds * 3) / 179.0;
+        for (i, n) in counts.iter().enumerate() {
+            if i == 0 || i % 10 == 9 {
+                assert_eq!(*n, 0, "member {i}");
+            } else {
+                let ratio = f64::from(*n) / expected;
+                assert!((0.8..1.2).contains(&ratio), "member {i} chosen {n} times");
+            }
+        }
+
+        // Two eligible among 200: the draws rarely find both, the reservoir does.
+        out.clear();
+        members.choose_active_members(5, &mut out, &mut rng, |id| id.addr() < 2);
+        let mut ids: Vec<u8> = out.iter().map(|m| m.id.addr()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![0, 1]);
     }
 
     #[test]
