@@ -251,6 +251,18 @@ pub struct MetaTable {
     /// cost 16 bytes and a share of a node per member; this is a 4-byte position and a control
     /// byte, and the table rehashes a position from its record's name when it grows.
     by_name: HashTable<u32>,
+    /// The digest's hash (see [`MetaTable::digest_hash`]), kept as records change.
+    digest_sum: u64,
+}
+
+/// One digest entry's share of [`MetaTable::digest_hash`].
+fn entry_hash(id: NodeId, stamp: (u64, u64)) -> u64 {
+    let bytes = [
+        id.0.to_be_bytes(),
+        stamp.0.to_be_bytes(),
+        stamp.1.to_be_bytes(),
+    ];
+    crate::envelope::spread64(crate::envelope::fnv1a64(&[&bytes[0], &bytes[1], &bytes[2]]))
 }
 
 /// The name table's hash of a name: FNV-1a, spread (`spread64`) so that the low bits, which pick
@@ -290,6 +302,12 @@ impl MetaTable {
             return false;
         }
         let old_name = old.map(|o| name_hash(self.arena.view(o).name));
+        if let Some(o) = old {
+            self.digest_sum = self.digest_sum.wrapping_sub(entry_hash(meta.id, o.stamp));
+        }
+        self.digest_sum = self
+            .digest_sum
+            .wrapping_add(entry_hash(meta.id, meta.stamp()));
         let new_name = name_hash(&meta.name);
         let (place, len) = self.arena.put(&meta.encode());
         let held = Held {
@@ -402,6 +420,17 @@ impl MetaTable {
             .collect()
     }
 
+    /// A hash of the digest, for the sync's summary: equal tables hash alike, whatever order
+    /// their records came in. The sum of a hash per entry, kept as records change, so a summary
+    /// costs nothing to make or check. It hashed the whole digest in id order, O(members) per
+    /// summary sent and received: 1.7 % of a simulated 5,000-node join (perf), where a node
+    /// lacking records syncs every 2 s. Builds before it hash differently, so during a rolling
+    /// upgrade old and new nodes always see their summaries differ and exchange digests at each
+    /// sync: more datagrams for the upgrade's length, never a record lost.
+    pub fn digest_hash(&self) -> u64 {
+        self.digest_sum
+    }
+
     /// Records we hold that are newer than `theirs` says, and entries where `theirs` is newer.
     ///
     /// `theirs` is the peer's whole digest of the ids in `range`: a record here with an id in
@@ -410,33 +439,59 @@ impl MetaTable {
     /// before parts named one, each part was answered with every record outside it, so a
     /// 1,000-node table exchanged in 24 parts sent about 24 copies of the table: netsim's
     /// 1,000-node join spent most of its time there).
+    ///
+    /// Both lists are in id order, so they are walked side by side, each entry read once. Each
+    /// of theirs was looked up in our table and each of ours in a tree made of theirs: at 5,000
+    /// members and more, where a node lacking records exchanges whole digests every 2 s, that
+    /// was most of the syncs' work. A `theirs` out of order (no Chorus build sends one) is
+    /// sorted first.
     pub fn compare(
         &mut self,
         range: std::ops::RangeInclusive<NodeId>,
         theirs: &[DigestEntry],
     ) -> (Vec<NodeMeta>, Vec<DigestEntry>) {
         self.settle();
-        let their: BTreeMap<NodeId, (u64, u64)> = theirs
-            .iter()
-            .filter(|e| range.contains(&e.id))
-            .map(|e| (e.id, (e.generation, e.version)))
-            .collect();
-        let newer_here = self
-            .in_order(&range)
-            .iter()
-            .map(|at| &self.records[*at as usize])
-            .filter(|(id, h)| their.get(id).is_none_or(|s| *s < h.stamp))
-            .map(|(_, h)| self.arena.view(h).to_meta())
-            .collect();
-        let newer_there = theirs
-            .iter()
-            .filter(|e| range.contains(&e.id))
-            .filter(|e| {
-                self.stamp(e.id)
-                    .is_none_or(|s| s < (e.generation, e.version))
-            })
-            .copied()
-            .collect();
+        let sorted_copy: Vec<DigestEntry>;
+        let theirs = if theirs.is_sorted_by_key(|e| e.id) {
+            theirs
+        } else {
+            sorted_copy = {
+                let mut v = theirs.to_vec();
+                v.sort_by_key(|e| e.id);
+                v
+            };
+            &sorted_copy
+        };
+        let ours = self.in_order(&range);
+        let mut newer_here = Vec::new();
+        let mut newer_there = Vec::new();
+        let mut next = 0;
+        for e in theirs.iter().filter(|e| range.contains(&e.id)) {
+            while let Some(at) = ours.get(next)
+                && self.records[*at as usize].0 < e.id
+            {
+                newer_here.push(self.view(*at).to_meta());
+                next += 1;
+            }
+            let theirs_stamp = (e.generation, e.version);
+            match ours.get(next) {
+                Some(at) if self.records[*at as usize].0 == e.id => {
+                    let held = self.records[*at as usize].1.stamp;
+                    if held > theirs_stamp {
+                        newer_here.push(self.view(*at).to_meta());
+                    } else if held < theirs_stamp {
+                        newer_there.push(*e);
+                    }
+                    next += 1;
+                }
+                _ => newer_there.push(*e),
+            }
+        }
+        newer_here.extend(
+            ours[next.min(ours.len())..]
+                .iter()
+                .map(|at| self.view(*at).to_meta()),
+        );
         (newer_here, newer_there)
     }
 }
@@ -450,6 +505,14 @@ pub struct DigestEntry {
     pub generation: u64,
     /// Version of the newest record held.
     pub version: u64,
+}
+
+impl DigestEntry {
+    /// Its size in postcard: the 8-byte id and two varints.
+    pub fn encoded_len(&self) -> usize {
+        let varint = |v: u64| (64 - v.leading_zeros() as usize).max(1).div_ceil(7);
+        8 + varint(self.generation) + varint(self.version)
+    }
 }
 
 /// Messages on the metadata channel.
@@ -502,10 +565,14 @@ pub enum MetaMsg {
     },
 }
 
-/// Splits a digest (in id order) into parts of at most `per_part` entries that together cover
-/// every id, so that a receiver can tell "you lack this record" within each part.
-pub fn digest_parts(digest: &[DigestEntry], per_part: usize) -> Vec<MetaMsg> {
-    let per_part = per_part.max(1);
+/// Splits a digest (in id order) into parts whose entries take at most `budget` bytes encoded
+/// (at least one entry each), that together cover every id, so that a receiver can tell "you
+/// lack this record" within each part.
+///
+/// Packed by size: parts of a fixed 43 entries, room for the largest stamps (two 10-byte
+/// varints), were about 40 % full, since generations and versions are small numbers (an entry is
+/// usually 10 bytes): a 10,000-member digest took about 230 datagrams where 80 hold it.
+pub fn digest_parts(digest: &[DigestEntry], budget: usize) -> Vec<MetaMsg> {
     if digest.is_empty() {
         return vec![MetaMsg::DigestPart {
             from: NodeId(0),
@@ -513,27 +580,34 @@ pub fn digest_parts(digest: &[DigestEntry], per_part: usize) -> Vec<MetaMsg> {
             entries: Vec::new(),
         }];
     }
-    let count = digest.len().div_ceil(per_part);
+    let mut parts = Vec::new();
     let mut from = NodeId(0);
-    digest
-        .chunks(per_part)
-        .enumerate()
-        .map(|(i, chunk)| {
-            let last = chunk.last().expect("chunks are never empty").id;
-            let to = if i + 1 == count {
+    let mut rest = digest;
+    while !rest.is_empty() {
+        let mut size = 0;
+        let take = rest
+            .iter()
+            .take_while(|e| {
+                size += e.encoded_len();
+                size <= budget
+            })
+            .count()
+            .max(1);
+        let (chunk, after) = rest.split_at(take);
+        let last = chunk[take - 1].id;
+        parts.push(MetaMsg::DigestPart {
+            from,
+            to: if after.is_empty() {
                 NodeId(u64::MAX)
             } else {
                 last
-            };
-            let part = MetaMsg::DigestPart {
-                from,
-                to,
-                entries: chunk.to_vec(),
-            };
-            from = NodeId(last.0.saturating_add(1));
-            part
-        })
-        .collect()
+            },
+            entries: chunk.to_vec(),
+        });
+        from = NodeId(last.0.saturating_add(1));
+        rest = after;
+    }
+    parts
 }
 
 /// The shared handle foca's broadcast handler writes into and the core reads from.
@@ -740,6 +814,10 @@ mod tests {
                         })
                         .collect();
                     assert_eq!(table.digest(), want, "seed {seed} step {step}");
+                    let sum = want.iter().fold(0u64, |sum, e| {
+                        sum.wrapping_add(entry_hash(e.id, (e.generation, e.version)))
+                    });
+                    assert_eq!(table.digest_hash(), sum, "seed {seed} step {step}");
                     let (a, b) = (rng.random::<u64>(), rng.random::<u64>());
                     let range = NodeId(a.min(b))..=NodeId(a.max(b));
                     let (here, there) = table.compare(range.clone(), &[]);
@@ -753,6 +831,65 @@ mod tests {
                     assert_eq!(table.iter().count(), model.len());
                 }
             }
+        }
+    }
+
+    /// `compare` against a model made of maps: for random tables, random peer digests (in id
+    /// order, and shuffled) and random ranges, the records sent are exactly ours in the range
+    /// that the peer lacks or holds older, and the entries wanted exactly theirs in the range
+    /// that we lack or hold older.
+    #[test]
+    fn compare_agrees_with_a_model() {
+        use rand::{RngExt, SeedableRng, rngs::Xoshiro256PlusPlus, seq::SliceRandom};
+        for seed in 0..200u64 {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+            let ids: Vec<u64> = (0..60).map(|_| rng.random_range(0..1_000u64)).collect();
+            let stamp = |rng: &mut Xoshiro256PlusPlus| {
+                (rng.random_range(0..3u64), rng.random_range(0..3u64))
+            };
+            let mut table = MetaTable::default();
+            let mut ours: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+            for _ in 0..rng.random_range(0..40) {
+                let (id, s) = (ids[rng.random_range(0..ids.len())], stamp(&mut rng));
+                if table.merge(meta(id, s.0, s.1)) {
+                    ours.insert(id, s);
+                }
+            }
+            let mut theirs: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+            for _ in 0..rng.random_range(0..40) {
+                theirs.insert(ids[rng.random_range(0..ids.len())], stamp(&mut rng));
+            }
+            let mut digest: Vec<DigestEntry> = theirs
+                .iter()
+                .map(|(id, (g, v))| DigestEntry {
+                    id: NodeId(*id),
+                    generation: *g,
+                    version: *v,
+                })
+                .collect();
+            if seed % 4 == 0 {
+                digest.shuffle(&mut rng);
+            }
+            let (a, b) = (rng.random_range(0..1_000u64), rng.random_range(0..1_000u64));
+            let range = a.min(b)..=a.max(b);
+            let (here, there) = table.compare(NodeId(a.min(b))..=NodeId(a.max(b)), &digest);
+            let mut got_here: Vec<(u64, (u64, u64))> =
+                here.iter().map(|m| (m.id.0, m.stamp())).collect();
+            got_here.sort_unstable();
+            let want_here: Vec<(u64, (u64, u64))> = ours
+                .range(range.clone())
+                .filter(|(id, s)| theirs.get(id).is_none_or(|t| t < s))
+                .map(|(id, s)| (*id, *s))
+                .collect();
+            assert_eq!(got_here, want_here, "seed {seed}: records sent");
+            let mut got_there: Vec<u64> = there.iter().map(|e| e.id.0).collect();
+            got_there.sort_unstable();
+            let want_there: Vec<u64> = theirs
+                .range(range)
+                .filter(|(id, t)| ours.get(id).is_none_or(|s| s < t))
+                .map(|(id, _)| *id)
+                .collect();
+            assert_eq!(got_there, want_there, "seed {seed}: entries wanted");
         }
     }
 
@@ -882,7 +1019,7 @@ mod tests {
         }
         sparse.merge(meta(5, 1, 1)); // below every id of `full`
         sparse.merge(meta(u64::MAX, 1, 1)); // above every id of `full`
-        let parts = digest_parts(&sparse.digest(), 7);
+        let parts = digest_parts(&sparse.digest(), 70);
         assert!(parts.len() > 3, "the digest must be split for this test");
         let mut sent: Vec<u64> = Vec::new();
         let mut wanted: Vec<u64> = Vec::new();
@@ -908,11 +1045,58 @@ mod tests {
         assert_eq!(sent, expected, "each missing record exactly once");
         assert_eq!(wanted, vec![5, u64::MAX]);
         // An empty table still sends one part covering everything, so it is sent every record.
-        let parts = digest_parts(&[], 7);
+        let parts = digest_parts(&[], 70);
         let [MetaMsg::DigestPart { from, to, entries }] = parts.as_slice() else {
             panic!("{parts:?}");
         };
         assert_eq!(full.compare(*from..=*to, entries).0.len(), 100);
+    }
+
+    /// Parts are packed by the entries' encoded sizes and still fit a datagram, whatever the
+    /// stamps' sizes; `encoded_len` is postcard's size of an entry.
+    #[test]
+    fn digest_parts_are_packed_by_size_and_fit_a_datagram() {
+        use crate::envelope::MAX_PAYLOAD;
+        use rand::{RngExt, SeedableRng, rngs::Xoshiro256PlusPlus};
+        for seed in 0..20u64 {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+            let mut digest: Vec<DigestEntry> = (0..2_000)
+                .map(|_| {
+                    let bits = rng.random_range(0..64u32);
+                    DigestEntry {
+                        id: NodeId(rng.random()),
+                        generation: rng.random::<u64>() >> bits,
+                        version: rng.random::<u64>() >> rng.random_range(0..64u32),
+                    }
+                })
+                .collect();
+            digest.sort_by_key(|e| e.id);
+            for e in &digest {
+                assert_eq!(
+                    e.encoded_len(),
+                    postcard::to_stdvec(e).unwrap().len(),
+                    "{e:?}"
+                );
+            }
+            let parts = digest_parts(&digest, MAX_PAYLOAD - 32);
+            let mut entries = 0;
+            for part in &parts {
+                let bytes = postcard::to_stdvec(part).unwrap().len();
+                assert!(bytes <= MAX_PAYLOAD, "seed {seed}: a part of {bytes} bytes");
+                let MetaMsg::DigestPart { entries: e, .. } = part else {
+                    panic!("{part:?}");
+                };
+                entries += e.len();
+            }
+            assert_eq!(entries, digest.len());
+            // Full: each part but the last would not take its successor's first entry.
+            let total: usize = digest.iter().map(DigestEntry::encoded_len).sum();
+            assert!(
+                parts.len() <= total.div_ceil(MAX_PAYLOAD - 32 - 27) + 1,
+                "seed {seed}: {} parts for {total} bytes",
+                parts.len()
+            );
+        }
     }
 
     #[test]

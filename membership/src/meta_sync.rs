@@ -2,7 +2,7 @@
 //! (Scuttlebutt's idea) that repairs whatever the broadcasts missed.
 
 use crate::core::{Destination, Due, Membership};
-use crate::envelope::{Channel, DropReason, MAX_PAYLOAD, fnv1a64};
+use crate::envelope::{Channel, DropReason, MAX_PAYLOAD};
 use crate::identity::NodeId;
 use crate::identity::Peer;
 use crate::meta::{DigestEntry, MAX_META_BYTES, MetaMsg, MetaTable, NodeMeta, digest_parts};
@@ -145,23 +145,14 @@ impl Membership {
     }
 
     pub(crate) fn meta_hash(&self) -> u64 {
-        let digest = self.table().digest();
-        let mut bytes = Vec::with_capacity(digest.len() * 24);
-        for e in digest {
-            bytes.extend_from_slice(&e.id.0.to_be_bytes());
-            bytes.extend_from_slice(&e.generation.to_be_bytes());
-            bytes.extend_from_slice(&e.version.to_be_bytes());
-        }
-        fnv1a64(&[&bytes])
+        self.table().digest_hash()
     }
 
     pub(crate) fn send_digest(&mut self, to: SocketAddr, digest: Vec<DigestEntry>) {
         // A digest too large for one datagram goes in parts; each names the id range it covers
         // and is answered on its own, so nothing is lost or sent twice by splitting. A part's
         // head is the variant, two 8-byte ids and the entry count: under 32 bytes.
-        const ENTRY_MAX: usize = 8 + 10 + 10;
-        let per_packet = (MAX_PAYLOAD - 32) / ENTRY_MAX;
-        for part in digest_parts(&digest, per_packet) {
+        for part in digest_parts(&digest, MAX_PAYLOAD - 32) {
             let payload = postcard::to_stdvec(&part).expect("encode");
             self.push_transmit(Destination::Unicast(to), Channel::Meta, &payload);
         }
