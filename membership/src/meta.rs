@@ -382,6 +382,14 @@ impl MetaTable {
         self.held(id).map(|h| self.arena.view(h))
     }
 
+    /// The newest record of `id` as it goes on the wire (its encoding, which the table keeps),
+    /// if it is at least as new as `stamp`.
+    pub fn encoded_since(&self, id: NodeId, stamp: (u64, u64)) -> Option<&[u8]> {
+        self.held(id)
+            .filter(|h| h.stamp >= stamp)
+            .map(|h| self.arena.slice(h))
+    }
+
     /// `(generation, version)` of the newest record of `id`, without reading the record.
     pub fn stamp(&self, id: NodeId) -> Option<(u64, u64)> {
         self.held(id).map(|h| h.stamp)
@@ -563,6 +571,35 @@ pub enum MetaMsg {
         /// Every record held with an id in the range, in id order.
         entries: Vec<DigestEntry>,
     },
+}
+
+/// The payload of `MetaMsg::Records { records, want }` with each record given by its encoding
+/// (as [`NodeMeta::encode`] and the table's arena hold it), made without decoding them: postcard
+/// writes an enum as its variant's index and then its fields, a sequence as its length and then
+/// its elements, and a record's encoding is the same wherever it sits. Answering a request for
+/// records decoded each from the table, copied its strings and encoded it twice (once to size
+/// the datagram): about 6 % of a simulated 3,000-node join (perf, call graphs). The test
+/// `records_payload_is_what_postcard_writes` compares it with postcard's own.
+pub fn records_payload(records: &[Vec<u8>], want: &[DigestEntry]) -> Vec<u8> {
+    const RECORDS_VARIANT: u8 = 4;
+    let size: usize = records.iter().map(Vec::len).sum::<usize>() + want.len() * 28 + 24;
+    let mut out = Vec::with_capacity(size);
+    out.push(RECORDS_VARIANT);
+    push_varint(&mut out, records.len() as u64);
+    for r in records {
+        out.extend_from_slice(r);
+    }
+    postcard::to_io(want, &mut out).expect("writing into a Vec cannot fail");
+    out
+}
+
+/// Appends `v` as a postcard varint: 7 bits per byte, low first, the high bit saying "more".
+fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 /// Splits a digest (in id order) into parts whose entries take at most `budget` bytes encoded
@@ -890,6 +927,43 @@ mod tests {
                 .map(|(id, _)| *id)
                 .collect();
             assert_eq!(got_there, want_there, "seed {seed}: entries wanted");
+        }
+    }
+
+    /// The records message made from encodings is byte for byte what postcard writes for
+    /// `MetaMsg::Records`, for any number of records (the count's varint grows past 127) and
+    /// wants; it decodes back to the same message.
+    #[test]
+    fn records_payload_is_what_postcard_writes() {
+        for (n, w) in [(0, 0), (1, 0), (0, 3), (3, 2), (130, 1), (200, 300)] {
+            let records: Vec<NodeMeta> = (0..n)
+                .map(|i| {
+                    let mut m = meta(i * 977 + 1, 1 + i % 3, i % 300);
+                    if i % 2 == 0 {
+                        m.tags.insert(format!("k{i}"), "v".repeat(i as usize % 7));
+                    }
+                    m
+                })
+                .collect();
+            let want: Vec<DigestEntry> = (0..w)
+                .map(|i| DigestEntry {
+                    id: NodeId(i * 31),
+                    generation: i << (i % 50),
+                    version: i,
+                })
+                .collect();
+            let encoded: Vec<Vec<u8>> = records.iter().map(NodeMeta::encode).collect();
+            let msg = MetaMsg::Records { records, want };
+            let MetaMsg::Records { want, .. } = &msg else {
+                unreachable!()
+            };
+            let ours = records_payload(&encoded, want);
+            assert_eq!(
+                ours,
+                postcard::to_stdvec(&msg).unwrap(),
+                "{n} records, {w} wants"
+            );
+            assert_eq!(postcard::from_bytes::<MetaMsg>(&ours).unwrap(), msg);
         }
     }
 
