@@ -289,6 +289,11 @@ impl MetaTable {
         self.position(id).map(|at| &self.records[at].1)
     }
 
+    /// The encoding of the record at position `at`, copied.
+    fn encoded_at(&self, at: u32) -> Vec<u8> {
+        self.arena.slice(&self.records[at as usize].1).to_vec()
+    }
+
     /// The record at position `at`, borrowed.
     fn view(&self, at: u32) -> MetaRef<'_> {
         self.arena.view(&self.records[at as usize].1)
@@ -439,7 +444,8 @@ impl MetaTable {
         self.digest_sum
     }
 
-    /// Records we hold that are newer than `theirs` says, and entries where `theirs` is newer.
+    /// Records we hold that are newer than `theirs` says (each as encoded, as the arena keeps
+    /// it and [`records_payload`] sends it), and entries where `theirs` is newer.
     ///
     /// `theirs` is the peer's whole digest of the ids in `range`: a record here with an id in
     /// the range that `theirs` does not list is one the peer lacks. Ids outside the range are
@@ -457,7 +463,7 @@ impl MetaTable {
         &mut self,
         range: std::ops::RangeInclusive<NodeId>,
         theirs: &[DigestEntry],
-    ) -> (Vec<NodeMeta>, Vec<DigestEntry>) {
+    ) -> (Vec<Vec<u8>>, Vec<DigestEntry>) {
         self.settle();
         let sorted_copy: Vec<DigestEntry>;
         let theirs = if theirs.is_sorted_by_key(|e| e.id) {
@@ -478,7 +484,7 @@ impl MetaTable {
             while let Some(at) = ours.get(next)
                 && self.records[*at as usize].0 < e.id
             {
-                newer_here.push(self.view(*at).to_meta());
+                newer_here.push(self.encoded_at(*at));
                 next += 1;
             }
             let theirs_stamp = (e.generation, e.version);
@@ -486,7 +492,7 @@ impl MetaTable {
                 Some(at) if self.records[*at as usize].0 == e.id => {
                     let held = self.records[*at as usize].1.stamp;
                     if held > theirs_stamp {
-                        newer_here.push(self.view(*at).to_meta());
+                        newer_here.push(self.encoded_at(*at));
                     } else if held < theirs_stamp {
                         newer_there.push(*e);
                     }
@@ -498,7 +504,7 @@ impl MetaTable {
         newer_here.extend(
             ours[next.min(ours.len())..]
                 .iter()
-                .map(|at| self.view(*at).to_meta()),
+                .map(|at| self.encoded_at(*at)),
         );
         (newer_here, newer_there)
     }
@@ -767,6 +773,11 @@ impl<T> foca::BroadcastHandler<T> for MetaBroadcasts {
 mod tests {
     use super::*;
 
+    /// The ids of records given encoded, as `compare` returns them.
+    fn ids_of(encoded: &[Vec<u8>]) -> Vec<u64> {
+        encoded.iter().map(|r| peek_stamp(r).unwrap().0.0).collect()
+    }
+
     fn meta(id: u64, generation: u64, version: u64) -> NodeMeta {
         NodeMeta {
             id: NodeId(id),
@@ -863,7 +874,7 @@ mod tests {
                         .range(a.min(b)..=a.max(b))
                         .map(|(id, _)| *id)
                         .collect();
-                    let got: Vec<u64> = here.iter().map(|m| m.id.0).collect();
+                    let got: Vec<u64> = ids_of(&here);
                     assert_eq!(got, want, "seed {seed} step {step}: records in {range:?}");
                     assert!(there.is_empty());
                     assert_eq!(table.iter().count(), model.len());
@@ -911,8 +922,13 @@ mod tests {
             let (a, b) = (rng.random_range(0..1_000u64), rng.random_range(0..1_000u64));
             let range = a.min(b)..=a.max(b);
             let (here, there) = table.compare(NodeId(a.min(b))..=NodeId(a.max(b)), &digest);
-            let mut got_here: Vec<(u64, (u64, u64))> =
-                here.iter().map(|m| (m.id.0, m.stamp())).collect();
+            let mut got_here: Vec<(u64, (u64, u64))> = here
+                .iter()
+                .map(|r| {
+                    let (id, stamp) = peek_stamp(r).unwrap();
+                    (id.0, stamp)
+                })
+                .collect();
             got_here.sort_unstable();
             let want_here: Vec<(u64, (u64, u64))> = ours
                 .range(range.clone())
@@ -1071,8 +1087,7 @@ mod tests {
         b.merge(meta(1, 1, 3));
         b.merge(meta(3, 1, 1));
         let (newer_here, newer_there) = a.compare(NodeId(0)..=NodeId(u64::MAX), &b.digest());
-        let ids: Vec<_> = newer_here.iter().map(|m| m.id.0).collect();
-        assert_eq!(ids, vec![1, 2]);
+        assert_eq!(ids_of(&newer_here), vec![1, 2]);
         assert_eq!(
             newer_there.iter().map(|e| e.id.0).collect::<Vec<_>>(),
             vec![3]
@@ -1107,7 +1122,7 @@ mod tests {
             assert!(entries.iter().all(|e| (*from..=*to).contains(&e.id)));
             next_from = to.0.wrapping_add(1);
             let (here, there) = full.compare(*from..=*to, entries);
-            sent.extend(here.iter().map(|m| m.id.0));
+            sent.extend(ids_of(&here));
             wanted.extend(there.iter().map(|e| e.id.0));
         }
         assert_eq!(next_from, 0, "the last part must reach the largest id");

@@ -100,7 +100,6 @@ impl Membership {
             MetaMsg::Digest(theirs) => {
                 let all = NodeId(0)..=NodeId(u64::MAX);
                 let (newer_here, newer_there) = self.table().compare(all, &theirs);
-                let newer_here = newer_here.iter().map(NodeMeta::encode).collect();
                 self.send_records(from, newer_here, newer_there);
             }
             MetaMsg::DigestPart {
@@ -109,7 +108,6 @@ impl Membership {
                 entries,
             } => {
                 let (newer_here, newer_there) = self.table().compare(first..=last, &entries);
-                let newer_here = newer_here.iter().map(NodeMeta::encode).collect();
                 self.send_records(from, newer_here, newer_there);
             }
             MetaMsg::Records { records, want } => {
