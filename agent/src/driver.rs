@@ -744,10 +744,10 @@ impl Driver {
                 return Ok(());
             }
             if frames > 0 {
-                // The peers' writer tasks were woken with those frames, one of them into this
-                // worker's slot that no other worker takes from: let them write before this
-                // thread waits for the disk (a coordinator's store round otherwise reached
-                // one peer an fsync late; bpftrace, docs/benchmarks.md).
+                // The peers' writer tasks were woken with those frames and wait for this, the
+                // runtime's only thread: let them write before it waits for the disk (a
+                // coordinator's store round otherwise reached one peer an fsync late; bpftrace,
+                // docs/benchmarks.md).
                 tokio::task::yield_now().await;
                 if !self.lightly_loaded() {
                     self.io.log.append(records);

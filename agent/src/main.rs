@@ -533,16 +533,20 @@ fn run_agent(a: AgentArgs) -> ExitCode {
         let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         filter_handle.reload(f).map_err(|e| e.to_string())
     });
-    // One worker. Why (issue 15): with the log written by the driver itself under light load, a
-    // second worker mostly added wake-ups between the two (each an inter-processor interrupt on
-    // a virtual machine): alternated on the 2-core host with three agents, one worker gave one
-    // client a p50 of 0.47-0.49 ms against 0.50-0.54 ms and 32 clients within 1 % (medians
-    // 16,915 and 17,080/s); a wiped node caught up 1M keys in 1.07-1.09 s against 1.27-1.33 s
-    // (docs/benchmarks.md, "One runtime worker, again"). Blocking work goes to its own threads
-    // (the log writer, `spawn_blocking` for backups), but for the driver's own log writes under
-    // light load, which one slow write turns off for a second (`Writer::write_inline`).
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // One thread, tasks run in the order they were woken. Why (issue 15): with the log written by
+    // the driver itself under light load, a second worker mostly added wake-ups between the two
+    // (each an inter-processor interrupt on a virtual machine): alternated on the 2-core host
+    // with three agents, one worker gave one client a p50 of 0.47-0.49 ms against 0.50-0.54 ms
+    // and 32 clients within 1 % ("One runtime worker, again" in docs/benchmarks.md). The
+    // current-thread scheduler then replaced a one-worker multi-thread one: that one runs a task
+    // woken by the running task next (its "LIFO slot"), so each request's command ran the driver
+    // at once and left alone; first in, first out, the requests ready together reach the driver
+    // together and their frames leave in one write per peer (sends at 32 clients 75,365 against
+    // about 129,000 in 5 s; quorum writes 17,914/s against 15,413/s, "The current-thread
+    // runtime"). Blocking work goes to its own threads (the log writer, `spawn_blocking` for
+    // backups), but for the driver's own log writes under light load, which one slow write
+    // turns off for a second (`Writer::write_inline`).
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
