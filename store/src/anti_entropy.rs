@@ -343,7 +343,9 @@ impl StoreCore {
                 fetch.push(k.clone());
             }
         }
-        // In our catch-up round with this peer, note what this message owes us.
+        // In our catch-up round with this peer, note what this message owes us; its fetches
+        // go out a window at a time ([`StoreCore::pump_fetches`]).
+        let per_message = self.cfg.sync_versions_per_message.max(1);
         if let Some(r) = self
             .catch_up
             .as_mut()
@@ -352,11 +354,19 @@ impl StoreCore {
         {
             r.versions_seen += listed;
             for k in &fetch {
-                r.pending.insert(key_hash(&store, k), theirs[k]);
+                if r.pending.insert(key_hash(&store, k), theirs[k]).is_none() {
+                    r.wanted += 1;
+                }
             }
+            for keys in fetch.chunks(per_message) {
+                r.to_fetch.push_back((store.clone(), keys.to_vec()));
+            }
+            self.send_entries(from, &store, push);
+            self.pump_fetches();
+            return;
         }
         self.send_entries(from, &store, push);
-        for keys in fetch.chunks(self.cfg.sync_versions_per_message.max(1)) {
+        for keys in fetch.chunks(per_message) {
             self.outbox.push_back((
                 from,
                 StoreMsg::Fetch {

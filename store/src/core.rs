@@ -374,12 +374,13 @@ impl StoreCore {
             if check_key(&k).is_ok() {
                 self.hlc.observe(e.version.ts);
                 // Applying keeps the newer version, so the key is then held at `e`'s or newer.
-                self.fetched(store, &k, e.version);
+                self.fetched(store, &k, e.version, crate::replica::wire_size(&k, &e));
                 if self.apply_logged_owned(store, k, e) {
                     self.sync_stats.keys_repaired += 1;
                 }
             }
         }
+        self.pump_fetches();
     }
 
     /// Fires due timers: round timeouts, anti-entropy, garbage collection.

@@ -25,6 +25,9 @@ struct Net {
     /// Drops the messages it says yes to (a transport losing a frame), counting them.
     drop_if: Option<Box<DropRule>>,
     dropped: usize,
+    /// Bytes a sender queues for one peer before it drops what comes next, as the agent's
+    /// transport does (`MAX_QUEUED_BYTES`); drops are counted in `dropped`.
+    link_limit: Option<usize>,
 }
 
 impl Net {
@@ -62,6 +65,7 @@ impl Net {
             replies: BTreeMap::new(),
             drop_if: None,
             dropped: 0,
+            link_limit: None,
         };
         net.set_views(|_, _| true, true);
         net
@@ -99,6 +103,19 @@ impl Net {
             {
                 self.dropped += 1;
                 continue;
+            }
+            if let Some(limit) = self.link_limit {
+                let size = |m: &StoreMsg| postcard::to_stdvec(m).expect("encodes").len();
+                let queued: usize = self
+                    .queue
+                    .values()
+                    .filter(|(a, b, _)| *a == i && *b == j)
+                    .map(|(_, _, m)| size(m))
+                    .sum();
+                if queued + size(&msg) > limit {
+                    self.dropped += 1;
+                    continue;
+                }
             }
             self.seq += 1;
             self.queue.insert((self.now + MS, self.seq), (i, j, msg));
@@ -212,6 +229,19 @@ impl Net {
         let votes = peers.len() as u32 + 1;
         self.nodes[i].set_view(peers, votes > n as u32 / 2, votes);
         self.flush(i);
+    }
+
+    /// Runs (at most 30 virtual seconds) until node `i` has caught up; the rounds it began.
+    fn run_until_caught_up(&mut self, i: usize) -> u64 {
+        let mut rounds = 0;
+        for _ in 0..30_000 {
+            match self.nodes[i].catching_up() {
+                Some(s) => rounds = s.rounds,
+                None => break,
+            }
+            self.run_for(MS);
+        }
+        rounds
     }
 
     fn held(&self, i: usize, key: &str) -> Option<Vec<u8>> {
@@ -650,14 +680,7 @@ fn catch_up_losing(held_older: bool, lose: fn(&StoreMsg) -> bool) {
         hit
     }));
     net.view_of_reachable(2);
-    let mut rounds = 0;
-    for _ in 0..30_000 {
-        match net.nodes[2].catching_up() {
-            Some(s) => rounds = s.rounds,
-            None => break,
-        }
-        net.run_for(MS);
-    }
+    let rounds = net.run_until_caught_up(2);
     assert_eq!(net.nodes[2].catching_up(), None, "the next round completes");
     assert_eq!(net.dropped, 1, "the message was lost");
     assert_eq!(rounds, 2, "the round that lost a message did not count");
@@ -679,6 +702,53 @@ fn a_catch_up_round_that_loses_pushed_entries_does_not_count() {
 #[test]
 fn a_catch_up_round_that_loses_versions_does_not_count() {
     catch_up_losing(true, |m| matches!(m, StoreMsg::Versions { .. }));
+}
+
+/// Issue 15: a node that missed many writes, and held older values of the keys (so versions are
+/// listed and fetched), fetches a window at a time. Node 0 queues at most 256 KiB for node 2, as
+/// the agent's transport drops what exceeds its queue for a peer: asked for all 8,000 entries at
+/// once (about 900 KiB), node 0's answers overflowed it, and each round brought only part of
+/// them (an agent that had missed 1M writes needed four rounds).
+#[test]
+fn a_catch_up_fetches_a_window_at_a_time_and_loses_nothing_to_a_full_queue() {
+    const LINK: usize = 256 * 1024;
+    const KEYS: usize = 8_000;
+    let mut net = Net::with(3, |c| {
+        // Below what the link queues, as the agent's default is (16 MiB against 32 MiB).
+        c.sync_push_budget_bytes = LINK / 2;
+        c.sync_chunk_bytes = 16 * 1024;
+        // No periodic rounds: only the catch-up's own traffic crosses the link.
+        c.anti_entropy_every = Duration::from_secs(3600);
+        c.anti_entropy_quiet_every = Duration::from_secs(3600);
+    });
+    let write_all = |net: &mut Net, value: &str| {
+        for chunk in (0..KEYS).collect::<Vec<_>>().chunks(50) {
+            for k in chunk {
+                net.request(0, put(&format!("m{k}"), value));
+            }
+            net.run_for(5 * MS);
+        }
+        net.run_for(Duration::from_secs(1));
+    };
+    write_all(&mut net, "old");
+    net.partition(&[&[0, 1], &[2]]);
+    let new = "n".repeat(100);
+    write_all(&mut net, &new);
+    net.restart(2, false, None);
+    net.partition(&[&[0, 2], &[1]]);
+    net.link_limit = Some(LINK);
+    net.view_of_reachable(2);
+    let rounds = net.run_until_caught_up(2);
+    assert_eq!(net.nodes[2].catching_up(), None, "caught up");
+    assert_eq!(net.dropped, 0, "nothing overflowed the link");
+    assert_eq!(rounds, 1, "one round brought everything");
+    for k in 0..KEYS {
+        assert_eq!(
+            net.held(2, &format!("m{k}")),
+            Some(new.as_bytes().to_vec()),
+            "m{k}"
+        );
+    }
 }
 
 /// Writes 3,000 keys through the three nodes, wipes node 2 and restarts it; returns the
