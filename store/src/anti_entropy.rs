@@ -345,7 +345,6 @@ impl StoreCore {
         }
         // In our catch-up round with this peer, note what this message owes us; its fetches
         // go out a window at a time ([`StoreCore::pump_fetches`]).
-        let per_message = self.cfg.sync_versions_per_message.max(1);
         if let Some(r) = self
             .catch_up
             .as_mut()
@@ -358,15 +357,16 @@ impl StoreCore {
                     r.wanted += 1;
                 }
             }
-            for keys in fetch.chunks(per_message) {
-                r.to_fetch.push_back((store.clone(), keys.to_vec()));
+            if !fetch.is_empty() {
+                // Split into messages as it goes out.
+                r.to_fetch.push_back((store.clone(), fetch));
             }
             self.send_entries(from, &store, push);
             self.pump_fetches();
             return;
         }
         self.send_entries(from, &store, push);
-        for keys in fetch.chunks(per_message) {
+        for keys in fetch.chunks(self.cfg.sync_versions_per_message.max(1)) {
             self.outbox.push_back((
                 from,
                 StoreMsg::Fetch {

@@ -63,8 +63,8 @@ pub(crate) struct SyncRound {
     /// (A hash map with a fixed hasher: never iterated, so its order cannot leak into what the
     /// core does; a B-tree's inserts and removals were 8 % of a 1M-key catch-up's profile.)
     pub(crate) pending: Pending,
-    /// Fetches not sent yet, a message's worth each: at most a window of them is out at once
-    /// ([`StoreCore::pump_fetches`]).
+    /// Fetches not sent yet, by store: at most a window of them is out at once, in messages of
+    /// at most `sync_versions_per_message` keys ([`StoreCore::pump_fetches`]).
     pub(crate) to_fetch: VecDeque<(String, Vec<String>)>,
     /// Keys asked for so far, and keys that went into `pending`.
     pub(crate) requested: u64,
