@@ -353,9 +353,7 @@ impl StoreCore {
         {
             r.versions_seen += listed;
             for k in &fetch {
-                if r.pending.insert(key_hash(&store, k), theirs[k]).is_none() {
-                    r.wanted += 1;
-                }
+                r.pending.insert(key_hash(&store, k), theirs[k]);
             }
             if !fetch.is_empty() {
                 // Split into messages as it goes out.

@@ -66,10 +66,10 @@ pub(crate) struct SyncRound {
     /// Fetches not sent yet, by store: at most a window of them is out at once, in messages of
     /// at most `sync_versions_per_message` keys ([`StoreCore::pump_fetches`]).
     pub(crate) to_fetch: VecDeque<(String, Vec<String>)>,
-    /// Keys asked for so far, and keys that went into `pending`.
+    /// Keys asked for so far.
     pub(crate) requested: u64,
-    pub(crate) wanted: u64,
-    /// Keys of `pending` that arrived, and their bytes on the wire: the window's measure.
+    /// Keys of `pending` that arrived (the only way one leaves it), and their bytes on the wire:
+    /// with `requested`, the window's measure.
     pub(crate) arrived: u64,
     pub(crate) arrived_bytes: u64,
     /// The barrier goes once the last fetch is out.
@@ -208,7 +208,6 @@ impl StoreCore {
             pending: Pending::default(),
             to_fetch: VecDeque::new(),
             requested: 0,
-            wanted: 0,
             arrived: 0,
             arrived_bytes: 0,
             barrier_due: false,
@@ -302,9 +301,7 @@ impl StoreCore {
             None => FIRST_FETCH_WINDOW,
         };
         loop {
-            let outstanding = r
-                .requested
-                .saturating_sub(r.wanted - r.pending.len() as u64);
+            let outstanding = r.requested.saturating_sub(r.arrived);
             let Some((_, keys)) = r.to_fetch.front() else {
                 break;
             };
